@@ -1,0 +1,60 @@
+/* common.h - status codes and small helpers shared by every libmailvault module.
+ *
+ * Every fallible function returns an mv_err (0 = success). Human-readable detail goes to a
+ * caller-supplied buffer `char *err, size_t errlen` (librdkafka style); functions write a
+ * NUL-terminated message there on failure and never print. */
+#ifndef MV_COMMON_H
+#define MV_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum mv_err {
+    MV_OK = 0,
+    MV_ERR = 1,   /* unspecified failure; see err buffer */
+    MV_ENOMEM,    /* allocation failed */
+    MV_EINVAL,    /* invalid argument, config value or input document */
+    MV_EIO,       /* local I/O failure (filesystem) */
+    MV_ENET,      /* network failure: connect, reset, TLS */
+    MV_ETIMEDOUT, /* a read/write/connect exceeded its timeout */
+    MV_EPROTO,    /* peer violated the protocol or sent something out of bounds */
+    MV_EAUTH,     /* authentication refused by a server (permanent) */
+    MV_ENOTFOUND, /* key, object, folder does not exist */
+    MV_EEXIST,    /* already exists */
+    MV_EBUSY,     /* lease held by another owner / fencing token stale */
+    MV_ETOOBIG,   /* a bounded size was exceeded */
+    MV_ECORRUPT,  /* stored data does not match its name or fails to decode */
+    MV_ECANCEL,   /* stopped on request (shutdown) */
+    MV_ESERVER,   /* remote service (Kafka, Redis, IMAP NO/BAD) returned an error */
+} mv_err;
+
+#define MV_ERRLEN 512
+
+/* Static string naming the code ("ok", "timeout", ...). Never NULL. */
+const char *mv_strerror(mv_err e);
+
+/* 1 if a failure of this class is worth retrying (network, timeout, server busy). */
+int mv_err_transient(mv_err e);
+
+/* snprintf into err (if err != NULL && errlen > 0); returns e. Convenience for one-line
+ * "return mv_seterr(err, errlen, MV_EINVAL, "field %s: ...", name);" error paths. */
+mv_err mv_seterr(char *err, size_t errlen, mv_err e, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Wall clock and monotonic clock in milliseconds. */
+int64_t mv_now_ms(void);
+int64_t mv_mono_ms(void);
+
+/* Random UUIDv4 text (36 chars + NUL) from OpenSSL's RAND_bytes. */
+void mv_uuid(char out[37]);
+
+/* Names of tenants, profiles: 1..63 chars of [a-z0-9._-], starting alnum. */
+int mv_name_valid(const char *s);
+
+/* Mailbox identifiers (logins, SMTP addresses): 1..255 printable ASCII, no '/', no control. */
+int mv_mailbox_valid(const char *s);
+
+/* Lowercase hex of len bytes into out (2*len+1). */
+void mv_hex(const unsigned char *in, size_t len, char *out);
+
+#endif

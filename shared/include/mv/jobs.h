@@ -1,0 +1,36 @@
+/* jobs.h - operations that combine the catalog (Redis), the secrets (crypt) and the queue
+ * (Kafka); used by the CLI and the scheduler alike. */
+#ifndef MV_JOBS_H
+#define MV_JOBS_H
+
+#include "mv/common.h"
+#include "mv/config.h"
+#include "mv/crypt.h"
+#include "mv/profile.h"
+#include "mv/queue.h"
+#include "mv/state.h"
+
+/* Store a parsed profile: every mailbox password is sealed into its credential slot, then the
+ * profile JSON (without secrets) is written. A mailbox without a password keeps the stored
+ * credential it already has; a new mailbox without one is an error naming it. The tenant
+ * must exist. */
+mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
+                            const mv_profile *p, char *err, size_t errlen);
+
+/* Load a stored profile (parsed, without secrets). Caller frees with mv_profile_free. */
+mv_err mv_jobs_profile_load(mv_state *st, const char *tenant, const char *profile, mv_profile *p,
+                            char *err, size_t errlen);
+
+/* Decrypt the password of one mailbox of a profile; *password malloc'd, caller wipes+frees. */
+mv_err mv_jobs_credential(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
+                          const char *profile, const char *mailbox, char **password, char *err,
+                          size_t errlen);
+
+/* Expand a profile into one archive task per mailbox (key tenant/mailbox) on the tasks topic,
+ * mark each mailbox "queued" for the new run, and wait until Kafka acknowledged them all.
+ * run_id (37 bytes) receives the run's id. */
+mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr,
+                               const char *tenant, const char *profile, char run_id[37],
+                               int *ntasks, char *err, size_t errlen);
+
+#endif

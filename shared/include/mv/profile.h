@@ -1,0 +1,56 @@
+/* profile.h - archiving profiles: what to archive, from where, with which logins.
+ *
+ * A profile is JSON (docs/formats.md); passwords are accepted on input and moved into sealed
+ * credential blobs (crypt.h, state.h): the stored JSON never contains them.
+ *
+ *   {"name": "imap-main", "type": "imap",
+ *    "server": {"host": "mail.example.org", "port": 993, "tls": "implicit", "verify": true},
+ *    "folders": {"include": ["*"], "exclude": ["Trash", "Junk*"]},
+ *    "mailboxes": [{"login": "alice@example.org", "password": "..."}, ...]}
+ */
+#ifndef MV_PROFILE_H
+#define MV_PROFILE_H
+
+#include "mv/common.h"
+#include "mv/imap.h"
+
+#define MV_PROFILE_MAX_MAILBOXES 100000
+#define MV_PROFILE_MAX_PATTERNS 256
+
+typedef struct mv_profile_mailbox {
+    char login[256];
+    char *password; /* only set when parsed with allow_secrets; wiped by mv_profile_free */
+} mv_profile_mailbox;
+
+typedef struct mv_profile {
+    char name[64];
+    char type[16]; /* "imap" */
+    char host[256];
+    int port;
+    mv_tls_mode tls;
+    int verify;
+    char **include; /* glob patterns (fnmatch, '*' crosses hierarchy levels) */
+    size_t ninclude;
+    char **exclude; /* exclude wins over include */
+    size_t nexclude;
+    mv_profile_mailbox *mailboxes;
+    size_t nmailboxes;
+} mv_profile;
+
+/* Parse and validate. allow_secrets = 1 for user input (password fields kept in memory),
+ * 0 for stored profiles (a password field is then an error: it must never be stored).
+ * Errors name the JSON path of the bad field, e.g. "mailboxes[2].login: missing". */
+mv_err mv_profile_parse(const char *json, int allow_secrets, mv_profile *p, char *err,
+                        size_t errlen);
+/* Serialise without secrets; malloc'd string, caller frees. */
+char *mv_profile_to_json(const mv_profile *p);
+void mv_profile_free(mv_profile *p);
+/* 1 if the folder passes include/exclude. */
+int mv_profile_folder_selected(const mv_profile *p, const char *folder);
+/* Index of the mailbox with that login, or -1. */
+long mv_profile_find_mailbox(const mv_profile *p, const char *login);
+/* Associated data that binds a sealed credential to its tenant/profile/mailbox. */
+void mv_profile_cred_ad(const char *tenant, const char *profile, const char *mailbox, char *out,
+                        size_t outlen);
+
+#endif

@@ -1,0 +1,127 @@
+/* state.h - everything mailvault keeps in Redis (prefix "mv:"), see docs/formats.md.
+ *
+ * One mv_state is one Redis connection, used by one thread at a time. Every command runs
+ * under redis.timeout_ms. Written against the hiredis 0.14 API subset that newer hiredis
+ * versions keep (redisConnectWithTimeout, redisCommand, redisCommandArgv, freeReplyObject).
+ *
+ * Keys:
+ *   mv:tenants                          set of tenant names
+ *   mv:tenant:{t}                       hash: display_name, created_ms
+ *   mv:profiles:{t}                     set of profile names
+ *   mv:profile:{t}:{p}                  string: profile JSON without secrets
+ *   mv:cred:{t}:{p}:{mailbox}           string: sealed password (crypt.h)
+ *   mv:mailboxes:{t}                    set of mailbox ids seen in status
+ *   mv:status:{t}:{mailbox}             hash: task status (fields below)
+ *   mv:run:{runid}                      hash: tenant, profile, tasks, started_ms
+ *   mv:ckpt:{t}:{mailbox}               hash: folder -> checkpoint text
+ *   mv:lease:{t}:{mailbox}              string "owner|token", PX ttl
+ *   mv:fence:{t}:{mailbox}              counter of fencing tokens
+ *   mv:delayed                          zset: task payload (msgpack) scored by due time (ms)
+ */
+#ifndef MV_STATE_H
+#define MV_STATE_H
+
+#include "mv/common.h"
+#include "mv/config.h"
+#include <stdint.h>
+
+typedef struct mv_state mv_state;
+
+mv_err mv_state_connect(const mv_config *c, mv_state **out, char *err, size_t errlen);
+void mv_state_close(mv_state *s);
+/* PING; reconnects once if the connection was lost. */
+mv_err mv_state_ping(mv_state *s, char *err, size_t errlen);
+
+/* ---- catalog ---- */
+mv_err mv_state_tenant_add(mv_state *s, const char *tenant, const char *display_name,
+                           char *err, size_t errlen); /* MV_EEXIST if present */
+int mv_state_tenant_exists(mv_state *s, const char *tenant);
+mv_err mv_state_tenant_del(mv_state *s, const char *tenant, char *err, size_t errlen);
+/* cb per tenant name, sorted. */
+mv_err mv_state_tenant_list(mv_state *s, int (*cb)(void *ud, const char *name), void *ud,
+                            char *err, size_t errlen);
+
+mv_err mv_state_profile_put(mv_state *s, const char *tenant, const char *profile,
+                            const char *json, char *err, size_t errlen);
+/* *json malloc'd, caller frees; MV_ENOTFOUND if missing. */
+mv_err mv_state_profile_get(mv_state *s, const char *tenant, const char *profile, char **json,
+                            char *err, size_t errlen);
+mv_err mv_state_profile_del(mv_state *s, const char *tenant, const char *profile, char *err,
+                            size_t errlen);
+mv_err mv_state_profile_list(mv_state *s, const char *tenant,
+                             int (*cb)(void *ud, const char *name), void *ud, char *err,
+                             size_t errlen);
+
+/* Sealed credential blobs (binary-safe). *blob malloc'd, caller frees. */
+mv_err mv_state_cred_put(mv_state *s, const char *tenant, const char *profile,
+                         const char *mailbox, const void *blob, size_t len, char *err,
+                         size_t errlen);
+mv_err mv_state_cred_get(mv_state *s, const char *tenant, const char *profile,
+                         const char *mailbox, void **blob, size_t *len, char *err,
+                         size_t errlen);
+
+/* ---- task status ----
+ * Fields of mv:status:{t}:{mailbox}: state (queued|running|done|failed|retrying|dead),
+ * task, run, profile, chunk, attempt, worker, folder, messages (this run), bytes_raw,
+ * bytes_stored, total_messages (all runs), heartbeat_ms, started_ms, finished_ms, error.
+ * Set fields from NULL-terminated key, value pairs (values as strings). */
+mv_err mv_state_status_set(mv_state *s, const char *tenant, const char *mailbox, char *err,
+                           size_t errlen, ...) __attribute__((sentinel));
+/* HINCRBY a numeric status field. */
+mv_err mv_state_status_incr(mv_state *s, const char *tenant, const char *mailbox,
+                            const char *field, int64_t by, char *err, size_t errlen);
+/* Reads all fields; cb per field. MV_ENOTFOUND if no status. */
+mv_err mv_state_status_get(mv_state *s, const char *tenant, const char *mailbox,
+                           int (*cb)(void *ud, const char *field, const char *value), void *ud,
+                           char *err, size_t errlen);
+mv_err mv_state_mailbox_list(mv_state *s, const char *tenant,
+                             int (*cb)(void *ud, const char *mailbox), void *ud, char *err,
+                             size_t errlen);
+
+/* ---- runs ---- */
+mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant,
+                        const char *profile, int tasks, char *err, size_t errlen);
+
+/* ---- leases with fencing tokens ----
+ * Acquire: if free, INCR the fence counter and SET the lease "owner|token" PX ttl; *token is
+ * the new fencing token. MV_EBUSY if held by someone else (then *holder gets the owner). */
+mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailbox,
+                              const char *owner, int ttl_ms, uint64_t *token, char *holder,
+                              size_t holderlen, char *err, size_t errlen);
+/* Extend if still ours (owner and token match), else MV_EBUSY (lost). */
+mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox,
+                            const char *owner, uint64_t token, int ttl_ms, char *err,
+                            size_t errlen);
+mv_err mv_state_lease_release(mv_state *s, const char *tenant, const char *mailbox,
+                              const char *owner, uint64_t token, char *err, size_t errlen);
+
+/* ---- per-folder checkpoints ----
+ * Only the lease holder may move a checkpoint: set is a Lua script that checks the lease
+ * value equals "owner|token" and returns MV_EBUSY otherwise (a stale worker is fenced off). */
+typedef struct mv_ckpt {
+    uint32_t uidvalidity;
+    uint32_t last_uid;     /* every UID <= last_uid is archived and indexed */
+    uint32_t pending_from; /* chunk in progress: UIDs pending_from..pending_to (0 = none) */
+    uint32_t pending_to;
+    uint64_t messages;     /* messages archived from this folder so far */
+} mv_ckpt;
+/* MV_ENOTFOUND (and *ck zeroed) if the folder has no checkpoint yet. */
+mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox,
+                         const char *folder, mv_ckpt *ck, char *err, size_t errlen);
+mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox,
+                         const char *folder, const mv_ckpt *ck, const char *owner,
+                         uint64_t token, char *err, size_t errlen);
+/* Remove all checkpoints of a mailbox (a full re-scan; stored objects deduplicate). */
+mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,
+                           size_t errlen);
+
+/* ---- delayed tasks (retries with backoff) ---- */
+mv_err mv_state_delay_add(mv_state *s, const void *payload, size_t len, int64_t due_ms,
+                          char *err, size_t errlen);
+/* Calls cb for up to max payloads due at now_ms. A payload is removed only after cb returns
+ * 0 (the caller produced it to Kafka), so a crash in between re-delivers (at-least-once). */
+mv_err mv_state_delay_pump(mv_state *s, int64_t now_ms, int max,
+                           int (*cb)(void *ud, const void *payload, size_t len), void *ud,
+                           int *moved, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,114 @@
+/* common.c - status codes, clocks, ids and name validation used by every module. */
+#include "mv/common.h"
+
+#include <openssl/rand.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+const char *mv_strerror(mv_err e)
+{
+    switch (e) {
+    case MV_OK: return "ok";
+    case MV_ERR: return "error";
+    case MV_ENOMEM: return "out of memory";
+    case MV_EINVAL: return "invalid input";
+    case MV_EIO: return "I/O error";
+    case MV_ENET: return "network error";
+    case MV_ETIMEDOUT: return "timed out";
+    case MV_EPROTO: return "protocol error";
+    case MV_EAUTH: return "authentication failed";
+    case MV_ENOTFOUND: return "not found";
+    case MV_EEXIST: return "already exists";
+    case MV_EBUSY: return "busy";
+    case MV_ETOOBIG: return "too big";
+    case MV_ECORRUPT: return "corrupt data";
+    case MV_ECANCEL: return "cancelled";
+    case MV_ESERVER: return "server error";
+    }
+    return "unknown error";
+}
+
+int mv_err_transient(mv_err e)
+{
+    return e == MV_ENET || e == MV_ETIMEDOUT || e == MV_EBUSY || e == MV_ESERVER || e == MV_EIO;
+}
+
+mv_err mv_seterr(char *err, size_t errlen, mv_err e, const char *fmt, ...)
+{
+    if (err && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return e;
+}
+
+int64_t mv_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t mv_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void mv_hex(const unsigned char *in, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+void mv_uuid(char out[37])
+{
+    unsigned char b[16];
+    if (RAND_bytes(b, sizeof b) != 1) {
+        /* RAND_bytes only fails when the OS entropy source is broken; fall back to time+addr
+         * mixing so ids stay unique per process rather than aborting. */
+        uint64_t t = (uint64_t)mv_mono_ms() ^ (uint64_t)(uintptr_t)out;
+        for (size_t i = 0; i < sizeof b; i++)
+            b[i] = (unsigned char)(t >> ((i % 8) * 8)) ^ (unsigned char)i;
+    }
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    char h[33];
+    mv_hex(b, 16, h);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+}
+
+int mv_name_valid(const char *s)
+{
+    if (!s) return 0;
+    size_t n = strlen(s);
+    if (n < 1 || n > 63) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        int alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+        if (i == 0 && !alnum) return 0;
+        if (!alnum && c != '.' && c != '_' && c != '-') return 0;
+    }
+    return 1;
+}
+
+int mv_mailbox_valid(const char *s)
+{
+    if (!s) return 0;
+    size_t n = strlen(s);
+    if (n < 1 || n > 255) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c >= 0x7f || c == '/' || c == '|') return 0;
+    }
+    return 1;
+}

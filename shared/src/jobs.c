@@ -1,0 +1,136 @@
+/* jobs.c - catalog operations shared by the CLI (producer) and the scheduler.
+ *
+ * Secrets flow one way: plaintext passwords exist only between parsing the operator's file and
+ * sealing, and between opening a credential in a worker and the IMAP login. Neither a Kafka
+ * message nor the stored profile JSON ever holds one. */
+#include "mv/jobs.h"
+
+#include "mv/task.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
+                            const mv_profile *p, char *err, size_t errlen)
+{
+    if (!mv_state_tenant_exists(st, tenant))
+        return mv_seterr(err, errlen, MV_ENOTFOUND, "tenant \"%s\" does not exist", tenant);
+    mv_err rc;
+    for (size_t i = 0; i < p->nmailboxes; i++) {
+        const mv_profile_mailbox *mb = &p->mailboxes[i];
+        char ad[512];
+        mv_profile_cred_ad(tenant, p->name, mb->login, ad, sizeof ad);
+        if (!mb->password) {
+            void *blob = NULL;
+            size_t len = 0;
+            rc = mv_state_cred_get(st, tenant, p->name, mb->login, &blob, &len, err, errlen);
+            free(blob);
+            if (rc == MV_ENOTFOUND)
+                return mv_seterr(err, errlen, MV_EINVAL,
+                                 "mailboxes[%zu].password: missing for new mailbox \"%s\"", i,
+                                 mb->login);
+            if (rc) return rc;
+            continue;
+        }
+        unsigned char *blob = NULL;
+        size_t len = 0;
+        rc = mv_crypt_seal(key, ad, mb->password, strlen(mb->password), &blob, &len, err,
+                           errlen);
+        if (rc) return rc;
+        rc = mv_state_cred_put(st, tenant, p->name, mb->login, blob, len, err, errlen);
+        free(blob);
+        if (rc) return rc;
+    }
+    char *json = mv_profile_to_json(p);
+    if (!json) return mv_seterr(err, errlen, MV_ENOMEM, "cannot serialise profile");
+    rc = mv_state_profile_put(st, tenant, p->name, json, err, errlen);
+    free(json);
+    return rc;
+}
+
+mv_err mv_jobs_profile_load(mv_state *st, const char *tenant, const char *profile, mv_profile *p,
+                            char *err, size_t errlen)
+{
+    char *json = NULL;
+    mv_err rc = mv_state_profile_get(st, tenant, profile, &json, err, errlen);
+    if (rc == MV_ENOTFOUND)
+        return mv_seterr(err, errlen, MV_ENOTFOUND, "profile \"%s\" of tenant \"%s\" not found",
+                         profile, tenant);
+    if (rc) return rc;
+    char perr[MV_ERRLEN];
+    rc = mv_profile_parse(json, 0, p, perr, sizeof perr);
+    free(json);
+    if (rc)
+        return mv_seterr(err, errlen, rc, "stored profile \"%s\" of tenant \"%s\" is invalid: %s",
+                         profile, tenant, perr);
+    return MV_OK;
+}
+
+mv_err mv_jobs_credential(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
+                          const char *profile, const char *mailbox, char **password, char *err,
+                          size_t errlen)
+{
+    void *blob = NULL;
+    size_t len = 0;
+    *password = NULL;
+    mv_err rc = mv_state_cred_get(st, tenant, profile, mailbox, &blob, &len, err, errlen);
+    if (rc == MV_ENOTFOUND)
+        return mv_seterr(err, errlen, MV_ENOTFOUND,
+                         "no credential stored for mailbox \"%s\" of profile \"%s\"", mailbox,
+                         profile);
+    if (rc) return rc;
+    char ad[512];
+    mv_profile_cred_ad(tenant, profile, mailbox, ad, sizeof ad);
+    unsigned char *plain = NULL;
+    size_t plen = 0;
+    rc = mv_crypt_open(key, ad, blob, len, &plain, &plen, err, errlen);
+    free(blob);
+    if (rc) return rc;
+    *password = (char *)plain;
+    return MV_OK;
+}
+
+mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr,
+                               const char *tenant, const char *profile, char run_id[37],
+                               int *ntasks, char *err, size_t errlen)
+{
+    mv_profile p;
+    mv_err rc = mv_jobs_profile_load(st, tenant, profile, &p, err, errlen);
+    if (rc) return rc;
+    mv_uuid(run_id);
+    *ntasks = 0;
+    int64_t now = mv_now_ms();
+    for (size_t i = 0; i < p.nmailboxes; i++) {
+        mv_task t;
+        memset(&t, 0, sizeof t);
+        t.version = MV_TASK_VERSION;
+        t.kind = MV_TASK_ARCHIVE;
+        mv_uuid(t.id);
+        snprintf(t.tenant, sizeof t.tenant, "%s", tenant);
+        snprintf(t.profile, sizeof t.profile, "%s", profile);
+        snprintf(t.mailbox, sizeof t.mailbox, "%s", p.mailboxes[i].login);
+        snprintf(t.run_id, sizeof t.run_id, "%s", run_id);
+        t.created_ms = now;
+        char *buf = NULL;
+        size_t len = 0;
+        if ((rc = mv_task_encode(&t, &buf, &len, err, errlen))) goto out;
+        char key[512], nowtxt[32];
+        mv_task_key(&t, key, sizeof key);
+        snprintf(nowtxt, sizeof nowtxt, "%lld", (long long)now);
+        rc = mv_state_status_set(st, tenant, t.mailbox, err, errlen, "state", "queued", "task",
+                                 t.id, "run", run_id, "profile", profile, "chunk", "0", "attempt",
+                                 "0", "messages", "0", "bytes_raw", "0", "bytes_stored", "0",
+                                 "deduplicated", "0", "error", "", "queued_ms", nowtxt,
+                                 "started_ms", "", "finished_ms", "", "folder", "", NULL);
+        if (!rc) rc = mv_producer_send(pr, c->topic_tasks, key, buf, len, err, errlen);
+        free(buf);
+        if (rc) goto out;
+        (*ntasks)++;
+    }
+    if ((rc = mv_state_run_put(st, run_id, tenant, profile, *ntasks, err, errlen))) goto out;
+    rc = mv_producer_flush(pr, 30000, err, errlen);
+out:
+    mv_profile_free(&p);
+    return rc;
+}

@@ -1,0 +1,287 @@
+/* profile.c - parse, validate and serialise archiving profiles (JSON via jansson).
+ *
+ * Validation is strict because a profile comes from an operator's file: unknown keys are
+ * refused (a typo such as "exlude" must not silently archive Trash), and every error names
+ * the JSON path of the offending field. */
+#include "mv/profile.h"
+
+#include "mv/crypt.h"
+
+#include <fnmatch.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static mv_err check_keys(json_t *obj, const char *path, const char *const *allowed, char *err,
+                         size_t errlen)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v)
+    {
+        int ok = 0;
+        for (size_t i = 0; allowed[i]; i++)
+            if (strcmp(k, allowed[i]) == 0) ok = 1;
+        if (!ok) return mv_seterr(err, errlen, MV_EINVAL, "%s%s: unknown field", path, k);
+    }
+    return MV_OK;
+}
+
+static mv_err get_str(json_t *obj, const char *key, const char *path, int required, char *out,
+                      size_t outlen, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v) {
+        if (required) return mv_seterr(err, errlen, MV_EINVAL, "%s%s: missing", path, key);
+        return MV_OK;
+    }
+    if (!json_is_string(v))
+        return mv_seterr(err, errlen, MV_EINVAL, "%s%s: must be a string", path, key);
+    const char *s = json_string_value(v);
+    if (strlen(s) >= outlen)
+        return mv_seterr(err, errlen, MV_EINVAL, "%s%s: longer than %zu characters", path, key,
+                         outlen - 1);
+    if (required && !*s) return mv_seterr(err, errlen, MV_EINVAL, "%s%s: empty", path, key);
+    snprintf(out, outlen, "%s", s);
+    return MV_OK;
+}
+
+static mv_err get_patterns(json_t *folders, const char *key, char ***out, size_t *n, char *err,
+                           size_t errlen)
+{
+    json_t *arr = json_object_get(folders, key);
+    *out = NULL;
+    *n = 0;
+    if (!arr) return MV_OK;
+    if (!json_is_array(arr))
+        return mv_seterr(err, errlen, MV_EINVAL, "folders.%s: must be an array of strings", key);
+    size_t cnt = json_array_size(arr);
+    if (cnt > MV_PROFILE_MAX_PATTERNS)
+        return mv_seterr(err, errlen, MV_EINVAL, "folders.%s: more than %d patterns", key,
+                         MV_PROFILE_MAX_PATTERNS);
+    if (cnt == 0) return MV_OK;
+    *out = calloc(cnt, sizeof(char *));
+    if (!*out) return MV_ENOMEM;
+    for (size_t i = 0; i < cnt; i++) {
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_string(v) || !*json_string_value(v) || strlen(json_string_value(v)) > 1000)
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "folders.%s[%zu]: must be a non-empty string of at most 1000 "
+                             "characters",
+                             key, i);
+        (*out)[i] = strdup(json_string_value(v));
+        if (!(*out)[i]) return MV_ENOMEM;
+        (*n)++;
+    }
+    return MV_OK;
+}
+
+static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *err, size_t errlen)
+{
+    static const char *const top_keys[] = {"name", "type", "server", "folders", "mailboxes", NULL};
+    static const char *const server_keys[] = {"host", "port", "tls", "verify", NULL};
+    static const char *const folder_keys[] = {"include", "exclude", NULL};
+    static const char *const mbox_keys[] = {"login", "password", NULL};
+    mv_err rc;
+
+    if (!json_is_object(root))
+        return mv_seterr(err, errlen, MV_EINVAL, "profile: must be a JSON object");
+    if ((rc = check_keys(root, "", top_keys, err, errlen))) return rc;
+    if ((rc = get_str(root, "name", "", 1, p->name, sizeof p->name, err, errlen))) return rc;
+    if (!mv_name_valid(p->name))
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "name: \"%s\" is not a valid name (1-63 of a-z 0-9 . _ -, starting "
+                         "with a letter or digit)",
+                         p->name);
+    snprintf(p->type, sizeof p->type, "imap");
+    if ((rc = get_str(root, "type", "", 0, p->type, sizeof p->type, err, errlen))) return rc;
+    if (strcmp(p->type, "imap") != 0)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "type: \"%s\" is not supported (supported: imap)", p->type);
+
+    json_t *srv = json_object_get(root, "server");
+    if (!srv) return mv_seterr(err, errlen, MV_EINVAL, "server: missing");
+    if (!json_is_object(srv)) return mv_seterr(err, errlen, MV_EINVAL, "server: must be an object");
+    if ((rc = check_keys(srv, "server.", server_keys, err, errlen))) return rc;
+    if ((rc = get_str(srv, "host", "server.", 1, p->host, sizeof p->host, err, errlen))) return rc;
+    char tls[32] = "implicit";
+    if ((rc = get_str(srv, "tls", "server.", 0, tls, sizeof tls, err, errlen))) return rc;
+    int m = mv_tls_mode_parse(tls);
+    if (m < 0)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "server.tls: \"%s\" is not one of none, starttls, implicit", tls);
+    p->tls = (mv_tls_mode)m;
+    json_t *port = json_object_get(srv, "port");
+    if (port) {
+        if (!json_is_integer(port) || json_integer_value(port) < 1 ||
+            json_integer_value(port) > 65535)
+            return mv_seterr(err, errlen, MV_EINVAL, "server.port: must be an integer 1..65535");
+        p->port = (int)json_integer_value(port);
+    } else {
+        p->port = p->tls == MV_TLS_IMPLICIT ? 993 : 143;
+    }
+    json_t *verify = json_object_get(srv, "verify");
+    p->verify = 1;
+    if (verify) {
+        if (!json_is_boolean(verify))
+            return mv_seterr(err, errlen, MV_EINVAL, "server.verify: must be true or false");
+        p->verify = json_is_true(verify);
+    }
+
+    json_t *folders = json_object_get(root, "folders");
+    if (folders) {
+        if (!json_is_object(folders))
+            return mv_seterr(err, errlen, MV_EINVAL, "folders: must be an object");
+        if ((rc = check_keys(folders, "folders.", folder_keys, err, errlen))) return rc;
+        if ((rc = get_patterns(folders, "include", &p->include, &p->ninclude, err, errlen)))
+            return rc;
+        if ((rc = get_patterns(folders, "exclude", &p->exclude, &p->nexclude, err, errlen)))
+            return rc;
+    }
+
+    json_t *mbs = json_object_get(root, "mailboxes");
+    if (!mbs) return mv_seterr(err, errlen, MV_EINVAL, "mailboxes: missing");
+    if (!json_is_array(mbs) || json_array_size(mbs) == 0)
+        return mv_seterr(err, errlen, MV_EINVAL, "mailboxes: must be a non-empty array");
+    size_t n = json_array_size(mbs);
+    if (n > MV_PROFILE_MAX_MAILBOXES)
+        return mv_seterr(err, errlen, MV_EINVAL, "mailboxes: more than %d entries",
+                         MV_PROFILE_MAX_MAILBOXES);
+    p->mailboxes = calloc(n, sizeof *p->mailboxes);
+    if (!p->mailboxes) return MV_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        json_t *mb = json_array_get(mbs, i);
+        char path[48];
+        snprintf(path, sizeof path, "mailboxes[%zu].", i);
+        if (!json_is_object(mb))
+            return mv_seterr(err, errlen, MV_EINVAL, "mailboxes[%zu]: must be an object", i);
+        if ((rc = check_keys(mb, path, mbox_keys, err, errlen))) return rc;
+        mv_profile_mailbox *x = &p->mailboxes[i];
+        p->nmailboxes++;
+        if ((rc = get_str(mb, "login", path, 1, x->login, sizeof x->login, err, errlen)))
+            return rc;
+        if (!mv_mailbox_valid(x->login))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "%slogin: \"%s\" is not a valid login (printable ASCII, no spaces, "
+                             "'/' or '|')",
+                             path, x->login);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(p->mailboxes[j].login, x->login) == 0)
+                return mv_seterr(err, errlen, MV_EINVAL, "%slogin: \"%s\" is listed twice", path,
+                                 x->login);
+        json_t *pw = json_object_get(mb, "password");
+        if (pw) {
+            if (!allow_secrets)
+                return mv_seterr(err, errlen, MV_EINVAL,
+                                 "%spassword: a stored profile must not contain secrets", path);
+            if (!json_is_string(pw) || !*json_string_value(pw) ||
+                strlen(json_string_value(pw)) > 4096)
+                return mv_seterr(err, errlen, MV_EINVAL,
+                                 "%spassword: must be a non-empty string of at most 4096 bytes",
+                                 path);
+            x->password = strdup(json_string_value(pw));
+            if (!x->password) return MV_ENOMEM;
+        }
+    }
+    return MV_OK;
+}
+
+mv_err mv_profile_parse(const char *json, int allow_secrets, mv_profile *p, char *err,
+                        size_t errlen)
+{
+    memset(p, 0, sizeof *p);
+    json_error_t je;
+    json_t *root = json_loads(json, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return mv_seterr(err, errlen, MV_EINVAL, "profile is not valid JSON: line %d column %d: %s",
+                         je.line, je.column, je.text);
+    mv_err rc = parse_obj(root, allow_secrets, p, err, errlen);
+    json_decref(root);
+    if (rc) mv_profile_free(p);
+    return rc;
+}
+
+static json_t *patterns_json(char **v, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++)
+        json_array_append_new(a, json_string(v[i]));
+    return a;
+}
+
+char *mv_profile_to_json(const mv_profile *p)
+{
+    json_t *root = json_object();
+    json_t *srv = json_object();
+    json_t *folders = json_object();
+    json_t *mbs = json_array();
+    char *out = NULL;
+    if (!root || !srv || !folders || !mbs) goto out;
+    json_object_set_new(root, "name", json_string(p->name));
+    json_object_set_new(root, "type", json_string(p->type));
+    json_object_set_new(srv, "host", json_string(p->host));
+    json_object_set_new(srv, "port", json_integer(p->port));
+    json_object_set_new(srv, "tls", json_string(mv_tls_mode_name(p->tls)));
+    json_object_set_new(srv, "verify", json_boolean(p->verify));
+    if (p->ninclude) json_object_set_new(folders, "include", patterns_json(p->include, p->ninclude));
+    if (p->nexclude) json_object_set_new(folders, "exclude", patterns_json(p->exclude, p->nexclude));
+    for (size_t i = 0; i < p->nmailboxes; i++) {
+        json_t *mb = json_object();
+        json_object_set_new(mb, "login", json_string(p->mailboxes[i].login));
+        json_array_append_new(mbs, mb);
+    }
+    json_object_set(root, "server", srv);
+    json_object_set(root, "folders", folders);
+    json_object_set(root, "mailboxes", mbs);
+    out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+out:
+    json_decref(root);
+    json_decref(srv);
+    json_decref(folders);
+    json_decref(mbs);
+    return out;
+}
+
+void mv_profile_free(mv_profile *p)
+{
+    if (!p) return;
+    for (size_t i = 0; i < p->ninclude; i++)
+        free(p->include[i]);
+    for (size_t i = 0; i < p->nexclude; i++)
+        free(p->exclude[i]);
+    free(p->include);
+    free(p->exclude);
+    for (size_t i = 0; i < p->nmailboxes; i++) {
+        if (p->mailboxes[i].password) {
+            mv_crypt_wipe(p->mailboxes[i].password, strlen(p->mailboxes[i].password));
+            free(p->mailboxes[i].password);
+        }
+    }
+    free(p->mailboxes);
+    memset(p, 0, sizeof *p);
+}
+
+int mv_profile_folder_selected(const mv_profile *p, const char *folder)
+{
+    int inc = p->ninclude == 0;
+    for (size_t i = 0; !inc && i < p->ninclude; i++)
+        if (fnmatch(p->include[i], folder, 0) == 0) inc = 1;
+    if (!inc) return 0;
+    for (size_t i = 0; i < p->nexclude; i++)
+        if (fnmatch(p->exclude[i], folder, 0) == 0) return 0;
+    return 1;
+}
+
+long mv_profile_find_mailbox(const mv_profile *p, const char *login)
+{
+    for (size_t i = 0; i < p->nmailboxes; i++)
+        if (strcmp(p->mailboxes[i].login, login) == 0) return (long)i;
+    return -1;
+}
+
+void mv_profile_cred_ad(const char *tenant, const char *profile, const char *mailbox, char *out,
+                        size_t outlen)
+{
+    snprintf(out, outlen, "cred:%s:%s:%s", tenant, profile, mailbox);
+}
