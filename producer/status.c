@@ -1,0 +1,290 @@
+/* status.c - "mailvault status" and "run --wait": progress per tenant and mailbox from the
+ * task status hashes in Redis, plus the workers' consumer lag from Kafka. */
+#include "cli.h"
+
+#include "mv/queue.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct mbox_status {
+    char tenant[64];
+    char mailbox[256];
+    char state[16], run[40], worker[128], folder[256], error[512];
+    long long messages, total, raw, stored, dedup, heartbeat, started, finished, queued;
+    int chunk, attempt;
+} mbox_status;
+
+typedef struct status_list {
+    mbox_status *v;
+    size_t n, cap;
+    const char *tenant;
+    mv_state *st;
+    int failed;
+} status_list;
+
+static int field_cb(void *ud, const char *f, const char *v)
+{
+    mbox_status *m = ud;
+#define S(name, dst)                                                                             \
+    if (strcmp(f, name) == 0) snprintf(dst, sizeof dst, "%s", v)
+#define N(name, dst)                                                                             \
+    if (strcmp(f, name) == 0) dst = atoll(v)
+    S("state", m->state);
+    S("run", m->run);
+    S("worker", m->worker);
+    S("folder", m->folder);
+    S("error", m->error);
+    N("messages", m->messages);
+    N("total_messages", m->total);
+    N("bytes_raw", m->raw);
+    N("bytes_stored", m->stored);
+    N("deduplicated", m->dedup);
+    N("heartbeat_ms", m->heartbeat);
+    N("started_ms", m->started);
+    N("finished_ms", m->finished);
+    N("queued_ms", m->queued);
+    if (strcmp(f, "chunk") == 0) m->chunk = atoi(v);
+    if (strcmp(f, "attempt") == 0) m->attempt = atoi(v);
+#undef S
+#undef N
+    return 0;
+}
+
+static int mailbox_cb(void *ud, const char *mailbox)
+{
+    status_list *l = ud;
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 32;
+        mbox_status *nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv) return 1;
+        l->v = nv;
+        l->cap = nc;
+    }
+    mbox_status *m = &l->v[l->n];
+    memset(m, 0, sizeof *m);
+    snprintf(m->tenant, sizeof m->tenant, "%s", l->tenant);
+    snprintf(m->mailbox, sizeof m->mailbox, "%s", mailbox);
+    char err[MV_ERRLEN];
+    if (mv_state_status_get(l->st, l->tenant, mailbox, field_cb, m, err, sizeof err) == MV_OK)
+        l->n++;
+    return 0;
+}
+
+static int tenant_cb(void *ud, const char *tenant)
+{
+    status_list *l = ud;
+    char err[MV_ERRLEN];
+    l->tenant = tenant;
+    if (mv_state_mailbox_list(l->st, tenant, mailbox_cb, l, err, sizeof err)) l->failed = 1;
+    return 0;
+}
+
+static int collect(mv_state *st, const char *tenant, status_list *l)
+{
+    char err[MV_ERRLEN];
+    l->n = 0;
+    l->st = st;
+    l->failed = 0;
+    if (tenant) {
+        if (!mv_state_tenant_exists(st, tenant))
+            return cli_fail(1, "tenant \"%s\" does not exist", tenant);
+        tenant_cb(l, tenant);
+    } else if (mv_state_tenant_list(st, tenant_cb, l, err, sizeof err)) {
+        return cli_fail(1, "%s", err);
+    }
+    return l->failed ? cli_fail(1, "cannot read status from Redis") : 0;
+}
+
+static void human(long long b, char *out, size_t len)
+{
+    const char *u[] = {"B", "KB", "MB", "GB", "TB"};
+    double v = (double)b;
+    int i = 0;
+    while (v >= 1000 && i < 4) {
+        v /= 1000;
+        i++;
+    }
+    snprintf(out, len, i ? "%.1f %s" : "%.0f %s", v, u[i]);
+}
+
+static void print_table(const status_list *l, const mv_lag *lag, int lag_ok, FILE *f)
+{
+    long long now = (long long)mv_now_ms();
+    const char *cur = "";
+    for (size_t i = 0; i < l->n; i++) {
+        const mbox_status *m = &l->v[i];
+        if (strcmp(cur, m->tenant) != 0) {
+            long long msgs = 0, raw = 0, stored = 0;
+            int done = 0, failed = 0, active = 0, n = 0;
+            for (size_t j = i; j < l->n && strcmp(l->v[j].tenant, m->tenant) == 0; j++, n++) {
+                msgs += l->v[j].total;
+                raw += l->v[j].raw;
+                stored += l->v[j].stored;
+                done += strcmp(l->v[j].state, "done") == 0;
+                failed += strcmp(l->v[j].state, "failed") == 0;
+            }
+            active = n - done - failed;
+            char r[32], s[32];
+            human(raw, r, sizeof r);
+            human(stored, s, sizeof s);
+            fprintf(f, "tenant %s: %d mailboxes (%d done, %d active, %d failed), %lld messages "
+                       "archived; last runs: %s raw, %s stored\n",
+                    m->tenant, n, done, active, failed, msgs, r, s);
+            fprintf(f, "  %-28s %-9s %9s %9s %10s %10s %-18s %s\n", "MAILBOX", "STATE", "RUN MSGS",
+                    "TOTAL", "RAW", "STORED", "FOLDER", "WORKER / ERROR");
+            cur = m->tenant;
+        }
+        char r[32], s[32], extra[700];
+        human(m->raw, r, sizeof r);
+        human(m->stored, s, sizeof s);
+        if (m->error[0] && strcmp(m->state, "done") != 0)
+            snprintf(extra, sizeof extra, "error: %s", m->error);
+        else if (strcmp(m->state, "running") == 0)
+            snprintf(extra, sizeof extra, "%s (heartbeat %llds ago)", m->worker,
+                     (now - m->heartbeat) / 1000);
+        else
+            snprintf(extra, sizeof extra, "%s", m->worker);
+        fprintf(f, "  %-28.28s %-9s %9lld %9lld %10s %10s %-18.18s %s\n", m->mailbox, m->state,
+                m->messages, m->total, r, s, m->folder[0] ? m->folder : "-", extra);
+    }
+    if (lag_ok)
+        fprintf(f, "queue: consumer lag %lld task(s) across %d partition(s)\n",
+                (long long)lag->total, lag->partitions);
+    else
+        fprintf(f, "queue: consumer lag unavailable (Kafka unreachable)\n");
+}
+
+static void print_json(const status_list *l, const mv_lag *lag, int lag_ok)
+{
+    json_t *root = json_object(), *arr = json_array();
+    for (size_t i = 0; i < l->n; i++) {
+        const mbox_status *m = &l->v[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "tenant", json_string(m->tenant));
+        json_object_set_new(o, "mailbox", json_string(m->mailbox));
+        json_object_set_new(o, "state", json_string(m->state));
+        json_object_set_new(o, "run", json_string(m->run));
+        json_object_set_new(o, "worker", json_string(m->worker));
+        json_object_set_new(o, "folder", json_string(m->folder));
+        json_object_set_new(o, "error", json_string(m->error));
+        json_object_set_new(o, "messages", json_integer(m->messages));
+        json_object_set_new(o, "total_messages", json_integer(m->total));
+        json_object_set_new(o, "bytes_raw", json_integer(m->raw));
+        json_object_set_new(o, "bytes_stored", json_integer(m->stored));
+        json_object_set_new(o, "deduplicated", json_integer(m->dedup));
+        json_object_set_new(o, "chunk", json_integer(m->chunk));
+        json_object_set_new(o, "attempt", json_integer(m->attempt));
+        json_object_set_new(o, "heartbeat_ms", json_integer(m->heartbeat));
+        json_object_set_new(o, "started_ms", json_integer(m->started));
+        json_object_set_new(o, "finished_ms", json_integer(m->finished));
+        json_array_append_new(arr, o);
+    }
+    json_object_set_new(root, "mailboxes", arr);
+    if (lag_ok) {
+        json_t *q = json_object(), *pp = json_array();
+        json_object_set_new(q, "total", json_integer(lag->total));
+        for (int i = 0; i < lag->partitions && i < 256; i++)
+            json_array_append_new(pp, json_integer(lag->per_partition[i]));
+        json_object_set_new(q, "partitions", pp);
+        json_object_set_new(root, "lag", q);
+    } else {
+        json_object_set_new(root, "lag", json_null());
+    }
+    char *s = json_dumps(root, JSON_COMPACT);
+    if (s) printf("%s\n", s);
+    free(s);
+    json_decref(root);
+}
+
+int cmd_status(cli *c, int argc, char **argv)
+{
+    const char *tenant = NULL;
+    int watch = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--tenant") == 0 && i + 1 < argc)
+            tenant = argv[++i];
+        else if (strcmp(argv[i], "--watch") == 0)
+            watch = 1;
+        else
+            return cli_fail(2, "usage: mailvault status [--tenant T] [--watch] [--json]");
+    }
+    if (tenant && !mv_name_valid(tenant))
+        return cli_fail(2, "tenant \"%s\" is not a valid name", tenant);
+    mv_state *st = cli_state(c);
+    if (!st) return 1;
+    status_list l = {0};
+    int rc = 0, tty = isatty(1);
+    for (;;) {
+        if ((rc = collect(st, tenant, &l))) break;
+        mv_lag lag;
+        char err[MV_ERRLEN];
+        int lag_ok = mv_queue_lag(&c->cfg, &lag, err, sizeof err) == MV_OK;
+        if (c->json) {
+            print_json(&l, &lag, lag_ok);
+        } else {
+            if (watch && tty) fputs("\033[H\033[2J", stdout);
+            if (l.n == 0) printf("no mailboxes have been queued yet\n");
+            print_table(&l, &lag, lag_ok, stdout);
+        }
+        fflush(stdout);
+        rc = 0;
+        for (size_t i = 0; i < l.n; i++)
+            if (strcmp(l.v[i].state, "failed") == 0) rc = 1;
+        if (!watch) break;
+        sleep(1);
+    }
+    free(l.v);
+    mv_state_close(st);
+    return rc;
+}
+
+int cli_wait_run(cli *c, mv_state *st, const char *tenant, const char *run_id, int timeout_s)
+{
+    (void)c;
+    status_list l = {0};
+    int tty = isatty(2), rc = 0;
+    int64_t start = mv_mono_ms(), last_line = 0;
+    for (;;) {
+        if ((rc = collect(st, tenant, &l))) break;
+        int total = 0, done = 0, failed = 0;
+        long long msgs = 0, raw = 0;
+        for (size_t i = 0; i < l.n; i++) {
+            if (strcmp(l.v[i].run, run_id) != 0) continue;
+            total++;
+            done += strcmp(l.v[i].state, "done") == 0;
+            failed += strcmp(l.v[i].state, "failed") == 0;
+            msgs += l.v[i].messages;
+            raw += l.v[i].raw;
+        }
+        int64_t now = mv_mono_ms();
+        char r[32];
+        human(raw, r, sizeof r);
+        int finished = total > 0 && done + failed == total;
+        if (tty || finished || now - last_line >= 5000) {
+            fprintf(stderr, "%s[%5.1fs] %d/%d mailboxes done, %d failed, %lld messages, %s%s",
+                    tty ? "\r" : "", (double)(now - start) / 1000, done, total, failed, msgs, r,
+                    tty && !finished ? "   " : "\n");
+            last_line = now;
+        }
+        if (finished) {
+            for (size_t i = 0; i < l.n; i++)
+                if (strcmp(l.v[i].run, run_id) == 0 && strcmp(l.v[i].state, "failed") == 0)
+                    fprintf(stderr, "mailvault: mailbox %s failed: %s\n", l.v[i].mailbox,
+                            l.v[i].error);
+            rc = failed ? 1 : 0;
+            break;
+        }
+        if (timeout_s && now - start > (int64_t)timeout_s * 1000) {
+            rc = cli_fail(3, "run %s not finished after %d s (%d/%d mailboxes done)", run_id,
+                          timeout_s, done, total);
+            break;
+        }
+        usleep(200 * 1000);
+    }
+    free(l.v);
+    return rc;
+}

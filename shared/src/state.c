@@ -1,0 +1,1100 @@
+/* state.c - mailvault's Redis state (catalog, status, runs, leases, checkpoints, delays).
+ *
+ * Design:
+ *  - One mv_state owns one hiredis redisContext (blocking, RESP2 only), connected with
+ *    redisConnectWithTimeout and given redisSetTimeout(redis.timeout_ms) for every read/write.
+ *    Only API calls that hiredis 0.14 and 1.x share are used.
+ *  - Every command goes through st_exec() with an argv/length vector (redisCommandArgv), so
+ *    user-supplied names, folder names, payloads and credential blobs are binary-safe and never
+ *    reach a format string. Error replies become MV_ESERVER with Redis' text. A NULL reply means
+ *    the connection is broken: idempotent commands reconnect once and are re-sent; the others
+ *    (INCR-like, Lua scripts whose return value must not be recomputed) fail with MV_ENET or
+ *    MV_ETIMEDOUT and the next command reconnects lazily (nothing is sent twice).
+ *  - Leases, renewals, releases, fenced checkpoint writes and tenant creation are Lua scripts
+ *    sent with EVALSHA, falling back to EVAL on NOSCRIPT (server restarted / SCRIPT FLUSH).
+ *  - Key layout is the one in state.h; value formats are in docs/redis-keys.md. */
+#include "mv/state.h"
+#include "mv/log.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#define ST_KEYLEN 640
+#define ST_MAXARGS 96
+#define ST_SCAN_COUNT "500"
+
+struct mv_state {
+    redisContext *c;
+    char host[128];
+    int port;
+    int timeout_ms;
+};
+
+/* ---- Lua scripts ---------------------------------------------------------------------- */
+
+/* KEYS: lease, fence. ARGV: owner, ttl_ms. -> {1, token} or {0, "owner|token" of holder} */
+static const char LUA_ACQUIRE[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v then return {0, v} end\n"
+    "local t = redis.call('INCR', KEYS[2])\n"
+    "redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%d', t), 'PX', ARGV[2])\n"
+    "return {1, t}\n";
+
+/* KEYS: lease. ARGV: "owner|token", ttl_ms. -> 1 extended, 0 no lease, or the holder value */
+static const char LUA_RENEW[] = "local v = redis.call('GET', KEYS[1])\n"
+                                "if v == ARGV[1] then\n"
+                                "  redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+                                "  return 1\n"
+                                "end\n"
+                                "if v then return v end\n"
+                                "return 0\n";
+
+/* KEYS: lease. ARGV: "owner|token". -> 1 deleted, 0 no lease, or the holder value */
+static const char LUA_RELEASE[] = "local v = redis.call('GET', KEYS[1])\n"
+                                  "if v == ARGV[1] then\n"
+                                  "  redis.call('DEL', KEYS[1])\n"
+                                  "  return 1\n"
+                                  "end\n"
+                                  "if v then return v end\n"
+                                  "return 0\n";
+
+/* KEYS: lease, ckpt hash. ARGV: "owner|token", folder, text. -> 1 written, 0 no lease, or the
+ * holder value (fenced) */
+static const char LUA_CKPT_SET[] = "local v = redis.call('GET', KEYS[1])\n"
+                                   "if v == ARGV[1] then\n"
+                                   "  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])\n"
+                                   "  return 1\n"
+                                   "end\n"
+                                   "if v then return v end\n"
+                                   "return 0\n";
+
+/* KEYS: mv:tenants, mv:tenant:{t}. ARGV: tenant, display_name, created_ms. -> 1 added, 0 exists */
+static const char LUA_TENANT_ADD[] =
+    "if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end\n"
+    "redis.call('HSET', KEYS[2], 'display_name', ARGV[2], 'created_ms', ARGV[3])\n"
+    "return 1\n";
+
+/* ---- argument vectors ----------------------------------------------------------------- */
+
+typedef struct st_args {
+    int n;
+    int overflow;
+    const char *v[ST_MAXARGS];
+    size_t l[ST_MAXARGS];
+} st_args;
+
+static void sa_bin(st_args *a, const void *p, size_t len)
+{
+    if (a->n >= ST_MAXARGS) {
+        a->overflow = 1;
+        return;
+    }
+    a->v[a->n] = p;
+    a->l[a->n] = len;
+    a->n++;
+}
+
+static void sa_str(st_args *a, const char *s)
+{
+    sa_bin(a, s, strlen(s));
+}
+
+/* ---- connection and command execution ------------------------------------------------- */
+
+static mv_err st_ctx_code(const redisContext *c, int saved_errno)
+{
+#ifdef REDIS_ERR_TIMEOUT
+    if (c->err == REDIS_ERR_TIMEOUT) return MV_ETIMEDOUT;
+#endif
+    if (c->err == REDIS_ERR_OOM) return MV_ENOMEM;
+    if (c->err == REDIS_ERR_IO &&
+        (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK || saved_errno == ETIMEDOUT))
+        return MV_ETIMEDOUT;
+    return MV_ENET;
+}
+
+static mv_err st_open(mv_state *s, char *err, size_t errlen)
+{
+    struct timeval tv = {.tv_sec = s->timeout_ms / 1000,
+                         .tv_usec = (suseconds_t)(s->timeout_ms % 1000) * 1000};
+    if (s->c) {
+        redisFree(s->c);
+        s->c = NULL;
+    }
+    errno = 0;
+    redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
+    int saved = errno;
+    if (!c) return mv_seterr(err, errlen, MV_ENOMEM, "redis %s:%d: no memory", s->host, s->port);
+    mv_err e = MV_OK;
+    if (c->err) {
+        e = mv_seterr(err, errlen, st_ctx_code(c, saved), "redis %s:%d: connect: %s", s->host,
+                      s->port, c->errstr);
+        goto out;
+    }
+    if (redisSetTimeout(c, tv) != REDIS_OK) {
+        e = mv_seterr(err, errlen, MV_ENET, "redis %s:%d: cannot set timeout: %s", s->host,
+                      s->port, c->errstr);
+        goto out;
+    }
+    s->c = c;
+    c = NULL;
+out:
+    if (c) redisFree(c);
+    return e;
+}
+
+/* Sends one command and returns its reply, error replies included. A lost connection is
+ * retried once (new connection) when retry is set. */
+static mv_err st_raw(mv_state *s, int retry, const st_args *a, redisReply **out, char *err,
+                     size_t errlen)
+{
+    *out = NULL;
+    if (a->overflow)
+        return mv_seterr(err, errlen, MV_EINVAL, "redis %.*s: too many arguments", (int)a->l[0],
+                         a->v[0]);
+    for (int attempt = 0;; attempt++) {
+        if (!s->c || s->c->err) {
+            mv_err e = st_open(s, err, errlen);
+            if (e) return e;
+        }
+        errno = 0;
+        redisReply *r = redisCommandArgv(s->c, a->n, (const char **)a->v, a->l);
+        int saved = errno;
+        if (r) {
+            *out = r;
+            return MV_OK;
+        }
+        mv_err e = mv_seterr(err, errlen, st_ctx_code(s->c, saved), "redis %s:%d: %.*s: %s",
+                             s->host, s->port, (int)a->l[0], a->v[0], s->c->errstr);
+        redisFree(s->c);
+        s->c = NULL;
+        if (!retry || attempt > 0) return e;
+        mv_warn("redis connection lost, reconnecting", " redis=%s:%d cmd=%.*s", s->host, s->port,
+                (int)a->l[0], a->v[0]);
+    }
+}
+
+/* st_raw + error replies become MV_ESERVER. */
+static mv_err st_exec(mv_state *s, int retry, const st_args *a, redisReply **out, char *err,
+                      size_t errlen)
+{
+    mv_err e = st_raw(s, retry, a, out, err, errlen);
+    if (e) return e;
+    if ((*out)->type == REDIS_REPLY_ERROR) {
+        e = mv_seterr(err, errlen, MV_ESERVER, "redis %.*s: %.*s", (int)a->l[0], a->v[0],
+                      (int)(*out)->len, (*out)->str);
+        freeReplyObject(*out);
+        *out = NULL;
+    }
+    return e;
+}
+
+static mv_err st_bad_reply(const redisReply *r, const char *what, char *err, size_t errlen)
+{
+    return mv_seterr(err, errlen, MV_EPROTO, "redis %s: unexpected reply type %d", what,
+                     r ? r->type : -1);
+}
+
+/* Runs a command whose reply must be of the given type (or NIL when nil_ok). */
+static mv_err st_expect(mv_state *s, int retry, const st_args *a, int type, int nil_ok,
+                        redisReply **out, char *err, size_t errlen)
+{
+    redisReply *r = NULL;
+    mv_err e = st_exec(s, retry, a, &r, err, errlen);
+    if (e) return e;
+    if (r->type != type && !(nil_ok && r->type == REDIS_REPLY_NIL)) {
+        char what[64];
+        snprintf(what, sizeof what, "%.*s", (int)a->l[0], a->v[0]);
+        e = st_bad_reply(r, what, err, errlen);
+        freeReplyObject(r);
+        return e;
+    }
+    if (out)
+        *out = r;
+    else
+        freeReplyObject(r);
+    return MV_OK;
+}
+
+/* Integer reply into *val (may be NULL). */
+static mv_err st_int(mv_state *s, int retry, const st_args *a, long long *val, char *err,
+                     size_t errlen)
+{
+    redisReply *r = NULL;
+    mv_err e = st_expect(s, retry, a, REDIS_REPLY_INTEGER, 0, &r, err, errlen);
+    if (e) return e;
+    if (val) *val = r->integer;
+    freeReplyObject(r);
+    return MV_OK;
+}
+
+/* Any non-error reply. */
+static mv_err st_ok(mv_state *s, int retry, const st_args *a, char *err, size_t errlen)
+{
+    redisReply *r = NULL;
+    mv_err e = st_exec(s, retry, a, &r, err, errlen);
+    if (!e) freeReplyObject(r);
+    return e;
+}
+
+/* EVALSHA with EVAL fallback. keys/args are (pointer, length) pairs in a. */
+typedef struct st_script {
+    const char *src;
+    char sha[41];
+} st_script;
+
+static void st_sha1(st_script *sc)
+{
+    if (sc->sha[0]) return;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (EVP_Digest(sc->src, strlen(sc->src), md, &mdlen, EVP_sha1(), NULL) != 1 || mdlen != 20)
+        return; /* leaves sha empty: plain EVAL is used */
+    char hex[41];
+    mv_hex(md, 20, hex);
+    memcpy(sc->sha, hex, sizeof hex);
+}
+
+static mv_err st_eval(mv_state *s, int retry, const char *src, int nkeys, const st_args *ka,
+                      redisReply **out, char *err, size_t errlen)
+{
+    st_script sc = {.src = src, .sha = ""};
+    st_sha1(&sc);
+    char nk[16];
+    snprintf(nk, sizeof nk, "%d", nkeys);
+    mv_err e = MV_OK;
+    /* pass 0: EVALSHA (skipped without a digest); pass 1: EVAL when the script is unknown */
+    for (int pass = sc.sha[0] ? 0 : 1; pass < 2; pass++) {
+        st_args a = {0};
+        sa_str(&a, pass == 0 ? "EVALSHA" : "EVAL");
+        sa_str(&a, pass == 0 ? sc.sha : src);
+        sa_str(&a, nk);
+        for (int i = 0; i < ka->n; i++)
+            sa_bin(&a, ka->v[i], ka->l[i]);
+        e = st_raw(s, retry, &a, out, err, errlen);
+        if (e) return e;
+        if (pass == 0 && (*out)->type == REDIS_REPLY_ERROR &&
+            strncmp((*out)->str, "NOSCRIPT", 8) == 0) {
+            freeReplyObject(*out);
+            *out = NULL;
+            continue;
+        }
+        break;
+    }
+    if ((*out)->type == REDIS_REPLY_ERROR) {
+        e = mv_seterr(err, errlen, MV_ESERVER, "redis script: %.*s", (int)(*out)->len,
+                      (*out)->str);
+        freeReplyObject(*out);
+        *out = NULL;
+    }
+    return e;
+}
+
+/* ---- keys and validation -------------------------------------------------------------- */
+
+static mv_err st_key(char *buf, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static mv_err st_key(char *buf, char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, ST_KEYLEN, fmt, ap);
+    va_end(ap);
+    if (n < 0 || n >= ST_KEYLEN) return mv_seterr(err, errlen, MV_EINVAL, "redis key too long");
+    return MV_OK;
+}
+
+static mv_err st_check(const char *tenant, const char *profile, const char *mailbox, char *err,
+                       size_t errlen)
+{
+    if (!mv_name_valid(tenant))
+        return mv_seterr(err, errlen, MV_EINVAL, "invalid tenant name \"%.64s\"",
+                         tenant ? tenant : "(null)");
+    if (profile && !mv_name_valid(profile))
+        return mv_seterr(err, errlen, MV_EINVAL, "invalid profile name \"%.64s\"", profile);
+    if (mailbox && !mv_mailbox_valid(mailbox))
+        return mv_seterr(err, errlen, MV_EINVAL, "invalid mailbox id \"%.255s\"", mailbox);
+    return MV_OK;
+}
+
+/* Escapes glob metacharacters so a name matches itself in SCAN MATCH. */
+static mv_err st_glob_escape(const char *in, char *out, size_t outlen, char *err, size_t errlen)
+{
+    size_t o = 0;
+    for (const char *p = in; *p; p++) {
+        if (o + 3 >= outlen) return mv_seterr(err, errlen, MV_EINVAL, "scan pattern too long");
+        if (strchr("*?[]\\", *p)) out[o++] = '\\';
+        out[o++] = *p;
+    }
+    out[o] = '\0';
+    return MV_OK;
+}
+
+/* "owner|token" */
+static mv_err st_lease_value(const char *owner, uint64_t token, char *buf, size_t n, char *err,
+                             size_t errlen)
+{
+    if (!owner || !owner[0]) return mv_seterr(err, errlen, MV_EINVAL, "lease owner is empty");
+    int w = snprintf(buf, n, "%s|%" PRIu64, owner, token);
+    if (w < 0 || (size_t)w >= n) return mv_seterr(err, errlen, MV_EINVAL, "lease owner too long");
+    return MV_OK;
+}
+
+/* Copies the owner part of a lease value "owner|token" into holder. */
+static void st_holder(const char *v, size_t len, char *holder, size_t holderlen)
+{
+    if (!holder || holderlen == 0) return;
+    size_t n = len;
+    for (size_t i = len; i > 0; i--) {
+        if (v[i - 1] == '|') {
+            n = i - 1;
+            break;
+        }
+    }
+    if (n >= holderlen) n = holderlen - 1;
+    memcpy(holder, v, n);
+    holder[n] = '\0';
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------ */
+
+mv_err mv_state_connect(const mv_config *c, mv_state **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    mv_state *s = calloc(1, sizeof *s);
+    if (!s) return mv_seterr(err, errlen, MV_ENOMEM, "redis: no memory");
+    snprintf(s->host, sizeof s->host, "%s", c->redis_host);
+    s->port = c->redis_port;
+    s->timeout_ms = c->redis_timeout_ms > 0 ? c->redis_timeout_ms : 5000;
+    mv_err e = st_open(s, err, errlen);
+    if (!e) e = mv_state_ping(s, err, errlen);
+    if (e) {
+        mv_state_close(s);
+        return e;
+    }
+    *out = s;
+    return MV_OK;
+}
+
+void mv_state_close(mv_state *s)
+{
+    if (!s) return;
+    if (s->c) redisFree(s->c);
+    free(s);
+}
+
+mv_err mv_state_ping(mv_state *s, char *err, size_t errlen)
+{
+    st_args a = {0};
+    sa_str(&a, "PING");
+    return st_ok(s, 1, &a, err, errlen);
+}
+
+/* ---- sets listed in order ------------------------------------------------------------- */
+
+static int st_cmp_reply(const void *x, const void *y)
+{
+    const redisReply *a = *(redisReply *const *)x, *b = *(redisReply *const *)y;
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->str, b->str, n);
+    if (c) return c;
+    return (a->len > b->len) - (a->len < b->len);
+}
+
+static mv_err st_smembers_sorted(mv_state *s, const char *key, int (*cb)(void *, const char *),
+                                 void *ud, char *err, size_t errlen)
+{
+    st_args a = {0};
+    sa_str(&a, "SMEMBERS");
+    sa_str(&a, key);
+    redisReply *r = NULL;
+    mv_err e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen);
+    if (e) return e;
+    redisReply **v = NULL;
+    if (r->elements > 0) {
+        v = malloc(r->elements * sizeof *v);
+        if (!v) {
+            e = mv_seterr(err, errlen, MV_ENOMEM, "redis SMEMBERS: no memory");
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        if (r->element[i]->type != REDIS_REPLY_STRING) {
+            e = st_bad_reply(r->element[i], "SMEMBERS", err, errlen);
+            goto out;
+        }
+        v[i] = r->element[i];
+    }
+    if (r->elements > 1) qsort(v, r->elements, sizeof *v, st_cmp_reply);
+    for (size_t i = 0; i < r->elements; i++) {
+        if (cb(ud, v[i]->str) != 0) {
+            e = mv_seterr(err, errlen, MV_ECANCEL, "listing %s stopped by callback", key);
+            goto out;
+        }
+    }
+out:
+    free(v);
+    freeReplyObject(r);
+    return e;
+}
+
+/* Deletes every key matching pattern (SCAN, then DEL per batch). */
+static mv_err st_scan_del(mv_state *s, const char *pattern, char *err, size_t errlen)
+{
+    char cursor[32] = "0";
+    do {
+        st_args a = {0};
+        sa_str(&a, "SCAN");
+        sa_str(&a, cursor);
+        sa_str(&a, "MATCH");
+        sa_str(&a, pattern);
+        sa_str(&a, "COUNT");
+        sa_str(&a, ST_SCAN_COUNT);
+        redisReply *r = NULL;
+        mv_err e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen);
+        if (e) return e;
+        if (r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+            r->element[1]->type != REDIS_REPLY_ARRAY || r->element[0]->len >= sizeof cursor) {
+            e = st_bad_reply(r, "SCAN", err, errlen);
+            freeReplyObject(r);
+            return e;
+        }
+        memcpy(cursor, r->element[0]->str, r->element[0]->len + 1);
+        redisReply *keys = r->element[1];
+        for (size_t i = 0; i < keys->elements && !e;) {
+            st_args d = {0};
+            sa_str(&d, "DEL");
+            for (; i < keys->elements && d.n < ST_MAXARGS; i++)
+                sa_bin(&d, keys->element[i]->str, keys->element[i]->len);
+            e = st_int(s, 1, &d, NULL, err, errlen);
+        }
+        freeReplyObject(r);
+        if (e) return e;
+    } while (strcmp(cursor, "0") != 0);
+    return MV_OK;
+}
+
+/* ---- catalog -------------------------------------------------------------------------- */
+
+mv_err mv_state_tenant_add(mv_state *s, const char *tenant, const char *display_name, char *err,
+                           size_t errlen)
+{
+    char key[ST_KEYLEN], now[32];
+    mv_err e = st_check(tenant, NULL, NULL, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:tenant:%s", tenant);
+    if (e) return e;
+    snprintf(now, sizeof now, "%" PRId64, mv_now_ms());
+    st_args a = {0};
+    sa_str(&a, "mv:tenants");
+    sa_str(&a, key);
+    sa_str(&a, tenant);
+    sa_str(&a, display_name ? display_name : tenant);
+    sa_str(&a, now);
+    redisReply *r = NULL;
+    /* not retried: a lost reply of a successful add would turn into a false MV_EEXIST */
+    e = st_eval(s, 0, LUA_TENANT_ADD, 2, &a, &r, err, errlen);
+    if (e) return e;
+    if (r->type != REDIS_REPLY_INTEGER)
+        e = st_bad_reply(r, "tenant add script", err, errlen);
+    else if (r->integer == 0)
+        e = mv_seterr(err, errlen, MV_EEXIST, "tenant %s already exists", tenant);
+    freeReplyObject(r);
+    return e;
+}
+
+int mv_state_tenant_exists(mv_state *s, const char *tenant)
+{
+    char err[MV_ERRLEN];
+    if (!mv_name_valid(tenant)) return 0;
+    st_args a = {0};
+    sa_str(&a, "SISMEMBER");
+    sa_str(&a, "mv:tenants");
+    sa_str(&a, tenant);
+    long long v = 0;
+    if (st_int(s, 1, &a, &v, err, sizeof err) != MV_OK) {
+        mv_warn("tenant lookup failed", " tenant=%s error=\"%s\"", tenant, err);
+        return -1;
+    }
+    return v ? 1 : 0;
+}
+
+mv_err mv_state_tenant_del(mv_state *s, const char *tenant, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], pat[ST_KEYLEN], esc[160];
+    mv_err e = st_check(tenant, NULL, NULL, err, errlen);
+    if (!e) e = st_glob_escape(tenant, esc, sizeof esc, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "SISMEMBER");
+    sa_str(&a, "mv:tenants");
+    sa_str(&a, tenant);
+    long long member = 0;
+    e = st_int(s, 1, &a, &member, err, errlen);
+    if (e) return e;
+    if (!member) return mv_seterr(err, errlen, MV_ENOTFOUND, "tenant %s does not exist", tenant);
+
+    /* Data first, the tenant's set membership last: a failure half-way leaves the tenant
+     * listed so the delete can simply be repeated. Leases expire on their own and fence
+     * counters are kept (they must never go backwards). */
+    static const char *const patterns[] = {"mv:profile:", "mv:cred:", "mv:status:", "mv:ckpt:"};
+    for (size_t i = 0; i < sizeof patterns / sizeof patterns[0]; i++) {
+        e = st_key(pat, err, errlen, "%s%s:*", patterns[i], esc);
+        if (!e) e = st_scan_del(s, pat, err, errlen);
+        if (e) return e;
+    }
+    static const char *const singles[] = {"mv:profiles:", "mv:mailboxes:", "mv:tenant:"};
+    for (size_t i = 0; i < sizeof singles / sizeof singles[0]; i++) {
+        a.n = 0;
+        sa_str(&a, "DEL");
+        e = st_key(key, err, errlen, "%s%s", singles[i], tenant);
+        sa_str(&a, key);
+        if (!e) e = st_int(s, 1, &a, NULL, err, errlen);
+        if (e) return e;
+    }
+    a.n = 0;
+    sa_str(&a, "SREM");
+    sa_str(&a, "mv:tenants");
+    sa_str(&a, tenant);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+mv_err mv_state_tenant_list(mv_state *s, int (*cb)(void *ud, const char *name), void *ud,
+                            char *err, size_t errlen)
+{
+    return st_smembers_sorted(s, "mv:tenants", cb, ud, err, errlen);
+}
+
+mv_err mv_state_profile_put(mv_state *s, const char *tenant, const char *profile,
+                            const char *json, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], set[ST_KEYLEN];
+    mv_err e = st_check(tenant, profile, NULL, err, errlen);
+    if (!e && !json) e = mv_seterr(err, errlen, MV_EINVAL, "profile %s: no JSON", profile);
+    if (!e) e = st_key(key, err, errlen, "mv:profile:%s:%s", tenant, profile);
+    if (!e) e = st_key(set, err, errlen, "mv:profiles:%s", tenant);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "SET");
+    sa_str(&a, key);
+    sa_str(&a, json);
+    e = st_ok(s, 1, &a, err, errlen);
+    if (e) return e;
+    a.n = 0;
+    sa_str(&a, "SADD");
+    sa_str(&a, set);
+    sa_str(&a, profile);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+mv_err mv_state_profile_get(mv_state *s, const char *tenant, const char *profile, char **json,
+                            char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    *json = NULL;
+    mv_err e = st_check(tenant, profile, NULL, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:profile:%s:%s", tenant, profile);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "GET");
+    sa_str(&a, key);
+    redisReply *r = NULL;
+    e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
+    if (e) return e;
+    if (r->type == REDIS_REPLY_NIL) {
+        e = mv_seterr(err, errlen, MV_ENOTFOUND, "profile %s/%s does not exist", tenant, profile);
+    } else if (!(*json = malloc(r->len + 1))) {
+        e = mv_seterr(err, errlen, MV_ENOMEM, "profile %s/%s: no memory", tenant, profile);
+    } else {
+        memcpy(*json, r->str, r->len);
+        (*json)[r->len] = '\0';
+    }
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_profile_del(mv_state *s, const char *tenant, const char *profile, char *err,
+                            size_t errlen)
+{
+    char key[ST_KEYLEN], set[ST_KEYLEN], pat[ST_KEYLEN], et[160], ep[160];
+    mv_err e = st_check(tenant, profile, NULL, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:profile:%s:%s", tenant, profile);
+    if (!e) e = st_key(set, err, errlen, "mv:profiles:%s", tenant);
+    if (!e) e = st_glob_escape(tenant, et, sizeof et, err, errlen);
+    if (!e) e = st_glob_escape(profile, ep, sizeof ep, err, errlen);
+    if (!e) e = st_key(pat, err, errlen, "mv:cred:%s:%s:*", et, ep);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "DEL");
+    sa_str(&a, key);
+    long long deleted = 0, removed = 0;
+    e = st_int(s, 1, &a, &deleted, err, errlen);
+    if (e) return e;
+    a.n = 0;
+    sa_str(&a, "SREM");
+    sa_str(&a, set);
+    sa_str(&a, profile);
+    e = st_int(s, 1, &a, &removed, err, errlen);
+    if (!e) e = st_scan_del(s, pat, err, errlen);
+    if (!e && !deleted && !removed)
+        e = mv_seterr(err, errlen, MV_ENOTFOUND, "profile %s/%s does not exist", tenant, profile);
+    return e;
+}
+
+mv_err mv_state_profile_list(mv_state *s, const char *tenant,
+                             int (*cb)(void *ud, const char *name), void *ud, char *err,
+                             size_t errlen)
+{
+    char set[ST_KEYLEN];
+    mv_err e = st_check(tenant, NULL, NULL, err, errlen);
+    if (!e) e = st_key(set, err, errlen, "mv:profiles:%s", tenant);
+    if (e) return e;
+    return st_smembers_sorted(s, set, cb, ud, err, errlen);
+}
+
+mv_err mv_state_cred_put(mv_state *s, const char *tenant, const char *profile,
+                         const char *mailbox, const void *blob, size_t len, char *err,
+                         size_t errlen)
+{
+    char key[ST_KEYLEN];
+    mv_err e = st_check(tenant, profile, mailbox, err, errlen);
+    if (!e && !blob && len)
+        e = mv_seterr(err, errlen, MV_EINVAL, "credential %s/%s/%s: no data", tenant, profile,
+                      mailbox);
+    if (!e) e = st_key(key, err, errlen, "mv:cred:%s:%s:%s", tenant, profile, mailbox);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "SET");
+    sa_str(&a, key);
+    sa_bin(&a, blob ? blob : "", len);
+    return st_ok(s, 1, &a, err, errlen);
+}
+
+mv_err mv_state_cred_get(mv_state *s, const char *tenant, const char *profile,
+                         const char *mailbox, void **blob, size_t *len, char *err,
+                         size_t errlen)
+{
+    char key[ST_KEYLEN];
+    *blob = NULL;
+    *len = 0;
+    mv_err e = st_check(tenant, profile, mailbox, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:cred:%s:%s:%s", tenant, profile, mailbox);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "GET");
+    sa_str(&a, key);
+    redisReply *r = NULL;
+    e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
+    if (e) return e;
+    if (r->type == REDIS_REPLY_NIL) {
+        e = mv_seterr(err, errlen, MV_ENOTFOUND, "no credential for %s/%s/%s", tenant, profile,
+                      mailbox);
+    } else if (!(*blob = malloc(r->len + 1))) { /* +1: never malloc(0); NUL for convenience */
+        e = mv_seterr(err, errlen, MV_ENOMEM, "credential: no memory");
+    } else {
+        memcpy(*blob, r->str, r->len);
+        ((char *)*blob)[r->len] = '\0';
+        *len = r->len;
+    }
+    freeReplyObject(r);
+    return e;
+}
+
+/* ---- task status ---------------------------------------------------------------------- */
+
+static mv_err st_mailbox_seen(mv_state *s, const char *tenant, const char *mailbox, char *err,
+                              size_t errlen)
+{
+    char set[ST_KEYLEN];
+    mv_err e = st_key(set, err, errlen, "mv:mailboxes:%s", tenant);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "SADD");
+    sa_str(&a, set);
+    sa_str(&a, mailbox);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+mv_err mv_state_status_set(mv_state *s, const char *tenant, const char *mailbox, char *err,
+                           size_t errlen, ...)
+{
+    char key[ST_KEYLEN];
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:status:%s:%s", tenant, mailbox);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "HSET");
+    sa_str(&a, key);
+    va_list ap;
+    va_start(ap, errlen);
+    for (;;) {
+        const char *f = va_arg(ap, const char *);
+        if (!f) break;
+        const char *v = va_arg(ap, const char *);
+        if (!v) {
+            e = mv_seterr(err, errlen, MV_EINVAL, "status field %s has no value", f);
+            break;
+        }
+        sa_str(&a, f);
+        sa_str(&a, v);
+    }
+    va_end(ap);
+    if (e) return e;
+    if (a.overflow) return mv_seterr(err, errlen, MV_EINVAL, "too many status fields");
+    if (a.n > 2) e = st_int(s, 1, &a, NULL, err, errlen);
+    if (!e) e = st_mailbox_seen(s, tenant, mailbox, err, errlen);
+    return e;
+}
+
+mv_err mv_state_status_incr(mv_state *s, const char *tenant, const char *mailbox,
+                            const char *field, int64_t by, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], num[32];
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e && (!field || !field[0]))
+        e = mv_seterr(err, errlen, MV_EINVAL, "status field name is empty");
+    if (!e) e = st_key(key, err, errlen, "mv:status:%s:%s", tenant, mailbox);
+    if (e) return e;
+    snprintf(num, sizeof num, "%" PRId64, by);
+    st_args a = {0};
+    sa_str(&a, "HINCRBY");
+    sa_str(&a, key);
+    sa_str(&a, field);
+    sa_str(&a, num);
+    e = st_int(s, 0, &a, NULL, err, errlen); /* not idempotent: never re-sent */
+    if (!e) e = st_mailbox_seen(s, tenant, mailbox, err, errlen);
+    return e;
+}
+
+mv_err mv_state_status_get(mv_state *s, const char *tenant, const char *mailbox,
+                           int (*cb)(void *ud, const char *field, const char *value), void *ud,
+                           char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:status:%s:%s", tenant, mailbox);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "HGETALL");
+    sa_str(&a, key);
+    redisReply *r = NULL;
+    e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen);
+    if (e) return e;
+    if (r->elements == 0)
+        e = mv_seterr(err, errlen, MV_ENOTFOUND, "no status for %s/%s", tenant, mailbox);
+    for (size_t i = 0; !e && i + 1 < r->elements; i += 2) {
+        if (r->element[i]->type != REDIS_REPLY_STRING ||
+            r->element[i + 1]->type != REDIS_REPLY_STRING)
+            e = st_bad_reply(r->element[i], "HGETALL", err, errlen);
+        else if (cb(ud, r->element[i]->str, r->element[i + 1]->str) != 0)
+            e = mv_seterr(err, errlen, MV_ECANCEL, "status read stopped by callback");
+    }
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_mailbox_list(mv_state *s, const char *tenant,
+                             int (*cb)(void *ud, const char *mailbox), void *ud, char *err,
+                             size_t errlen)
+{
+    char set[ST_KEYLEN];
+    mv_err e = st_check(tenant, NULL, NULL, err, errlen);
+    if (!e) e = st_key(set, err, errlen, "mv:mailboxes:%s", tenant);
+    if (e) return e;
+    return st_smembers_sorted(s, set, cb, ud, err, errlen);
+}
+
+/* ---- runs ----------------------------------------------------------------------------- */
+
+mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant,
+                        const char *profile, int tasks, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], ntasks[32], now[32];
+    mv_err e = st_check(tenant, profile, NULL, err, errlen);
+    if (!e && (!run_id || !run_id[0] || strlen(run_id) > 128))
+        e = mv_seterr(err, errlen, MV_EINVAL, "invalid run id");
+    if (!e) e = st_key(key, err, errlen, "mv:run:%s", run_id);
+    if (e) return e;
+    snprintf(ntasks, sizeof ntasks, "%d", tasks);
+    snprintf(now, sizeof now, "%" PRId64, mv_now_ms());
+    st_args a = {0};
+    sa_str(&a, "HSET");
+    sa_str(&a, key);
+    sa_str(&a, "tenant");
+    sa_str(&a, tenant);
+    sa_str(&a, "profile");
+    sa_str(&a, profile);
+    sa_str(&a, "tasks");
+    sa_str(&a, ntasks);
+    sa_str(&a, "started_ms");
+    sa_str(&a, now);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+/* ---- leases --------------------------------------------------------------------------- */
+
+mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailbox,
+                              const char *owner, int ttl_ms, uint64_t *token, char *holder,
+                              size_t holderlen, char *err, size_t errlen)
+{
+    char lease[ST_KEYLEN], fence[ST_KEYLEN], ttl[32];
+    *token = 0;
+    if (holder && holderlen) holder[0] = '\0';
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e && (!owner || !owner[0]))
+        e = mv_seterr(err, errlen, MV_EINVAL, "lease owner is empty");
+    if (!e && ttl_ms <= 0) e = mv_seterr(err, errlen, MV_EINVAL, "lease ttl must be > 0 ms");
+    if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
+    if (!e) e = st_key(fence, err, errlen, "mv:fence:%s:%s", tenant, mailbox);
+    if (e) return e;
+    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    st_args a = {0};
+    sa_str(&a, lease);
+    sa_str(&a, fence);
+    sa_str(&a, owner);
+    sa_str(&a, ttl);
+    redisReply *r = NULL;
+    /* not retried: the script increments the fence counter */
+    e = st_eval(s, 0, LUA_ACQUIRE, 2, &a, &r, err, errlen);
+    if (e) return e;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER) {
+        e = st_bad_reply(r, "lease acquire script", err, errlen);
+    } else if (r->element[0]->integer == 1 && r->element[1]->type == REDIS_REPLY_INTEGER) {
+        *token = (uint64_t)r->element[1]->integer;
+    } else if (r->element[0]->integer == 0 && r->element[1]->type == REDIS_REPLY_STRING) {
+        char who[256];
+        st_holder(r->element[1]->str, r->element[1]->len, who, sizeof who);
+        st_holder(r->element[1]->str, r->element[1]->len, holder, holderlen);
+        e = mv_seterr(err, errlen, MV_EBUSY, "mailbox %s/%s is leased by %s", tenant, mailbox,
+                      who);
+    } else {
+        e = st_bad_reply(r->element[1], "lease acquire script", err, errlen);
+    }
+    freeReplyObject(r);
+    return e;
+}
+
+/* Shared by renew, release and ckpt_set: 1 -> OK, 0 -> lease gone, string -> other holder. */
+static mv_err st_fenced_result(redisReply *r, const char *what, const char *tenant,
+                               const char *mailbox, char *err, size_t errlen)
+{
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) return MV_OK;
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+        return mv_seterr(err, errlen, MV_EBUSY, "%s %s/%s: fenced: lease is not held", what,
+                         tenant, mailbox);
+    if (r->type == REDIS_REPLY_STRING) {
+        char who[256];
+        st_holder(r->str, r->len, who, sizeof who);
+        return mv_seterr(err, errlen, MV_EBUSY, "%s %s/%s: fenced: lease is held by %s", what,
+                         tenant, mailbox, who);
+    }
+    return st_bad_reply(r, what, err, errlen);
+}
+
+mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox,
+                            const char *owner, uint64_t token, int ttl_ms, char *err,
+                            size_t errlen)
+{
+    char lease[ST_KEYLEN], val[512], ttl[32];
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e && ttl_ms <= 0) e = mv_seterr(err, errlen, MV_EINVAL, "lease ttl must be > 0 ms");
+    if (!e) e = st_lease_value(owner, token, val, sizeof val, err, errlen);
+    if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
+    if (e) return e;
+    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    st_args a = {0};
+    sa_str(&a, lease);
+    sa_str(&a, val);
+    sa_str(&a, ttl);
+    redisReply *r = NULL;
+    e = st_eval(s, 1, LUA_RENEW, 1, &a, &r, err, errlen);
+    if (e) return e;
+    e = st_fenced_result(r, "lease renew", tenant, mailbox, err, errlen);
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_lease_release(mv_state *s, const char *tenant, const char *mailbox,
+                              const char *owner, uint64_t token, char *err, size_t errlen)
+{
+    char lease[ST_KEYLEN], val[512];
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e) e = st_lease_value(owner, token, val, sizeof val, err, errlen);
+    if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, lease);
+    sa_str(&a, val);
+    redisReply *r = NULL;
+    e = st_eval(s, 1, LUA_RELEASE, 1, &a, &r, err, errlen);
+    if (e) return e;
+    /* an expired lease (0) is already released */
+    if (!(r->type == REDIS_REPLY_INTEGER && r->integer == 0))
+        e = st_fenced_result(r, "lease release", tenant, mailbox, err, errlen);
+    freeReplyObject(r);
+    return e;
+}
+
+/* ---- checkpoints ---------------------------------------------------------------------- */
+
+static int st_parse_u64(const char **p, const char *end, uint64_t max, uint64_t *out)
+{
+    const char *q = *p;
+    uint64_t v = 0;
+    if (q >= end || *q < '0' || *q > '9') return -1;
+    for (; q < end && *q >= '0' && *q <= '9'; q++) {
+        uint64_t d = (uint64_t)(*q - '0');
+        if (v > (max - d) / 10) return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    *p = q;
+    return 0;
+}
+
+/* "<uidvalidity> <last_uid> <pending_from> <pending_to> <messages>" */
+static int st_ckpt_parse(const char *s, size_t len, mv_ckpt *ck)
+{
+    const char *p = s, *end = s + len;
+    uint64_t v[5];
+    for (int i = 0; i < 5; i++) {
+        if (i > 0 && (p >= end || *p++ != ' ')) return -1;
+        if (st_parse_u64(&p, end, i == 4 ? UINT64_MAX : UINT32_MAX, &v[i]) != 0) return -1;
+    }
+    if (p != end) return -1;
+    ck->uidvalidity = (uint32_t)v[0];
+    ck->last_uid = (uint32_t)v[1];
+    ck->pending_from = (uint32_t)v[2];
+    ck->pending_to = (uint32_t)v[3];
+    ck->messages = v[4];
+    return 0;
+}
+
+mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox,
+                         const char *folder, mv_ckpt *ck, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    memset(ck, 0, sizeof *ck);
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e && !folder) e = mv_seterr(err, errlen, MV_EINVAL, "checkpoint: no folder");
+    if (!e) e = st_key(key, err, errlen, "mv:ckpt:%s:%s", tenant, mailbox);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "HGET");
+    sa_str(&a, key);
+    sa_str(&a, folder);
+    redisReply *r = NULL;
+    e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
+    if (e) return e;
+    if (r->type == REDIS_REPLY_NIL)
+        e = mv_seterr(err, errlen, MV_ENOTFOUND, "no checkpoint for a folder of %s/%s", tenant,
+                      mailbox);
+    else if (st_ckpt_parse(r->str, r->len, ck) != 0) {
+        memset(ck, 0, sizeof *ck);
+        e = mv_seterr(err, errlen, MV_ECORRUPT, "checkpoint of a folder of %s/%s is malformed",
+                      tenant, mailbox);
+    }
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox,
+                         const char *folder, const mv_ckpt *ck, const char *owner,
+                         uint64_t token, char *err, size_t errlen)
+{
+    char lease[ST_KEYLEN], key[ST_KEYLEN], val[512], text[128];
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e && !folder) e = mv_seterr(err, errlen, MV_EINVAL, "checkpoint: no folder");
+    if (!e) e = st_lease_value(owner, token, val, sizeof val, err, errlen);
+    if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
+    if (!e) e = st_key(key, err, errlen, "mv:ckpt:%s:%s", tenant, mailbox);
+    if (e) return e;
+    snprintf(text, sizeof text, "%" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu64,
+             ck->uidvalidity, ck->last_uid, ck->pending_from, ck->pending_to, ck->messages);
+    st_args a = {0};
+    sa_str(&a, lease);
+    sa_str(&a, key);
+    sa_str(&a, val);
+    sa_str(&a, folder);
+    sa_str(&a, text);
+    redisReply *r = NULL;
+    e = st_eval(s, 1, LUA_CKPT_SET, 2, &a, &r, err, errlen); /* same value twice is harmless */
+    if (e) return e;
+    e = st_fenced_result(r, "checkpoint", tenant, mailbox, err, errlen);
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,
+                           size_t errlen)
+{
+    char key[ST_KEYLEN];
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:ckpt:%s:%s", tenant, mailbox);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "DEL");
+    sa_str(&a, key);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+/* ---- delayed tasks -------------------------------------------------------------------- */
+
+mv_err mv_state_delay_add(mv_state *s, const void *payload, size_t len, int64_t due_ms,
+                          char *err, size_t errlen)
+{
+    char due[32];
+    if (!payload || len == 0) return mv_seterr(err, errlen, MV_EINVAL, "delayed task is empty");
+    snprintf(due, sizeof due, "%" PRId64, due_ms);
+    st_args a = {0};
+    sa_str(&a, "ZADD");
+    sa_str(&a, "mv:delayed");
+    sa_str(&a, due);
+    sa_bin(&a, payload, len);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+mv_err mv_state_delay_pump(mv_state *s, int64_t now_ms, int max,
+                           int (*cb)(void *ud, const void *payload, size_t len), void *ud,
+                           int *moved, char *err, size_t errlen)
+{
+    char now[32], lim[32];
+    if (moved) *moved = 0;
+    if (max <= 0) return MV_OK;
+    snprintf(now, sizeof now, "%" PRId64, now_ms);
+    snprintf(lim, sizeof lim, "%d", max);
+    st_args a = {0};
+    sa_str(&a, "ZRANGEBYSCORE");
+    sa_str(&a, "mv:delayed");
+    sa_str(&a, "-inf");
+    sa_str(&a, now);
+    sa_str(&a, "LIMIT");
+    sa_str(&a, "0");
+    sa_str(&a, lim);
+    redisReply *r = NULL;
+    mv_err e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen);
+    if (e) return e;
+    for (size_t i = 0; i < r->elements && !e; i++) {
+        redisReply *el = r->element[i];
+        if (el->type != REDIS_REPLY_STRING) {
+            e = st_bad_reply(el, "ZRANGEBYSCORE", err, errlen);
+            break;
+        }
+        if (cb(ud, el->str, el->len) != 0) continue; /* kept; retried by the next pump */
+        st_args d = {0};
+        sa_str(&d, "ZREM");
+        sa_str(&d, "mv:delayed");
+        sa_bin(&d, el->str, el->len);
+        e = st_int(s, 1, &d, NULL, err, errlen);
+        if (!e && moved) (*moved)++;
+    }
+    freeReplyObject(r);
+    return e;
+}

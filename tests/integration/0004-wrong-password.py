@@ -1,0 +1,26 @@
+"""0004: a wrong password gives a clear error in status and a non-zero CLI exit, and the task
+lands in the dead-letter topic instead of retrying forever (authentication is permanent)."""
+from mvtest import *
+
+t = f"badpw-{SUFFIX}"
+good, bad = f"gina-{SUFFIX}", f"hank-{SUFFIX}"
+seed(good, "pw-gina", 5, folders="INBOX", seed=41)
+seed(bad, "pw-hank", 5, folders="INBOX", seed=42)
+add_tenant(t)
+add_profile(t, "imap", [(good, "pw-gina"), (bad, "not-the-password")])
+
+with Workers(1):
+    p = run(t, "imap", expect=1)
+check(bad in p.stderr and "login refused" in p.stderr, f"run --wait names the mailbox and the cause: {p.stderr.strip()[-300:]}")
+st = cli("status", "--tenant", t, expect=1)
+check("failed" in st.stdout and "login refused" in st.stdout, "status shows the failure and exits 1")
+js = {m["mailbox"]: m for m in status(t)["mailboxes"]}
+check(js[bad]["state"] == "failed", "the bad mailbox is failed")
+check("AUTHENTICATIONFAILED" in js[bad]["error"] or "Authentication failed" in js[bad]["error"],
+      f"the server's reason is kept: {js[bad]['error']}")
+check("not-the-password" not in st.stdout + json.dumps(js), "the password appears nowhere in status")
+check(js[good]["state"] == "done" and js[good]["messages"] == 5, "the other mailbox is unaffected")
+logs = "".join(open(os.path.join(RUN, "log", f)).read() for f in os.listdir(os.path.join(RUN, "log"))
+               if f.startswith(f"worker-{SUFFIX}"))
+check("not-the-password" not in logs, "the password appears nowhere in the worker log")
+print("1 passed, 0 failed")

@@ -1,0 +1,210 @@
+"""mvtest.py - helpers shared by the integration scenarios (NNNN-*.py beside this file).
+
+Each scenario runs against the stack that the ctest fixture "stack-start" brought up
+(compose/local/stack.sh): it reads MV_RUN_DIR/env, uses tenants and IMAP users with a unique
+suffix so scenarios never see each other's data, and starts its own worker processes, which it
+always stops. Waiting is done by polling observable state (Redis status through the CLI) with
+a deadline, never by sleeping a fixed time and hoping.
+"""
+import imaplib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+RUN = os.environ.get("MV_RUN_DIR")
+BIN = os.environ.get("MV_BIN_DIR")
+SRC = os.environ.get("MV_SOURCE_DIR")
+if not RUN or not BIN or not SRC:
+    sys.exit("MV_RUN_DIR, MV_BIN_DIR and MV_SOURCE_DIR must be set (run through ctest)")
+ENVFILE = os.path.join(RUN, "env")
+if not os.path.exists(ENVFILE):
+    sys.exit(f"{ENVFILE} missing: the stack-start fixture did not run")
+STACK = {}
+for line in open(ENVFILE):
+    k, _, v = line.strip().partition("=")
+    if k:
+        STACK[k] = v
+
+CLI = os.path.join(BIN, "producer", "mailvault")
+WORKER = os.path.join(BIN, "worker", "mailvault-worker")
+SCHEDULER = os.path.join(BIN, "scheduler", "mailvault-scheduler")
+SEED = os.path.join(SRC, "compose", "local", "seed.py")
+IMAP_PORT = int(STACK["MV_IMAP_PORT"])
+IMAPS_PORT = int(STACK["MV_IMAPS_PORT"])
+SUFFIX = uuid.uuid4().hex[:8]
+
+
+def env(**extra):
+    e = dict(os.environ)
+    e["MAILVAULT_CONFIG"] = STACK["MV_CONFIG"]
+    for k, v in extra.items():
+        e[k] = str(v)
+    return e
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", flush=True)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+    print(f"ok - {msg}", flush=True)
+
+
+def cli(*args, expect=0, input=None, extra_env=None):
+    p = subprocess.run([CLI, *args], capture_output=True, text=True, input=input,
+                       env=env(**(extra_env or {})), timeout=600)
+    if expect is not None and p.returncode != expect:
+        fail(f"mailvault {' '.join(args)} exited {p.returncode} (expected {expect})\n"
+             f"stdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+def cli_bytes(*args):
+    p = subprocess.run([CLI, *args], capture_output=True, env=env(), timeout=600)
+    if p.returncode != 0:
+        fail(f"mailvault {' '.join(args)} exited {p.returncode}: {p.stderr.decode(errors='replace')}")
+    return p.stdout
+
+
+def seed(user, password, messages, folders="INBOX,Sent,Archive", seed=1, mean_kb=20, duplicates=0):
+    subprocess.run([sys.executable, SEED, "--run", RUN, "--user", user, "--password", password,
+                    "--messages", str(messages), "--folders", folders, "--seed", str(seed),
+                    "--mean-kb", str(mean_kb), "--duplicates", str(duplicates)], check=True)
+
+
+def add_tenant(name):
+    cli("tenant", "add", name)
+
+
+def add_profile(tenant, name, mailboxes, tls="none", port=None, include=None, exclude=None,
+                verify=True):
+    prof = {"name": name, "type": "imap",
+            "server": {"host": "127.0.0.1", "port": port or IMAP_PORT, "tls": tls, "verify": verify},
+            "mailboxes": [{"login": u, "password": p} for u, p in mailboxes]}
+    folders = {}
+    if include:
+        folders["include"] = include
+    if exclude:
+        folders["exclude"] = exclude
+    if folders:
+        prof["folders"] = folders
+    path = os.path.join(RUN, f"profile-{tenant}-{name}.json")
+    with open(path, "w") as f:
+        json.dump(prof, f)
+    cli("profile", "add", "--tenant", tenant, "--file", path)
+    os.unlink(path)  # it held passwords
+
+
+class Workers:
+    """Worker processes of one scenario; stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, n=2, **extra_env):
+        self.procs = []
+        self.extra = extra_env
+        for _ in range(n):
+            self.start()
+
+    def start(self):
+        i = len(self.procs)
+        log = open(os.path.join(RUN, "log", f"worker-{SUFFIX}-{i}.log"), "w")
+        p = subprocess.Popen([WORKER, "--id", f"w{i}-{SUFFIX}"], stdout=log, stderr=log,
+                             env=env(**self.extra))
+        self.procs.append(p)
+        return p
+
+    def kill(self, i):
+        self.procs[i].send_signal(signal.SIGKILL)
+        self.procs[i].wait(timeout=30)
+
+    def stop(self):
+        codes = []
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                codes.append(p.wait(timeout=60))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait())
+        return codes
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def run(tenant, profile, expect=0, timeout=300):
+    p = cli("run", "--tenant", tenant, "--profile", profile, "--wait", "--timeout", str(timeout),
+            expect=expect)
+    return p
+
+
+def status(tenant):
+    p = cli("status", "--tenant", tenant, "--json", expect=None)
+    if p.returncode not in (0, 1):
+        fail(f"status exited {p.returncode}: {p.stderr}")
+    return json.loads(p.stdout)
+
+
+def wait_for(pred, what, timeout=120, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def index(tenant, mailbox=None):
+    args = ["ls", "--tenant", tenant, "--json"]
+    if mailbox:
+        args += ["--mailbox", mailbox]
+    out = cli(*args).stdout
+    return [json.loads(l) for l in out.splitlines() if l.strip()]
+
+
+def objects(tenant):
+    root = os.path.join(RUN, "store", tenant, "objects")
+    found = []
+    for d, _, files in os.walk(root):
+        found += files
+    return found
+
+
+def segments(tenant, mailbox):
+    d = os.path.join(RUN, "store", tenant, "mailboxes", mailbox, "index")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def imap_messages(user, password):
+    """{(folder, uid): raw bytes} of every message, read with Python's imaplib."""
+    c = imaplib.IMAP4("127.0.0.1", IMAP_PORT)
+    c.login(user, password)
+    out = {}
+    typ, boxes = c.list()
+    for b in boxes:
+        text = b.decode()
+        if "\\Noselect" in text or "\\NonExistent" in text:
+            continue
+        name = text.rsplit(' "." ', 1)[1].strip('"')
+        if c.select(f'"{name}"', readonly=True)[0] != "OK":
+            fail(f"cannot select {name} of {user}")
+        typ, data = c.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
+        for item in data:
+            if isinstance(item, tuple):
+                meta = item[0].decode()
+                uid = int(meta.split("UID ")[1].split()[0])
+                out[(name, uid)] = item[1]
+    c.logout()
+    return out

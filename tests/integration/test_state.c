@@ -1,0 +1,559 @@
+/* test_state.c - state.c against the real Redis of the integration stack.
+ *
+ * Needs MV_RUN_DIR (set by ctest) whose env file names MV_REDIS_PORT; fails, never skips,
+ * when that is missing. Every run uses fresh tenant names (uuid suffix), so reruns against the
+ * same Redis do not interfere. Waiting for a lease to expire is done by polling its state in a
+ * bounded loop, never by a fixed sleep. */
+#include "mv/common.h"
+#include "mv/config.h"
+#include "mv/state.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static mv_config cfg;
+static char uid[37];
+
+/* ---- environment ---------------------------------------------------------------------- */
+
+/* Value of KEY in $MV_RUN_DIR/env (KEY=VALUE lines), or NULL. */
+static const char *env_file_get(const char *key, char *buf, size_t n)
+{
+    const char *dir = getenv("MV_RUN_DIR");
+    if (!dir || !dir[0]) return NULL;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/env", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    char line[1024];
+    const char *found = NULL;
+    size_t klen = strlen(key);
+    while (!found && fgets(line, sizeof line, f)) {
+        char *p = line;
+        if (strncmp(p, "export ", 7) == 0) p += 7;
+        if (strncmp(p, key, klen) != 0 || p[klen] != '=') continue;
+        p += klen + 1;
+        p[strcspn(p, "\r\n")] = '\0';
+        size_t l = strlen(p);
+        if (l >= 2 && (p[0] == '"' || p[0] == '\'') && p[l - 1] == p[0]) {
+            p[l - 1] = '\0';
+            p++;
+        }
+        snprintf(buf, n, "%s", p);
+        found = buf;
+    }
+    fclose(f);
+    return found;
+}
+
+static int setup_env(void **state)
+{
+    char port[64];
+    if (!env_file_get("MV_REDIS_PORT", port, sizeof port)) {
+        fprintf(stderr,
+                "test_state: MV_RUN_DIR is not set or $MV_RUN_DIR/env has no MV_REDIS_PORT "
+                "(MV_RUN_DIR=%s); start the stack with compose/local/stack.sh start DIR\n",
+                getenv("MV_RUN_DIR") ? getenv("MV_RUN_DIR") : "(unset)");
+        return -1;
+    }
+    mv_config_defaults(&cfg);
+    snprintf(cfg.redis_host, sizeof cfg.redis_host, "127.0.0.1");
+    cfg.redis_port = atoi(port);
+    cfg.redis_timeout_ms = 3000;
+    mv_uuid(uid);
+    return 0;
+}
+
+static mv_state *connect_or_fail(void)
+{
+    char err[MV_ERRLEN] = "";
+    mv_state *s = NULL;
+    mv_err e = mv_state_connect(&cfg, &s, err, sizeof err);
+    if (e) fail_msg("connect to redis 127.0.0.1:%d: %s", cfg.redis_port, err);
+    return s;
+}
+
+/* A second, raw connection for checks the API does not offer (PTTL, cleanup). */
+static redisContext *raw_connect(void)
+{
+    struct timeval tv = {3, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", cfg.redis_port, tv);
+    if (!c || c->err) fail_msg("raw redis connect failed");
+    return c;
+}
+
+static void sleep_ms(int ms) /* polling interval inside bounded condition loops only */
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+#define CHECK(expr)                                                                          \
+    do {                                                                                     \
+        mv_err e_ = (expr);                                                                  \
+        if (e_ != MV_OK) fail_msg("%s -> %s: %s", #expr, mv_strerror(e_), err);              \
+    } while (0)
+
+/* ---- callbacks ------------------------------------------------------------------------ */
+
+typedef struct names {
+    int n;
+    char v[64][300];
+} names;
+
+static int collect(void *ud, const char *name)
+{
+    names *ns = ud;
+    if (ns->n < 64) snprintf(ns->v[ns->n++], sizeof ns->v[0], "%s", name);
+    return 0;
+}
+
+static int index_of(const names *ns, const char *name)
+{
+    for (int i = 0; i < ns->n; i++)
+        if (strcmp(ns->v[i], name) == 0) return i;
+    return -1;
+}
+
+typedef struct fields {
+    int n;
+    char k[32][64];
+    char v[32][256];
+} fields;
+
+static int collect_field(void *ud, const char *k, const char *v)
+{
+    fields *fs = ud;
+    if (fs->n < 32) {
+        snprintf(fs->k[fs->n], sizeof fs->k[0], "%s", k);
+        snprintf(fs->v[fs->n], sizeof fs->v[0], "%s", v);
+        fs->n++;
+    }
+    return 0;
+}
+
+static const char *field(const fields *fs, const char *k)
+{
+    for (int i = 0; i < fs->n; i++)
+        if (strcmp(fs->k[i], k) == 0) return fs->v[i];
+    return NULL;
+}
+
+/* ---- tests ---------------------------------------------------------------------------- */
+
+static void test_catalog(void **state)
+{
+    char err[MV_ERRLEN] = "", ta[64], tb[64];
+    mv_state *s = connect_or_fail();
+    /* "tb" created first: the list must still come back sorted */
+    snprintf(ta, sizeof ta, "a-%s", uid);
+    snprintf(tb, sizeof tb, "b-%s", uid);
+    CHECK(mv_state_ping(s, err, sizeof err));
+    assert_int_equal(mv_state_tenant_exists(s, ta), 0);
+    CHECK(mv_state_tenant_add(s, tb, "Tenant B", err, sizeof err));
+    CHECK(mv_state_tenant_add(s, ta, NULL, err, sizeof err));
+    assert_int_equal(mv_state_tenant_add(s, ta, "again", err, sizeof err), MV_EEXIST);
+    assert_int_equal(mv_state_tenant_add(s, "Bad:Name", NULL, err, sizeof err), MV_EINVAL);
+    assert_int_equal(mv_state_tenant_exists(s, ta), 1);
+
+    names ns = {0};
+    CHECK(mv_state_tenant_list(s, collect, &ns, err, sizeof err));
+    int ia = index_of(&ns, ta), ib = index_of(&ns, tb);
+    assert_true(ia >= 0 && ib > ia);
+    for (int i = 1; i < ns.n; i++)
+        assert_true(strcmp(ns.v[i - 1], ns.v[i]) < 0);
+
+    /* profiles */
+    char *json = NULL;
+    CHECK(mv_state_profile_put(s, ta, "zeta", "{\"z\":1}", err, sizeof err));
+    CHECK(mv_state_profile_put(s, ta, "alpha", "{\"host\":\"imap.example\"}", err, sizeof err));
+    CHECK(mv_state_profile_put(s, ta, "alpha", "{\"host\":\"imap2.example\"}", err, sizeof err));
+    CHECK(mv_state_profile_get(s, ta, "alpha", &json, err, sizeof err));
+    assert_string_equal(json, "{\"host\":\"imap2.example\"}");
+    free(json);
+    json = NULL;
+    assert_int_equal(mv_state_profile_get(s, ta, "nope", &json, err, sizeof err), MV_ENOTFOUND);
+    assert_null(json);
+    names ps = {0};
+    CHECK(mv_state_profile_list(s, ta, collect, &ps, err, sizeof err));
+    assert_int_equal(ps.n, 2);
+    assert_string_equal(ps.v[0], "alpha");
+    assert_string_equal(ps.v[1], "zeta");
+    CHECK(mv_state_profile_del(s, ta, "zeta", err, sizeof err));
+    assert_int_equal(mv_state_profile_del(s, ta, "zeta", err, sizeof err), MV_ENOTFOUND);
+    memset(&ps, 0, sizeof ps);
+    CHECK(mv_state_profile_list(s, ta, collect, &ps, err, sizeof err));
+    assert_int_equal(ps.n, 1);
+
+    /* binary-safe credentials: NULs, high bytes, CR/LF, RESP-looking text */
+    const unsigned char blob[] = {0x00, 0xff, 'a', 0x00, '\r', '\n', '*', '3', '\r', '\n', 0x80};
+    void *got = NULL;
+    size_t len = 0;
+    CHECK(mv_state_cred_put(s, ta, "alpha", "user@example.com", blob, sizeof blob, err,
+                            sizeof err));
+    CHECK(mv_state_cred_get(s, ta, "alpha", "user@example.com", &got, &len, err, sizeof err));
+    assert_int_equal(len, sizeof blob);
+    assert_memory_equal(got, blob, sizeof blob);
+    free(got);
+    got = NULL;
+    assert_int_equal(
+        mv_state_cred_get(s, ta, "alpha", "other@example.com", &got, &len, err, sizeof err),
+        MV_ENOTFOUND);
+    CHECK(mv_state_cred_put(s, ta, "alpha", "empty@example.com", "", 0, err, sizeof err));
+    CHECK(mv_state_cred_get(s, ta, "alpha", "empty@example.com", &got, &len, err, sizeof err));
+    assert_int_equal(len, 0);
+    free(got);
+
+    /* everything a tenant owns disappears with it */
+    mv_ckpt ck = {.uidvalidity = 7, .last_uid = 9};
+    uint64_t tok = 0;
+    char holder[64];
+    CHECK(mv_state_status_set(s, ta, "user@example.com", err, sizeof err, "state", "done",
+                              NULL));
+    CHECK(mv_state_lease_acquire(s, ta, "user@example.com", "w1", 60000, &tok, holder,
+                                 sizeof holder, err, sizeof err));
+    CHECK(mv_state_ckpt_set(s, ta, "user@example.com", "INBOX", &ck, "w1", tok, err, sizeof err));
+    CHECK(mv_state_lease_release(s, ta, "user@example.com", "w1", tok, err, sizeof err));
+    CHECK(mv_state_run_put(s, uid, ta, "alpha", 3, err, sizeof err));
+    CHECK(mv_state_tenant_del(s, ta, err, sizeof err));
+    assert_int_equal(mv_state_tenant_exists(s, ta), 0);
+    assert_int_equal(mv_state_tenant_del(s, ta, err, sizeof err), MV_ENOTFOUND);
+    assert_int_equal(mv_state_profile_get(s, ta, "alpha", &json, err, sizeof err), MV_ENOTFOUND);
+    assert_int_equal(
+        mv_state_cred_get(s, ta, "alpha", "user@example.com", &got, &len, err, sizeof err),
+        MV_ENOTFOUND);
+    fields fs = {0};
+    assert_int_equal(
+        mv_state_status_get(s, ta, "user@example.com", collect_field, &fs, err, sizeof err),
+        MV_ENOTFOUND);
+    assert_int_equal(mv_state_ckpt_get(s, ta, "user@example.com", "INBOX", &ck, err, sizeof err),
+                     MV_ENOTFOUND);
+    assert_int_equal(ck.uidvalidity, 0);
+    memset(&ps, 0, sizeof ps);
+    CHECK(mv_state_profile_list(s, ta, collect, &ps, err, sizeof err));
+    assert_int_equal(ps.n, 0);
+    memset(&ns, 0, sizeof ns);
+    CHECK(mv_state_mailbox_list(s, ta, collect, &ns, err, sizeof err));
+    assert_int_equal(ns.n, 0);
+
+    /* the run record */
+    redisContext *rc = raw_connect();
+    char runkey[128];
+    snprintf(runkey, sizeof runkey, "mv:run:%s", uid);
+    redisReply *r = redisCommand(rc, "HGET %s tasks", runkey);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    assert_string_equal(r->str, "3");
+    freeReplyObject(r);
+    r = redisCommand(rc, "DEL %s", runkey);
+    freeReplyObject(r);
+    redisFree(rc);
+
+    CHECK(mv_state_tenant_del(s, tb, err, sizeof err));
+    mv_state_close(s);
+}
+
+static void test_status(void **state)
+{
+    char err[MV_ERRLEN] = "", t[64];
+    mv_state *s = connect_or_fail();
+    snprintf(t, sizeof t, "st-%s", uid);
+    CHECK(mv_state_tenant_add(s, t, "Status", err, sizeof err));
+    CHECK(mv_state_status_set(s, t, "zz@example.com", err, sizeof err, "state", "queued", NULL));
+    CHECK(mv_state_status_set(s, t, "bob@example.com", err, sizeof err, "state", "running",
+                              "worker", "w-1", "folder", "Sent Items", "messages", "0", NULL));
+    CHECK(mv_state_status_incr(s, t, "bob@example.com", "messages", 5, err, sizeof err));
+    CHECK(mv_state_status_incr(s, t, "bob@example.com", "messages", 37, err, sizeof err));
+    CHECK(mv_state_status_incr(s, t, "bob@example.com", "bytes_raw", -2, err, sizeof err));
+    fields fs = {0};
+    CHECK(mv_state_status_get(s, t, "bob@example.com", collect_field, &fs, err, sizeof err));
+    assert_int_equal(fs.n, 5);
+    assert_string_equal(field(&fs, "state"), "running");
+    assert_string_equal(field(&fs, "worker"), "w-1");
+    assert_string_equal(field(&fs, "folder"), "Sent Items");
+    assert_string_equal(field(&fs, "messages"), "42");
+    assert_string_equal(field(&fs, "bytes_raw"), "-2");
+    assert_int_equal(
+        mv_state_status_incr(s, t, "bob@example.com", "folder", 1, err, sizeof err),
+        MV_ESERVER); /* Redis' own error text comes back */
+    assert_non_null(strstr(err, "not an integer"));
+    assert_int_equal(mv_state_status_get(s, t, "nobody@example.com", collect_field, &fs, err,
+                                         sizeof err),
+                     MV_ENOTFOUND);
+    assert_int_equal(
+        mv_state_status_set(s, t, "bad/mailbox", err, sizeof err, "state", "x", NULL),
+        MV_EINVAL);
+    names ns = {0};
+    CHECK(mv_state_mailbox_list(s, t, collect, &ns, err, sizeof err));
+    assert_int_equal(ns.n, 2);
+    assert_string_equal(ns.v[0], "bob@example.com");
+    assert_string_equal(ns.v[1], "zz@example.com");
+    CHECK(mv_state_tenant_del(s, t, err, sizeof err));
+    mv_state_close(s);
+}
+
+/* PTTL of the lease key; -2 when it is gone. */
+static long long lease_pttl(redisContext *rc, const char *t, const char *mb)
+{
+    char key[512];
+    snprintf(key, sizeof key, "mv:lease:%s:%s", t, mb);
+    redisReply *r = redisCommand(rc, "PTTL %s", key);
+    if (!r || r->type != REDIS_REPLY_INTEGER) fail_msg("PTTL failed");
+    long long v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+static void test_lease(void **state)
+{
+    char err[MV_ERRLEN] = "", t[64], holder[64];
+    const char *mb = "lease@example.com";
+    uint64_t t1 = 0, t2 = 0, t3 = 0, tx = 0;
+    mv_state *s = connect_or_fail();
+    redisContext *rc = raw_connect();
+    snprintf(t, sizeof t, "ls-%s", uid);
+    CHECK(mv_state_tenant_add(s, t, NULL, err, sizeof err));
+
+    CHECK(mv_state_lease_acquire(s, t, mb, "worker-a", 60000, &t1, holder, sizeof holder, err,
+                                 sizeof err));
+    assert_true(t1 >= 1);
+    assert_int_equal(mv_state_lease_acquire(s, t, mb, "worker-b", 60000, &tx, holder,
+                                            sizeof holder, err, sizeof err),
+                     MV_EBUSY);
+    assert_string_equal(holder, "worker-a");
+    assert_int_equal(tx, 0);
+    /* renew: ours extends, wrong token or owner is refused */
+    CHECK(mv_state_lease_renew(s, t, mb, "worker-a", t1, 120000, err, sizeof err));
+    assert_true(lease_pttl(rc, t, mb) > 60000);
+    assert_int_equal(mv_state_lease_renew(s, t, mb, "worker-a", t1 + 1, 1000, err, sizeof err),
+                     MV_EBUSY);
+    assert_int_equal(mv_state_lease_renew(s, t, mb, "worker-b", t1, 1000, err, sizeof err),
+                     MV_EBUSY);
+    assert_non_null(strstr(err, "worker-a"));
+    /* release: only the holder's token releases */
+    assert_int_equal(mv_state_lease_release(s, t, mb, "worker-b", t1, err, sizeof err), MV_EBUSY);
+    CHECK(mv_state_lease_release(s, t, mb, "worker-a", t1, err, sizeof err));
+    assert_int_equal(lease_pttl(rc, t, mb), -2);
+    CHECK(mv_state_lease_release(s, t, mb, "worker-a", t1, err, sizeof err)); /* idempotent */
+    assert_int_equal(mv_state_lease_renew(s, t, mb, "worker-a", t1, 1000, err, sizeof err),
+                     MV_EBUSY);
+
+    /* expiry: a short lease frees itself; tokens keep increasing */
+    CHECK(mv_state_lease_acquire(s, t, mb, "worker-b", 1000, &t2, holder, sizeof holder, err,
+                                 sizeof err));
+    assert_true(t2 > t1);
+    long long pttl = lease_pttl(rc, t, mb);
+    assert_true(pttl > 0 && pttl <= 1000);
+    int64_t deadline = mv_mono_ms() + 5000;
+    mv_err e;
+    while ((e = mv_state_lease_acquire(s, t, mb, "worker-c", 60000, &t3, holder, sizeof holder,
+                                       err, sizeof err)) == MV_EBUSY) {
+        assert_string_equal(holder, "worker-b");
+        if (mv_mono_ms() > deadline) fail_msg("lease with ttl 1000 ms did not expire in 5 s");
+        sleep_ms(20);
+    }
+    assert_int_equal(e, MV_OK);
+    assert_true(t3 > t2);
+    assert_int_equal(mv_state_lease_acquire(s, t, mb, "worker-c", 1000, &tx, holder,
+                                            sizeof holder, err, sizeof err),
+                     MV_EBUSY); /* not re-entrant */
+    assert_int_equal(mv_state_lease_acquire(s, t, mb, "", 1000, &tx, holder, sizeof holder, err,
+                                            sizeof err),
+                     MV_EINVAL);
+    CHECK(mv_state_lease_release(s, t, mb, "worker-c", t3, err, sizeof err));
+
+    CHECK(mv_state_tenant_del(s, t, err, sizeof err));
+    redisFree(rc);
+    mv_state_close(s);
+}
+
+static void test_fencing(void **state)
+{
+    char err[MV_ERRLEN] = "", t[64], holder[64];
+    const char *mb = "fence@example.com";
+    /* arbitrary bytes in folder names: UTF-8, spaces, separators, glob characters */
+    const char *f1 = "INBOX/Caf\xc3\xa9 | *[x]? \x01";
+    const char *f2 = "Archive.2024";
+    uint64_t ta = 0, tb = 0;
+    mv_ckpt got;
+    mv_state *s = connect_or_fail();
+    snprintf(t, sizeof t, "fe-%s", uid);
+    CHECK(mv_state_tenant_add(s, t, NULL, err, sizeof err));
+
+    mv_ckpt c1 = {.uidvalidity = 4000000000u, .last_uid = 120, .pending_from = 121,
+                  .pending_to = 620, .messages = 5000000000ull};
+    assert_int_equal(mv_state_ckpt_get(s, t, mb, f1, &got, err, sizeof err), MV_ENOTFOUND);
+    /* no lease at all: refused */
+    assert_int_equal(mv_state_ckpt_set(s, t, mb, f1, &c1, "worker-a", 1, err, sizeof err),
+                     MV_EBUSY);
+    CHECK(mv_state_lease_acquire(s, t, mb, "worker-a", 60000, &ta, holder, sizeof holder, err,
+                                 sizeof err));
+    CHECK(mv_state_ckpt_set(s, t, mb, f1, &c1, "worker-a", ta, err, sizeof err));
+    CHECK(mv_state_ckpt_get(s, t, mb, f1, &got, err, sizeof err));
+    assert_memory_equal(&got, &c1, sizeof got);
+    assert_int_equal(mv_state_ckpt_get(s, t, mb, f2, &got, err, sizeof err), MV_ENOTFOUND);
+
+    /* worker-a loses the lease; worker-b takes over with a newer token */
+    CHECK(mv_state_lease_release(s, t, mb, "worker-a", ta, err, sizeof err));
+    CHECK(mv_state_lease_acquire(s, t, mb, "worker-b", 60000, &tb, holder, sizeof holder, err,
+                                 sizeof err));
+    assert_true(tb > ta);
+    mv_ckpt stale = c1;
+    stale.last_uid = 999;
+    stale.pending_from = stale.pending_to = 0;
+    assert_int_equal(mv_state_ckpt_set(s, t, mb, f1, &stale, "worker-a", ta, err, sizeof err),
+                     MV_EBUSY);
+    assert_non_null(strstr(err, "fenced: lease is held by worker-b"));
+    /* same owner name with an old token is fenced too */
+    assert_int_equal(mv_state_ckpt_set(s, t, mb, f1, &stale, "worker-b", ta, err, sizeof err),
+                     MV_EBUSY);
+    CHECK(mv_state_ckpt_get(s, t, mb, f1, &got, err, sizeof err));
+    assert_memory_equal(&got, &c1, sizeof got); /* unchanged */
+
+    mv_ckpt c2 = {.uidvalidity = 1, .last_uid = 2, .pending_from = 0, .pending_to = 0,
+                  .messages = 2};
+    CHECK(mv_state_ckpt_set(s, t, mb, f2, &c2, "worker-b", tb, err, sizeof err));
+    CHECK(mv_state_ckpt_set(s, t, mb, f1, &stale, "worker-b", tb, err, sizeof err));
+    CHECK(mv_state_ckpt_get(s, t, mb, f1, &got, err, sizeof err));
+    assert_memory_equal(&got, &stale, sizeof got);
+    CHECK(mv_state_ckpt_get(s, t, mb, f2, &got, err, sizeof err));
+    assert_memory_equal(&got, &c2, sizeof got);
+
+    CHECK(mv_state_ckpt_clear(s, t, mb, err, sizeof err));
+    assert_int_equal(mv_state_ckpt_get(s, t, mb, f1, &got, err, sizeof err), MV_ENOTFOUND);
+    assert_int_equal(mv_state_ckpt_get(s, t, mb, f2, &got, err, sizeof err), MV_ENOTFOUND);
+
+    /* a malformed checkpoint is reported, not misread */
+    redisContext *rc = raw_connect();
+    char key[256];
+    snprintf(key, sizeof key, "mv:ckpt:%s:%s", t, mb);
+    redisReply *r = redisCommand(rc, "HSET %s %s %s", key, "bad", "1 2 x 4 5");
+    freeReplyObject(r);
+    assert_int_equal(mv_state_ckpt_get(s, t, mb, "bad", &got, err, sizeof err), MV_ECORRUPT);
+    redisFree(rc);
+
+    CHECK(mv_state_lease_release(s, t, mb, "worker-b", tb, err, sizeof err));
+    CHECK(mv_state_tenant_del(s, t, err, sizeof err));
+    mv_state_close(s);
+}
+
+typedef struct pump_ctx {
+    const char *mine[3];
+    size_t mine_len[3];
+    int seen[3];
+    int fail_first; /* index whose callback fails (returns non-zero) */
+} pump_ctx;
+
+static int pump_cb(void *ud, const void *payload, size_t len)
+{
+    pump_ctx *p = ud;
+    for (int i = 0; i < 3; i++) {
+        if (len == p->mine_len[i] && memcmp(payload, p->mine[i], len) == 0) {
+            p->seen[i]++;
+            return i == p->fail_first ? 1 : 0;
+        }
+    }
+    return 1; /* someone else's entry: leave it alone */
+}
+
+static void test_delay_pump(void **state)
+{
+    char err[MV_ERRLEN] = "";
+    char a[64], b[64], c[64];
+    /* binary payloads with NULs, unique per run */
+    size_t la = (size_t)snprintf(a, sizeof a, "A%c%s", 0, uid) + 0;
+    size_t lb = (size_t)snprintf(b, sizeof b, "B%c%s", 0, uid) + 0;
+    size_t lc = (size_t)snprintf(c, sizeof c, "C%c%s", 0, uid) + 0;
+    mv_state *s = connect_or_fail();
+    int64_t now = mv_now_ms();
+    CHECK(mv_state_delay_add(s, a, la, now - 2000, err, sizeof err));
+    CHECK(mv_state_delay_add(s, b, lb, now - 1000, err, sizeof err));
+    CHECK(mv_state_delay_add(s, c, lc, now + 3600 * 1000, err, sizeof err));
+
+    pump_ctx p = {.mine = {a, b, c}, .mine_len = {la, lb, lc}, .fail_first = 0};
+    int moved = -1;
+    CHECK(mv_state_delay_pump(s, now, 1000, pump_cb, &p, &moved, err, sizeof err));
+    assert_int_equal(p.seen[0], 1);
+    assert_int_equal(p.seen[1], 1);
+    assert_int_equal(p.seen[2], 0); /* not due */
+    assert_int_equal(moved, 1);     /* b only: a's callback failed */
+
+    /* a failed callback keeps the entry: the next pump delivers it again */
+    p.fail_first = -1;
+    CHECK(mv_state_delay_pump(s, now, 1000, pump_cb, &p, &moved, err, sizeof err));
+    assert_int_equal(p.seen[0], 2);
+    assert_int_equal(p.seen[1], 1);
+    assert_int_equal(moved, 1);
+    CHECK(mv_state_delay_pump(s, now, 1000, pump_cb, &p, &moved, err, sizeof err));
+    assert_int_equal(p.seen[0], 2);
+    assert_int_equal(moved, 0);
+    /* once due, c comes out */
+    CHECK(mv_state_delay_pump(s, now + 3600 * 1000, 1000, pump_cb, &p, &moved, err, sizeof err));
+    assert_int_equal(p.seen[2], 1);
+    assert_int_equal(moved, 1);
+    CHECK(mv_state_delay_pump(s, now, 0, pump_cb, &p, &moved, err, sizeof err));
+    assert_int_equal(moved, 0);
+    mv_state_close(s);
+}
+
+static void test_reconnect(void **state)
+{
+    char err[MV_ERRLEN] = "", t[64];
+    mv_state *s = connect_or_fail();
+    redisContext *rc = raw_connect();
+    snprintf(t, sizeof t, "rc-%s", uid);
+    CHECK(mv_state_tenant_add(s, t, NULL, err, sizeof err));
+
+    /* drop every other client connection (the stack is locked for this test) */
+    redisReply *r = redisCommand(rc, "CLIENT KILL TYPE normal SKIPME yes");
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    assert_true(r->integer >= 1);
+    freeReplyObject(r);
+    /* idempotent: reconnects once and succeeds */
+    assert_int_equal(mv_state_tenant_exists(s, t), 1);
+
+    r = redisCommand(rc, "CLIENT KILL TYPE normal SKIPME yes");
+    freeReplyObject(r);
+    /* not idempotent: reported, not re-sent */
+    mv_err e = mv_state_status_incr(s, t, "x@example.com", "messages", 1, err, sizeof err);
+    assert_true(e == MV_ENET || e == MV_ETIMEDOUT);
+    assert_non_null(strstr(err, "redis 127.0.0.1:"));
+    /* the next command reconnects */
+    CHECK(mv_state_status_incr(s, t, "x@example.com", "messages", 1, err, sizeof err));
+    fields fs = {0};
+    CHECK(mv_state_status_get(s, t, "x@example.com", collect_field, &fs, err, sizeof err));
+    assert_string_equal(field(&fs, "messages"), "1");
+
+    CHECK(mv_state_tenant_del(s, t, err, sizeof err));
+    redisFree(rc);
+    mv_state_close(s);
+
+    /* nothing listening: a clear network error naming the address */
+    mv_config bad = cfg;
+    bad.redis_port = 1;
+    mv_state *none = NULL;
+    e = mv_state_connect(&bad, &none, err, sizeof err);
+    assert_true(e == MV_ENET || e == MV_ETIMEDOUT);
+    assert_null(none);
+    assert_non_null(strstr(err, "127.0.0.1:1"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_catalog),    cmocka_unit_test(test_status),
+        cmocka_unit_test(test_lease),      cmocka_unit_test(test_fencing),
+        cmocka_unit_test(test_delay_pump), cmocka_unit_test(test_reconnect),
+    };
+    return cmocka_run_group_tests(tests, setup_env, NULL);
+}
