@@ -156,12 +156,13 @@ static int cmd_tenant(cli *c, int argc, char **argv)
         if (npos != 1) {
             rc = cli_fail(2, "usage: mailvault tenant add NAME [--display-name S]");
         } else if (!mv_name_valid(pos[0])) {
-            rc = cli_fail(2, "tenant \"%s\" is not a valid name (1-63 of a-z 0-9 . _ -, "
-                             "starting with a letter or digit)",
+            rc = cli_fail(2,
+                          "tenant \"%s\" is not a valid name (1-63 of a-z 0-9 . _ -, "
+                          "starting with a letter or digit)",
                           pos[0]);
         } else {
-            mv_err e = mv_state_tenant_add(st, pos[0], opts[0].value ? opts[0].value : pos[0],
-                                           err, sizeof err);
+            mv_err e = mv_state_tenant_add(st, pos[0], opts[0].value ? opts[0].value : pos[0], err,
+                                           sizeof err);
             if (e == MV_EEXIST)
                 rc = cli_fail(1, "tenant \"%s\" already exists", pos[0]);
             else if (e)
@@ -170,7 +171,8 @@ static int cmd_tenant(cli *c, int argc, char **argv)
                 printf("tenant %s added\n", pos[0]);
         }
     } else if (strcmp(argv[0], "list") == 0) {
-        if (mv_state_tenant_list(st, print_name, NULL, err, sizeof err)) rc = cli_fail(1, "%s", err);
+        if (mv_state_tenant_list(st, print_name, NULL, err, sizeof err))
+            rc = cli_fail(1, "%s", err);
     } else if (strcmp(argv[0], "rm") == 0) {
         if (npos != 1 || !mv_name_valid(pos[0]))
             rc = cli_fail(2, "usage: mailvault tenant rm NAME");
@@ -278,9 +280,9 @@ static int cmd_profile(cli *c, int argc, char **argv)
         if (npos != 1) {
             rc = cli_fail(2, "usage: mailvault profile %s --tenant T NAME", argv[0]);
         } else if ((e = mv_state_profile_get(st, tenant, pos[0], &json, err, sizeof err))) {
-            rc = e == MV_ENOTFOUND ? cli_fail(1, "profile \"%s\" of tenant \"%s\" not found",
-                                              pos[0], tenant)
-                                   : cli_fail(1, "%s", err);
+            rc = e == MV_ENOTFOUND
+                     ? cli_fail(1, "profile \"%s\" of tenant \"%s\" not found", pos[0], tenant)
+                     : cli_fail(1, "%s", err);
         } else if (argv[0][0] == 's') {
             printf("%s\n", json);
         } else if (mv_state_profile_del(st, tenant, pos[0], err, sizeof err)) {
@@ -398,8 +400,8 @@ static int cmd_verify(cli *c, int argc, char **argv)
     mv_verify_stats vs;
     memset(&vs, 0, sizeof vs);
     int tty = isatty(2);
-    mv_err e = mv_store_verify(s, opts[0].value, verify_bad, verify_progress, &tty, &vs, err,
-                               sizeof err);
+    mv_err e =
+        mv_store_verify(s, opts[0].value, verify_bad, verify_progress, &tty, &vs, err, sizeof err);
     mv_store_close(s);
     if (tty) fputc('\n', stderr);
     if (e) return cli_fail(1, "%s", err);
@@ -444,12 +446,12 @@ static int ls_segment(void *ud, const char *name)
     for (size_t i = 0; i < seg.n; i++) {
         const mv_index_rec *r = &seg.recs[i];
         if (x->c->json) {
-            json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "mailbox",
-                                  x->mailbox, "folder", seg.folder, "uidvalidity",
-                                  (json_int_t)seg.uidvalidity, "hash", r->hash, "uid",
-                                  (json_int_t)r->uid, "size", (json_int_t)r->size, "flags",
-                                  r->flags, "from", r->from, "to", r->to, "subject", r->subject,
-                                  "date", r->date, "message_id", r->msgid);
+            json_t *o =
+                json_pack("{s:s,s:s,s:I,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "mailbox",
+                          x->mailbox, "folder", seg.folder, "uidvalidity",
+                          (json_int_t)seg.uidvalidity, "hash", r->hash, "uid", (json_int_t)r->uid,
+                          "size", (json_int_t)r->size, "flags", r->flags, "from", r->from, "to",
+                          r->to, "subject", r->subject, "date", r->date, "message_id", r->msgid);
             char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
             if (s) printf("%s\n", s);
             free(s);

@@ -29,9 +29,9 @@ typedef struct status_list {
 static int field_cb(void *ud, const char *f, const char *v)
 {
     mbox_status *m = ud;
-#define S(name, dst)                                                                             \
+#define S(name, dst)                                                                               \
     if (strcmp(f, name) == 0) snprintf(dst, sizeof dst, "%s", v)
-#define N(name, dst)                                                                             \
+#define N(name, dst)                                                                               \
     if (strcmp(f, name) == 0) dst = atoll(v)
     S("state", m->state);
     S("run", m->run);
@@ -131,8 +131,9 @@ static void print_table(const status_list *l, const mv_lag *lag, int lag_ok, FIL
             char r[32], s[32];
             human(raw, r, sizeof r);
             human(stored, s, sizeof s);
-            fprintf(f, "tenant %s: %d mailboxes (%d done, %d active, %d failed), %lld messages "
-                       "archived; last runs: %s raw, %s stored\n",
+            fprintf(f,
+                    "tenant %s: %d mailboxes (%d done, %d active, %d failed), %lld messages "
+                    "archived; last runs: %s raw, %s stored\n",
                     m->tenant, n, done, active, failed, msgs, r, s);
             fprintf(f, "  %-28s %-9s %9s %9s %10s %10s %-18s %s\n", "MAILBOX", "STATE", "RUN MSGS",
                     "TOTAL", "RAW", "STORED", "FOLDER", "WORKER / ERROR");

@@ -122,11 +122,21 @@ int main(int argc, char **argv)
     int o;
     while ((o = getopt_long(argc, argv, "c:i:n:h", opts, NULL)) != -1) {
         switch (o) {
-        case 'c': cfgpath = optarg; break;
-        case 'i': snprintf(worker_id, sizeof worker_id, "%s", optarg); break;
-        case 'n': conc = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'c':
+            cfgpath = optarg;
+            break;
+        case 'i':
+            snprintf(worker_id, sizeof worker_id, "%s", optarg);
+            break;
+        case 'n':
+            conc = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind != argc) {
@@ -258,7 +268,7 @@ int main(int argc, char **argv)
         }
 
         mv_qmsg m;
-        mv_err rc = mv_consumer_poll(cons, 100, &m, err, sizeof err);
+        mv_err rc = mv_consumer_poll(cons, 20, &m, err, sizeof err);
         if (rc == MV_ETIMEDOUT) continue;
         if (rc) {
             mv_warn("consumer poll error", " error=\"%s\"", err);
@@ -281,8 +291,7 @@ int main(int argc, char **argv)
         }
         pthread_mutex_unlock(&pl.mu);
         if (!slot) { /* cannot happen with njobs >= partitions; be safe */
-            mv_error("no job slot for task; leaving it uncommitted", " partition=%d",
-                     m.partition);
+            mv_error("no job slot for task; leaving it uncommitted", " partition=%d", m.partition);
             mv_qmsg_free(&m);
         }
     }

@@ -177,8 +177,8 @@ static mv_err archive_range(chunk_ctx *c, mv_imap *im, mv_ckpt *ck, char *err, s
     ck->last_uid = c->last;
     ck->pending_from = ck->pending_to = 0;
     ck->messages += c->msgs;
-    rc = mv_state_ckpt_set(r->st, t->tenant, t->mailbox, c->folder, ck, r->worker_id, c->token,
-                           err, errlen);
+    rc = mv_state_ckpt_set(r->st, t->tenant, t->mailbox, c->folder, ck, r->worker_id, c->token, err,
+                           errlen);
     if (rc) goto out;
     char n[32], raw[32], stored[32], dd[32];
     snprintf(n, sizeof n, "%llu", (unsigned long long)c->msgs);
@@ -187,17 +187,18 @@ static mv_err archive_range(chunk_ctx *c, mv_imap *im, mv_ckpt *ck, char *err, s
     snprintf(dd, sizeof dd, "%llu", (unsigned long long)c->dedup);
     if ((rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "messages", (int64_t)c->msgs, err,
                                    errlen)) ||
-        (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "total_messages",
-                                   (int64_t)c->msgs, err, errlen)) ||
+        (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "total_messages", (int64_t)c->msgs,
+                                   err, errlen)) ||
         (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "bytes_raw", (int64_t)c->raw, err,
                                    errlen)) ||
-        (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "bytes_stored",
-                                   (int64_t)c->stored, err, errlen)) ||
-        (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "deduplicated",
-                                   (int64_t)c->dedup, err, errlen)))
+        (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "bytes_stored", (int64_t)c->stored,
+                                   err, errlen)) ||
+        (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "deduplicated", (int64_t)c->dedup,
+                                   err, errlen)))
         goto out;
-    mv_info("range archived", " tenant=%s mailbox=%s task=%s folder=\"%s\" uids=%u:%u messages=%s "
-                              "raw_bytes=%s stored_bytes=%s deduplicated=%s",
+    mv_info("range archived",
+            " tenant=%s mailbox=%s task=%s folder=\"%s\" uids=%u:%u messages=%s "
+            "raw_bytes=%s stored_bytes=%s deduplicated=%s",
             t->tenant, t->mailbox, t->id, c->folder, c->first, c->last, n, raw, stored, dd);
 out:
     mv_segment_free(&c->seg);
@@ -263,20 +264,28 @@ static mv_err archive_mailbox(mv_runner *r, const mv_task *t, const mv_profile *
         ck.uidvalidity = info.uidvalidity;
         c.folder = folder;
         for (;;) {
+            /* Find the next piece of work first, then check the budget: a chunk that ends
+             * exactly at the end of the mailbox must not queue an empty continuation. */
+            uint32_t *uids = NULL;
+            size_t n = 0;
+            if (!ck.pending_to) {
+                if (info.exists == 0 || (info.uidnext && info.uidnext <= ck.last_uid + 1)) break;
+                if ((rc = mv_imap_uids_from(im, ck.last_uid + 1, &uids, &n, err, errlen))) goto out;
+                if (n == 0) {
+                    free(uids);
+                    break;
+                }
+            }
+            if (budget == 0 || mv_mono_ms() >= deadline || *r->stopping) {
+                free(uids);
+                *more = 1;
+                goto out;
+            }
             if (ck.pending_to) { /* an unconfirmed range from an earlier attempt: redo it */
                 c.first = ck.pending_from;
                 c.last = ck.pending_to;
                 c.overwrite = 1;
             } else {
-                if (info.exists == 0 || (info.uidnext && info.uidnext <= ck.last_uid + 1)) break;
-                uint32_t *uids = NULL;
-                size_t n = 0;
-                if ((rc = mv_imap_uids_from(im, ck.last_uid + 1, &uids, &n, err, errlen)))
-                    goto out;
-                if (n == 0) {
-                    free(uids);
-                    break;
-                }
                 size_t take = n < budget ? n : (size_t)budget;
                 c.first = uids[0];
                 c.last = uids[take - 1];
@@ -284,8 +293,8 @@ static mv_err archive_mailbox(mv_runner *r, const mv_task *t, const mv_profile *
                 c.overwrite = 0;
                 ck.pending_from = c.first;
                 ck.pending_to = c.last;
-                if ((rc = mv_state_ckpt_set(r->st, t->tenant, t->mailbox, folder, &ck,
-                                            r->worker_id, token, err, errlen)))
+                if ((rc = mv_state_ckpt_set(r->st, t->tenant, t->mailbox, folder, &ck, r->worker_id,
+                                            token, err, errlen)))
                     goto out;
             }
             if ((rc = beat(&c, 1))) {
@@ -294,11 +303,6 @@ static mv_err archive_mailbox(mv_runner *r, const mv_task *t, const mv_profile *
             }
             if ((rc = archive_range(&c, im, &ck, err, errlen))) goto out;
             budget = c.msgs >= budget ? 0 : budget - c.msgs;
-            if (budget == 0 || mv_mono_ms() >= deadline || *r->stopping) {
-                /* The budget is spent: more remains unless this was provably the end. */
-                *more = 1;
-                goto out;
-            }
             info.uidnext = 0; /* re-ask the server: new mail may have arrived meanwhile */
         }
     }
@@ -310,8 +314,7 @@ out:
     return rc;
 }
 
-static mv_err send_task(mv_runner *r, const char *topic, const mv_task *t, char *err,
-                        size_t errlen)
+static mv_err send_task(mv_runner *r, const char *topic, const mv_task *t, char *err, size_t errlen)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -342,7 +345,8 @@ static mv_err record_failure(mv_runner *r, const mv_task *t0, mv_err cause, cons
     mv_err rc;
     if (!permanent(cause) && t.attempt + 1 < (uint32_t)r->cfg->max_attempts) {
         t.attempt++;
-        int64_t backoff = (int64_t)r->cfg->retry_base_ms << (t.attempt - 1 < 16 ? t.attempt - 1 : 16);
+        int64_t backoff = (int64_t)r->cfg->retry_base_ms
+                          << (t.attempt - 1 < 16 ? t.attempt - 1 : 16);
         if (backoff > 600000) backoff = 600000;
         t.not_before_ms = mv_now_ms() + backoff;
         char *buf = NULL;
@@ -353,8 +357,9 @@ static mv_err record_failure(mv_runner *r, const mv_task *t0, mv_err cause, cons
         if (rc) return rc;
         snprintf(attempt, sizeof attempt, "%u", t.attempt);
         *outcome = MV_RUN_RETRY;
-        mv_warn("task failed, will retry", " tenant=%s mailbox=%s task=%s attempt=%u backoff_ms=%lld error=\"%s\"",
-                t.tenant, t.mailbox, t.id, t.attempt, (long long)backoff, why);
+        mv_warn("task failed, will retry",
+                " tenant=%s mailbox=%s task=%s attempt=%u backoff_ms=%lld error=\"%s\"", t.tenant,
+                t.mailbox, t.id, t.attempt, (long long)backoff, why);
         return mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "state", "retrying",
                                    "attempt", attempt, "error", why, "heartbeat_ms", now, NULL);
     }
@@ -376,9 +381,9 @@ static mv_err acquire_lease(mv_runner *r, const mv_task *t, uint64_t *token, cha
     int64_t give_up = mv_mono_ms() + r->cfg->lease_ttl_ms + 5000;
     char holder[256];
     for (;;) {
-        mv_err rc = mv_state_lease_acquire(r->st, t->tenant, t->mailbox, r->worker_id,
-                                           r->cfg->lease_ttl_ms, token, holder, sizeof holder,
-                                           err, errlen);
+        mv_err rc =
+            mv_state_lease_acquire(r->st, t->tenant, t->mailbox, r->worker_id, r->cfg->lease_ttl_ms,
+                                   token, holder, sizeof holder, err, errlen);
         if (rc != MV_EBUSY) return rc;
         if (mv_mono_ms() >= give_up || *r->stopping)
             return mv_seterr(err, errlen, MV_EBUSY, "mailbox lease is held by %s", holder);
@@ -420,8 +425,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
                                   chunk, "heartbeat_ms", now, NULL)))
         goto out;
     if (t.chunk == 0 && t.attempt == 0 &&
-        (rc = mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "started_ms", now,
-                                  NULL)))
+        (rc =
+             mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "started_ms", now, NULL)))
         goto out;
     mv_info("task started", " tenant=%s mailbox=%s task=%s run=%s chunk=%u attempt=%u", t.tenant,
             t.mailbox, t.id, t.run_id, t.chunk, t.attempt);
@@ -433,8 +438,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
                           t.mailbox, t.profile);
         goto failed;
     }
-    if ((cause = mv_jobs_credential(r->st, r->master_key, t.tenant, t.profile, t.mailbox,
-                                    &password, why, sizeof why)))
+    if ((cause = mv_jobs_credential(r->st, r->master_key, t.tenant, t.profile, t.mailbox, &password,
+                                    why, sizeof why)))
         goto failed;
     cause = archive_mailbox(r, &t, &p, password, token, &more, why, sizeof why);
     if (cause) goto failed;
@@ -450,13 +455,13 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         next.created_ms = mv_now_ms();
         if ((rc = send_task(r, r->cfg->topic_tasks, &next, err, errlen))) goto out;
         snprintf(chunk, sizeof chunk, "%u", next.chunk);
-        rc = mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "state", "queued",
-                                 "task", next.id, "chunk", chunk, "heartbeat_ms", now, NULL);
+        rc = mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "state", "queued", "task",
+                                 next.id, "chunk", chunk, "heartbeat_ms", now, NULL);
         *outcome = MV_RUN_CONTINUED;
     } else {
         rc = mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "state", "done",
-                                 "finished_ms", now, "heartbeat_ms", now, "error", "", "folder",
-                                 "", NULL);
+                                 "finished_ms", now, "heartbeat_ms", now, "error", "", "folder", "",
+                                 NULL);
         *outcome = MV_RUN_DONE;
     }
     mv_info(more ? "chunk done, continuation queued" : "mailbox done",
@@ -473,8 +478,7 @@ out:
     mv_profile_free(&p);
     if (token) {
         char lerr[MV_ERRLEN];
-        mv_state_lease_release(r->st, t.tenant, t.mailbox, r->worker_id, token, lerr,
-                               sizeof lerr);
+        mv_state_lease_release(r->st, t.tenant, t.mailbox, r->worker_id, token, lerr, sizeof lerr);
     }
     return rc;
 }

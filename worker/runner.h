@@ -23,10 +23,10 @@ typedef struct mv_runner {
 } mv_runner;
 
 typedef enum {
-    MV_RUN_DONE = 0,     /* mailbox complete */
-    MV_RUN_CONTINUED,    /* chunk complete, continuation task produced */
-    MV_RUN_RETRY,        /* transient failure, task re-queued with backoff */
-    MV_RUN_DEAD,         /* failure sent to the DLQ */
+    MV_RUN_DONE = 0,  /* mailbox complete */
+    MV_RUN_CONTINUED, /* chunk complete, continuation task produced */
+    MV_RUN_RETRY,     /* transient failure, task re-queued with backoff */
+    MV_RUN_DEAD,      /* failure sent to the DLQ */
 } mv_run_outcome;
 
 /* Execute one task message. Returns MV_OK when the outcome is durably recorded (checkpoint,

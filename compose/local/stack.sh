@@ -162,6 +162,8 @@ CONF
 cmd_start() {
     local run=$1
     [ -e "$run/pids" ] && [ -n "$(ls -A "$run/pids" 2>/dev/null)" ] && cmd_stop "$run"
+    # a fresh stack every time: old data would make Kafka's format step fail and leak state
+    rm -rf "$run/kafka-data" "$run/redis" "$run/mail" "$run/store" "$run/dovecot" "$run/tls" "$run/log"
     mkdir -p "$run/pids" "$run/log" "$run/store"
     run=$(cd "$run" && pwd)
     read -r kport kcport rport iport isport <<<"$(free_ports 5)"

@@ -10,22 +10,38 @@
 const char *mv_strerror(mv_err e)
 {
     switch (e) {
-    case MV_OK: return "ok";
-    case MV_ERR: return "error";
-    case MV_ENOMEM: return "out of memory";
-    case MV_EINVAL: return "invalid input";
-    case MV_EIO: return "I/O error";
-    case MV_ENET: return "network error";
-    case MV_ETIMEDOUT: return "timed out";
-    case MV_EPROTO: return "protocol error";
-    case MV_EAUTH: return "authentication failed";
-    case MV_ENOTFOUND: return "not found";
-    case MV_EEXIST: return "already exists";
-    case MV_EBUSY: return "busy";
-    case MV_ETOOBIG: return "too big";
-    case MV_ECORRUPT: return "corrupt data";
-    case MV_ECANCEL: return "cancelled";
-    case MV_ESERVER: return "server error";
+    case MV_OK:
+        return "ok";
+    case MV_ERR:
+        return "error";
+    case MV_ENOMEM:
+        return "out of memory";
+    case MV_EINVAL:
+        return "invalid input";
+    case MV_EIO:
+        return "I/O error";
+    case MV_ENET:
+        return "network error";
+    case MV_ETIMEDOUT:
+        return "timed out";
+    case MV_EPROTO:
+        return "protocol error";
+    case MV_EAUTH:
+        return "authentication failed";
+    case MV_ENOTFOUND:
+        return "not found";
+    case MV_EEXIST:
+        return "already exists";
+    case MV_EBUSY:
+        return "busy";
+    case MV_ETOOBIG:
+        return "too big";
+    case MV_ECORRUPT:
+        return "corrupt data";
+    case MV_ECANCEL:
+        return "cancelled";
+    case MV_ESERVER:
+        return "server error";
     }
     return "unknown error";
 }

@@ -12,7 +12,6 @@
 #include "mv/log.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,7 +88,7 @@ void mv_config_defaults(mv_config *c)
     c->store_fsync_each = 0;
     c->zstd_level = 3;
     c->concurrency = 4;
-    c->chunk_messages = 500;
+    c->chunk_messages = 2000;
     c->chunk_seconds = 60;
     c->max_attempts = 5;
     c->retry_base_ms = 2000;

@@ -57,8 +57,8 @@
 
 #define IO_TIMEOUT (-2)
 #define RBUF_SIZE 65536u
-#define SMALL_MAX 65536u            /* non-message literals and quoted strings we keep */
-#define DEPTH_MAX 16                /* parenthesis nesting */
+#define SMALL_MAX 65536u              /* non-message literals and quoted strings we keep */
+#define DEPTH_MAX 16                  /* parenthesis nesting */
 #define SEARCH_MAX (8u * 1024 * 1024) /* UIDs in one UID SEARCH answer (32 MiB) */
 #define LOGOUT_TIMEOUT_MS 5000
 
@@ -119,7 +119,8 @@ struct mv_imap {
 
 /* ------------------------------------------------------------------ errors and buffers */
 
-static mv_err fail(mv_imap *c, mv_err e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static mv_err fail(mv_imap *c, mv_err e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static mv_err fail(mv_imap *c, mv_err e, const char *fmt, ...)
 {
     if (c->err && c->errlen > 0) {
@@ -150,6 +151,7 @@ static mv_err sb_reserve(mv_imap *c, sbuf *b, size_t extra)
     if (!p) return fail(c, MV_ENOMEM, "out of memory");
     b->p = p;
     b->cap = cap;
+    b->p[b->len] = '\0';
     return MV_OK;
 }
 
@@ -243,8 +245,7 @@ static void sigpipe_restore(sigpipe_guard *g)
             sigemptyset(&only);
             sigaddset(&only, SIGPIPE);
             struct timespec zero = {0, 0};
-            while (sigtimedwait(&only, NULL, &zero) < 0 && errno == EINTR) {
-            }
+            while (sigtimedwait(&only, NULL, &zero) < 0 && errno == EINTR) {}
         }
     }
     pthread_sigmask(SIG_SETMASK, &g->old, NULL);
@@ -274,9 +275,15 @@ static long sock_read(void *io, void *buf, size_t len, int timeout_ms)
             errno = 0;
             int n = SSL_read(c->ssl, buf, (int)len);
             int se = n > 0 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, n);
+            /* EOF without close_notify: IMAP framing (literal sizes, tagged completion)
+             * detects truncation itself, so report it as a plain end of stream */
+            if (se == SSL_ERROR_SSL &&
+                ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+                se = SSL_ERROR_ZERO_RETURN;
             if (se != SSL_ERROR_NONE && se != SSL_ERROR_WANT_READ && se != SSL_ERROR_WANT_WRITE &&
                 se != SSL_ERROR_ZERO_RETURN)
                 tls_errstr(c->ioerr, sizeof c->ioerr);
+            ERR_clear_error();
             sigpipe_restore(&g);
             if (n > 0) return n;
             if (se == SSL_ERROR_ZERO_RETURN) return 0;
@@ -354,8 +361,8 @@ static mv_err tcp_connect(mv_imap *c)
     mv_err e = MV_ENET;
     fail(c, MV_ENET, "connect to %s:%d failed: no usable address", c->host, c->o.port);
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                        ai->ai_protocol);
+        int fd =
+            socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
         if (fd < 0) {
             fail(c, MV_ENET, "socket: %s", strerror(errno));
             continue;
@@ -445,8 +452,8 @@ static mv_err tls_start(mv_imap *c)
         }
         int w = wait_fd(c->fd, se == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
         if (w == 0)
-            return fail(c, MV_ETIMEDOUT, "TLS handshake with %s:%d timed out after %d ms",
-                        c->host, c->o.port, c->o.timeout_ms);
+            return fail(c, MV_ETIMEDOUT, "TLS handshake with %s:%d timed out after %d ms", c->host,
+                        c->o.port, c->o.timeout_ms);
         if (w < 0) return fail(c, MV_ENET, "poll: %s", strerror(errno));
     }
     mv_debug("imap tls established", " host=%s version=%s cipher=%s", c->host,
@@ -492,8 +499,7 @@ static mv_err lx_get(mv_imap *c, int *ch)
 {
     mv_err e = rd_fill(c);
     if (e) return e;
-    c->linebytes++;
-    if (!c->unbounded && c->linebytes > c->o.max_line)
+    if (!c->unbounded && ++c->linebytes > c->o.max_line)
         return fail(c, MV_EPROTO, "response line exceeds max_line (%zu bytes)", c->o.max_line);
     *ch = c->rbuf[c->rpos++];
     return MV_OK;
@@ -626,8 +632,8 @@ static mv_err lx_literal_data(mv_imap *c, uint64_t n, sink_fn fn, void *ud)
         if (e) {
             if (c->eof)
                 return fail(c, MV_ENET,
-                            "connection closed in the middle of a literal, %" PRIu64
-                            " of %" PRIu64 " bytes read",
+                            "connection closed in the middle of a literal, %" PRIu64 " of %" PRIu64
+                            " bytes read",
                             done, n);
             if (c->timedout)
                 return fail(c, MV_ETIMEDOUT,
@@ -691,8 +697,8 @@ static mv_err lx_string(mv_imap *c, sbuf *out, size_t bound, int *is_nil)
         uint64_t n;
         if ((e = lx_literal_hdr(c, &n))) return e;
         if (n > bound)
-            return fail(c, MV_EPROTO, "literal of %" PRIu64 " bytes exceeds the %zu-byte bound",
-                        n, bound);
+            return fail(c, MV_EPROTO, "literal of %" PRIu64 " bytes exceeds the %zu-byte bound", n,
+                        bound);
         if ((e = sb_reserve(c, out, (size_t)n))) return e;
         return lx_literal_data(c, n, sb_sink, out);
     }
@@ -733,8 +739,9 @@ static mv_err lx_skip_value(mv_imap *c, int depth)
         uint64_t n;
         if ((e = lx_literal_hdr(c, &n))) return e;
         if (n > c->o.max_literal)
-            return fail(c, MV_ETOOBIG, "literal of %" PRIu64 " bytes exceeds max_literal (%" PRIu64 ")",
-                        n, c->o.max_literal);
+            return fail(c, MV_ETOOBIG,
+                        "literal of %" PRIu64 " bytes exceeds max_literal (%" PRIu64 ")", n,
+                        c->o.max_literal);
         return lx_literal_data(c, n, NULL, NULL);
     }
     if (!is_atom_ch(ch)) return unexpected(c, ch, "a value");
@@ -988,8 +995,7 @@ static int parse_date(const char *s, int64_t *out)
     if (*s != '\0') return -1;
     int zone = v[5]; /* hhmm as one number */
     int zh = zone / 100, zm = zone % 100;
-    if (day < 1 || day > 31 || v[2] > 23 || v[3] > 59 || v[4] > 60 || zh > 23 || zm > 59)
-        return -1;
+    if (day < 1 || day > 31 || v[2] > 23 || v[3] > 59 || v[4] > 60 || zh > 23 || zm > 59) return -1;
     struct tm tm = {0};
     tm.tm_mday = day;
     tm.tm_mon = mon;
@@ -1067,8 +1073,7 @@ static mv_err parse_fetch(mv_imap *c, uint32_t seq, const mv_imap_fetch_cb *cb, 
                                 seq, m.uid, litsize, c->o.max_literal);
                 if (cb && cb->body_begin && cb->body_begin(ud, litsize) != 0)
                     return fail(c, MV_ECANCEL, "fetch aborted by the caller");
-                if ((e = lx_literal_data(c, litsize, cb ? cb->body_data : NULL, ud)))
-                    return e;
+                if ((e = lx_literal_data(c, litsize, cb ? cb->body_data : NULL, ud))) return e;
                 had_body = 1;
             } else {
                 int nil;
@@ -1334,9 +1339,12 @@ int mv_tls_mode_parse(const char *s)
 const char *mv_tls_mode_name(mv_tls_mode m)
 {
     switch (m) {
-    case MV_TLS_NONE: return "none";
-    case MV_TLS_STARTTLS: return "starttls";
-    case MV_TLS_IMPLICIT: return "implicit";
+    case MV_TLS_NONE:
+        return "none";
+    case MV_TLS_STARTTLS:
+        return "starttls";
+    case MV_TLS_IMPLICIT:
+        return "implicit";
     }
     return "unknown";
 }
@@ -1417,8 +1425,8 @@ mv_err mv_imap_from_io(const mv_imap_opts *o, mv_imap_read_fn rd, mv_imap_write_
     return MV_OK;
 }
 
-mv_err mv_imap_read_until_tagged(mv_imap *c, const char *tag, const mv_imap_fetch_cb *cb,
-                                 void *ud, char *err, size_t errlen)
+mv_err mv_imap_read_until_tagged(mv_imap *c, const char *tag, const mv_imap_fetch_cb *cb, void *ud,
+                                 char *err, size_t errlen)
 {
     if (!c || !tag) return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_read_until_tagged: NULL");
     set_ctx(c, err, errlen);
@@ -1524,8 +1532,8 @@ static mv_err login_plain(mv_imap *c, const char *user, const char *pass)
         goto out;
     OPENSSL_cleanse(b.p, b.cap);
     sb_clear(&b);
-    if ((e = cmd_text(c, &b, (char *)b64)) || (e = cmd_finish(c, &b, "AUTHENTICATE PLAIN",
-                                                               RUN_LOGIN, NULL, NULL)))
+    if ((e = cmd_text(c, &b, (char *)b64)) ||
+        (e = cmd_finish(c, &b, "AUTHENTICATE PLAIN", RUN_LOGIN, NULL, NULL)))
         goto out;
 out:
     if (raw) OPENSSL_cleanse(raw, rl);
@@ -1614,8 +1622,7 @@ mv_err mv_imap_examine(mv_imap *c, const char *mailbox, mv_imap_mailbox *info, c
     if (!e) e = cmd_astring(c, &b, mailbox, "EXAMINE", RUN_PLAIN);
     if (!e) e = cmd_finish(c, &b, "EXAMINE", RUN_PLAIN, NULL, NULL);
     sb_free(&b, 0);
-    if (!e && !c->have_uidvalidity)
-        e = fail(c, MV_EPROTO, "EXAMINE: server sent no UIDVALIDITY");
+    if (!e && !c->have_uidvalidity) e = fail(c, MV_EPROTO, "EXAMINE: server sent no UIDVALIDITY");
     if (!e) *info = c->mb;
     return e;
 }
@@ -1642,7 +1649,7 @@ mv_err mv_imap_uids_from(mv_imap *c, uint32_t from, uint32_t **uids, size_t *n, 
     c->collect = 0;
     if (!e) {
         size_t k = 0;
-        qsort(c->uids, c->nuids, sizeof *c->uids, cmp_u32);
+        if (c->nuids > 1) qsort(c->uids, c->nuids, sizeof *c->uids, cmp_u32);
         for (size_t i = 0; i < c->nuids; i++) /* drop the n:* quirk and duplicates */
             if (c->uids[i] >= from && (k == 0 || c->uids[k - 1] != c->uids[i]))
                 c->uids[k++] = c->uids[i];

@@ -35,8 +35,7 @@ mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], c
         }
         unsigned char *blob = NULL;
         size_t len = 0;
-        rc = mv_crypt_seal(key, ad, mb->password, strlen(mb->password), &blob, &len, err,
-                           errlen);
+        rc = mv_crypt_seal(key, ad, mb->password, strlen(mb->password), &blob, &len, err, errlen);
         if (rc) return rc;
         rc = mv_state_cred_put(st, tenant, p->name, mb->login, blob, len, err, errlen);
         free(blob);

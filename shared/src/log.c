@@ -47,9 +47,8 @@ void mv_log(mv_log_level lvl, const char *msg, const char *kvfmt, ...)
     gmtime_r(&ts.tv_sec, &tm);
     int n = snprintf(line, sizeof line,
                      "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s%s%s msg=\"%s\"",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, names[lvl], log_comp[0] ? " comp=" : "",
-                     log_comp, msg);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, names[lvl], log_comp[0] ? " comp=" : "", log_comp, msg);
     if (n < 0) return;
     if ((size_t)n >= sizeof line - 2) n = (int)sizeof line - 2;
     if (kvfmt && *kvfmt) {

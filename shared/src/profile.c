@@ -97,8 +97,8 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
     snprintf(p->type, sizeof p->type, "imap");
     if ((rc = get_str(root, "type", "", 0, p->type, sizeof p->type, err, errlen))) return rc;
     if (strcmp(p->type, "imap") != 0)
-        return mv_seterr(err, errlen, MV_EINVAL,
-                         "type: \"%s\" is not supported (supported: imap)", p->type);
+        return mv_seterr(err, errlen, MV_EINVAL, "type: \"%s\" is not supported (supported: imap)",
+                         p->type);
 
     json_t *srv = json_object_get(root, "server");
     if (!srv) return mv_seterr(err, errlen, MV_EINVAL, "server: missing");
@@ -159,8 +159,7 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
         if ((rc = check_keys(mb, path, mbox_keys, err, errlen))) return rc;
         mv_profile_mailbox *x = &p->mailboxes[i];
         p->nmailboxes++;
-        if ((rc = get_str(mb, "login", path, 1, x->login, sizeof x->login, err, errlen)))
-            return rc;
+        if ((rc = get_str(mb, "login", path, 1, x->login, sizeof x->login, err, errlen))) return rc;
         if (!mv_mailbox_valid(x->login))
             return mv_seterr(err, errlen, MV_EINVAL,
                              "%slogin: \"%s\" is not a valid login (printable ASCII, no spaces, "
@@ -224,8 +223,10 @@ char *mv_profile_to_json(const mv_profile *p)
     json_object_set_new(srv, "port", json_integer(p->port));
     json_object_set_new(srv, "tls", json_string(mv_tls_mode_name(p->tls)));
     json_object_set_new(srv, "verify", json_boolean(p->verify));
-    if (p->ninclude) json_object_set_new(folders, "include", patterns_json(p->include, p->ninclude));
-    if (p->nexclude) json_object_set_new(folders, "exclude", patterns_json(p->exclude, p->nexclude));
+    if (p->ninclude)
+        json_object_set_new(folders, "include", patterns_json(p->include, p->ninclude));
+    if (p->nexclude)
+        json_object_set_new(folders, "exclude", patterns_json(p->exclude, p->nexclude));
     for (size_t i = 0; i < p->nmailboxes; i++) {
         json_t *mb = json_object();
         json_object_set_new(mb, "login", json_string(p->mailboxes[i].login));

@@ -47,38 +47,50 @@
 static mv_err q_code(rd_kafka_resp_err_t e)
 {
     switch (e) {
-    case RD_KAFKA_RESP_ERR_NO_ERROR: return MV_OK;
+    case RD_KAFKA_RESP_ERR_NO_ERROR:
+        return MV_OK;
     case RD_KAFKA_RESP_ERR__TIMED_OUT:
     case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
     case RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE:
-    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT: return MV_ETIMEDOUT;
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+        return MV_ETIMEDOUT;
     case RD_KAFKA_RESP_ERR__TRANSPORT:
     case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
-    case RD_KAFKA_RESP_ERR__RESOLVE: return MV_ENET;
+    case RD_KAFKA_RESP_ERR__RESOLVE:
+        return MV_ENET;
     case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
     case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
-    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART: return MV_ENOTFOUND;
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+        return MV_ENOTFOUND;
     case RD_KAFKA_RESP_ERR__NO_OFFSET:
-    case RD_KAFKA_RESP_ERR__INVALID_ARG: return MV_EINVAL;
-    default: return MV_ESERVER;
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+        return MV_EINVAL;
+    default:
+        return MV_ESERVER;
     }
 }
 
 static void q_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     if (level > 4) return; /* syslog levels: 0..3 error, 4 warning */
-    mv_log(level <= 3 ? MV_LOG_ERROR : MV_LOG_WARN, "kafka client", " client=%s fac=%s detail=\"%s\"",
-           rd_kafka_name(rk), fac, buf);
+    mv_log(level <= 3 ? MV_LOG_ERROR : MV_LOG_WARN, "kafka client",
+           " client=%s fac=%s detail=\"%s\"", rd_kafka_name(rk), fac, buf);
 }
 
+/* Client-level errors (also keeps them out of consumer polls). Connection failures are already
+ * logged by the log callback, so they are only repeated at debug level. */
 static void q_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-    mv_warn("kafka error", " client=%s code=%s detail=\"%s\"", rd_kafka_name(rk),
-            rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+    mv_log_level lvl = MV_LOG_WARN;
+    if (err == RD_KAFKA_RESP_ERR__FATAL)
+        lvl = MV_LOG_ERROR;
+    else if (err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        lvl = MV_LOG_DEBUG;
+    mv_log(lvl, "kafka error", " client=%s code=%s detail=\"%s\"", rd_kafka_name(rk),
+           rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
-static mv_err q_set(rd_kafka_conf_t *conf, const char *k, const char *v, char *err,
-                    size_t errlen)
+static mv_err q_set(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen)
 {
     char es[256];
     if (rd_kafka_conf_set(conf, k, v, es, sizeof es) != RD_KAFKA_CONF_OK)
@@ -126,6 +138,31 @@ static int64_t q_left(int64_t deadline)
     return left > 0 ? left : 0;
 }
 
+/* Errors a freshly created topic or a leader change produce for a moment. */
+static int q_transient(rd_kafka_resp_err_t e)
+{
+    return e == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
+           e == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
+           e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+           e == RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT || e == RD_KAFKA_RESP_ERR__TRANSPORT ||
+           e == RD_KAFKA_RESP_ERR_NOT_COORDINATOR ||
+           e == RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS ||
+           e == RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE;
+}
+
+/* Low/high watermark of one partition, retrying transient errors until deadline. */
+static rd_kafka_resp_err_t q_watermarks(rd_kafka_t *rk, const char *topic, int32_t partition,
+                                        int64_t deadline, int64_t *lo, int64_t *hi)
+{
+    for (;;) {
+        int64_t left = q_left(deadline);
+        rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(rk, topic, partition, lo, hi,
+                                                                  left > 0 ? (int)left : 1);
+        if (!ke || !q_transient(ke) || q_left(deadline) <= 100) return ke;
+        rd_kafka_poll(rk, 100); /* pause between attempts, serves callbacks */
+    }
+}
+
 /* Waits until the broker's metadata shows topic with at least one partition; *parts gets the
  * partition count. */
 static mv_err q_wait_topic(rd_kafka_t *rk, const mv_config *c, const char *topic, int64_t deadline,
@@ -142,16 +179,34 @@ static mv_err q_wait_topic(rd_kafka_t *rk, const mv_config *c, const char *topic
         int wait = left > 2000 ? 2000 : (int)left;
         rd_kafka_resp_err_t ke = rd_kafka_metadata(rk, 0, rkt, &md, wait > 0 ? wait : 1);
         if (!ke && md->topic_cnt == 1 && !md->topics[0].err && md->topics[0].partition_cnt > 0) {
-            *parts = md->topics[0].partition_cnt;
-            rd_kafka_metadata_destroy(md);
-            break;
+            /* every partition led and answering (a new topic's leaders start a bit later) */
+            const struct rd_kafka_metadata_topic *mt = &md->topics[0];
+            for (int i = 0; !ke && i < mt->partition_cnt; i++) {
+                int64_t lo, hi;
+                ke = mt->partitions[i].err;
+                if (!ke && mt->partitions[i].leader < 0)
+                    ke = RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE;
+                if (!ke) ke = q_watermarks(rk, topic, mt->partitions[i].id, deadline, &lo, &hi);
+            }
+            if (!ke) {
+                *parts = mt->partition_cnt;
+                rd_kafka_metadata_destroy(md);
+                break;
+            }
+            if (!q_transient(ke)) {
+                e = mv_seterr(err, errlen, q_code(ke), "kafka %s: topic %s: %s", c->kafka_brokers,
+                              topic, rd_kafka_err2str(ke));
+                rd_kafka_metadata_destroy(md);
+                break;
+            }
         }
-        if (!ke) ke = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+        if (!ke && md->topic_cnt == 1 && md->topics[0].err) ke = md->topics[0].err;
+        if (!ke && md->topic_cnt != 1) ke = RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
         if (md) rd_kafka_metadata_destroy(md);
         if (q_left(deadline) <= 0) {
             e = mv_seterr(err, errlen, ke ? q_code(ke) : MV_ETIMEDOUT,
-                          "kafka %s: topic %s not visible in metadata: %s", c->kafka_brokers,
-                          topic, rd_kafka_err2str(ke));
+                          "kafka %s: topic %s not visible in metadata: %s", c->kafka_brokers, topic,
+                          rd_kafka_err2str(ke));
             break;
         }
         rd_kafka_poll(rk, 100); /* short pause between metadata requests, serves callbacks */
@@ -191,8 +246,7 @@ mv_err mv_queue_ensure_topics(const mv_config *c, char *err, size_t errlen)
         }
     }
     opt = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-    if (!opt ||
-        rd_kafka_AdminOptions_set_request_timeout(opt, Q_ADMIN_TIMEOUT_MS, es, sizeof es) ||
+    if (!opt || rd_kafka_AdminOptions_set_request_timeout(opt, Q_ADMIN_TIMEOUT_MS, es, sizeof es) ||
         rd_kafka_AdminOptions_set_operation_timeout(opt, Q_ADMIN_TIMEOUT_MS - 1000, es,
                                                     sizeof es)) {
         e = mv_seterr(err, errlen, MV_EINVAL, "kafka admin options: %s", opt ? es : "no memory");
@@ -214,7 +268,8 @@ mv_err mv_queue_ensure_topics(const mv_config *c, char *err, size_t errlen)
     }
     const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
     size_t nres = 0;
-    const rd_kafka_topic_result_t **tr = res ? rd_kafka_CreateTopics_result_topics(res, &nres) : NULL;
+    const rd_kafka_topic_result_t **tr =
+        res ? rd_kafka_CreateTopics_result_topics(res, &nres) : NULL;
     for (size_t i = 0; i < nres; i++) {
         rd_kafka_resp_err_t ke = rd_kafka_topic_result_error(tr[i]);
         if (ke == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) continue;
@@ -273,7 +328,7 @@ static void q_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 mv_err mv_producer_new(const mv_config *c, mv_producer **out, char *err, size_t errlen)
 {
     static const char *const kv[] = {"enable.idempotence", "true", "acks", "all",
-                                     "linger.ms", "5", NULL};
+                                     "linger.ms",          "5",    NULL};
     *out = NULL;
     mv_producer *p = calloc(1, sizeof *p);
     if (!p) return mv_seterr(err, errlen, MV_ENOMEM, "kafka producer: no memory");
@@ -302,19 +357,18 @@ mv_err mv_producer_send(mv_producer *p, const char *topic, const char *key, cons
     int64_t deadline = mv_mono_ms() + Q_QUEUE_FULL_MS;
     size_t klen = key ? strlen(key) : 0;
     for (;;) {
-        rd_kafka_resp_err_t ke = rd_kafka_producev(
-            p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, klen),
-            RD_KAFKA_V_VALUE((void *)val, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_END);
+        rd_kafka_resp_err_t ke =
+            rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, klen),
+                              RD_KAFKA_V_VALUE((void *)val, len),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
         if (!ke) break;
         if (ke == RD_KAFKA_RESP_ERR__QUEUE_FULL && q_left(deadline) > 0) {
             rd_kafka_poll(p->rk, 100); /* serve delivery reports to make room */
             continue;
         }
-        return mv_seterr(err, errlen,
-                         ke == RD_KAFKA_RESP_ERR__QUEUE_FULL ? MV_ETIMEDOUT : q_code(ke),
-                         "kafka %s: produce to topic %s: %s", p->brokers, topic,
-                         rd_kafka_err2str(ke));
+        return mv_seterr(
+            err, errlen, ke == RD_KAFKA_RESP_ERR__QUEUE_FULL ? MV_ETIMEDOUT : q_code(ke),
+            "kafka %s: produce to topic %s: %s", p->brokers, topic, rd_kafka_err2str(ke));
     }
     rd_kafka_poll(p->rk, 0);
     return MV_OK;
@@ -405,8 +459,8 @@ static void q_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t ke,
                                                   parts->elems[i].partition);
         if (repause->cnt > 0) rd_kafka_pause_partitions(rk, repause);
         pthread_mutex_unlock(&c->mu);
-        mv_info("kafka partitions assigned", " group=%s partitions=%d held=%d error=%s",
-                c->group, parts->cnt, repause->cnt, rd_kafka_err2name(ae));
+        mv_info("kafka partitions assigned", " group=%s partitions=%d held=%d error=%s", c->group,
+                parts->cnt, repause->cnt, rd_kafka_err2name(ae));
         rd_kafka_topic_partition_list_destroy(repause);
     } else {
         if (ke != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
@@ -420,12 +474,18 @@ static void q_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t ke,
 mv_err mv_consumer_new(const mv_config *c, const char *client_id, mv_consumer **out, char *err,
                        size_t errlen)
 {
-    const char *const kv[] = {"group.id", c->group,
-                              "enable.auto.commit", "false",
-                              "enable.auto.offset.store", "false",
-                              "auto.offset.reset", "earliest",
-                              "session.timeout.ms", "10000",
-                              "heartbeat.interval.ms", "3000",
+    const char *const kv[] = {"group.id",
+                              c->group,
+                              "enable.auto.commit",
+                              "false",
+                              "enable.auto.offset.store",
+                              "false",
+                              "auto.offset.reset",
+                              "earliest",
+                              "session.timeout.ms",
+                              "10000",
+                              "heartbeat.interval.ms",
+                              "3000",
                               NULL};
     *out = NULL;
     if (!c->group[0]) return mv_seterr(err, errlen, MV_EINVAL, "kafka.group is empty");
@@ -437,8 +497,8 @@ mv_err mv_consumer_new(const mv_config *c, const char *client_id, mv_consumer **
     snprintf(k->group, sizeof k->group, "%s", c->group);
     rd_kafka_conf_t *conf = NULL;
     rd_kafka_topic_partition_list_t *sub = NULL;
-    mv_err e = q_conf(c, client_id && client_id[0] ? client_id : "mailvault-worker", kv, &conf,
-                      err, errlen);
+    mv_err e = q_conf(c, client_id && client_id[0] ? client_id : "mailvault-worker", kv, &conf, err,
+                      errlen);
     if (e) goto out;
     rd_kafka_conf_set_opaque(conf, k);
     rd_kafka_conf_set_rebalance_cb(conf, q_rebalance_cb);
@@ -533,8 +593,8 @@ mv_err mv_consumer_hold(mv_consumer *c, const char *topic, int32_t partition)
      * a rebalance hands it back. */
     rd_kafka_pause_partitions(c->rk, l);
     if (l->elems[0].err)
-        mv_debug("kafka pause failed", " topic=%s partition=%" PRId32 " error=%s", topic,
-                 partition, rd_kafka_err2name(l->elems[0].err));
+        mv_debug("kafka pause failed", " topic=%s partition=%" PRId32 " error=%s", topic, partition,
+                 rd_kafka_err2name(l->elems[0].err));
 unlock:
     pthread_mutex_unlock(&c->mu);
     rd_kafka_topic_partition_list_destroy(l);
@@ -568,8 +628,7 @@ mv_err mv_consumer_done(mv_consumer *c, const char *topic, int32_t partition, in
         if (ke) {
             e = mv_seterr(err, errlen, q_code(ke),
                           "kafka %s: commit %s [%" PRId32 "] offset %" PRId64 " (group %s): %s",
-                          c->brokers, topic, partition, offset + 1, c->group,
-                          rd_kafka_err2str(ke));
+                          c->brokers, topic, partition, offset + 1, c->group, rd_kafka_err2str(ke));
         } else {
             /* After a rebalance the fetch position is the commit seen at assignment time (the
              * finished message itself); move it past the finished message. */
@@ -640,11 +699,18 @@ mv_err mv_queue_lag(const mv_config *c, mv_lag *lag, char *err, size_t errlen)
     parts = rd_kafka_topic_partition_list_new(mt->partition_cnt > 0 ? mt->partition_cnt : 1);
     for (int i = 0; i < mt->partition_cnt; i++)
         rd_kafka_topic_partition_list_add(parts, topic, mt->partitions[i].id);
-    ke = rd_kafka_committed(rk, parts, (int)q_left(deadline));
+    for (;;) {
+        int64_t left = q_left(deadline);
+        ke = rd_kafka_committed(rk, parts, left > 0 ? (int)left : 1);
+        for (int i = 0; !ke && i < parts->cnt; i++)
+            ke = parts->elems[i].err;
+        if (!ke || !q_transient(ke) || q_left(deadline) <= 100) break;
+        rd_kafka_poll(rk, 100); /* coordinator still loading: pause, then ask again */
+    }
     if (ke) {
         e = mv_seterr(err, errlen, q_code(ke),
-                      "kafka %s: committed offsets of group %s on topic %s: %s",
-                      c->kafka_brokers, c->group, topic, rd_kafka_err2str(ke));
+                      "kafka %s: committed offsets of group %s on topic %s: %s", c->kafka_brokers,
+                      c->group, topic, rd_kafka_err2str(ke));
         goto out;
     }
     lag->partitions = parts->cnt;
@@ -652,9 +718,7 @@ mv_err mv_queue_lag(const mv_config *c, mv_lag *lag, char *err, size_t errlen)
         rd_kafka_topic_partition_t *tp = &parts->elems[i];
         int64_t lo = 0, hi = 0;
         if (tp->err) ke = tp->err;
-        if (!ke)
-            ke = rd_kafka_query_watermark_offsets(rk, topic, tp->partition, &lo, &hi,
-                                                  (int)q_left(deadline));
+        if (!ke) ke = q_watermarks(rk, topic, tp->partition, deadline, &lo, &hi);
         if (ke) {
             e = mv_seterr(err, errlen, q_code(ke), "kafka %s: offsets of %s [%" PRId32 "]: %s",
                           c->kafka_brokers, topic, tp->partition, rd_kafka_err2str(ke));
@@ -663,8 +727,8 @@ mv_err mv_queue_lag(const mv_config *c, mv_lag *lag, char *err, size_t errlen)
         int64_t from = tp->offset >= 0 ? tp->offset : lo;
         int64_t l = hi > from ? hi - from : 0;
         lag->total += l;
-        if (tp->partition >= 0 && tp->partition < (int32_t)(sizeof lag->per_partition /
-                                                              sizeof lag->per_partition[0]))
+        if (tp->partition >= 0 &&
+            tp->partition < (int32_t)(sizeof lag->per_partition / sizeof lag->per_partition[0]))
             lag->per_partition[tp->partition] = l;
     }
 out:

@@ -139,8 +139,8 @@ static mv_err st_open(mv_state *s, char *err, size_t errlen)
         goto out;
     }
     if (redisSetTimeout(c, tv) != REDIS_OK) {
-        e = mv_seterr(err, errlen, MV_ENET, "redis %s:%d: cannot set timeout: %s", s->host,
-                      s->port, c->errstr);
+        e = mv_seterr(err, errlen, MV_ENET, "redis %s:%d: cannot set timeout: %s", s->host, s->port,
+                      c->errstr);
         goto out;
     }
     s->c = c;
@@ -289,8 +289,7 @@ static mv_err st_eval(mv_state *s, int retry, const char *src, int nkeys, const 
         break;
     }
     if ((*out)->type == REDIS_REPLY_ERROR) {
-        e = mv_seterr(err, errlen, MV_ESERVER, "redis script: %.*s", (int)(*out)->len,
-                      (*out)->str);
+        e = mv_seterr(err, errlen, MV_ESERVER, "redis script: %.*s", (int)(*out)->len, (*out)->str);
         freeReplyObject(*out);
         *out = NULL;
     }
@@ -565,14 +564,14 @@ mv_err mv_state_tenant_del(mv_state *s, const char *tenant, char *err, size_t er
     return st_int(s, 1, &a, NULL, err, errlen);
 }
 
-mv_err mv_state_tenant_list(mv_state *s, int (*cb)(void *ud, const char *name), void *ud,
-                            char *err, size_t errlen)
+mv_err mv_state_tenant_list(mv_state *s, int (*cb)(void *ud, const char *name), void *ud, char *err,
+                            size_t errlen)
 {
     return st_smembers_sorted(s, "mv:tenants", cb, ud, err, errlen);
 }
 
-mv_err mv_state_profile_put(mv_state *s, const char *tenant, const char *profile,
-                            const char *json, char *err, size_t errlen)
+mv_err mv_state_profile_put(mv_state *s, const char *tenant, const char *profile, const char *json,
+                            char *err, size_t errlen)
 {
     char key[ST_KEYLEN], set[ST_KEYLEN];
     mv_err e = st_check(tenant, profile, NULL, err, errlen);
@@ -647,9 +646,8 @@ mv_err mv_state_profile_del(mv_state *s, const char *tenant, const char *profile
     return e;
 }
 
-mv_err mv_state_profile_list(mv_state *s, const char *tenant,
-                             int (*cb)(void *ud, const char *name), void *ud, char *err,
-                             size_t errlen)
+mv_err mv_state_profile_list(mv_state *s, const char *tenant, int (*cb)(void *ud, const char *name),
+                             void *ud, char *err, size_t errlen)
 {
     char set[ST_KEYLEN];
     mv_err e = st_check(tenant, NULL, NULL, err, errlen);
@@ -658,9 +656,8 @@ mv_err mv_state_profile_list(mv_state *s, const char *tenant,
     return st_smembers_sorted(s, set, cb, ud, err, errlen);
 }
 
-mv_err mv_state_cred_put(mv_state *s, const char *tenant, const char *profile,
-                         const char *mailbox, const void *blob, size_t len, char *err,
-                         size_t errlen)
+mv_err mv_state_cred_put(mv_state *s, const char *tenant, const char *profile, const char *mailbox,
+                         const void *blob, size_t len, char *err, size_t errlen)
 {
     char key[ST_KEYLEN];
     mv_err e = st_check(tenant, profile, mailbox, err, errlen);
@@ -676,9 +673,8 @@ mv_err mv_state_cred_put(mv_state *s, const char *tenant, const char *profile,
     return st_ok(s, 1, &a, err, errlen);
 }
 
-mv_err mv_state_cred_get(mv_state *s, const char *tenant, const char *profile,
-                         const char *mailbox, void **blob, size_t *len, char *err,
-                         size_t errlen)
+mv_err mv_state_cred_get(mv_state *s, const char *tenant, const char *profile, const char *mailbox,
+                         void **blob, size_t *len, char *err, size_t errlen)
 {
     char key[ST_KEYLEN];
     *blob = NULL;
@@ -752,8 +748,8 @@ mv_err mv_state_status_set(mv_state *s, const char *tenant, const char *mailbox,
     return e;
 }
 
-mv_err mv_state_status_incr(mv_state *s, const char *tenant, const char *mailbox,
-                            const char *field, int64_t by, char *err, size_t errlen)
+mv_err mv_state_status_incr(mv_state *s, const char *tenant, const char *mailbox, const char *field,
+                            int64_t by, char *err, size_t errlen)
 {
     char key[ST_KEYLEN], num[32];
     mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
@@ -812,8 +808,8 @@ mv_err mv_state_mailbox_list(mv_state *s, const char *tenant,
 
 /* ---- runs ----------------------------------------------------------------------------- */
 
-mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant,
-                        const char *profile, int tasks, char *err, size_t errlen)
+mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant, const char *profile,
+                        int tasks, char *err, size_t errlen)
 {
     char key[ST_KEYLEN], ntasks[32], now[32];
     mv_err e = st_check(tenant, profile, NULL, err, errlen);
@@ -847,8 +843,7 @@ mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailb
     *token = 0;
     if (holder && holderlen) holder[0] = '\0';
     mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
-    if (!e && (!owner || !owner[0]))
-        e = mv_seterr(err, errlen, MV_EINVAL, "lease owner is empty");
+    if (!e && (!owner || !owner[0])) e = mv_seterr(err, errlen, MV_EINVAL, "lease owner is empty");
     if (!e && ttl_ms <= 0) e = mv_seterr(err, errlen, MV_EINVAL, "lease ttl must be > 0 ms");
     if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
     if (!e) e = st_key(fence, err, errlen, "mv:fence:%s:%s", tenant, mailbox);
@@ -872,8 +867,7 @@ mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailb
         char who[256];
         st_holder(r->element[1]->str, r->element[1]->len, who, sizeof who);
         st_holder(r->element[1]->str, r->element[1]->len, holder, holderlen);
-        e = mv_seterr(err, errlen, MV_EBUSY, "mailbox %s/%s is leased by %s", tenant, mailbox,
-                      who);
+        e = mv_seterr(err, errlen, MV_EBUSY, "mailbox %s/%s is leased by %s", tenant, mailbox, who);
     } else {
         e = st_bad_reply(r->element[1], "lease acquire script", err, errlen);
     }
@@ -887,8 +881,8 @@ static mv_err st_fenced_result(redisReply *r, const char *what, const char *tena
 {
     if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) return MV_OK;
     if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
-        return mv_seterr(err, errlen, MV_EBUSY, "%s %s/%s: fenced: lease is not held", what,
-                         tenant, mailbox);
+        return mv_seterr(err, errlen, MV_EBUSY, "%s %s/%s: fenced: lease is not held", what, tenant,
+                         mailbox);
     if (r->type == REDIS_REPLY_STRING) {
         char who[256];
         st_holder(r->str, r->len, who, sizeof who);
@@ -898,9 +892,8 @@ static mv_err st_fenced_result(redisReply *r, const char *what, const char *tena
     return st_bad_reply(r, what, err, errlen);
 }
 
-mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox,
-                            const char *owner, uint64_t token, int ttl_ms, char *err,
-                            size_t errlen)
+mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox, const char *owner,
+                            uint64_t token, int ttl_ms, char *err, size_t errlen)
 {
     char lease[ST_KEYLEN], val[512], ttl[32];
     mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
@@ -977,8 +970,8 @@ static int st_ckpt_parse(const char *s, size_t len, mv_ckpt *ck)
     return 0;
 }
 
-mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox,
-                         const char *folder, mv_ckpt *ck, char *err, size_t errlen)
+mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
+                         mv_ckpt *ck, char *err, size_t errlen)
 {
     char key[ST_KEYLEN];
     memset(ck, 0, sizeof *ck);
@@ -1005,9 +998,9 @@ mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox,
     return e;
 }
 
-mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox,
-                         const char *folder, const mv_ckpt *ck, const char *owner,
-                         uint64_t token, char *err, size_t errlen)
+mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
+                         const mv_ckpt *ck, const char *owner, uint64_t token, char *err,
+                         size_t errlen)
 {
     char lease[ST_KEYLEN], key[ST_KEYLEN], val[512], text[128];
     mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
@@ -1047,8 +1040,8 @@ mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox,
 
 /* ---- delayed tasks -------------------------------------------------------------------- */
 
-mv_err mv_state_delay_add(mv_state *s, const void *payload, size_t len, int64_t due_ms,
-                          char *err, size_t errlen)
+mv_err mv_state_delay_add(mv_state *s, const void *payload, size_t len, int64_t due_ms, char *err,
+                          size_t errlen)
 {
     char due[32];
     if (!payload || len == 0) return mv_seterr(err, errlen, MV_EINVAL, "delayed task is empty");

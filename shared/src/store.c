@@ -142,17 +142,14 @@ static int fsync_path(const char *dir)
     return rc;
 }
 
-/* Copy the parent directory of path into out ("." if none). */
+/* Copy the parent directory of path into out ("." if none, cut to fit outlen). */
 static void parent_of(const char *path, char *out, size_t outlen)
 {
     const char *slash = strrchr(path, '/');
-    if (!slash) {
-        snprintf(out, outlen, ".");
-    } else if (slash == path) {
-        snprintf(out, outlen, "/");
-    } else {
-        snprintf(out, outlen, "%.*s", (int)(slash - path), path);
-    }
+    size_t n = slash ? (slash == path ? 1 : (size_t)(slash - path)) : 1;
+    if (n >= outlen) n = outlen - 1;
+    memcpy(out, slash ? path : ".", n);
+    out[n] = '\0';
 }
 
 /* mkdir -p, tolerant of other threads/processes creating the same directories. With durable,

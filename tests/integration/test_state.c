@@ -97,10 +97,10 @@ static void sleep_ms(int ms) /* polling interval inside bounded condition loops 
     nanosleep(&ts, NULL);
 }
 
-#define CHECK(expr)                                                                          \
-    do {                                                                                     \
-        mv_err e_ = (expr);                                                                  \
-        if (e_ != MV_OK) fail_msg("%s -> %s: %s", #expr, mv_strerror(e_), err);              \
+#define CHECK(expr)                                                                                \
+    do {                                                                                           \
+        mv_err e_ = (expr);                                                                        \
+        if (e_ != MV_OK) fail_msg("%s -> %s: %s", #expr, mv_strerror(e_), err);                    \
     } while (0)
 
 /* ---- callbacks ------------------------------------------------------------------------ */
@@ -198,8 +198,8 @@ static void test_catalog(void **state)
     const unsigned char blob[] = {0x00, 0xff, 'a', 0x00, '\r', '\n', '*', '3', '\r', '\n', 0x80};
     void *got = NULL;
     size_t len = 0;
-    CHECK(mv_state_cred_put(s, ta, "alpha", "user@example.com", blob, sizeof blob, err,
-                            sizeof err));
+    CHECK(
+        mv_state_cred_put(s, ta, "alpha", "user@example.com", blob, sizeof blob, err, sizeof err));
     CHECK(mv_state_cred_get(s, ta, "alpha", "user@example.com", &got, &len, err, sizeof err));
     assert_int_equal(len, sizeof blob);
     assert_memory_equal(got, blob, sizeof blob);
@@ -217,8 +217,7 @@ static void test_catalog(void **state)
     mv_ckpt ck = {.uidvalidity = 7, .last_uid = 9};
     uint64_t tok = 0;
     char holder[64];
-    CHECK(mv_state_status_set(s, ta, "user@example.com", err, sizeof err, "state", "done",
-                              NULL));
+    CHECK(mv_state_status_set(s, ta, "user@example.com", err, sizeof err, "state", "done", NULL));
     CHECK(mv_state_lease_acquire(s, ta, "user@example.com", "w1", 60000, &tok, holder,
                                  sizeof holder, err, sizeof err));
     CHECK(mv_state_ckpt_set(s, ta, "user@example.com", "INBOX", &ck, "w1", tok, err, sizeof err));
@@ -282,16 +281,14 @@ static void test_status(void **state)
     assert_string_equal(field(&fs, "folder"), "Sent Items");
     assert_string_equal(field(&fs, "messages"), "42");
     assert_string_equal(field(&fs, "bytes_raw"), "-2");
-    assert_int_equal(
-        mv_state_status_incr(s, t, "bob@example.com", "folder", 1, err, sizeof err),
-        MV_ESERVER); /* Redis' own error text comes back */
+    assert_int_equal(mv_state_status_incr(s, t, "bob@example.com", "folder", 1, err, sizeof err),
+                     MV_ESERVER); /* Redis' own error text comes back */
     assert_non_null(strstr(err, "not an integer"));
-    assert_int_equal(mv_state_status_get(s, t, "nobody@example.com", collect_field, &fs, err,
-                                         sizeof err),
-                     MV_ENOTFOUND);
     assert_int_equal(
-        mv_state_status_set(s, t, "bad/mailbox", err, sizeof err, "state", "x", NULL),
-        MV_EINVAL);
+        mv_state_status_get(s, t, "nobody@example.com", collect_field, &fs, err, sizeof err),
+        MV_ENOTFOUND);
+    assert_int_equal(mv_state_status_set(s, t, "bad/mailbox", err, sizeof err, "state", "x", NULL),
+                     MV_EINVAL);
     names ns = {0};
     CHECK(mv_state_mailbox_list(s, t, collect, &ns, err, sizeof err));
     assert_int_equal(ns.n, 2);
@@ -326,8 +323,8 @@ static void test_lease(void **state)
     CHECK(mv_state_lease_acquire(s, t, mb, "worker-a", 60000, &t1, holder, sizeof holder, err,
                                  sizeof err));
     assert_true(t1 >= 1);
-    assert_int_equal(mv_state_lease_acquire(s, t, mb, "worker-b", 60000, &tx, holder,
-                                            sizeof holder, err, sizeof err),
+    assert_int_equal(mv_state_lease_acquire(s, t, mb, "worker-b", 60000, &tx, holder, sizeof holder,
+                                            err, sizeof err),
                      MV_EBUSY);
     assert_string_equal(holder, "worker-a");
     assert_int_equal(tx, 0);
@@ -355,20 +352,20 @@ static void test_lease(void **state)
     assert_true(pttl > 0 && pttl <= 1000);
     int64_t deadline = mv_mono_ms() + 5000;
     mv_err e;
-    while ((e = mv_state_lease_acquire(s, t, mb, "worker-c", 60000, &t3, holder, sizeof holder,
-                                       err, sizeof err)) == MV_EBUSY) {
+    while ((e = mv_state_lease_acquire(s, t, mb, "worker-c", 60000, &t3, holder, sizeof holder, err,
+                                       sizeof err)) == MV_EBUSY) {
         assert_string_equal(holder, "worker-b");
         if (mv_mono_ms() > deadline) fail_msg("lease with ttl 1000 ms did not expire in 5 s");
         sleep_ms(20);
     }
     assert_int_equal(e, MV_OK);
     assert_true(t3 > t2);
-    assert_int_equal(mv_state_lease_acquire(s, t, mb, "worker-c", 1000, &tx, holder,
-                                            sizeof holder, err, sizeof err),
+    assert_int_equal(mv_state_lease_acquire(s, t, mb, "worker-c", 1000, &tx, holder, sizeof holder,
+                                            err, sizeof err),
                      MV_EBUSY); /* not re-entrant */
-    assert_int_equal(mv_state_lease_acquire(s, t, mb, "", 1000, &tx, holder, sizeof holder, err,
-                                            sizeof err),
-                     MV_EINVAL);
+    assert_int_equal(
+        mv_state_lease_acquire(s, t, mb, "", 1000, &tx, holder, sizeof holder, err, sizeof err),
+        MV_EINVAL);
     CHECK(mv_state_lease_release(s, t, mb, "worker-c", t3, err, sizeof err));
 
     CHECK(mv_state_tenant_del(s, t, err, sizeof err));
@@ -389,8 +386,11 @@ static void test_fencing(void **state)
     snprintf(t, sizeof t, "fe-%s", uid);
     CHECK(mv_state_tenant_add(s, t, NULL, err, sizeof err));
 
-    mv_ckpt c1 = {.uidvalidity = 4000000000u, .last_uid = 120, .pending_from = 121,
-                  .pending_to = 620, .messages = 5000000000ull};
+    mv_ckpt c1 = {.uidvalidity = 4000000000u,
+                  .last_uid = 120,
+                  .pending_from = 121,
+                  .pending_to = 620,
+                  .messages = 5000000000ull};
     assert_int_equal(mv_state_ckpt_get(s, t, mb, f1, &got, err, sizeof err), MV_ENOTFOUND);
     /* no lease at all: refused */
     assert_int_equal(mv_state_ckpt_set(s, t, mb, f1, &c1, "worker-a", 1, err, sizeof err),
@@ -419,8 +419,8 @@ static void test_fencing(void **state)
     CHECK(mv_state_ckpt_get(s, t, mb, f1, &got, err, sizeof err));
     assert_memory_equal(&got, &c1, sizeof got); /* unchanged */
 
-    mv_ckpt c2 = {.uidvalidity = 1, .last_uid = 2, .pending_from = 0, .pending_to = 0,
-                  .messages = 2};
+    mv_ckpt c2 = {
+        .uidvalidity = 1, .last_uid = 2, .pending_from = 0, .pending_to = 0, .messages = 2};
     CHECK(mv_state_ckpt_set(s, t, mb, f2, &c2, "worker-b", tb, err, sizeof err));
     CHECK(mv_state_ckpt_set(s, t, mb, f1, &stale, "worker-b", tb, err, sizeof err));
     CHECK(mv_state_ckpt_get(s, t, mb, f1, &got, err, sizeof err));

@@ -51,7 +51,8 @@ void mv_uuid(char out[37]);
 /* Names of tenants, profiles: 1..63 chars of [a-z0-9._-], starting alnum. */
 int mv_name_valid(const char *s);
 
-/* Mailbox identifiers (logins, SMTP addresses): 1..255 printable ASCII, no '/', no control. */
+/* Mailbox identifiers (logins, SMTP addresses): 1..255 printable ASCII without space, / or | (the
+ * latter two separate key parts in Redis and Kafka keys). */
 int mv_mailbox_valid(const char *s);
 
 /* Lowercase hex of len bytes into out (2*len+1). */

@@ -12,30 +12,30 @@
 #include <stdint.h>
 
 typedef struct mv_config {
-    char kafka_brokers[256];  /* kafka.brokers          default 127.0.0.1:9092 */
-    char topic_tasks[128];    /* kafka.topic            default mailvault.tasks */
-    char topic_dlq[128];      /* kafka.dlq_topic        default mailvault.tasks.dlq */
-    char group[128];          /* kafka.group            default mailvault-workers */
-    int partitions;           /* kafka.partitions       default 8 (used when creating topics) */
-    char redis_host[128];     /* redis.host             default 127.0.0.1 */
-    int redis_port;           /* redis.port             default 6379 */
-    int redis_timeout_ms;     /* redis.timeout_ms       default 5000 */
-    char store_root[512];     /* store.root             default /var/lib/mailvault/store */
-    int store_fsync_each;     /* store.fsync            "chunk" (0, default) or "object" (1) */
-    int zstd_level;           /* store.zstd_level       default 3 (1..19) */
-    char master_key_file[512];/* master_key_file        32 random bytes, hex or raw; required
-                                 for commands that touch credentials */
-    int concurrency;          /* worker.concurrency     default 4 tasks at once */
-    int chunk_messages;       /* worker.chunk_messages  default 500 */
-    int chunk_seconds;        /* worker.chunk_seconds   default 60 */
-    int max_attempts;         /* worker.max_attempts    default 5, then DLQ */
-    int retry_base_ms;        /* worker.retry_base_ms   default 2000, doubled per attempt */
-    int lease_ttl_ms;         /* worker.lease_ttl_ms    default 15000 */
-    int imap_timeout_ms;      /* imap.timeout_ms        default 60000 per read/write */
-    int64_t max_message_bytes;/* imap.max_message_bytes default 200 MiB (literal bound) */
-    int max_line_bytes;       /* imap.max_line_bytes    default 1 MiB (response line bound) */
-    char ca_file[512];        /* tls.ca_file            optional extra CA bundle */
-    int log_level;            /* log.level              debug|info|warn|error, default info */
+    char kafka_brokers[256];   /* kafka.brokers          default 127.0.0.1:9092 */
+    char topic_tasks[128];     /* kafka.topic            default mailvault.tasks */
+    char topic_dlq[128];       /* kafka.dlq_topic        default mailvault.tasks.dlq */
+    char group[128];           /* kafka.group            default mailvault-workers */
+    int partitions;            /* kafka.partitions       default 8 (used when creating topics) */
+    char redis_host[128];      /* redis.host             default 127.0.0.1 */
+    int redis_port;            /* redis.port             default 6379 */
+    int redis_timeout_ms;      /* redis.timeout_ms       default 5000 */
+    char store_root[512];      /* store.root             default /var/lib/mailvault/store */
+    int store_fsync_each;      /* store.fsync            "chunk" (0, default) or "object" (1) */
+    int zstd_level;            /* store.zstd_level       default 3 (1..19) */
+    char master_key_file[512]; /* master_key_file        32 random bytes, hex or raw; required
+                                  for commands that touch credentials */
+    int concurrency;           /* worker.concurrency     default 4 tasks at once */
+    int chunk_messages;        /* worker.chunk_messages  default 2000*/
+    int chunk_seconds;         /* worker.chunk_seconds   default 60 */
+    int max_attempts;          /* worker.max_attempts    default 5, then DLQ */
+    int retry_base_ms;         /* worker.retry_base_ms   default 2000, doubled per attempt */
+    int lease_ttl_ms;          /* worker.lease_ttl_ms    default 15000 */
+    int imap_timeout_ms;       /* imap.timeout_ms        default 60000 per read/write */
+    int64_t max_message_bytes; /* imap.max_message_bytes default 200 MiB (literal bound) */
+    int max_line_bytes;        /* imap.max_line_bytes    default 1 MiB (response line bound) */
+    char ca_file[512];         /* tls.ca_file            optional extra CA bundle */
+    int log_level;             /* log.level              debug|info|warn|error, default info */
 } mv_config;
 
 void mv_config_defaults(mv_config *c);

@@ -21,11 +21,11 @@ typedef struct mv_imap_opts {
     const char *host;
     int port;
     mv_tls_mode tls;
-    int verify;          /* 1 = verify certificate and host name (default) */
-    const char *ca_file; /* optional extra CA bundle (PEM), NULL for none */
-    int timeout_ms;      /* per read/write/connect */
-    size_t max_line;     /* bound on one response line (excluding literals) */
-    uint64_t max_literal;/* bound on one literal (message size) */
+    int verify;           /* 1 = verify certificate and host name (default) */
+    const char *ca_file;  /* optional extra CA bundle (PEM), NULL for none */
+    int timeout_ms;       /* per read/write/connect */
+    size_t max_line;      /* bound on one response line (excluding literals) */
+    uint64_t max_literal; /* bound on one literal (message size) */
 } mv_imap_opts;
 
 void mv_imap_opts_default(mv_imap_opts *o); /* verify=1, timeout 60 s, 1 MiB, 200 MiB */
@@ -102,7 +102,7 @@ mv_err mv_imap_from_io(const mv_imap_opts *o, mv_imap_read_fn rd, mv_imap_write_
 /* Read and process responses until the tagged response for `tag` (e.g. "A1"), dispatching
  * FETCH responses to cb. Returns MV_OK on OK, MV_ESERVER on NO/BAD (text in err). Exposed so
  * the fuzz target can drive the complete response path. */
-mv_err mv_imap_read_until_tagged(mv_imap *c, const char *tag, const mv_imap_fetch_cb *cb,
-                                 void *ud, char *err, size_t errlen);
+mv_err mv_imap_read_until_tagged(mv_imap *c, const char *tag, const mv_imap_fetch_cb *cb, void *ud,
+                                 char *err, size_t errlen);
 
 #endif

@@ -43,8 +43,7 @@ void mv_segment_free(mv_segment *s);
 void mv_segment_name(const char *folder, uint32_t uidvalidity, uint32_t first, uint32_t last,
                      char *out, size_t outlen);
 /* Encode (msgpack + zstd) into malloc'd *out. */
-mv_err mv_segment_encode(const mv_segment *s, void **out, size_t *outlen, char *err,
-                         size_t errlen);
+mv_err mv_segment_encode(const mv_segment *s, void **out, size_t *outlen, char *err, size_t errlen);
 /* Decode; s must be uninitialised or freed; on success caller frees with mv_segment_free. */
 mv_err mv_segment_decode(const void *buf, size_t len, mv_segment *s, char *err, size_t errlen);
 

@@ -33,32 +33,29 @@ void mv_state_close(mv_state *s);
 mv_err mv_state_ping(mv_state *s, char *err, size_t errlen);
 
 /* ---- catalog ---- */
-mv_err mv_state_tenant_add(mv_state *s, const char *tenant, const char *display_name,
-                           char *err, size_t errlen); /* MV_EEXIST if present */
+mv_err mv_state_tenant_add(mv_state *s, const char *tenant, const char *display_name, char *err,
+                           size_t errlen); /* MV_EEXIST if present */
 int mv_state_tenant_exists(mv_state *s, const char *tenant);
 mv_err mv_state_tenant_del(mv_state *s, const char *tenant, char *err, size_t errlen);
 /* cb per tenant name, sorted. */
-mv_err mv_state_tenant_list(mv_state *s, int (*cb)(void *ud, const char *name), void *ud,
-                            char *err, size_t errlen);
+mv_err mv_state_tenant_list(mv_state *s, int (*cb)(void *ud, const char *name), void *ud, char *err,
+                            size_t errlen);
 
-mv_err mv_state_profile_put(mv_state *s, const char *tenant, const char *profile,
-                            const char *json, char *err, size_t errlen);
+mv_err mv_state_profile_put(mv_state *s, const char *tenant, const char *profile, const char *json,
+                            char *err, size_t errlen);
 /* *json malloc'd, caller frees; MV_ENOTFOUND if missing. */
 mv_err mv_state_profile_get(mv_state *s, const char *tenant, const char *profile, char **json,
                             char *err, size_t errlen);
 mv_err mv_state_profile_del(mv_state *s, const char *tenant, const char *profile, char *err,
                             size_t errlen);
-mv_err mv_state_profile_list(mv_state *s, const char *tenant,
-                             int (*cb)(void *ud, const char *name), void *ud, char *err,
-                             size_t errlen);
+mv_err mv_state_profile_list(mv_state *s, const char *tenant, int (*cb)(void *ud, const char *name),
+                             void *ud, char *err, size_t errlen);
 
 /* Sealed credential blobs (binary-safe). *blob malloc'd, caller frees. */
-mv_err mv_state_cred_put(mv_state *s, const char *tenant, const char *profile,
-                         const char *mailbox, const void *blob, size_t len, char *err,
-                         size_t errlen);
-mv_err mv_state_cred_get(mv_state *s, const char *tenant, const char *profile,
-                         const char *mailbox, void **blob, size_t *len, char *err,
-                         size_t errlen);
+mv_err mv_state_cred_put(mv_state *s, const char *tenant, const char *profile, const char *mailbox,
+                         const void *blob, size_t len, char *err, size_t errlen);
+mv_err mv_state_cred_get(mv_state *s, const char *tenant, const char *profile, const char *mailbox,
+                         void **blob, size_t *len, char *err, size_t errlen);
 
 /* ---- task status ----
  * Fields of mv:status:{t}:{mailbox}: state (queued|running|done|failed|retrying|dead),
@@ -68,8 +65,8 @@ mv_err mv_state_cred_get(mv_state *s, const char *tenant, const char *profile,
 mv_err mv_state_status_set(mv_state *s, const char *tenant, const char *mailbox, char *err,
                            size_t errlen, ...) __attribute__((sentinel));
 /* HINCRBY a numeric status field. */
-mv_err mv_state_status_incr(mv_state *s, const char *tenant, const char *mailbox,
-                            const char *field, int64_t by, char *err, size_t errlen);
+mv_err mv_state_status_incr(mv_state *s, const char *tenant, const char *mailbox, const char *field,
+                            int64_t by, char *err, size_t errlen);
 /* Reads all fields; cb per field. MV_ENOTFOUND if no status. */
 mv_err mv_state_status_get(mv_state *s, const char *tenant, const char *mailbox,
                            int (*cb)(void *ud, const char *field, const char *value), void *ud,
@@ -79,8 +76,8 @@ mv_err mv_state_mailbox_list(mv_state *s, const char *tenant,
                              size_t errlen);
 
 /* ---- runs ---- */
-mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant,
-                        const char *profile, int tasks, char *err, size_t errlen);
+mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant, const char *profile,
+                        int tasks, char *err, size_t errlen);
 
 /* ---- leases with fencing tokens ----
  * Acquire: if free, INCR the fence counter and SET the lease "owner|token" PX ttl; *token is
@@ -89,9 +86,8 @@ mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailb
                               const char *owner, int ttl_ms, uint64_t *token, char *holder,
                               size_t holderlen, char *err, size_t errlen);
 /* Extend if still ours (owner and token match), else MV_EBUSY (lost). */
-mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox,
-                            const char *owner, uint64_t token, int ttl_ms, char *err,
-                            size_t errlen);
+mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox, const char *owner,
+                            uint64_t token, int ttl_ms, char *err, size_t errlen);
 mv_err mv_state_lease_release(mv_state *s, const char *tenant, const char *mailbox,
                               const char *owner, uint64_t token, char *err, size_t errlen);
 
@@ -103,21 +99,21 @@ typedef struct mv_ckpt {
     uint32_t last_uid;     /* every UID <= last_uid is archived and indexed */
     uint32_t pending_from; /* chunk in progress: UIDs pending_from..pending_to (0 = none) */
     uint32_t pending_to;
-    uint64_t messages;     /* messages archived from this folder so far */
+    uint64_t messages; /* messages archived from this folder so far */
 } mv_ckpt;
 /* MV_ENOTFOUND (and *ck zeroed) if the folder has no checkpoint yet. */
-mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox,
-                         const char *folder, mv_ckpt *ck, char *err, size_t errlen);
-mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox,
-                         const char *folder, const mv_ckpt *ck, const char *owner,
-                         uint64_t token, char *err, size_t errlen);
+mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
+                         mv_ckpt *ck, char *err, size_t errlen);
+mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
+                         const mv_ckpt *ck, const char *owner, uint64_t token, char *err,
+                         size_t errlen);
 /* Remove all checkpoints of a mailbox (a full re-scan; stored objects deduplicate). */
 mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,
                            size_t errlen);
 
 /* ---- delayed tasks (retries with backoff) ---- */
-mv_err mv_state_delay_add(mv_state *s, const void *payload, size_t len, int64_t due_ms,
-                          char *err, size_t errlen);
+mv_err mv_state_delay_add(mv_state *s, const void *payload, size_t len, int64_t due_ms, char *err,
+                          size_t errlen);
 /* Calls cb for up to max payloads due at now_ms. A payload is removed only after cb returns
  * 0 (the caller produced it to Kafka), so a crash in between re-delivers (at-least-once). */
 mv_err mv_state_delay_pump(mv_state *s, int64_t now_ms, int max,

@@ -36,8 +36,7 @@ const char *mv_store_root(const mv_store *s);
 
 /* Start streaming one message. The data is hashed and compressed as it arrives; memory use is
  * bounded by zstd's window and buffers, independent of the message size. */
-mv_err mv_store_put_begin(mv_store *s, const char *tenant, mv_put **out, char *err,
-                          size_t errlen);
+mv_err mv_store_put_begin(mv_store *s, const char *tenant, mv_put **out, char *err, size_t errlen);
 mv_err mv_put_write(mv_put *p, const void *data, size_t len, char *err, size_t errlen);
 /* Finish: names the object, renames it into place unless an object of that name exists.
  * overwrite = 1 replaces an existing object (used when re-running an unconfirmed chunk, whose
@@ -63,8 +62,7 @@ int mv_store_exists(mv_store *s, const char *tenant, const char *hash);
 typedef struct mv_verify_stats {
     uint64_t objects, ok, bad, raw_bytes, stored_bytes;
 } mv_verify_stats;
-typedef void (*mv_verify_bad_fn)(void *ud, const char *tenant, const char *hash,
-                                 const char *why);
+typedef void (*mv_verify_bad_fn)(void *ud, const char *tenant, const char *hash, const char *why);
 typedef void (*mv_verify_progress_fn)(void *ud, const mv_verify_stats *st);
 mv_err mv_store_verify(mv_store *s, const char *tenant, mv_verify_bad_fn bad_cb,
                        mv_verify_progress_fn progress, void *ud, mv_verify_stats *st, char *err,
@@ -73,17 +71,15 @@ mv_err mv_store_verify(mv_store *s, const char *tenant, mv_verify_bad_fn bad_cb,
 /* Index segments: small immutable files, written atomically (temp + fsync + rename + fsync
  * dir, always durable). Writing a segment whose name exists replaces it (a re-run of the same
  * chunk produces the same name). */
-mv_err mv_store_segment_put(mv_store *s, const char *tenant, const char *mailbox,
-                            const char *name, const void *data, size_t len, char *err,
-                            size_t errlen);
+mv_err mv_store_segment_put(mv_store *s, const char *tenant, const char *mailbox, const char *name,
+                            const void *data, size_t len, char *err, size_t errlen);
 /* Lists segment names (sorted) via cb. */
 mv_err mv_store_segment_list(mv_store *s, const char *tenant, const char *mailbox,
                              int (*cb)(void *ud, const char *name), void *ud, char *err,
                              size_t errlen);
 /* Reads a whole segment into a malloc'd buffer (caller frees). Bounded to 256 MiB. */
-mv_err mv_store_segment_get(mv_store *s, const char *tenant, const char *mailbox,
-                            const char *name, void **data, size_t *len, char *err,
-                            size_t errlen);
+mv_err mv_store_segment_get(mv_store *s, const char *tenant, const char *mailbox, const char *name,
+                            void **data, size_t *len, char *err, size_t errlen);
 /* Lists the mailboxes that have an index directory. */
 mv_err mv_store_mailbox_list(mv_store *s, const char *tenant,
                              int (*cb)(void *ud, const char *mailbox), void *ud, char *err,
