@@ -205,8 +205,10 @@ int main(int argc, char **argv)
         r->store = store;
         r->stopping = &stopping;
         snprintf(r->worker_id, sizeof r->worker_id, "%s", worker_id);
-        if (mv_state_connect(&cfg, &r->st, err, sizeof err) ||
-            mv_producer_new(&cfg, &r->pr, err, sizeof err)) {
+        /* One producer for all runners: librdkafka producers are thread-safe, and a shared
+         * one keeps its connections and topic metadata warm for every thread. */
+        r->pr = pumper;
+        if (mv_state_connect(&cfg, &r->st, err, sizeof err)) {
             mv_error("start-up failed", " error=\"%s\"", err);
             goto out;
         }
@@ -307,7 +309,6 @@ out:
     mv_consumer_close(cons);
     for (int i = 0; tas && i < n; i++) {
         mv_state_close(tas[i].runner.st);
-        mv_producer_destroy(tas[i].runner.pr);
     }
     for (int i = 0; pl.jobs && i < pl.njobs; i++)
         if (pl.jobs[i].state) mv_qmsg_free(&pl.jobs[i].msg);

@@ -277,6 +277,8 @@ static mv_err archive_mailbox(mv_runner *r, const mv_task *t, const mv_profile *
                 }
             }
             if (budget == 0 || mv_mono_ms() >= deadline || *r->stopping) {
+                mv_debug("chunk budget spent, more work remains",
+                         " tenant=%s mailbox=%s folder=\"%s\"", t->tenant, t->mailbox, folder);
                 free(uids);
                 *more = 1;
                 goto out;
@@ -445,6 +447,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     if (cause) goto failed;
 
     snprintf(now, sizeof now, "%lld", (long long)mv_now_ms());
+    mv_debug("mailbox walk finished", " tenant=%s mailbox=%s task=%s more=%d", t.tenant, t.mailbox,
+             t.id, more);
     if (more) {
         mv_task next = t;
         mv_uuid(next.id);

@@ -78,10 +78,10 @@ static void fresh_config(mv_config *c, const char *what, int partitions)
     c->partitions = partitions;
 }
 
-#define CHECK(expr)                                                                          \
-    do {                                                                                     \
-        mv_err e_ = (expr);                                                                  \
-        if (e_ != MV_OK) fail_msg("%s -> %s: %s", #expr, mv_strerror(e_), err);              \
+#define CHECK(expr)                                                                                \
+    do {                                                                                           \
+        mv_err e_ = (expr);                                                                        \
+        if (e_ != MV_OK) fail_msg("%s -> %s: %s", #expr, mv_strerror(e_), err);                    \
     } while (0)
 
 static void produce(const mv_config *c, int from, int n)
@@ -176,7 +176,8 @@ static void test_produce_consume(void **state)
     int64_t deadline = mv_mono_ms() + 60000;
     for (int got = 0; got < N; got++) {
         mv_qmsg m;
-        if (poll_until(k, deadline, &m) != MV_OK) fail_msg("only %d of %d messages arrived", got, N);
+        if (poll_until(k, deadline, &m) != MV_OK)
+            fail_msg("only %d of %d messages arrived", got, N);
         int i = -1;
         assert_int_equal(sscanf(m.key, "k%d", &i), 1);
         assert_true(i >= 0 && i < N);

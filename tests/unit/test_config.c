@@ -165,7 +165,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.zstd_level, 3);
     assert_string_equal(c.master_key_file, "");
     assert_int_equal(c.concurrency, 4);
-    assert_int_equal(c.chunk_messages, 500);
+    assert_int_equal(c.chunk_messages, 2000);
     assert_int_equal(c.chunk_seconds, 60);
     assert_int_equal(c.max_attempts, 5);
     assert_int_equal(c.retry_base_ms, 2000);
