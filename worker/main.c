@@ -197,6 +197,11 @@ int main(int argc, char **argv)
         mv_error("start-up failed", " error=\"%s\"", err);
         goto out;
     }
+    int stale = 0;
+    if (mv_store_clean_tmp(store, 3600, &stale, err, sizeof err))
+        mv_warn("cannot clean temp files", " error=\"%s\"", err);
+    else if (stale)
+        mv_info("removed temp files left by crashed writers", " count=%d", stale);
     for (int i = 0; i < n; i++) {
         mv_runner *r = &tas[i].runner;
         tas[i].pl = &pl;

@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config git
       librdkafka-dev libhiredis-dev libcurl4-openssl-dev libssl-dev libmsgpack-dev libzstd-dev
       libjansson-dev libcmocka-dev
-      redis-server dovecot-imapd dovecot-core isync
+      redis-server dovecot-imapd dovecot-core isync kcat
       openjdk-17-jre-headless maven python3 openssl
       clang clang-format libclang-rt-14-dev valgrind procps bc)
 missing=()

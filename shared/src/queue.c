@@ -5,7 +5,8 @@
  *    callback records the first failed delivery; mv_producer_flush returns it (and clears it).
  *  - Consumer: manual offset management (enable.auto.commit=false,
  *    enable.auto.offset.store=false), eager rebalancing (librdkafka's default range/roundrobin)
- *    with our own rebalance callback.
+ *    with our own rebalance callback. fetch.wait.max.ms=100 so a resumed partition restarts
+ *    within ~100 ms (one task per partition at a time makes that latency per message).
  *    Threading: mv_consumer_poll runs on the consumer's owner thread only, and rebalance
  *    callbacks run inside it. mv_consumer_hold and mv_consumer_done may run on any thread. They
  *    share the "held" set (partitions with a task in flight) with the rebalance callback under
@@ -474,19 +475,12 @@ static void q_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t ke,
 mv_err mv_consumer_new(const mv_config *c, const char *client_id, mv_consumer **out, char *err,
                        size_t errlen)
 {
-    const char *const kv[] = {"group.id",
-                              c->group,
-                              "enable.auto.commit",
-                              "false",
-                              "enable.auto.offset.store",
-                              "false",
-                              "auto.offset.reset",
-                              "earliest",
-                              "session.timeout.ms",
-                              "10000",
-                              "heartbeat.interval.ms",
-                              "3000",
-                              NULL};
+    const char *const kv[] = {"group.id", c->group, "enable.auto.commit", "false",
+                              "enable.auto.offset.store", "false", "auto.offset.reset", "earliest",
+                              "session.timeout.ms", "10000", "heartbeat.interval.ms", "3000",
+                              /* a resumed partition joins the next fetch request: a short
+                                 broker long-poll lets a released partition restart quickly */
+                              "fetch.wait.max.ms", "100", NULL};
     *out = NULL;
     if (!c->group[0]) return mv_seterr(err, errlen, MV_EINVAL, "kafka.group is empty");
     if (!c->topic_tasks[0]) return mv_seterr(err, errlen, MV_EINVAL, "kafka.topic is empty");

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -742,6 +743,34 @@ static mv_err v_tenant(vctx *v, const char *tenant, char *err, size_t errlen)
     v->tenant = tenant;
     rc = v_walk(v, d, 0, NULL, NULL, err, errlen);
     closedir(d);
+    return rc;
+}
+
+mv_err mv_store_clean_tmp(mv_store *s, int max_age_s, int *removed, char *err, size_t errlen)
+{
+    *removed = 0;
+    DIR *root = opendir(s->root);
+    if (!root) return mv_seterr(err, errlen, MV_EIO, "open %s: %s", s->root, strerror(errno));
+    time_t cutoff = time(NULL) - max_age_s;
+    struct dirent *te;
+    mv_err rc = MV_OK;
+    while (!rc && (te = readdir(root))) {
+        if (!mv_name_valid(te->d_name)) continue; /* not a tenant directory */
+        char dir[PATH_MAX];
+        if ((rc = mkpath(dir, sizeof dir, err, errlen, "%s/%s/tmp", s->root, te->d_name))) break;
+        DIR *d = opendir(dir);
+        if (!d) continue; /* no tmp yet */
+        struct dirent *e;
+        struct stat st;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] == '.') continue;
+            if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+            if (!S_ISREG(st.st_mode) || st.st_mtime > cutoff) continue;
+            if (unlinkat(dirfd(d), e->d_name, 0) == 0) (*removed)++;
+        }
+        closedir(d);
+    }
+    closedir(root);
     return rc;
 }
 

@@ -1,5 +1,7 @@
 """0004: a wrong password gives a clear error in status and a non-zero CLI exit, and the task
 lands in the dead-letter topic instead of retrying forever (authentication is permanent)."""
+import subprocess
+
 from mvtest import *
 
 t = f"badpw-{SUFFIX}"
@@ -23,4 +25,10 @@ check(js[good]["state"] == "done" and js[good]["messages"] == 5, "the other mail
 logs = "".join(open(os.path.join(RUN, "log", f)).read() for f in os.listdir(os.path.join(RUN, "log"))
                if f.startswith(f"worker-{SUFFIX}"))
 check("not-the-password" not in logs, "the password appears nowhere in the worker log")
+# the dead-letter topic holds the task, keyed tenant/mailbox, with its last error
+dlq = subprocess.run(["kcat", "-b", STACK["MV_KAFKA_BROKERS"], "-C", "-t", "mailvault.tasks.dlq",
+                      "-o", "beginning", "-e", "-q", "-f", "%k\t%s\n"], capture_output=True, timeout=60).stdout
+mine = [l for l in dlq.split(b"\n") if l.startswith(f"{t}/{bad}\t".encode())]
+check(len(mine) == 1 and b"login refused" in mine[0], "the task is in mailvault.tasks.dlq with its error")
+check(not any(l.startswith(f"{t}/{good}\t".encode()) for l in dlq.split(b"\n")), "the good mailbox is not")
 print("1 passed, 0 failed")

@@ -102,21 +102,29 @@ def add_profile(tenant, name, mailboxes, tls="none", port=None, include=None, ex
     os.unlink(path)  # it held passwords
 
 
+_worker_seq = [0]
+
+
 class Workers:
-    """Worker processes of one scenario; stopped (SIGTERM, then SIGKILL) on exit."""
+    """Worker processes of one scenario; stopped (SIGTERM, then SIGKILL) on exit. Each gets
+    its own log file, RUN/log/worker-<suffix>-<n>.log, listed in self.logs."""
 
     def __init__(self, n=2, **extra_env):
         self.procs = []
+        self.logs = []
         self.extra = extra_env
         for _ in range(n):
             self.start()
 
     def start(self):
-        i = len(self.procs)
-        log = open(os.path.join(RUN, "log", f"worker-{SUFFIX}-{i}.log"), "w")
+        i = _worker_seq[0]
+        _worker_seq[0] += 1
+        path = os.path.join(RUN, "log", f"worker-{SUFFIX}-{i}.log")
+        log = open(path, "w")
         p = subprocess.Popen([WORKER, "--id", f"w{i}-{SUFFIX}"], stdout=log, stderr=log,
                              env=env(**self.extra))
         self.procs.append(p)
+        self.logs.append(path)
         return p
 
     def kill(self, i):

@@ -20,6 +20,7 @@
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -354,6 +355,19 @@ static void test_crash_leftover_tmp(void **state)
     assert_int_equal(st.objects, 1); /* tmp/ is not part of the object space */
     assert_int_equal(st.ok, 1);
     assert_int_equal(st.bad, 0);
+
+    /* clean_tmp keeps young temp files (a writer may be using them) and removes old ones */
+    int removed = -1;
+    assert_int_equal(mv_store_clean_tmp(f->s, 3600, &removed, err, sizeof err), MV_OK);
+    assert_int_equal(removed, 0);
+    assert_int_equal(access(p, F_OK), 0);
+    struct timespec old[2] = {{.tv_sec = time(NULL) - 7200}, {.tv_sec = time(NULL) - 7200}};
+    assert_int_equal(utimensat(AT_FDCWD, p, old, 0), 0);
+    assert_int_equal(mv_store_clean_tmp(f->s, 3600, &removed, err, sizeof err), MV_OK);
+    assert_int_equal(removed, 1);
+    assert_int_equal(access(p, F_OK), -1);
+    assert_int_equal(mv_store_verify(f->s, T, NULL, NULL, NULL, &st, err, sizeof err), MV_OK);
+    assert_int_equal(st.ok, 1); /* the real object is untouched */
 }
 
 typedef struct badlog {

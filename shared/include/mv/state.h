@@ -35,6 +35,8 @@ mv_err mv_state_ping(mv_state *s, char *err, size_t errlen);
 /* ---- catalog ---- */
 mv_err mv_state_tenant_add(mv_state *s, const char *tenant, const char *display_name, char *err,
                            size_t errlen); /* MV_EEXIST if present */
+/* 1 if the tenant exists, 0 if not, -1 on a Redis error (callers that test for 0 let the next
+ * command report the real error). */
 int mv_state_tenant_exists(mv_state *s, const char *tenant);
 mv_err mv_state_tenant_del(mv_state *s, const char *tenant, char *err, size_t errlen);
 /* cb per tenant name, sorted. */

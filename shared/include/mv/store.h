@@ -45,6 +45,11 @@ mv_err mv_put_commit(mv_put *p, int overwrite, mv_put_result *res, char *err, si
 /* Discard an unfinished put; frees p. NULL is fine. */
 void mv_put_abort(mv_put *p);
 
+/* Remove temp files older than max_age_s from <root>/<tenant>/tmp of every tenant (leftovers
+ * of writers that crashed mid-message; they were never objects). *removed counts them. Safe
+ * while other writers run, as long as max_age_s exceeds the longest message write. */
+mv_err mv_store_clean_tmp(mv_store *s, int max_age_s, int *removed, char *err, size_t errlen);
+
 /* Make every write so far durable (syncfs on the store's filesystem). */
 mv_err mv_store_sync(mv_store *s, char *err, size_t errlen);
 
