@@ -3,6 +3,7 @@
  * printing is all that lives here. */
 #include "cli.h"
 
+#include "mv/archive.h"
 #include "mv/crypt.h"
 #include "mv/index.h"
 #include "mv/jobs.h"
@@ -428,41 +429,25 @@ typedef struct ls_ctx {
     int failed;
 } ls_ctx;
 
-static int ls_segment(void *ud, const char *name)
+static int ls_record(void *ud, const mv_segment *seg, const mv_index_rec *r)
 {
     ls_ctx *x = ud;
-    char err[MV_ERRLEN];
-    void *data = NULL;
-    size_t len = 0;
-    mv_segment seg;
-    if (mv_store_segment_get(x->s, x->tenant, x->mailbox, name, &data, &len, err, sizeof err) ||
-        mv_segment_decode(data, len, &seg, err, sizeof err)) {
-        cli_fail(1, "segment %s of %s: %s", name, x->mailbox, err);
-        free(data);
-        x->failed = 1;
-        return 0;
+    if (x->c->json) {
+        json_t *o = json_pack(
+            "{s:s,s:s,s:I,s:s,s:I,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "mailbox", x->mailbox,
+            "folder", seg->folder, "uidvalidity", (json_int_t)seg->uidvalidity, "hash", r->hash,
+            "uid", (json_int_t)r->uid, "size", (json_int_t)r->size, "internaldate",
+            (json_int_t)r->internaldate, "flags", r->flags, "from", r->from, "to", r->to, "subject",
+            r->subject, "date", r->date, "message_id", r->msgid);
+        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (s) printf("%s\n", s);
+        free(s);
+        json_decref(o);
+    } else {
+        printf("%s\t%s\t%u\t%llu\t%s\t%s\n", x->mailbox, seg->folder, r->uid,
+               (unsigned long long)r->size, r->hash, r->subject);
     }
-    free(data);
-    for (size_t i = 0; i < seg.n; i++) {
-        const mv_index_rec *r = &seg.recs[i];
-        if (x->c->json) {
-            json_t *o =
-                json_pack("{s:s,s:s,s:I,s:s,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "mailbox",
-                          x->mailbox, "folder", seg.folder, "uidvalidity",
-                          (json_int_t)seg.uidvalidity, "hash", r->hash, "uid", (json_int_t)r->uid,
-                          "size", (json_int_t)r->size, "flags", r->flags, "from", r->from, "to",
-                          r->to, "subject", r->subject, "date", r->date, "message_id", r->msgid);
-            char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-            if (s) printf("%s\n", s);
-            free(s);
-            json_decref(o);
-        } else {
-            printf("%s\t%s\t%u\t%llu\t%s\t%s\n", x->mailbox, seg.folder, r->uid,
-                   (unsigned long long)r->size, r->hash, r->subject);
-        }
-        x->count++;
-    }
-    mv_segment_free(&seg);
+    x->count++;
     return 0;
 }
 
@@ -471,7 +456,7 @@ static int ls_mailbox(void *ud, const char *mailbox)
     ls_ctx *x = ud;
     char err[MV_ERRLEN];
     x->mailbox = mailbox;
-    if (mv_store_segment_list(x->s, x->tenant, mailbox, ls_segment, x, err, sizeof err)) {
+    if (mv_archive_list(x->s, x->tenant, mailbox, ls_record, x, err, sizeof err)) {
         cli_fail(1, "%s", err);
         x->failed = 1;
     }

@@ -24,6 +24,7 @@ static volatile sig_atomic_t stopping = 0;
 static void on_signal(int sig)
 {
     (void)sig;
+    if (stopping) _exit(130); /* second signal: leave now; unrecorded work is redone elsewhere */
     stopping = 1;
 }
 
@@ -185,7 +186,7 @@ int main(int argc, char **argv)
     int started = 0;
     /* Each held partition has at most one job, running or waiting; the table is sized for
      * the most partitions this member can be assigned. */
-    pl.njobs = cfg.partitions + n;
+    pl.njobs = (cfg.partitions > 256 ? cfg.partitions : 256) + n;
     pl.jobs = calloc((size_t)pl.njobs, sizeof *pl.jobs);
     if (!tas || !th || !pl.jobs) goto out;
 
@@ -247,7 +248,10 @@ int main(int argc, char **argv)
             job done = *j;
             memset(j, 0, sizeof *j);
             pthread_mutex_unlock(&pl.mu);
-            if (done.rc) {
+            if (!done.rc && done.outcome == MV_RUN_ABANDONED) {
+                /* Shutting down before it started: uncommitted, so the partition's next owner
+                 * reads it again. The partition stays paused until we leave the group. */
+            } else if (done.rc) {
                 /* Nothing durable was recorded: leave the offset uncommitted; the task comes
                  * back after a restart or rebalance. Pause-release so others proceed. */
                 mv_error("task outcome not recorded; offset left uncommitted",

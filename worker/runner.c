@@ -110,6 +110,7 @@ static int on_body_data(void *ud, const void *data, size_t len)
     chunk_ctx *c = ud;
     mv_hdrscan_feed(c->hs, data, len);
     c->failed = mv_put_write(c->put, data, len, c->err, sizeof c->err);
+    if (!c->failed) c->failed = beat(c, 0); /* a large message must not outlive the lease */
     return c->failed ? 1 : 0;
 }
 
@@ -177,25 +178,18 @@ static mv_err archive_range(chunk_ctx *c, mv_imap *im, mv_ckpt *ck, char *err, s
     ck->last_uid = c->last;
     ck->pending_from = ck->pending_to = 0;
     ck->messages += c->msgs;
-    rc = mv_state_ckpt_set(r->st, t->tenant, t->mailbox, c->folder, ck, r->worker_id, c->token, err,
-                           errlen);
+    static const char *const fields[] = {"messages", "total_messages", "bytes_raw", "bytes_stored",
+                                         "deduplicated"};
+    const int64_t incr[] = {(int64_t)c->msgs, (int64_t)c->msgs, (int64_t)c->raw, (int64_t)c->stored,
+                            (int64_t)c->dedup};
+    rc = mv_state_ckpt_commit(r->st, t->tenant, t->mailbox, c->folder, ck, r->worker_id, c->token,
+                              fields, incr, 5, err, errlen);
     if (rc) goto out;
     char n[32], raw[32], stored[32], dd[32];
     snprintf(n, sizeof n, "%llu", (unsigned long long)c->msgs);
     snprintf(raw, sizeof raw, "%llu", (unsigned long long)c->raw);
     snprintf(stored, sizeof stored, "%llu", (unsigned long long)c->stored);
     snprintf(dd, sizeof dd, "%llu", (unsigned long long)c->dedup);
-    if ((rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "messages", (int64_t)c->msgs, err,
-                                   errlen)) ||
-        (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "total_messages", (int64_t)c->msgs,
-                                   err, errlen)) ||
-        (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "bytes_raw", (int64_t)c->raw, err,
-                                   errlen)) ||
-        (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "bytes_stored", (int64_t)c->stored,
-                                   err, errlen)) ||
-        (rc = mv_state_status_incr(r->st, t->tenant, t->mailbox, "deduplicated", (int64_t)c->dedup,
-                                   err, errlen)))
-        goto out;
     mv_info("range archived",
             " tenant=%s mailbox=%s task=%s folder=\"%s\" uids=%u:%u messages=%s "
             "raw_bytes=%s stored_bytes=%s deduplicated=%s",
@@ -250,8 +244,20 @@ static mv_err archive_mailbox(mv_runner *r, const mv_task *t, const mv_profile *
     for (size_t i = 0; i < fl.n; i++) {
         const char *folder = fl.names[i];
         if (!mv_profile_folder_selected(p, folder)) continue;
+        c.folder = folder;
+        if ((rc = beat(&c, 0))) {
+            mv_seterr(err, errlen, rc, "%s", c.err);
+            goto out;
+        }
         mv_imap_mailbox info;
-        if ((rc = mv_imap_examine(im, folder, &info, err, errlen))) goto out;
+        rc = mv_imap_examine(im, folder, &info, err, errlen);
+        if (rc == MV_ENOTFOUND) { /* deleted between LIST and EXAMINE: nothing to archive */
+            mv_warn("folder vanished, skipped", " tenant=%s mailbox=%s folder=\"%s\" error=\"%s\"",
+                    t->tenant, t->mailbox, folder, err);
+            rc = MV_OK;
+            continue;
+        }
+        if (rc) goto out;
         mv_ckpt ck;
         rc = mv_state_ckpt_get(r->st, t->tenant, t->mailbox, folder, &ck, err, errlen);
         if (rc && rc != MV_ENOTFOUND) goto out;
@@ -262,7 +268,6 @@ static mv_err archive_mailbox(mv_runner *r, const mv_task *t, const mv_profile *
             ck.last_uid = ck.pending_from = ck.pending_to = 0;
         }
         ck.uidvalidity = info.uidvalidity;
-        c.folder = folder;
         for (;;) {
             /* Find the next piece of work first, then check the budget: a chunk that ends
              * exactly at the end of the mailbox must not queue an empty continuation. */
@@ -330,10 +335,14 @@ static mv_err send_task(mv_runner *r, const char *topic, const mv_task *t, char 
     return rc;
 }
 
+/* Worth retrying: the transient classes of common.h, plus protocol errors (a connection that
+ * went bad mid-response usually works on the next attempt; a server that always sends the same
+ * garbage ends in the DLQ after max_attempts). Everything else (wrong password, missing
+ * profile or credential, undecryptable credential, oversized message) cannot get better by
+ * waiting and goes to the DLQ at once. */
 static int permanent(mv_err e)
 {
-    return e == MV_EAUTH || e == MV_EINVAL || e == MV_ENOTFOUND || e == MV_ECORRUPT ||
-           e == MV_ETOOBIG;
+    return !(mv_err_transient(e) || e == MV_EPROTO);
 }
 
 /* Record a failure: retry with backoff, or the DLQ after max_attempts / a permanent error. */
@@ -419,7 +428,21 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     int more = 0;
     mv_err cause = MV_OK;
 
-    if ((cause = acquire_lease(r, &t, &token, why, sizeof why))) goto failed;
+    int exists = mv_state_tenant_exists(r->st, t.tenant);
+    if (exists == 0) { /* removed after the task was queued: drop it, keep no state */
+        mv_warn("task for a removed tenant dropped", " tenant=%s mailbox=%s task=%s", t.tenant,
+                t.mailbox, t.id);
+        *outcome = MV_RUN_DEAD;
+        snprintf(t.last_error, sizeof t.last_error, "tenant %s was removed", t.tenant);
+        return send_task(r, r->cfg->topic_dlq, &t, err, errlen);
+    }
+    if ((cause = acquire_lease(r, &t, &token, why, sizeof why))) {
+        if (*r->stopping) { /* shutting down: not an attempt; another member takes it */
+            *outcome = MV_RUN_ABANDONED;
+            return MV_OK;
+        }
+        goto failed;
+    }
     snprintf(now, sizeof now, "%lld", (long long)mv_now_ms());
     snprintf(chunk, sizeof chunk, "%u", t.chunk);
     if ((rc = mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "state", "running",

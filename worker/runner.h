@@ -11,7 +11,8 @@
 
 #include <signal.h>
 
-/* Per-thread resources: a runner owns its Redis connection and Kafka producer. */
+/* Per-thread resources: a runner owns its Redis connection; the Kafka producer is shared by
+ * all runners of the process (librdkafka producers are thread-safe). */
 typedef struct mv_runner {
     const mv_config *cfg;
     const unsigned char *master_key;
@@ -27,6 +28,7 @@ typedef enum {
     MV_RUN_CONTINUED, /* chunk complete, continuation task produced */
     MV_RUN_RETRY,     /* transient failure, task re-queued with backoff */
     MV_RUN_DEAD,      /* failure sent to the DLQ */
+    MV_RUN_ABANDONED, /* not started (shutdown): leave the offset uncommitted */
 } mv_run_outcome;
 
 /* Execute one task message. Returns MV_OK when the outcome is durably recorded (checkpoint,

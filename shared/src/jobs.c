@@ -11,12 +11,44 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct other_profiles {
+    mv_state *st;
+    const char *tenant;
+    const mv_profile *p;
+    mv_err rc;
+    char *err;
+    size_t errlen;
+} other_profiles;
+
+/* A mailbox's checkpoints, lease and status are keyed by tenant and mailbox: two profiles of
+ * one tenant must not both claim a login. */
+static int check_other_profile(void *ud, const char *name)
+{
+    other_profiles *o = ud;
+    if (strcmp(name, o->p->name) == 0) return 0;
+    mv_profile q;
+    char perr[MV_ERRLEN];
+    if (mv_jobs_profile_load(o->st, o->tenant, name, &q, perr, sizeof perr)) return 0;
+    for (size_t i = 0; i < o->p->nmailboxes && !o->rc; i++)
+        if (mv_profile_find_mailbox(&q, o->p->mailboxes[i].login) >= 0)
+            o->rc = mv_seterr(o->err, o->errlen, MV_EEXIST,
+                              "mailboxes[%zu].login: \"%s\" already belongs to profile \"%s\" of "
+                              "tenant \"%s\"",
+                              i, o->p->mailboxes[i].login, name, o->tenant);
+    mv_profile_free(&q);
+    return o->rc ? 1 : 0;
+}
+
 mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
                             const mv_profile *p, char *err, size_t errlen)
 {
     if (!mv_state_tenant_exists(st, tenant))
         return mv_seterr(err, errlen, MV_ENOTFOUND, "tenant \"%s\" does not exist", tenant);
-    mv_err rc;
+    other_profiles o = {st, tenant, p, MV_OK, err, errlen};
+    char lerr[MV_ERRLEN];
+    mv_err rc = mv_state_profile_list(st, tenant, check_other_profile, &o, lerr, sizeof lerr);
+    if (o.rc) return o.rc;
+    if (rc) return mv_seterr(err, errlen, rc, "%s", lerr);
     for (size_t i = 0; i < p->nmailboxes; i++) {
         const mv_profile_mailbox *mb = &p->mailboxes[i];
         char ad[512];

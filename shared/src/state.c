@@ -47,13 +47,19 @@ static const char LUA_ACQUIRE[] =
     "redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%d', t), 'PX', ARGV[2])\n"
     "return {1, t}\n";
 
-/* KEYS: lease. ARGV: "owner|token", ttl_ms. -> 1 extended, 0 no lease, or the holder value */
+/* KEYS: lease, fence. ARGV: "owner|token", ttl_ms, token. -> 1 extended, 0 no lease, or the
+ * holder value. A lease that expired (a long GC-like pause, a slow message) is taken back when
+ * no one acquired the mailbox since: the fence counter still equals our token. */
 static const char LUA_RENEW[] = "local v = redis.call('GET', KEYS[1])\n"
                                 "if v == ARGV[1] then\n"
                                 "  redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
                                 "  return 1\n"
                                 "end\n"
                                 "if v then return v end\n"
+                                "if redis.call('GET', KEYS[2]) == ARGV[3] then\n"
+                                "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+                                "  return 1\n"
+                                "end\n"
                                 "return 0\n";
 
 /* KEYS: lease. ARGV: "owner|token". -> 1 deleted, 0 no lease, or the holder value */
@@ -65,11 +71,19 @@ static const char LUA_RELEASE[] = "local v = redis.call('GET', KEYS[1])\n"
                                   "if v then return v end\n"
                                   "return 0\n";
 
-/* KEYS: lease, ckpt hash. ARGV: "owner|token", folder, text. -> 1 written, 0 no lease, or the
- * holder value (fenced) */
+/* KEYS: lease, ckpt hash, status hash, mailboxes set. ARGV: "owner|token", folder, text,
+ * mailbox, then field/increment pairs for the status hash. -> 1 written, 0 no lease, or the
+ * holder value (fenced). Checkpoint and counters move in one step, so a crash can never leave
+ * the counters behind the checkpoint. */
 static const char LUA_CKPT_SET[] = "local v = redis.call('GET', KEYS[1])\n"
                                    "if v == ARGV[1] then\n"
                                    "  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])\n"
+                                   "  if #ARGV > 4 then\n"
+                                   "    for i = 5, #ARGV, 2 do\n"
+                                   "      redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])\n"
+                                   "    end\n"
+                                   "    redis.call('SADD', KEYS[4], ARGV[4])\n"
+                                   "  end\n"
                                    "  return 1\n"
                                    "end\n"
                                    "if v then return v end\n"
@@ -895,19 +909,23 @@ static mv_err st_fenced_result(redisReply *r, const char *what, const char *tena
 mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox, const char *owner,
                             uint64_t token, int ttl_ms, char *err, size_t errlen)
 {
-    char lease[ST_KEYLEN], val[512], ttl[32];
+    char lease[ST_KEYLEN], fence[ST_KEYLEN], val[512], ttl[32], tok[32];
     mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
     if (!e && ttl_ms <= 0) e = mv_seterr(err, errlen, MV_EINVAL, "lease ttl must be > 0 ms");
     if (!e) e = st_lease_value(owner, token, val, sizeof val, err, errlen);
     if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
+    if (!e) e = st_key(fence, err, errlen, "mv:fence:%s:%s", tenant, mailbox);
     if (e) return e;
     snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    snprintf(tok, sizeof tok, "%" PRIu64, token);
     st_args a = {0};
     sa_str(&a, lease);
+    sa_str(&a, fence);
     sa_str(&a, val);
     sa_str(&a, ttl);
+    sa_str(&a, tok);
     redisReply *r = NULL;
-    e = st_eval(s, 1, LUA_RENEW, 1, &a, &r, err, errlen);
+    e = st_eval(s, 1, LUA_RENEW, 2, &a, &r, err, errlen);
     if (e) return e;
     e = st_fenced_result(r, "lease renew", tenant, mailbox, err, errlen);
     freeReplyObject(r);
@@ -998,31 +1016,55 @@ mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox, c
     return e;
 }
 
-mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
-                         const mv_ckpt *ck, const char *owner, uint64_t token, char *err,
-                         size_t errlen)
+mv_err mv_state_ckpt_commit(mv_state *s, const char *tenant, const char *mailbox,
+                            const char *folder, const mv_ckpt *ck, const char *owner,
+                            uint64_t token, const char *const *fields, const int64_t *incr,
+                            int nincr, char *err, size_t errlen)
 {
-    char lease[ST_KEYLEN], key[ST_KEYLEN], val[512], text[128];
+    char lease[ST_KEYLEN], key[ST_KEYLEN], status[ST_KEYLEN], mboxes[ST_KEYLEN], val[512],
+        text[128], num[16][24];
     mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
     if (!e && !folder) e = mv_seterr(err, errlen, MV_EINVAL, "checkpoint: no folder");
+    if (!e && (nincr < 0 || nincr > 16))
+        e = mv_seterr(err, errlen, MV_EINVAL, "checkpoint: at most 16 counters");
     if (!e) e = st_lease_value(owner, token, val, sizeof val, err, errlen);
     if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
     if (!e) e = st_key(key, err, errlen, "mv:ckpt:%s:%s", tenant, mailbox);
+    if (!e) e = st_key(status, err, errlen, "mv:status:%s:%s", tenant, mailbox);
+    if (!e) e = st_key(mboxes, err, errlen, "mv:mailboxes:%s", tenant);
     if (e) return e;
     snprintf(text, sizeof text, "%" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu64,
              ck->uidvalidity, ck->last_uid, ck->pending_from, ck->pending_to, ck->messages);
     st_args a = {0};
     sa_str(&a, lease);
     sa_str(&a, key);
+    sa_str(&a, status);
+    sa_str(&a, mboxes);
     sa_str(&a, val);
     sa_str(&a, folder);
     sa_str(&a, text);
+    sa_str(&a, mailbox);
+    for (int i = 0; i < nincr; i++) {
+        snprintf(num[i], sizeof num[i], "%" PRId64, incr[i]);
+        sa_str(&a, fields[i]);
+        sa_str(&a, num[i]);
+    }
     redisReply *r = NULL;
-    e = st_eval(s, 1, LUA_CKPT_SET, 2, &a, &r, err, errlen); /* same value twice is harmless */
+    /* Not re-sent after a lost connection when it carries increments (they are not
+     * idempotent); a bare checkpoint write is. */
+    e = st_eval(s, nincr == 0, LUA_CKPT_SET, 4, &a, &r, err, errlen);
     if (e) return e;
     e = st_fenced_result(r, "checkpoint", tenant, mailbox, err, errlen);
     freeReplyObject(r);
     return e;
+}
+
+mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
+                         const mv_ckpt *ck, const char *owner, uint64_t token, char *err,
+                         size_t errlen)
+{
+    return mv_state_ckpt_commit(s, tenant, mailbox, folder, ck, owner, token, NULL, NULL, 0, err,
+                                errlen);
 }
 
 mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,

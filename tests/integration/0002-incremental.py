@@ -40,14 +40,26 @@ with Workers(1):
           "the new message is indexed once and stored byte-exact")
     check(third["total_messages"] == 41, "total_messages counts 41")
 
-    # UIDVALIDITY change: Dovecot renumbers the folder; everything is re-read, nothing re-stored
+    # UIDVALIDITY change: Dovecot renumbers the folder; everything is re-read, nothing re-stored.
+    # RFC 3501 2.3.1.1: a new UIDVALIDITY must be greater than the old one.
     objs_before = sorted(objects(t))
+    c = imaplib.IMAP4("127.0.0.1", IMAP_PORT)
+    c.login(user, "pw-dave")
+    old_uv = int(c.status("Sent", "(UIDVALIDITY)")[1][0].split(b"UIDVALIDITY ")[1].rstrip(b")"))
+    c.logout()
+    new_uv = old_uv + 1000
     conf = os.path.join(RUN, "dovecot", "dovecot.conf")
     subprocess.run(["doveadm", "-c", conf, "mailbox", "update", "-u", user, "--uid-validity",
-                    "4242", "Sent"], check=True)
+                    str(new_uv), "Sent"], check=True)
     run(t, "imap")
     fourth = status(t)["mailboxes"][0]
     check(fourth["messages"] == 20, "after a UIDVALIDITY change the folder's 20 messages are re-read")
     check(sorted(objects(t)) == objs_before, "re-reading them stores no new object")
     check(fourth["deduplicated"] == 20, "all 20 re-read messages were deduplicated")
+    recs = index(t)
+    check(len(recs) == 41, f"the archive lists each message once after the change ({len(recs)} records)")
+    check(len(segments(t, user)) > len(segs1) + 1, "the old generation's segments are kept")
+    sent = [r for r in recs if r["folder"] == "Sent"]
+    check(len(sent) == 20 and all(r["uidvalidity"] == new_uv for r in sent),
+          "Sent is listed under its new UIDVALIDITY")
 print("1 passed, 0 failed")

@@ -32,6 +32,8 @@ profile_error({**base, "mailboxes": [{"login": "new-user"}]}, "password: missing
 
 secret = f"s3cret-{SUFFIX}"
 add_profile(t, "good", [("ivan", secret)])
+profile_error({**base, "name": "other", "mailboxes": [{"login": "ivan", "password": "z"}]},
+              "already belongs to profile \"good\"")
 shown = cli("profile", "show", "--tenant", t, "good").stdout
 check(secret not in shown and "ivan" in shown, "profile show has the login but not the password")
 rc = ["redis-cli", "-p", STACK["MV_REDIS_PORT"], "--no-raw"]

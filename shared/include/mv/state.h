@@ -87,7 +87,8 @@ mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant, con
 mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailbox,
                               const char *owner, int ttl_ms, uint64_t *token, char *holder,
                               size_t holderlen, char *err, size_t errlen);
-/* Extend if still ours (owner and token match), else MV_EBUSY (lost). */
+/* Extend if still ours (owner and token match); an expired lease is taken back if nobody
+ * acquired the mailbox since (the fence counter still equals token); else MV_EBUSY (lost). */
 mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox, const char *owner,
                             uint64_t token, int ttl_ms, char *err, size_t errlen);
 mv_err mv_state_lease_release(mv_state *s, const char *tenant, const char *mailbox,
@@ -109,6 +110,12 @@ mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox, c
 mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
                          const mv_ckpt *ck, const char *owner, uint64_t token, char *err,
                          size_t errlen);
+/* Like ckpt_set, and in the same atomic step HINCRBY the mailbox's status fields[i] by
+ * incr[i] (at most 16), so progress counters and the checkpoint never disagree. */
+mv_err mv_state_ckpt_commit(mv_state *s, const char *tenant, const char *mailbox,
+                            const char *folder, const mv_ckpt *ck, const char *owner,
+                            uint64_t token, const char *const *fields, const int64_t *incr,
+                            int nincr, char *err, size_t errlen);
 /* Remove all checkpoints of a mailbox (a full re-scan; stored objects deduplicate). */
 mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,
                            size_t errlen);
