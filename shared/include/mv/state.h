@@ -60,9 +60,10 @@ mv_err mv_state_cred_get(mv_state *s, const char *tenant, const char *profile, c
                          void **blob, size_t *len, char *err, size_t errlen);
 
 /* ---- task status ----
- * Fields of mv:status:{t}:{mailbox}: state (queued|running|done|failed|retrying|dead),
+ * Fields of mv:status:{t}:{mailbox}: state (queued|running|done|failed|retrying),
  * task, run, profile, chunk, attempt, worker, folder, messages (this run), bytes_raw,
- * bytes_stored, total_messages (all runs), heartbeat_ms, started_ms, finished_ms, error.
+ * bytes_stored, deduplicated, total_messages (all runs), heartbeat_ms, queued_ms, started_ms,
+ * finished_ms, error.
  * Set fields from NULL-terminated key, value pairs (values as strings). */
 mv_err mv_state_status_set(mv_state *s, const char *tenant, const char *mailbox, char *err,
                            size_t errlen, ...) __attribute__((sentinel));

@@ -8,7 +8,8 @@
  *   "a"  uint  attempt (0 = first)          "c"  uint chunk number (0 = first)
  *   "nb" int   not-before, ms since epoch   "ts" int  created, ms since epoch
  *   "e"  str   last error (optional, set on retries and in the DLQ)
- * Unknown keys are ignored (forward compatible); a higher major version is refused.
+ * Unknown keys are ignored (forward compatible); a task whose "v" is above
+ * MV_TASK_VERSION is refused (a new field that old workers may ignore keeps the version).
  * Kafka key: "tenant/mailbox". Never carries secrets. */
 #ifndef MV_TASK_H
 #define MV_TASK_H
