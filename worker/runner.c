@@ -96,12 +96,12 @@ static mv_err beat(chunk_ctx *c, int force)
 
 static int on_body_begin(void *ud, uint64_t size)
 {
-    (void)size;
     chunk_ctx *c = ud;
     mv_put_abort(c->put);
     c->put = NULL;
     mv_hdrscan_reset(c->hs);
     c->failed = mv_store_put_begin(c->r->store, c->t->tenant, &c->put, c->err, sizeof c->err);
+    if (!c->failed) c->failed = mv_put_set_size(c->put, size, c->err, sizeof c->err);
     return c->failed ? 1 : 0;
 }
 

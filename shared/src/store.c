@@ -66,6 +66,8 @@ struct mv_put {
     int fd;
     mv_err failed; /* sticky error of an earlier mv_put_write */
     uint64_t raw, stored;
+    uint64_t announced; /* exact raw size promised by mv_put_set_size, if has_size */
+    int has_size;
     char tenant[64];
     char tmp[PATH_MAX]; /* temp file path, "" once it no longer exists */
 };
@@ -304,6 +306,7 @@ static mv_put *put_acquire(mv_store *s)
     p->buflen = 0;
     p->failed = MV_OK;
     p->raw = p->stored = 0;
+    p->has_size = 0;
     p->tmp[0] = '\0';
     return p;
 }
@@ -379,12 +382,31 @@ static mv_err put_compress(mv_put *p, ZSTD_inBuffer *in, ZSTD_EndDirective mode,
     }
 }
 
+mv_err mv_put_set_size(mv_put *p, uint64_t size, char *err, size_t errlen)
+{
+    if (p->raw != 0)
+        return mv_seterr(err, errlen, MV_EINVAL, "put: size announced after the first write");
+    if (size > RAW_MAX)
+        return mv_seterr(err, errlen, MV_ETOOBIG, "put: %llu bytes exceed the 1 GiB object limit",
+                         (unsigned long long)size);
+    if (ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(p->cctx, size)))
+        return mv_seterr(err, errlen, MV_ERR, "put: zstd refused the announced size");
+    p->announced = size;
+    p->has_size = 1;
+    return MV_OK;
+}
+
 mv_err mv_put_write(mv_put *p, const void *data, size_t len, char *err, size_t errlen)
 {
     if (!p) return mv_seterr(err, errlen, MV_EINVAL, "put is NULL");
     if (p->failed) return mv_seterr(err, errlen, p->failed, "put: an earlier write failed");
     if (len == 0) return MV_OK;
     if (!data) return mv_seterr(err, errlen, MV_EINVAL, "put: NULL data");
+    if (p->has_size && len > p->announced - p->raw) {
+        p->failed = MV_EINVAL;
+        return mv_seterr(err, errlen, MV_EINVAL, "put: more than the announced %llu bytes",
+                         (unsigned long long)p->announced);
+    }
     if (len > RAW_MAX - p->raw) {
         p->failed = MV_ETOOBIG;
         return mv_seterr(err, errlen, MV_ETOOBIG, "message exceeds %llu bytes",
@@ -413,6 +435,11 @@ mv_err mv_put_commit(mv_put *p, int overwrite, mv_put_result *res, char *err, si
     memset(&r, 0, sizeof r);
     if (p->failed) {
         rc = mv_seterr(err, errlen, p->failed, "put: an earlier write failed");
+        goto out;
+    }
+    if (p->has_size && p->raw != p->announced) {
+        rc = mv_seterr(err, errlen, MV_EINVAL, "put: %llu bytes written, %llu announced",
+                       (unsigned long long)p->raw, (unsigned long long)p->announced);
         goto out;
     }
     ZSTD_inBuffer none = {NULL, 0, 0};

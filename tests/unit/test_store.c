@@ -614,6 +614,44 @@ static void test_concurrent_puts(void **state)
 
 /* ---- escaping ---- */
 
+static void test_announced_size(void **state)
+{
+    fx *f = *state;
+    char err[MV_ERRLEN];
+    mv_put *p = NULL;
+    mv_put_result r;
+    const char msg[] = "Subject: sized\r\n\r\nbody\r\n";
+    /* exact: same object as an unannounced put of the same bytes */
+    assert_int_equal(mv_store_put_begin(f->s, T, &p, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_set_size(p, sizeof msg - 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_write(p, msg, 5, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_write(p, msg + 5, sizeof msg - 1 - 5, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_commit(p, 0, &r, err, sizeof err), MV_OK);
+    mv_put_result r2;
+    assert_int_equal(put_buf(f->s, T, msg, sizeof msg - 1, 0, &r2), MV_OK);
+    assert_string_equal(r.hash, r2.hash);
+    assert_int_equal(r2.existed, 1);
+    /* fewer bytes than announced: refused at commit, nothing stored */
+    assert_int_equal(mv_store_put_begin(f->s, T, &p, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_set_size(p, 100, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_write(p, "short", 5, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_commit(p, 0, &r, err, sizeof err), MV_EINVAL);
+    assert_non_null(strstr(err, "announced"));
+    char h[65];
+    sha_hex("short", 5, h);
+    assert_false(mv_store_exists(f->s, T, h));
+    /* more bytes than announced: refused at the write */
+    assert_int_equal(mv_store_put_begin(f->s, T, &p, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_set_size(p, 3, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_write(p, "toolong", 7, err, sizeof err), MV_EINVAL);
+    mv_put_abort(p);
+    /* announcing after data is refused */
+    assert_int_equal(mv_store_put_begin(f->s, T, &p, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_write(p, "x", 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_put_set_size(p, 1, err, sizeof err), MV_EINVAL);
+    mv_put_abort(p);
+}
+
 static void test_path_escape(void **state)
 {
     (void)state;
@@ -775,6 +813,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_get_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fsync_mode_and_sync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_announced_size, setup, teardown),
         cmocka_unit_test(test_path_escape),
         cmocka_unit_test_setup_teardown(test_segments, setup, teardown),
     };

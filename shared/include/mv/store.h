@@ -37,6 +37,11 @@ const char *mv_store_root(const mv_store *s);
 /* Start streaming one message. The data is hashed and compressed as it arrives; memory use is
  * bounded by zstd's window and buffers, independent of the message size. */
 mv_err mv_store_put_begin(mv_store *s, const char *tenant, mv_put **out, char *err, size_t errlen);
+/* Optional, before the first write: the exact raw size, when the source announces it (an IMAP
+ * literal does). zstd then sizes its tables to the message instead of to its default window,
+ * which for typical 10-100 KB mail saves most of the per-message set-up work. Writing more or
+ * fewer bytes than announced fails the commit with MV_EINVAL. */
+mv_err mv_put_set_size(mv_put *p, uint64_t size, char *err, size_t errlen);
 mv_err mv_put_write(mv_put *p, const void *data, size_t len, char *err, size_t errlen);
 /* Finish: names the object, renames it into place unless an object of that name exists.
  * overwrite = 1 replaces an existing object (used when re-running an unconfirmed chunk, whose
