@@ -28,4 +28,5 @@ with Workers(1, MAILVAULT_WORKER_MAX_ATTEMPTS=2, MAILVAULT_WORKER_RETRY_BASE_MS=
 m = status(t2)["mailboxes"][0]
 check(m["state"] == "failed" and "certificate" in m["error"].lower(),
       f"an unknown CA is refused: {m['error']}")
+check(m["attempt"] == 1, "after one retry (max_attempts=2) it went to the dead-letter topic")
 print("1 passed, 0 failed")
