@@ -1,0 +1,153 @@
+/* test_profile.c - profile JSON: validation errors name the field, secrets only on input,
+ * serialisation round trip without secrets, folder include/exclude semantics. */
+#include "mv/profile.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char good[] =
+    "{\"name\":\"imap-main\",\"type\":\"imap\","
+    "\"server\":{\"host\":\"mail.example.org\",\"port\":993,\"tls\":\"implicit\"},"
+    "\"folders\":{\"include\":[\"*\"],\"exclude\":[\"Trash\",\"Junk*\"]},"
+    "\"mailboxes\":[{\"login\":\"alice@example.org\",\"password\":\"s3cret\"},"
+    "{\"login\":\"bob@example.org\",\"password\":\"hunter2\"}]}";
+
+static void test_parse_good(void **state)
+{
+    (void)state;
+    mv_profile p;
+    char err[MV_ERRLEN];
+    assert_int_equal(mv_profile_parse(good, 1, &p, err, sizeof err), MV_OK);
+    assert_string_equal(p.name, "imap-main");
+    assert_string_equal(p.host, "mail.example.org");
+    assert_int_equal(p.port, 993);
+    assert_int_equal(p.tls, MV_TLS_IMPLICIT);
+    assert_int_equal(p.verify, 1);
+    assert_int_equal(p.nmailboxes, 2);
+    assert_string_equal(p.mailboxes[1].password, "hunter2");
+    assert_int_equal(mv_profile_find_mailbox(&p, "bob@example.org"), 1);
+    assert_int_equal(mv_profile_find_mailbox(&p, "carol@example.org"), -1);
+
+    /* serialised form has no secret and parses as a stored profile */
+    char *json = mv_profile_to_json(&p);
+    assert_non_null(json);
+    assert_null(strstr(json, "s3cret"));
+    assert_null(strstr(json, "password"));
+    mv_profile q;
+    assert_int_equal(mv_profile_parse(json, 0, &q, err, sizeof err), MV_OK);
+    assert_string_equal(q.host, p.host);
+    assert_int_equal(q.nexclude, 2);
+    assert_null(q.mailboxes[0].password);
+    free(json);
+    mv_profile_free(&q);
+    mv_profile_free(&p);
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    mv_profile p;
+    char err[MV_ERRLEN];
+    const char *doc = "{\"name\":\"p\",\"server\":{\"host\":\"h\",\"tls\":\"starttls\"},"
+                      "\"mailboxes\":[{\"login\":\"a\",\"password\":\"b\"}]}";
+    assert_int_equal(mv_profile_parse(doc, 1, &p, err, sizeof err), MV_OK);
+    assert_int_equal(p.port, 143); /* STARTTLS and none default to 143, implicit to 993 */
+    assert_int_equal(p.verify, 1);
+    assert_true(mv_profile_folder_selected(&p, "anything/at all")); /* no patterns: all */
+    mv_profile_free(&p);
+}
+
+static void expect_error(const char *doc, int allow_secrets, const char *needle)
+{
+    mv_profile p;
+    char err[MV_ERRLEN] = "";
+    assert_int_equal(mv_profile_parse(doc, allow_secrets, &p, err, sizeof err), MV_EINVAL);
+    if (!strstr(err, needle)) fail_msg("error \"%s\" lacks \"%s\"", err, needle);
+}
+
+static void test_errors_name_the_field(void **state)
+{
+    (void)state;
+    expect_error("{", 1, "not valid JSON");
+    expect_error("[]", 1, "must be a JSON object");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\"},\"mailboxes\":[{\"login\":\"a\","
+                 "\"password\":\"b\"}],\"exlude\":[]}",
+                 1, "exlude: unknown field");
+    expect_error("{\"name\":\"Bad Name\",\"server\":{\"host\":\"h\"},\"mailboxes\":[]}", 1,
+                 "name:");
+    expect_error("{\"name\":\"p\",\"mailboxes\":[{\"login\":\"a\"}]}", 1, "server: missing");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\",\"tls\":\"maybe\"},"
+                 "\"mailboxes\":[{\"login\":\"a\"}]}",
+                 1, "server.tls");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\",\"port\":0},"
+                 "\"mailboxes\":[{\"login\":\"a\"}]}",
+                 1, "server.port");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\",\"verify\":\"yes\"},"
+                 "\"mailboxes\":[{\"login\":\"a\"}]}",
+                 1, "server.verify");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\"},\"mailboxes\":[]}", 1,
+                 "mailboxes: must be a non-empty array");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\"},\"mailboxes\":[{\"login\":\"a\"},"
+                 "{\"password\":\"x\"}]}",
+                 1, "mailboxes[1].login: missing");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\"},\"mailboxes\":[{\"login\":\"a b\"}]}",
+                 1, "mailboxes[0].login");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\"},\"mailboxes\":[{\"login\":\"a\"},"
+                 "{\"login\":\"a\"}]}",
+                 1, "listed twice");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\"},\"folders\":{\"include\":\"*\"},"
+                 "\"mailboxes\":[{\"login\":\"a\"}]}",
+                 1, "folders.include");
+    expect_error("{\"name\":\"p\",\"name\":\"q\",\"server\":{\"host\":\"h\"},"
+                 "\"mailboxes\":[{\"login\":\"a\"}]}",
+                 1, "not valid JSON"); /* duplicate keys are refused */
+    /* a stored profile must never carry a secret */
+    expect_error(good, 0, "must not contain secrets");
+}
+
+static void test_folder_patterns(void **state)
+{
+    (void)state;
+    mv_profile p;
+    char err[MV_ERRLEN];
+    const char *doc = "{\"name\":\"p\",\"server\":{\"host\":\"h\"},"
+                      "\"folders\":{\"include\":[\"INBOX\",\"Archive*\",\"Projects.*\"],"
+                      "\"exclude\":[\"Archive.Old*\"]},\"mailboxes\":[{\"login\":\"a\"}]}";
+    assert_int_equal(mv_profile_parse(doc, 0, &p, err, sizeof err), MV_OK);
+    assert_true(mv_profile_folder_selected(&p, "INBOX"));
+    assert_false(mv_profile_folder_selected(&p, "INBOX.Sub")); /* exact pattern */
+    assert_true(mv_profile_folder_selected(&p, "Archive"));
+    assert_true(mv_profile_folder_selected(&p, "Archive.2024.Q1"));   /* '*' crosses levels */
+    assert_false(mv_profile_folder_selected(&p, "Archive.Old.2019")); /* exclude wins */
+    assert_true(mv_profile_folder_selected(&p, "Projects.x"));
+    assert_false(mv_profile_folder_selected(&p, "Projects"));
+    assert_false(mv_profile_folder_selected(&p, "Sent"));
+    mv_profile_free(&p);
+}
+
+static void test_cred_ad(void **state)
+{
+    (void)state;
+    char a[256], b[256];
+    mv_profile_cred_ad("t1", "p", "alice", a, sizeof a);
+    mv_profile_cred_ad("t2", "p", "alice", b, sizeof b);
+    assert_string_not_equal(a, b); /* binds the blob to its tenant */
+    assert_string_equal(a, "cred:t1:p:alice");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_good),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_errors_name_the_field),
+        cmocka_unit_test(test_folder_patterns),
+        cmocka_unit_test(test_cred_ad),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
