@@ -104,13 +104,31 @@ make_certs() {
     chmod 600 "$d"/*.key
 }
 
+# Dovecot serves mail as the unprivileged user vmail, which must be able to reach the mail
+# directory. A run directory under a private home (e.g. /root, mode 0700) is not reachable:
+# then the mail lives under /var/tmp/mailvault-mail/<hash of the run dir> and RUN/mail links
+# to it, so scripts and tests keep using RUN/mail.
+mail_dir() {
+    local run=$1
+    if runuser -u vmail -- test -x "$run/." 2>/dev/null; then
+        echo "$run/mail"
+    else
+        echo "/var/tmp/mailvault-mail/$(printf '%s' "$run" | sha1sum | cut -c1-16)"
+    fi
+}
+
 start_dovecot() {
-    local run=$1 port=$2 tlsport=$3
+    local run=$1 port=$2 tlsport=$3 mail
     id vmail >/dev/null 2>&1 || useradd -r -M -s /usr/sbin/nologin vmail
     id dovenull >/dev/null 2>&1 || useradd -r -M -s /usr/sbin/nologin dovenull
-    mkdir -p "$run/dovecot/run/state" "$run/mail"
+    mail=$(mail_dir "$run")
+    mkdir -p "$run/dovecot/run/state" "$mail"
+    if [ "$mail" != "$run/mail" ]; then
+        chmod 755 /var/tmp/mailvault-mail
+        ln -sfn "$mail" "$run/mail"
+    fi
     touch "$run/dovecot/passwd"
-    chown vmail:vmail "$run/mail"
+    chown vmail:vmail "$mail"
     make_certs "$run"
     cat >"$run/dovecot/dovecot.conf" <<CONF
 protocols = imap
@@ -124,7 +142,7 @@ ssl_key = <$run/tls/server.key
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 log_path = $run/log/dovecot.log
-mail_location = maildir:$run/mail/%u
+mail_location = maildir:$mail/%u
 mail_max_userip_connections = 200
 default_login_user = dovenull
 default_internal_user = root
@@ -150,7 +168,7 @@ passdb {
 }
 userdb {
   driver = static
-  args = uid=vmail gid=vmail home=$run/mail/%u
+  args = uid=vmail gid=vmail home=$mail/%u
 }
 CONF
     rm -f "$run/dovecot/run/master.pid"
@@ -163,6 +181,7 @@ cmd_start() {
     local run=$1
     [ -e "$run/pids" ] && [ -n "$(ls -A "$run/pids" 2>/dev/null)" ] && cmd_stop "$run"
     # a fresh stack every time: old data would make Kafka's format step fail and leak state
+    [ -L "$run/mail" ] && rm -rf "$(readlink "$run/mail")"
     rm -rf "$run/kafka-data" "$run/redis" "$run/mail" "$run/store" "$run/dovecot" "$run/tls" "$run/log"
     mkdir -p "$run/pids" "$run/log" "$run/store"
     run=$(cd "$run" && pwd)
