@@ -5,10 +5,11 @@
  *  - zstd: the declared content size is only a hint (rejected if above the cap, used as the
  *    first buffer size otherwise); output grows by doubling up to 256 MiB; the decoder window is
  *    limited; the frame must end exactly at the end of the input.
- *  - msgpack: before msgpack-c sees the bytes, a linear pre-pass (mp_check) walks the encoding
- *    and rejects any container that claims more elements than there are bytes left (or more
- *    than MAX_RECS). msgpack-c allocates a container's element array up front from the claimed
- *    count, so without this a 5-byte input could ask for ~100 GB.
+ *  - msgpack: before msgpack-c sees the bytes, the shared pre-pass mv_mpack_check (mpack.c)
+ *    walks the encoding and rejects any container that claims more elements than there are
+ *    bytes left (or more than MAX_RECS), and nesting deeper than msgpack-c's own stack.
+ *    msgpack-c allocates a container's element array up front from the claimed count, so
+ *    without this a 5-byte input could ask for ~100 GB.
  *  - schema: every field's type is checked, strings must fit their struct field (else
  *    MV_ECORRUPT naming the field), unknown keys are ignored, records are appended as they
  *    validate (memory follows real data, not a claimed count).
@@ -18,6 +19,7 @@
  * split of the input gives the same result. After the blank line (or 256 KiB) feed returns at
  * once; the body is never looked at. */
 #include "mv/index.h"
+#include "mv/mpack.h"
 
 #include <msgpack.h>
 #include <openssl/evp.h>
@@ -231,140 +233,6 @@ out:
     return rc;
 }
 
-/* ---- decode: msgpack pre-check ------------------------------------------------------------ */
-
-static uint64_t be(const unsigned char *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-/* Walk one msgpack object in p[0..len): every length must fit in what is left and every
- * container may claim at most one element per remaining byte (and MAX_RECS elements). On
- * success *used is the encoded size of the object. */
-static mv_err mp_check(const unsigned char *p, size_t len, size_t *used, char *err, size_t errlen)
-{
-    size_t pos = 0;
-    uint64_t pending = 1; /* objects still to read */
-    while (pending > 0) {
-        if (pos >= len) return mv_seterr(err, errlen, MV_ECORRUPT, "segment: truncated msgpack");
-        unsigned char b = p[pos++];
-        size_t left = len - pos;
-        int lenbytes = 0;  /* size of a length/count field that follows */
-        uint64_t skip = 0; /* fixed payload bytes */
-        int kind = 0;      /* 0 scalar, 1 raw bytes (length), 2 array, 3 map */
-        uint64_t extra = 0;
-        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
-            /* fixint, nil, bool */
-        } else if (b <= 0x8f) {
-            kind = 3, extra = b & 0x0f;
-        } else if (b <= 0x9f) {
-            kind = 2, extra = b & 0x0f;
-        } else if (b <= 0xbf) {
-            skip = b & 0x1f;
-        } else {
-            switch (b) {
-            case 0xc4:
-            case 0xd9:
-                kind = 1, lenbytes = 1;
-                break; /* bin8, str8 */
-            case 0xc5:
-            case 0xda:
-                kind = 1, lenbytes = 2;
-                break;
-            case 0xc6:
-            case 0xdb:
-                kind = 1, lenbytes = 4;
-                break;
-            case 0xc7:
-                kind = 1, lenbytes = 1, skip = 1;
-                break; /* ext8: len, type */
-            case 0xc8:
-                kind = 1, lenbytes = 2, skip = 1;
-                break;
-            case 0xc9:
-                kind = 1, lenbytes = 4, skip = 1;
-                break;
-            case 0xca:
-                skip = 4;
-                break;
-            case 0xcb:
-                skip = 8;
-                break;
-            case 0xcc:
-            case 0xd0:
-                skip = 1;
-                break;
-            case 0xcd:
-            case 0xd1:
-                skip = 2;
-                break;
-            case 0xce:
-            case 0xd2:
-                skip = 4;
-                break;
-            case 0xcf:
-            case 0xd3:
-                skip = 8;
-                break;
-            case 0xd4:
-                skip = 2;
-                break; /* fixext: type + data */
-            case 0xd5:
-                skip = 3;
-                break;
-            case 0xd6:
-                skip = 5;
-                break;
-            case 0xd7:
-                skip = 9;
-                break;
-            case 0xd8:
-                skip = 17;
-                break;
-            case 0xdc:
-                kind = 2, lenbytes = 2;
-                break;
-            case 0xdd:
-                kind = 2, lenbytes = 4;
-                break;
-            case 0xde:
-                kind = 3, lenbytes = 2;
-                break;
-            case 0xdf:
-                kind = 3, lenbytes = 4;
-                break;
-            default:
-                return mv_seterr(err, errlen, MV_ECORRUPT, "segment: bad msgpack byte");
-            }
-        }
-        if (lenbytes) {
-            if ((size_t)lenbytes > left)
-                return mv_seterr(err, errlen, MV_ECORRUPT, "segment: truncated msgpack");
-            extra = be(p + pos, lenbytes);
-            pos += (size_t)lenbytes;
-            left -= (size_t)lenbytes;
-        }
-        if (kind == 1) skip += extra;
-        if (skip > left) return mv_seterr(err, errlen, MV_ECORRUPT, "segment: truncated msgpack");
-        pos += (size_t)skip;
-        left -= (size_t)skip;
-        pending--;
-        if (kind >= 2) {
-            uint64_t items = kind == 3 ? extra * 2 : extra;
-            if (extra > MAX_RECS || items > left || pending + items > left)
-                return mv_seterr(err, errlen, MV_ECORRUPT,
-                                 "segment: msgpack container of %llu elements does not fit",
-                                 (unsigned long long)extra);
-            pending += items;
-        }
-    }
-    *used = pos;
-    return MV_OK;
-}
-
 /* ---- decode: schema ----------------------------------------------------------------------- */
 
 typedef struct fld {
@@ -536,10 +404,15 @@ mv_err mv_segment_decode(const void *buf, size_t len, mv_segment *s, char *err, 
     unsigned char *raw = NULL;
     size_t rawlen = 0, used = 0, off = 0;
     msgpack_unpacked up;
+    char why[160];
     msgpack_unpacked_init(&up);
     mv_err rc = seg_inflate(buf, len, &raw, &rawlen, err, errlen);
     if (rc) goto out;
-    if ((rc = mp_check(raw, rawlen, &used, err, errlen)) != MV_OK) goto out;
+    if (mv_mpack_check(raw, rawlen, MV_MPACK_MSGPACK_C_DEPTH, MAX_RECS, 1, &used, why,
+                       sizeof why)) {
+        rc = mv_seterr(err, errlen, MV_ECORRUPT, "segment: %s", why);
+        goto out;
+    }
     if (used != rawlen) {
         rc = mv_seterr(err, errlen, MV_ECORRUPT, "segment: trailing bytes after msgpack map");
         goto out;

@@ -1,9 +1,10 @@
 /* task.c - msgpack codec for the task message on the Kafka tasks topic (schema in task.h).
  *
  * Design: the decoder treats every input as hostile (anyone who can produce to the topic can
- * reach it). Before msgpack-c sees the bytes, prescan() walks the encoding once and checks
- * that every declared length and element count fits in the remaining input, so a 5-byte
- * message claiming a 4-billion-entry map cannot make msgpack-c reserve gigabytes. Then the map
+ * reach it). Before msgpack-c sees the bytes, the shared pre-pass mv_mpack_check (mpack.c)
+ * walks the encoding once and checks that every declared length and element count fits in the
+ * remaining input (and nesting stays within msgpack-c's stack), so a 5-byte message claiming a
+ * 4-billion-entry map cannot make msgpack-c reserve gigabytes. Then the map
  * is read key by key: keys in any order, unknown keys ignored (forward compatibility),
  * duplicates refused (ambiguous), every known key type-checked, strings bounded by their
  * struct field and free of NUL bytes, names validated. The result is written to the caller's
@@ -11,6 +12,7 @@
  * cannot publish a poison message by mistake; it always writes MV_TASK_VERSION.
  * Errors: MV_EINVAL for any bad input (message names the field), MV_ENOMEM for allocation. */
 #include "mv/task.h"
+#include "mv/mpack.h"
 
 #include <inttypes.h>
 #include <msgpack.h>
@@ -119,107 +121,6 @@ mv_err mv_task_encode(const mv_task *t, char **out, size_t *outlen, char *err, s
 }
 
 /* ---- decode ---- */
-
-static uint64_t be(const unsigned char *p, size_t n)
-{
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-/* Walk one complete msgpack object at the start of buf. Each object occupies at least one
- * byte, so the number of objects still owed (`pending`) can never exceed the bytes left; any
- * header promising more is refused. Returns 1 if buf is exactly one well-formed object. */
-static int prescan(const unsigned char *buf, size_t len)
-{
-    size_t pos = 0;
-    uint64_t pending = 1;
-    while (pending > 0) {
-        if (pos >= len) return 0;
-        unsigned b = buf[pos];
-        uint64_t hdr = 1, body = 0, items = 0;
-        pending--;
-        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
-            /* fixint, nil, bool */
-        } else if (b <= 0x8f) {
-            items = 2u * (b & 0x0f);
-        } else if (b <= 0x9f) {
-            items = b & 0x0f;
-        } else if (b <= 0xbf) {
-            body = b & 0x1f;
-        } else {
-            static const unsigned char fixed[] = {
-                [0xca - 0xc4] = 4, [0xcb - 0xc4] = 8, [0xcc - 0xc4] = 1,  [0xcd - 0xc4] = 2,
-                [0xce - 0xc4] = 4, [0xcf - 0xc4] = 8, [0xd0 - 0xc4] = 1,  [0xd1 - 0xc4] = 2,
-                [0xd2 - 0xc4] = 4, [0xd3 - 0xc4] = 8, [0xd4 - 0xc4] = 2,  [0xd5 - 0xc4] = 3,
-                [0xd6 - 0xc4] = 5, [0xd7 - 0xc4] = 9, [0xd8 - 0xc4] = 17,
-            };
-            size_t lenbytes = 0, extra = 0; /* extra: ext type byte */
-            int container = 0, is_map = 0;
-            switch (b) {
-            case 0xc1:
-                return 0; /* never used */
-            case 0xc4:
-                lenbytes = 1;
-                break;
-            case 0xc5:
-                lenbytes = 2;
-                break;
-            case 0xc6:
-                lenbytes = 4;
-                break;
-            case 0xc7:
-                lenbytes = 1, extra = 1;
-                break;
-            case 0xc8:
-                lenbytes = 2, extra = 1;
-                break;
-            case 0xc9:
-                lenbytes = 4, extra = 1;
-                break;
-            case 0xd9:
-                lenbytes = 1;
-                break;
-            case 0xda:
-                lenbytes = 2;
-                break;
-            case 0xdb:
-                lenbytes = 4;
-                break;
-            case 0xdc:
-                lenbytes = 2, container = 1;
-                break;
-            case 0xdd:
-                lenbytes = 4, container = 1;
-                break;
-            case 0xde:
-                lenbytes = 2, container = 1, is_map = 1;
-                break;
-            case 0xdf:
-                lenbytes = 4, container = 1, is_map = 1;
-                break;
-            default:
-                body = fixed[b - 0xc4];
-                break;
-            }
-            if (lenbytes) {
-                if (len - pos - 1 < lenbytes) return 0;
-                uint64_t n = be(buf + pos + 1, lenbytes);
-                hdr += lenbytes + extra;
-                if (container)
-                    items = is_map ? 2 * n : n;
-                else
-                    body = n;
-            }
-        }
-        if (hdr > len - pos || body > len - pos - hdr) return 0;
-        pos += (size_t)(hdr + body);
-        pending += items;
-        if (pending > len - pos) return 0;
-    }
-    return pos == len;
-}
 
 static const char *type_name(msgpack_object_type ty)
 {
@@ -408,9 +309,11 @@ mv_err mv_task_decode(const void *buf, size_t len, mv_task *t, char *err, size_t
     if (len > TASK_MAX_BYTES)
         return mv_seterr(err, errlen, MV_EINVAL, "task message of %zu bytes is too large (max %d)",
                          len, TASK_MAX_BYTES);
-    if (!prescan(buf, len))
+    char why[160];
+    if (mv_mpack_check(buf, len, MV_MPACK_MSGPACK_C_DEPTH, 0, 0, NULL, why, sizeof why))
         return mv_seterr(err, errlen, MV_EINVAL,
-                         "task message is not a single well-formed msgpack value (%zu bytes)", len);
+                         "task message is not a single well-formed msgpack value (%zu bytes): %s",
+                         len, why);
 
     msgpack_unpacked up;
     msgpack_unpacked_init(&up);

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "itest.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,46 +23,10 @@
 
 static mv_config base;
 
-/* Value of KEY in $MV_RUN_DIR/env (KEY=VALUE lines), or NULL. */
-static const char *env_file_get(const char *key, char *buf, size_t n)
-{
-    const char *dir = getenv("MV_RUN_DIR");
-    if (!dir || !dir[0]) return NULL;
-    char path[1024];
-    snprintf(path, sizeof path, "%s/env", dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    char line[1024];
-    const char *found = NULL;
-    size_t klen = strlen(key);
-    while (!found && fgets(line, sizeof line, f)) {
-        char *p = line;
-        if (strncmp(p, "export ", 7) == 0) p += 7;
-        if (strncmp(p, key, klen) != 0 || p[klen] != '=') continue;
-        p += klen + 1;
-        p[strcspn(p, "\r\n")] = '\0';
-        size_t l = strlen(p);
-        if (l >= 2 && (p[0] == '"' || p[0] == '\'') && p[l - 1] == p[0]) {
-            p[l - 1] = '\0';
-            p++;
-        }
-        snprintf(buf, n, "%s", p);
-        found = buf;
-    }
-    fclose(f);
-    return found;
-}
-
 static int setup_env(void **state)
 {
     char brokers[256];
-    if (!env_file_get("MV_KAFKA_BROKERS", brokers, sizeof brokers)) {
-        fprintf(stderr,
-                "test_queue: MV_RUN_DIR is not set or $MV_RUN_DIR/env has no MV_KAFKA_BROKERS "
-                "(MV_RUN_DIR=%s); start the stack with compose/local/stack.sh start DIR\n",
-                getenv("MV_RUN_DIR") ? getenv("MV_RUN_DIR") : "(unset)");
-        return -1;
-    }
+    if (!itest_env_require("test_queue", "MV_KAFKA_BROKERS", brokers, sizeof brokers)) return -1;
     mv_config_defaults(&base);
     snprintf(base.kafka_brokers, sizeof base.kafka_brokers, "%s", brokers);
     return 0;

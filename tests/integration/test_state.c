@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "itest.h"
+
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,46 +27,10 @@ static char uid[37];
 
 /* ---- environment ---------------------------------------------------------------------- */
 
-/* Value of KEY in $MV_RUN_DIR/env (KEY=VALUE lines), or NULL. */
-static const char *env_file_get(const char *key, char *buf, size_t n)
-{
-    const char *dir = getenv("MV_RUN_DIR");
-    if (!dir || !dir[0]) return NULL;
-    char path[1024];
-    snprintf(path, sizeof path, "%s/env", dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    char line[1024];
-    const char *found = NULL;
-    size_t klen = strlen(key);
-    while (!found && fgets(line, sizeof line, f)) {
-        char *p = line;
-        if (strncmp(p, "export ", 7) == 0) p += 7;
-        if (strncmp(p, key, klen) != 0 || p[klen] != '=') continue;
-        p += klen + 1;
-        p[strcspn(p, "\r\n")] = '\0';
-        size_t l = strlen(p);
-        if (l >= 2 && (p[0] == '"' || p[0] == '\'') && p[l - 1] == p[0]) {
-            p[l - 1] = '\0';
-            p++;
-        }
-        snprintf(buf, n, "%s", p);
-        found = buf;
-    }
-    fclose(f);
-    return found;
-}
-
 static int setup_env(void **state)
 {
     char port[64];
-    if (!env_file_get("MV_REDIS_PORT", port, sizeof port)) {
-        fprintf(stderr,
-                "test_state: MV_RUN_DIR is not set or $MV_RUN_DIR/env has no MV_REDIS_PORT "
-                "(MV_RUN_DIR=%s); start the stack with compose/local/stack.sh start DIR\n",
-                getenv("MV_RUN_DIR") ? getenv("MV_RUN_DIR") : "(unset)");
-        return -1;
-    }
+    if (!itest_env_require("test_state", "MV_REDIS_PORT", port, sizeof port)) return -1;
     mv_config_defaults(&cfg);
     snprintf(cfg.redis_host, sizeof cfg.redis_host, "127.0.0.1");
     cfg.redis_port = atoi(port);
