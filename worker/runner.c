@@ -165,7 +165,13 @@ static mv_err archive_range(chunk_ctx *c, mv_imap *im, mv_ckpt *ck, char *err, s
         rc = c->failed;
         mv_seterr(err, errlen, rc, "%s", c->err);
     }
-    if (rc) goto out;
+    if (rc) {
+        char tmp[MV_ERRLEN];
+        snprintf(tmp, sizeof tmp, "%s", err);
+        mv_seterr(err, errlen, rc, "folder \"%s\" UIDs %u:%u: %s", c->folder, c->first, c->last,
+                  tmp);
+        goto out;
+    }
     if (!r->cfg->store_fsync_each && (rc = mv_store_sync(r->store, err, errlen))) goto out;
     void *seg = NULL;
     size_t seglen = 0;
