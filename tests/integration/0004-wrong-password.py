@@ -25,10 +25,19 @@ check(js[good]["state"] == "done" and js[good]["messages"] == 5, "the other mail
 logs = "".join(open(os.path.join(RUN, "log", f)).read() for f in os.listdir(os.path.join(RUN, "log"))
                if f.startswith(f"worker-{SUFFIX}"))
 check("not-the-password" not in logs, "the password appears nowhere in the worker log")
-# the dead-letter topic holds the task, keyed tenant/mailbox, with its last error
-dlq = subprocess.run(["kcat", "-b", STACK["MV_KAFKA_BROKERS"], "-C", "-t", "mailvault.tasks.dlq",
-                      "-o", "beginning", "-e", "-q", "-f", "%k\t%s\n"], capture_output=True, timeout=60).stdout
-mine = [l for l in dlq.split(b"\n") if l.startswith(f"{t}/{bad}\t".encode())]
+# the dead-letter topic holds the task, keyed tenant/mailbox, with its last error. Values are
+# binary msgpack, so kcat frames each record as <key> 0x01 <length> 0x01 <value bytes>.
+raw = subprocess.run(["kcat", "-b", STACK["MV_KAFKA_BROKERS"], "-C", "-t", "mailvault.tasks.dlq",
+                      "-o", "beginning", "-e", "-q", "-f", "%k\x01%S\x01%s"],
+                     capture_output=True, timeout=60).stdout
+records, pos = [], 0
+while pos < len(raw):
+    k_end = raw.index(b"\x01", pos)
+    l_end = raw.index(b"\x01", k_end + 1)
+    n = int(raw[k_end + 1:l_end])
+    records.append((raw[pos:k_end].decode(), raw[l_end + 1:l_end + 1 + n]))
+    pos = l_end + 1 + n
+mine = [v for k, v in records if k == f"{t}/{bad}"]
 check(len(mine) == 1 and b"login refused" in mine[0], "the task is in mailvault.tasks.dlq with its error")
-check(not any(l.startswith(f"{t}/{good}\t".encode()) for l in dlq.split(b"\n")), "the good mailbox is not")
+check(not any(k == f"{t}/{good}" for k, _ in records), "the good mailbox is not")
 print("1 passed, 0 failed")
