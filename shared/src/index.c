@@ -69,18 +69,32 @@ void mv_segment_free(mv_segment *s)
     s->n = s->cap = 0;
 }
 
-void mv_segment_name(const char *folder, uint32_t uidvalidity, uint32_t first, uint32_t last,
-                     char *out, size_t outlen)
+static void folder_hash16(const char *folder, char hex[65])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
-    char hex[65];
     if (!folder) folder = "";
     if (EVP_Digest(folder, strlen(folder), md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
         memset(md, 0, 32); /* only on a broken OpenSSL; the name stays well-formed */
     mv_hex(md, 32, hex);
+}
+
+void mv_segment_name(const char *folder, uint32_t uidvalidity, uint32_t first, uint32_t last,
+                     char *out, size_t outlen)
+{
+    char hex[65];
+    folder_hash16(folder, hex);
     snprintf(out, outlen, "%.16s-%u-%u-%u.seg", hex, (unsigned)uidvalidity, (unsigned)first,
              (unsigned)last);
+}
+
+void mv_segment_name_seq(const char *folder, uint32_t generation, uint64_t seq, char *out,
+                         size_t outlen)
+{
+    char hex[65];
+    folder_hash16(folder, hex);
+    snprintf(out, outlen, "%.16s-%u-%012llu.seg", hex, (unsigned)generation,
+             (unsigned long long)seq);
 }
 
 /* ---- encode ------------------------------------------------------------------------------- */
@@ -124,8 +138,9 @@ mv_err mv_segment_encode(const mv_segment *s, void **out, size_t *outlen, char *
     bad |= pack_key(&pk, "recs") | msgpack_pack_array(&pk, s->n);
     for (size_t i = 0; i < s->n && !bad; i++) {
         const mv_index_rec *r = &s->recs[i];
-        bad |= msgpack_pack_map(&pk, 10);
+        bad |= msgpack_pack_map(&pk, r->id[0] ? 11 : 10);
         bad |= PACK_STR(&pk, "h", r->hash);
+        if (r->id[0]) bad |= PACK_STR(&pk, "id", r->id);
         bad |= pack_key(&pk, "uid") | msgpack_pack_uint32(&pk, r->uid);
         bad |= pack_key(&pk, "size") | msgpack_pack_uint64(&pk, r->size);
         bad |= pack_key(&pk, "idate") | msgpack_pack_int64(&pk, r->internaldate);
@@ -335,6 +350,8 @@ static mv_err rec_from_obj(const msgpack_object *o, long idx, mv_index_rec *r, c
             rc = STRF(v, r->date, "date");
         } else if (key_is(k, "msgid")) {
             rc = STRF(v, r->msgid, "msgid");
+        } else if (key_is(k, "id")) {
+            rc = STRF(v, r->id, "id");
         }
     }
     if (rc == MV_OK && !have_h) rc = fld_err((fld){"h", idx}, err, errlen, "missing");

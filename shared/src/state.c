@@ -556,7 +556,8 @@ mv_err mv_state_tenant_del(mv_state *s, const char *tenant, char *err, size_t er
     /* Data first, the tenant's set membership last: a failure half-way leaves the tenant
      * listed so the delete can simply be repeated. Leases expire on their own and fence
      * counters are kept (they must never go backwards). */
-    static const char *const patterns[] = {"mv:profile:", "mv:cred:", "mv:status:", "mv:ckpt:"};
+    static const char *const patterns[] = {
+        "mv:profile:", "mv:cred:", "mv:status:", "mv:ckpt:", "mv:cursor:"};
     for (size_t i = 0; i < sizeof patterns / sizeof patterns[0]; i++) {
         e = st_key(pat, err, errlen, "%s%s:*", patterns[i], esc);
         if (!e) e = st_scan_del(s, pat, err, errlen);
@@ -1016,25 +1017,25 @@ mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox, c
     return e;
 }
 
-mv_err mv_state_ckpt_commit(mv_state *s, const char *tenant, const char *mailbox,
-                            const char *folder, const mv_ckpt *ck, const char *owner,
-                            uint64_t token, const char *const *fields, const int64_t *incr,
-                            int nincr, char *err, size_t errlen)
+/* Fenced write of one folder's progress text into the hash "<prefix>:{t}:{mailbox}", with the
+ * status counters moving in the same script (see LUA_CKPT_SET). */
+static mv_err st_progress_commit(mv_state *s, const char *prefix, const char *tenant,
+                                 const char *mailbox, const char *folder, const char *text,
+                                 const char *owner, uint64_t token, const char *const *fields,
+                                 const int64_t *incr, int nincr, char *err, size_t errlen)
 {
     char lease[ST_KEYLEN], key[ST_KEYLEN], status[ST_KEYLEN], mboxes[ST_KEYLEN], val[512],
-        text[128], num[16][24];
+        num[16][24];
     mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
     if (!e && !folder) e = mv_seterr(err, errlen, MV_EINVAL, "checkpoint: no folder");
     if (!e && (nincr < 0 || nincr > 16))
         e = mv_seterr(err, errlen, MV_EINVAL, "checkpoint: at most 16 counters");
     if (!e) e = st_lease_value(owner, token, val, sizeof val, err, errlen);
     if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
-    if (!e) e = st_key(key, err, errlen, "mv:ckpt:%s:%s", tenant, mailbox);
+    if (!e) e = st_key(key, err, errlen, "%s:%s:%s", prefix, tenant, mailbox);
     if (!e) e = st_key(status, err, errlen, "mv:status:%s:%s", tenant, mailbox);
     if (!e) e = st_key(mboxes, err, errlen, "mv:mailboxes:%s", tenant);
     if (e) return e;
-    snprintf(text, sizeof text, "%" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu64,
-             ck->uidvalidity, ck->last_uid, ck->pending_from, ck->pending_to, ck->messages);
     st_args a = {0};
     sa_str(&a, lease);
     sa_str(&a, key);
@@ -1059,6 +1060,83 @@ mv_err mv_state_ckpt_commit(mv_state *s, const char *tenant, const char *mailbox
     return e;
 }
 
+mv_err mv_state_ckpt_commit(mv_state *s, const char *tenant, const char *mailbox,
+                            const char *folder, const mv_ckpt *ck, const char *owner,
+                            uint64_t token, const char *const *fields, const int64_t *incr,
+                            int nincr, char *err, size_t errlen)
+{
+    char text[128];
+    snprintf(text, sizeof text, "%" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu64,
+             ck->uidvalidity, ck->last_uid, ck->pending_from, ck->pending_to, ck->messages);
+    return st_progress_commit(s, "mv:ckpt", tenant, mailbox, folder, text, owner, token, fields,
+                              incr, nincr, err, errlen);
+}
+
+/* ---- cursors (sources that continue from an opaque link) ------------------------------ */
+
+static int st_cursor_parse(const char *s, size_t len, mv_cursor *cu)
+{
+    const char *p = s, *end = s + len;
+    uint64_t v[4];
+    for (int i = 0; i < 4; i++) {
+        if (i > 0 && (p >= end || *p++ != ' ')) return -1;
+        if (st_parse_u64(&p, end, i == 1 || i == 3 ? UINT64_MAX : UINT32_MAX, &v[i]) != 0)
+            return -1;
+    }
+    if (p >= end || *p++ != ' ') return -1;
+    size_t n = (size_t)(end - p);
+    if (n >= sizeof cu->link || v[2] > 1) return -1;
+    cu->generation = (uint32_t)v[0];
+    cu->seq = v[1];
+    cu->pending = (int)v[2];
+    cu->messages = v[3];
+    memcpy(cu->link, p, n);
+    cu->link[n] = '\0';
+    return 0;
+}
+
+mv_err mv_state_cursor_get(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
+                           mv_cursor *cu, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    memset(cu, 0, sizeof *cu);
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e && !folder) e = mv_seterr(err, errlen, MV_EINVAL, "cursor: no folder");
+    if (!e) e = st_key(key, err, errlen, "mv:cursor:%s:%s", tenant, mailbox);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "HGET");
+    sa_str(&a, key);
+    sa_str(&a, folder);
+    redisReply *r = NULL;
+    e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
+    if (e) return e;
+    if (r->type == REDIS_REPLY_NIL)
+        e = mv_seterr(err, errlen, MV_ENOTFOUND, "no cursor for a folder of %s/%s", tenant,
+                      mailbox);
+    else if (st_cursor_parse(r->str, r->len, cu) != 0) {
+        memset(cu, 0, sizeof *cu);
+        e = mv_seterr(err, errlen, MV_ECORRUPT, "cursor of a folder of %s/%s is malformed", tenant,
+                      mailbox);
+    }
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_cursor_commit(mv_state *s, const char *tenant, const char *mailbox,
+                              const char *folder, const mv_cursor *cu, const char *owner,
+                              uint64_t token, const char *const *fields, const int64_t *incr,
+                              int nincr, char *err, size_t errlen)
+{
+    char text[sizeof cu->link + 96];
+    if (strchr(cu->link, '\n') || strlen(cu->link) >= sizeof cu->link)
+        return mv_seterr(err, errlen, MV_EINVAL, "cursor: bad link");
+    snprintf(text, sizeof text, "%" PRIu32 " %" PRIu64 " %d %" PRIu64 " %s", cu->generation,
+             cu->seq, cu->pending ? 1 : 0, cu->messages, cu->link);
+    return st_progress_commit(s, "mv:cursor", tenant, mailbox, folder, text, owner, token, fields,
+                              incr, nincr, err, errlen);
+}
+
 mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
                          const mv_ckpt *ck, const char *owner, uint64_t token, char *err,
                          size_t errlen)
@@ -1070,13 +1148,15 @@ mv_err mv_state_ckpt_set(mv_state *s, const char *tenant, const char *mailbox, c
 mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,
                            size_t errlen)
 {
-    char key[ST_KEYLEN];
+    char key[ST_KEYLEN], cur[ST_KEYLEN];
     mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
     if (!e) e = st_key(key, err, errlen, "mv:ckpt:%s:%s", tenant, mailbox);
+    if (!e) e = st_key(cur, err, errlen, "mv:cursor:%s:%s", tenant, mailbox);
     if (e) return e;
     st_args a = {0};
     sa_str(&a, "DEL");
     sa_str(&a, key);
+    sa_str(&a, cur);
     return st_int(s, 1, &a, NULL, err, errlen);
 }
 

@@ -119,8 +119,61 @@ static void test_generations(void **state)
     nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* cursor-source batch: records with ids; hash byte = first char of the id's tag */
+static void put_batch(mv_store *s, const char *folder_id, uint32_t gen, uint64_t seq,
+                      const char *const *tags, size_t n)
+{
+    mv_segment seg;
+    mv_segment_init(&seg, "Inbox", gen, 0, 0);
+    for (size_t i = 0; i < n; i++) {
+        mv_index_rec r;
+        memset(&r, 0, sizeof r);
+        memset(r.hash, tags[i][1], 64); /* tags like "A1": id A, content 1 */
+        snprintf(r.id, sizeof r.id, "id-%c", tags[i][0]);
+        snprintf(r.subject, sizeof r.subject, "%s", tags[i]);
+        assert_int_equal(mv_segment_add(&seg, &r), MV_OK);
+    }
+    void *buf = NULL;
+    size_t len = 0;
+    char err[MV_ERRLEN], name[128];
+    assert_int_equal(mv_segment_encode(&seg, &buf, &len, err, sizeof err), MV_OK);
+    mv_segment_name_seq(folder_id, gen, seq, name, sizeof name);
+    assert_int_equal(mv_store_segment_put(s, "t1", "g@x", name, buf, len, err, sizeof err), MV_OK);
+    free(buf);
+    mv_segment_free(&seg);
+}
+
+static void test_cursor_batches(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mv-archive-XXXXXX", err[MV_ERRLEN];
+    assert_non_null(mkdtemp(dir));
+    mv_store *s = NULL;
+    assert_int_equal(mv_store_open(dir, 0, 3, &s, err, sizeof err), MV_OK);
+    /* generation 0: batch 1 has A and B; batch 2 has A again (flags changed: same bytes) and
+     * D; batch 10 (sorts after 2 numerically) has B again. Generation 1 (sync state expired,
+     * restarted): A and E. Expected: A once (from generation 1), B once, D once (only in the
+     * old generation, kept), E once. */
+    const char *const b1[] = {"A1", "B2"}, *const b2[] = {"A1", "D4"}, *const b10[] = {"B2"};
+    const char *const g1[] = {"A1", "E5"};
+    put_batch(s, "folder-1", 0, 1, b1, 2);
+    put_batch(s, "folder-1", 0, 2, b2, 2);
+    put_batch(s, "folder-1", 0, 10, b10, 1);
+    put_batch(s, "folder-1", 1, 1, g1, 2);
+    seen x = {0};
+    assert_int_equal(mv_archive_list(s, "t1", "g@x", collect, &x, err, sizeof err), MV_OK);
+    assert_int_equal(x.n, 4);
+    assert_int_equal(count(&x, "A1", 1), 1);
+    assert_int_equal(count(&x, "B2", 0), 1);
+    assert_int_equal(count(&x, "D4", 0), 1);
+    assert_int_equal(count(&x, "E5", 1), 1);
+    mv_store_close(s);
+    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_generations)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_generations),
+                                       cmocka_unit_test(test_cursor_batches)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

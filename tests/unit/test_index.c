@@ -52,6 +52,7 @@ static void rec_equal(const mv_index_rec *a, const mv_index_rec *b)
     assert_string_equal(a->subject, b->subject);
     assert_string_equal(a->date, b->date);
     assert_string_equal(a->msgid, b->msgid);
+    assert_string_equal(a->id, b->id);
 }
 
 /* zstd-wrap a msgpack buffer and decode it */
@@ -175,6 +176,10 @@ static void test_roundtrip(void **state)
     s.recs[5].subject[sizeof s.recs[5].subject - 1] = '\0';
     memset(s.recs[5].msgid, 'M', sizeof s.recs[5].msgid - 1);
     s.recs[5].msgid[sizeof s.recs[5].msgid - 1] = '\0';
+    /* source ids (Graph) are optional: some records carry one, of maximal length */
+    snprintf(s.recs[3].id, sizeof s.recs[3].id, "AAMkAGI2TG93AAA=");
+    memset(s.recs[4].id, 'I', sizeof s.recs[4].id - 1);
+    s.recs[4].id[sizeof s.recs[4].id - 1] = '\0';
     s.recs[6].uid = UINT32_MAX;
     s.recs[6].size = UINT64_MAX;
     s.recs[6].internaldate = INT64_MIN;

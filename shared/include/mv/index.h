@@ -3,7 +3,8 @@
  * A segment holds the records of one chunk of one folder: a zstd frame of a msgpack map
  *   {"v":1, "folder":str, "uidvalidity":uint, "first":uint, "last":uint, "recs":[rec...]}
  * rec = {"h":sha256hex, "uid":uint, "size":uint, "idate":int (internal date, s since epoch),
- *        "flags":str, "from":str, "to":str, "subj":str, "date":str, "msgid":str}
+ *        "flags":str, "from":str, "to":str, "subj":str, "date":str, "msgid":str,
+ *        "id":str (optional: the source's message id, for sources without UIDs)}
  * Segment name: "<folderhash16>-<uidvalidity>-<first>-<last>.seg" where folderhash16 is the
  * first 16 hex chars of sha256(folder name): the name says what it covers, so re-running a
  * chunk rewrites the same segment instead of adding a duplicate. */
@@ -17,6 +18,7 @@
 
 typedef struct mv_index_rec {
     char hash[65];
+    char id[256]; /* the source's message id (Graph immutable id); "" for IMAP, which uses uid */
     uint32_t uid;
     uint64_t size;
     int64_t internaldate;
@@ -42,6 +44,11 @@ mv_err mv_segment_add(mv_segment *s, const mv_index_rec *r);
 void mv_segment_free(mv_segment *s);
 void mv_segment_name(const char *folder, uint32_t uidvalidity, uint32_t first, uint32_t last,
                      char *out, size_t outlen);
+/* Name of a batch of a cursor source (Graph delta): "<folderhash16>-<generation>-<seq>.seg",
+ * seq zero-padded to 12 digits. folder is the source's folder id; the segment's uidvalidity
+ * field carries the generation. Re-running batch seq rewrites the same name. */
+void mv_segment_name_seq(const char *folder, uint32_t generation, uint64_t seq, char *out,
+                         size_t outlen);
 /* Encode (msgpack + zstd) into malloc'd *out. */
 mv_err mv_segment_encode(const mv_segment *s, void **out, size_t *outlen, char *err, size_t errlen);
 /* Decode; s must be uninitialised or freed; on success caller frees with mv_segment_free. */

@@ -117,6 +117,26 @@ mv_err mv_state_ckpt_commit(mv_state *s, const char *tenant, const char *mailbox
                             const char *folder, const mv_ckpt *ck, const char *owner,
                             uint64_t token, const char *const *fields, const int64_t *incr,
                             int nincr, char *err, size_t errlen);
+/* ---- per-folder cursors, for sources that continue from an opaque link (Graph delta) ----
+ * mv:cursor:{t}:{mailbox} field = folder id, value "<generation> <seq> <pending> <messages>
+ * <link>". The link is where to continue ("" = from the start); pending = 1 while a batch read
+ * from that link is not confirmed; seq counts confirmed batches of this generation (it names
+ * the batch's index segment); generation goes up when the source's sync state expired and the
+ * folder restarts. Commit is fenced and moves status counters like mv_state_ckpt_commit. */
+typedef struct mv_cursor {
+    uint32_t generation;
+    uint64_t seq;
+    int pending;
+    uint64_t messages;
+    char link[4096];
+} mv_cursor;
+mv_err mv_state_cursor_get(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
+                           mv_cursor *cu, char *err, size_t errlen);
+mv_err mv_state_cursor_commit(mv_state *s, const char *tenant, const char *mailbox,
+                              const char *folder, const mv_cursor *cu, const char *owner,
+                              uint64_t token, const char *const *fields, const int64_t *incr,
+                              int nincr, char *err, size_t errlen);
+
 /* Remove all checkpoints of a mailbox (a full re-scan; stored objects deduplicate). */
 mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,
                            size_t errlen);

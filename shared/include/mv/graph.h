@@ -1,0 +1,94 @@
+/* graph.h - a Microsoft Graph mail client for archiving (libcurl + jansson).
+ *
+ * One mv_graph is one HTTP connection context (a curl easy handle with keep-alive) used by
+ * one thread. Every request is bounded: connect and total timeouts, JSON bodies capped at
+ * max_json bytes, MIME bodies at max_message bytes and streamed to the caller in pieces (a
+ * 50 MB message is never held in memory). TLS verification is on unless verify = 0.
+ *
+ * Endpoints follow the national cloud chosen by the caller: login_base
+ * ("https://login.microsoftonline.com" or "https://login.chinacloudapi.cn") and graph_base
+ * ("https://graph.microsoft.com/v1.0" or "https://microsoftgraph.chinacloudapi.cn/v1.0").
+ *
+ * Errors: Graph's JSON error body ({"error":{"code","message"}}) and AAD's token errors
+ * ({"error","error_description"}) are parsed into err as "HTTP 403 ErrorAccessDenied: Access is
+ * denied..." and mapped: 401 (after one token refresh) and AAD invalid_client -> MV_EAUTH;
+ * 403 -> MV_EAUTH (permission missing); 404 -> MV_ENOTFOUND; 410 (delta token expired) ->
+ * MV_ENOTFOUND, see mv_graph_delta_page; 429/503/504 -> MV_EBUSY with the Retry-After delay
+ * available from mv_graph_retry_after_ms; other 5xx -> MV_ESERVER; transport failures ->
+ * MV_ENET / MV_ETIMEDOUT. */
+#ifndef MV_GRAPH_H
+#define MV_GRAPH_H
+
+#include "mv/common.h"
+#include <stdint.h>
+
+typedef struct mv_graph mv_graph;
+
+typedef struct mv_graph_opts {
+    const char *login_base;    /* token authority base, no trailing slash */
+    const char *graph_base;    /* e.g. https://graph.microsoft.com/v1.0 */
+    const char *tenant_id;     /* directory (tenant) id or domain */
+    const char *client_id;     /* app registration */
+    const char *client_secret; /* never logged, never in err */
+    const char *ca_file;       /* optional extra CA bundle */
+    int verify;                /* 1 = verify TLS peer and host (default) */
+    int timeout_ms;            /* per request (total), default 120000 */
+    int connect_timeout_ms;    /* default 15000 */
+    size_t max_json;           /* bound on one JSON response, default 16 MiB */
+    uint64_t max_message;      /* bound on one MIME message, default 200 MiB */
+    int page_size;             /* Prefer: odata.maxpagesize for delta, default 100 */
+} mv_graph_opts;
+
+void mv_graph_opts_default(mv_graph_opts *o);
+mv_err mv_graph_open(const mv_graph_opts *o, mv_graph **out, char *err, size_t errlen);
+void mv_graph_close(mv_graph *g);
+
+/* Delay asked for by the last 429/503/504 (Retry-After seconds, in ms; 0 if none). */
+int64_t mv_graph_retry_after_ms(const mv_graph *g);
+
+/* Access token. mv_graph_token fetches one by the client-credentials grant (scope
+ * <graph resource>/.default) unless a valid one is set; *expires_ms is its absolute expiry.
+ * mv_graph_set_token installs a token obtained elsewhere (e.g. the cluster-wide cache in
+ * Redis). Requests refresh the token once on a 401 and then fail with MV_EAUTH. */
+mv_err mv_graph_token(mv_graph *g, const char **token, int64_t *expires_ms, char *err,
+                      size_t errlen);
+void mv_graph_set_token(mv_graph *g, const char *token, int64_t expires_ms);
+
+/* GET /users?$select=id,userPrincipalName,mail,assignedLicenses&$top=999, following
+ * @odata.nextLink. licensed = assignedLicenses is non-empty. cb returns non-zero to stop. */
+typedef int (*mv_graph_user_fn)(void *ud, const char *id, const char *upn, const char *mail,
+                                int licensed);
+mv_err mv_graph_list_users(mv_graph *g, mv_graph_user_fn cb, void *ud, char *err, size_t errlen);
+
+/* Walk the folder tree of a mailbox: mailFolders?includeHiddenFolders=true, then childFolders
+ * recursively (bounded depth 64), with paging. path is the display names joined by '/'
+ * (a '/' inside a name is written as "%2F"); well_known is the wellKnownName when the server
+ * gives one, else "". */
+typedef int (*mv_graph_folder_fn)(void *ud, const char *id, const char *path,
+                                  const char *well_known, uint64_t total_items);
+mv_err mv_graph_list_folders(mv_graph *g, const char *user, mv_graph_folder_fn cb, void *ud,
+                             char *err, size_t errlen);
+
+/* One page of messages/delta for a folder. from_link is the checkpoint (an @odata.nextLink or
+ * @odata.deltaLink returned earlier) or NULL to start a full sync. cb is called per entry:
+ * removed = 1 for an "@removed" entry (reason "deleted" or "changed"). On success *next_link
+ * (malloc'd, caller frees) is the link to continue from and *complete says whether it is a
+ * deltaLink (the folder is in sync) or a nextLink (more pages follow). An expired or unknown
+ * delta token (HTTP 410, SyncStateNotFound) returns MV_ENOTFOUND with "sync state expired" in
+ * err: the caller restarts the folder from NULL (objects deduplicate). */
+typedef int (*mv_graph_delta_fn)(void *ud, const char *message_id, int removed, const char *reason);
+mv_err mv_graph_delta_page(mv_graph *g, const char *user, const char *folder_id,
+                           const char *from_link, mv_graph_delta_fn cb, void *ud, char **next_link,
+                           int *complete, char *err, size_t errlen);
+
+/* GET /users/{user}/messages/{id}/$value: the RFC 5322 message streamed to the callbacks.
+ * begin gets the Content-Length if the server sent one, else -1; data gets the pieces; a
+ * non-zero return from either aborts with MV_ECANCEL. */
+typedef struct mv_graph_mime_cb {
+    int (*begin)(void *ud, int64_t size);
+    int (*data)(void *ud, const void *data, size_t len);
+} mv_graph_mime_cb;
+mv_err mv_graph_get_mime(mv_graph *g, const char *user, const char *message_id,
+                         const mv_graph_mime_cb *cb, void *ud, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,48 @@
+/* graph_internal.h - internals of graph.c exposed to its unit tests and fuzz target only.
+ *
+ * Not part of the library's API: the worker includes mv/graph.h, never this file. The page
+ * parsers take one complete JSON response body (any bytes) and are what the HTTP paths use. */
+#ifndef MV_GRAPH_INTERNAL_H
+#define MV_GRAPH_INTERNAL_H
+
+#include "mv/graph.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One folder of a mailFolders/childFolders page: name is the raw displayName. */
+typedef int (*mv_graph_rawfolder_fn)(void *ud, const char *id, const char *name,
+                                     const char *well_known, uint64_t total_items,
+                                     uint64_t child_count);
+
+/* Parse a users / folders / delta page. *next_link (malloc'd, NULL when absent) is the
+ * @odata.nextLink; for delta also the @odata.deltaLink with *complete = 1. A callback returning
+ * non-zero stops the parse with MV_ECANCEL. Malformed pages give MV_EPROTO naming the field. */
+mv_err mv_graph__parse_users(const char *body, size_t len, mv_graph_user_fn cb, void *ud,
+                             char **next_link, char *err, size_t errlen);
+mv_err mv_graph__parse_folders(const char *body, size_t len, mv_graph_rawfolder_fn cb, void *ud,
+                               char **next_link, char *err, size_t errlen);
+mv_err mv_graph__parse_delta(const char *body, size_t len, mv_graph_delta_fn cb, void *ud,
+                             char **link, int *complete, char *err, size_t errlen);
+
+/* Token response: access token (malloc'd) and lifetime in seconds. */
+mv_err mv_graph__parse_token(const char *body, size_t len, char **token, int64_t *expires_in,
+                             char *err, size_t errlen);
+
+/* Error text for a non-2xx answer: "HTTP <status> <code>: <message>" from a Graph error body,
+ * AAD token error body, or "HTTP <status>" when the body is neither. code (may be NULL) gets
+ * the error code. Sanitised (control bytes replaced, first line of AAD descriptions). */
+void mv_graph__error_text(long status, const char *body, size_t len, char *out, size_t outlen,
+                          char *code, size_t codelen);
+
+/* 1 if link has the same scheme, host and port as base (and no userinfo, no spaces or
+ * control bytes). */
+int mv_graph__same_origin(const char *base, const char *link);
+
+/* Retry-After value (delta-seconds or HTTP-date) in ms, capped at one hour; -1 if invalid. */
+int64_t mv_graph__retry_after(const char *value, int64_t now_ms);
+
+/* Append name to path with '%' -> "%25" and '/' -> "%2F". Returns a malloc'd string. */
+char *mv_graph__path_join(const char *parent, const char *name);
+
+#endif
