@@ -39,6 +39,36 @@ static int check_other_profile(void *ud, const char *name)
     return o->rc ? 1 : 0;
 }
 
+/* Seal a secret into its credential slot; without one, an existing slot is kept and a missing
+ * one is an error naming the field. */
+static mv_err seal_or_keep(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
+                           const char *profile, const char *slot, const char *secret,
+                           const char *field, char *err, size_t errlen)
+{
+    mv_err rc;
+    if (!secret) {
+        void *blob = NULL;
+        size_t len = 0;
+        rc = mv_state_cred_get(st, tenant, profile, slot, &blob, &len, err, errlen);
+        free(blob);
+        if (rc == MV_ENOTFOUND && strcmp(slot, MV_PROFILE_APP_CRED) == 0)
+            return mv_seterr(err, errlen, MV_EINVAL, "%s: missing (no secret stored yet)", field);
+        if (rc == MV_ENOTFOUND)
+            return mv_seterr(err, errlen, MV_EINVAL, "%s: missing for new mailbox \"%s\"", field,
+                             slot);
+        return rc;
+    }
+    char ad[512];
+    mv_profile_cred_ad(tenant, profile, slot, ad, sizeof ad);
+    unsigned char *blob = NULL;
+    size_t len = 0;
+    rc = mv_crypt_seal(key, ad, secret, strlen(secret), &blob, &len, err, errlen);
+    if (rc) return rc;
+    rc = mv_state_cred_put(st, tenant, profile, slot, blob, len, err, errlen);
+    free(blob);
+    return rc;
+}
+
 mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
                             const mv_profile *p, char *err, size_t errlen)
 {
@@ -49,28 +79,16 @@ mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], c
     mv_err rc = mv_state_profile_list(st, tenant, check_other_profile, &o, lerr, sizeof lerr);
     if (o.rc) return o.rc;
     if (rc) return mv_seterr(err, errlen, rc, "%s", lerr);
-    for (size_t i = 0; i < p->nmailboxes; i++) {
-        const mv_profile_mailbox *mb = &p->mailboxes[i];
-        char ad[512];
-        mv_profile_cred_ad(tenant, p->name, mb->login, ad, sizeof ad);
-        if (!mb->password) {
-            void *blob = NULL;
-            size_t len = 0;
-            rc = mv_state_cred_get(st, tenant, p->name, mb->login, &blob, &len, err, errlen);
-            free(blob);
-            if (rc == MV_ENOTFOUND)
-                return mv_seterr(err, errlen, MV_EINVAL,
-                                 "mailboxes[%zu].password: missing for new mailbox \"%s\"", i,
-                                 mb->login);
-            if (rc) return rc;
-            continue;
-        }
-        unsigned char *blob = NULL;
-        size_t len = 0;
-        rc = mv_crypt_seal(key, ad, mb->password, strlen(mb->password), &blob, &len, err, errlen);
+    if (p->source == MV_SOURCE_GRAPH) {
+        rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_CRED, p->client_secret,
+                          "graph.client_secret", err, errlen);
         if (rc) return rc;
-        rc = mv_state_cred_put(st, tenant, p->name, mb->login, blob, len, err, errlen);
-        free(blob);
+    }
+    for (size_t i = 0; i < p->nmailboxes && p->source == MV_SOURCE_IMAP; i++) {
+        char field[64];
+        snprintf(field, sizeof field, "mailboxes[%zu].password", i);
+        rc = seal_or_keep(st, key, tenant, p->name, p->mailboxes[i].login, p->mailboxes[i].password,
+                          field, err, errlen);
         if (rc) return rc;
     }
     char *json = mv_profile_to_json(p);

@@ -7,6 +7,7 @@
 
 #include "mv/crypt.h"
 
+#include <ctype.h>
 #include <fnmatch.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -79,8 +80,11 @@ static mv_err get_patterns(json_t *folders, const char *key, char ***out, size_t
 
 static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *err, size_t errlen)
 {
-    static const char *const top_keys[] = {"name", "type", "server", "folders", "mailboxes", NULL};
+    static const char *const top_keys[] = {"name",    "type",      "server", "graph",
+                                           "folders", "mailboxes", NULL};
     static const char *const server_keys[] = {"host", "port", "tls", "verify", NULL};
+    static const char *const graph_keys[] = {"tenant_id",  "client_id",  "client_secret", "cloud",
+                                             "login_base", "graph_base", "verify",        NULL};
     static const char *const folder_keys[] = {"include", "exclude", NULL};
     static const char *const mbox_keys[] = {"login", "password", NULL};
     mv_err rc;
@@ -96,37 +100,108 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
                          p->name);
     snprintf(p->type, sizeof p->type, "imap");
     if ((rc = get_str(root, "type", "", 0, p->type, sizeof p->type, err, errlen))) return rc;
-    if (strcmp(p->type, "imap") != 0)
-        return mv_seterr(err, errlen, MV_EINVAL, "type: \"%s\" is not supported (supported: imap)",
-                         p->type);
+    if (strcmp(p->type, "imap") == 0)
+        p->source = MV_SOURCE_IMAP;
+    else if (strcmp(p->type, "graph") == 0)
+        p->source = MV_SOURCE_GRAPH;
+    else
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "type: \"%s\" is not supported (supported: imap, graph)", p->type);
+    p->verify = 1;
 
     json_t *srv = json_object_get(root, "server");
-    if (!srv) return mv_seterr(err, errlen, MV_EINVAL, "server: missing");
-    if (!json_is_object(srv)) return mv_seterr(err, errlen, MV_EINVAL, "server: must be an object");
-    if ((rc = check_keys(srv, "server.", server_keys, err, errlen))) return rc;
-    if ((rc = get_str(srv, "host", "server.", 1, p->host, sizeof p->host, err, errlen))) return rc;
-    char tls[32] = "implicit";
-    if ((rc = get_str(srv, "tls", "server.", 0, tls, sizeof tls, err, errlen))) return rc;
-    int m = mv_tls_mode_parse(tls);
-    if (m < 0)
-        return mv_seterr(err, errlen, MV_EINVAL,
-                         "server.tls: \"%s\" is not one of none, starttls, implicit", tls);
-    p->tls = (mv_tls_mode)m;
-    json_t *port = json_object_get(srv, "port");
-    if (port) {
-        if (!json_is_integer(port) || json_integer_value(port) < 1 ||
-            json_integer_value(port) > 65535)
-            return mv_seterr(err, errlen, MV_EINVAL, "server.port: must be an integer 1..65535");
-        p->port = (int)json_integer_value(port);
+    json_t *gr = json_object_get(root, "graph");
+    if (p->source == MV_SOURCE_GRAPH) {
+        if (srv) return mv_seterr(err, errlen, MV_EINVAL, "server: not used by type graph");
+        if (!gr) return mv_seterr(err, errlen, MV_EINVAL, "graph: missing");
+        if (!json_is_object(gr))
+            return mv_seterr(err, errlen, MV_EINVAL, "graph: must be an object");
+        if ((rc = check_keys(gr, "graph.", graph_keys, err, errlen))) return rc;
+        if ((rc = get_str(gr, "tenant_id", "graph.", 1, p->tenant_id, sizeof p->tenant_id, err,
+                          errlen)) ||
+            (rc = get_str(gr, "client_id", "graph.", 1, p->client_id, sizeof p->client_id, err,
+                          errlen)))
+            return rc;
+        for (const char *c = p->tenant_id; *c; c++)
+            if (!(isalnum((unsigned char)*c) || *c == '-' || *c == '.'))
+                return mv_seterr(err, errlen, MV_EINVAL,
+                                 "graph.tenant_id: \"%s\" is not a tenant id or domain",
+                                 p->tenant_id);
+        snprintf(p->cloud, sizeof p->cloud, "global");
+        if ((rc = get_str(gr, "cloud", "graph.", 0, p->cloud, sizeof p->cloud, err, errlen)))
+            return rc;
+        const char *login = NULL, *graph = NULL;
+        if (strcmp(p->cloud, "global") == 0) {
+            login = "https://login.microsoftonline.com";
+            graph = "https://graph.microsoft.com/v1.0";
+        } else if (strcmp(p->cloud, "china") == 0) {
+            login = "https://login.chinacloudapi.cn";
+            graph = "https://microsoftgraph.chinacloudapi.cn/v1.0";
+        } else {
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "graph.cloud: \"%s\" is not one of global, china", p->cloud);
+        }
+        snprintf(p->login_base, sizeof p->login_base, "%s", login);
+        snprintf(p->graph_base, sizeof p->graph_base, "%s", graph);
+        if ((rc = get_str(gr, "login_base", "graph.", 0, p->login_base, sizeof p->login_base, err,
+                          errlen)) ||
+            (rc = get_str(gr, "graph_base", "graph.", 0, p->graph_base, sizeof p->graph_base, err,
+                          errlen)))
+            return rc;
+        if (strncmp(p->login_base, "https://", 8) != 0 && strncmp(p->login_base, "http://", 7) != 0)
+            return mv_seterr(err, errlen, MV_EINVAL, "graph.login_base: must be an http(s) URL");
+        if (strncmp(p->graph_base, "https://", 8) != 0 && strncmp(p->graph_base, "http://", 7) != 0)
+            return mv_seterr(err, errlen, MV_EINVAL, "graph.graph_base: must be an http(s) URL");
+        json_t *verify = json_object_get(gr, "verify");
+        if (verify) {
+            if (!json_is_boolean(verify))
+                return mv_seterr(err, errlen, MV_EINVAL, "graph.verify: must be true or false");
+            p->verify = json_is_true(verify);
+        }
+        json_t *sec = json_object_get(gr, "client_secret");
+        if (sec) {
+            if (!allow_secrets)
+                return mv_seterr(err, errlen, MV_EINVAL,
+                                 "graph.client_secret: a stored profile must not contain secrets");
+            if (!json_is_string(sec) || !*json_string_value(sec) ||
+                strlen(json_string_value(sec)) > 4096)
+                return mv_seterr(err, errlen, MV_EINVAL,
+                                 "graph.client_secret: must be a non-empty string of at most "
+                                 "4096 bytes");
+            p->client_secret = strdup(json_string_value(sec));
+            if (!p->client_secret) return MV_ENOMEM;
+        }
     } else {
-        p->port = p->tls == MV_TLS_IMPLICIT ? 993 : 143;
-    }
-    json_t *verify = json_object_get(srv, "verify");
-    p->verify = 1;
-    if (verify) {
-        if (!json_is_boolean(verify))
-            return mv_seterr(err, errlen, MV_EINVAL, "server.verify: must be true or false");
-        p->verify = json_is_true(verify);
+        if (gr) return mv_seterr(err, errlen, MV_EINVAL, "graph: not used by type imap");
+        if (!srv) return mv_seterr(err, errlen, MV_EINVAL, "server: missing");
+        if (!json_is_object(srv))
+            return mv_seterr(err, errlen, MV_EINVAL, "server: must be an object");
+        if ((rc = check_keys(srv, "server.", server_keys, err, errlen))) return rc;
+        if ((rc = get_str(srv, "host", "server.", 1, p->host, sizeof p->host, err, errlen)))
+            return rc;
+        char tls[32] = "implicit";
+        if ((rc = get_str(srv, "tls", "server.", 0, tls, sizeof tls, err, errlen))) return rc;
+        int m = mv_tls_mode_parse(tls);
+        if (m < 0)
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "server.tls: \"%s\" is not one of none, starttls, implicit", tls);
+        p->tls = (mv_tls_mode)m;
+        json_t *port = json_object_get(srv, "port");
+        if (port) {
+            if (!json_is_integer(port) || json_integer_value(port) < 1 ||
+                json_integer_value(port) > 65535)
+                return mv_seterr(err, errlen, MV_EINVAL,
+                                 "server.port: must be an integer 1..65535");
+            p->port = (int)json_integer_value(port);
+        } else {
+            p->port = p->tls == MV_TLS_IMPLICIT ? 993 : 143;
+        }
+        json_t *verify = json_object_get(srv, "verify");
+        if (verify) {
+            if (!json_is_boolean(verify))
+                return mv_seterr(err, errlen, MV_EINVAL, "server.verify: must be true or false");
+            p->verify = json_is_true(verify);
+        }
     }
 
     json_t *folders = json_object_get(root, "folders");
@@ -170,6 +245,11 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
                 return mv_seterr(err, errlen, MV_EINVAL, "%slogin: \"%s\" is listed twice", path,
                                  x->login);
         json_t *pw = json_object_get(mb, "password");
+        if (pw && p->source == MV_SOURCE_GRAPH)
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "%spassword: type graph uses the app's client secret, not "
+                             "passwords",
+                             path);
         if (pw) {
             if (!allow_secrets)
                 return mv_seterr(err, errlen, MV_EINVAL,
@@ -219,9 +299,17 @@ char *mv_profile_to_json(const mv_profile *p)
     if (!root || !srv || !folders || !mbs) goto out;
     json_object_set_new(root, "name", json_string(p->name));
     json_object_set_new(root, "type", json_string(p->type));
-    json_object_set_new(srv, "host", json_string(p->host));
-    json_object_set_new(srv, "port", json_integer(p->port));
-    json_object_set_new(srv, "tls", json_string(mv_tls_mode_name(p->tls)));
+    if (p->source == MV_SOURCE_GRAPH) {
+        json_object_set_new(srv, "tenant_id", json_string(p->tenant_id));
+        json_object_set_new(srv, "client_id", json_string(p->client_id));
+        json_object_set_new(srv, "cloud", json_string(p->cloud));
+        json_object_set_new(srv, "login_base", json_string(p->login_base));
+        json_object_set_new(srv, "graph_base", json_string(p->graph_base));
+    } else {
+        json_object_set_new(srv, "host", json_string(p->host));
+        json_object_set_new(srv, "port", json_integer(p->port));
+        json_object_set_new(srv, "tls", json_string(mv_tls_mode_name(p->tls)));
+    }
     json_object_set_new(srv, "verify", json_boolean(p->verify));
     if (p->ninclude)
         json_object_set_new(folders, "include", patterns_json(p->include, p->ninclude));
@@ -232,7 +320,7 @@ char *mv_profile_to_json(const mv_profile *p)
         json_object_set_new(mb, "login", json_string(p->mailboxes[i].login));
         json_array_append_new(mbs, mb);
     }
-    json_object_set(root, "server", srv);
+    json_object_set(root, p->source == MV_SOURCE_GRAPH ? "graph" : "server", srv);
     json_object_set(root, "folders", folders);
     json_object_set(root, "mailboxes", mbs);
     out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -260,6 +348,10 @@ void mv_profile_free(mv_profile *p)
         }
     }
     free(p->mailboxes);
+    if (p->client_secret) {
+        mv_crypt_wipe(p->client_secret, strlen(p->client_secret));
+        free(p->client_secret);
+    }
     memset(p, 0, sizeof *p);
 }
 

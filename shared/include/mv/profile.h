@@ -7,7 +7,15 @@
  *    "server": {"host": "mail.example.org", "port": 993, "tls": "implicit", "verify": true},
  *    "folders": {"include": ["*"], "exclude": ["Trash", "Junk*"]},
  *    "mailboxes": [{"login": "alice@example.org", "password": "..."}, ...]}
- */
+ *
+ *   {"name": "m365", "type": "graph",
+ *    "graph": {"tenant_id": "contoso.onmicrosoft.com", "client_id": "...", "client_secret": "...",
+ *              "cloud": "global"},
+ *    "mailboxes": [{"login": "alice@contoso.com"}, ...]}
+ * "cloud" picks the national cloud's endpoints: "global" (login.microsoftonline.com,
+ * graph.microsoft.com) or "china" (Office 365 operated by 21Vianet); "login_base" and
+ * "graph_base" override them (test simulators). The client secret is sealed like passwords,
+ * in the credential slot of the pseudo-mailbox MV_PROFILE_APP_CRED. */
 #ifndef MV_PROFILE_H
 #define MV_PROFILE_H
 
@@ -16,15 +24,26 @@
 
 #define MV_PROFILE_MAX_MAILBOXES 100000
 #define MV_PROFILE_MAX_PATTERNS 256
+#define MV_PROFILE_APP_CRED "_app" /* credential slot of a Graph profile's client secret */
 
 typedef struct mv_profile_mailbox {
     char login[256];
     char *password; /* only set when parsed with allow_secrets; wiped by mv_profile_free */
 } mv_profile_mailbox;
 
+typedef enum { MV_SOURCE_IMAP = 0, MV_SOURCE_GRAPH } mv_source_type;
+
 typedef struct mv_profile {
     char name[64];
-    char type[16]; /* "imap" */
+    char type[16]; /* "imap" | "graph" */
+    mv_source_type source;
+    /* graph */
+    char tenant_id[128];
+    char client_id[128];
+    char *client_secret; /* only with allow_secrets; wiped by mv_profile_free */
+    char cloud[16];
+    char login_base[256];
+    char graph_base[256];
     char host[256];
     int port;
     mv_tls_mode tls;
