@@ -20,8 +20,13 @@ if [ "$bad" != "0" ]; then
     echo "clang-format: $bad problems (run clang-format -i on the files above)"; exit 1
 fi
 
+step "Python venv for the independent clients (msgraph-sdk)"
+if [ ! -x build/venv/bin/python ]; then python3 -m venv build/venv; fi
+build/venv/bin/pip install -q -r tests/graphsim/requirements.txt
+PY=$ROOT/build/venv/bin/python
+
 step "build (-Wall -Wextra -Werror)"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMV_WERROR=ON >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMV_WERROR=ON -DMV_PYTHON="$PY" >/dev/null
 ninja -C build
 
 step "unit + integration tests"
@@ -40,7 +45,7 @@ done
 if [ "${MV_TEST_QUICK:-0}" != "1" ]; then
     step "ASan + UBSan build and tests"
     CC=clang cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMV_SANITIZE=ON \
-        -DMV_WERROR=ON >/dev/null
+        -DMV_WERROR=ON -DMV_PYTHON="$PY" >/dev/null
     ninja -C build-asan
     (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j1 --timeout 900)

@@ -1,0 +1,339 @@
+/* graph_source.c - the Microsoft Graph source connector: folders by mailFolders/childFolders,
+ * batches = pages of messages/delta, each message's MIME by /messages/{id}/$value.
+ *
+ * Checkpoint: a cursor per folder id (state.h) holding the link to continue from. A batch is
+ * the page read from that link; before its messages are fetched the cursor is marked pending,
+ * so a crash makes the next attempt read the same link again, overwrite (not trust) the
+ * objects and rewrite the same segment ("<folderhash>-<generation>-<seq>.seg"); then the
+ * cursor moves to the page's nextLink/deltaLink with the status counters in one fenced step.
+ * An expired delta token (410 SyncStateNotFound) starts a new generation from scratch: objects
+ * deduplicate, and readers (archive.c) list each message once. "@removed" entries are counted,
+ * never acted on: archived mail is not deleted because the source deleted it.
+ *
+ * Throttling: a 429/503/504 whose Retry-After is short is waited out here (the lease is kept
+ * alive meanwhile); a longer one fails the attempt as transient, and the retry is scheduled
+ * no earlier than the server asked. */
+#include "chunk.h"
+
+#include "mv/graph.h"
+#include "mv/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define GRAPH_MAX_WAIT_MS 30000 /* longer Retry-After: give the attempt back */
+#define GRAPH_MAX_TRIES 5
+
+typedef struct gfolder {
+    char *id;
+    char *path;
+} gfolder;
+
+typedef struct gfolders {
+    gfolder *v;
+    size_t n, cap;
+} gfolders;
+
+typedef struct gpage {
+    char **ids;
+    size_t n, cap;
+    uint64_t removed;
+} gpage;
+
+static int folder_cb(void *ud, const char *id, const char *path, const char *well_known,
+                     uint64_t total)
+{
+    (void)well_known;
+    (void)total;
+    gfolders *f = ud;
+    if (f->n == f->cap) {
+        size_t nc = f->cap ? f->cap * 2 : 16;
+        gfolder *nv = realloc(f->v, nc * sizeof *nv);
+        if (!nv) return 1;
+        f->v = nv;
+        f->cap = nc;
+    }
+    f->v[f->n].id = strdup(id);
+    f->v[f->n].path = strdup(path);
+    if (!f->v[f->n].id || !f->v[f->n].path) {
+        free(f->v[f->n].id);
+        free(f->v[f->n].path);
+        return 1;
+    }
+    f->n++;
+    return 0;
+}
+
+static int cmp_path(const void *a, const void *b)
+{
+    return strcmp(((const gfolder *)a)->path, ((const gfolder *)b)->path);
+}
+
+static void gfolders_free(gfolders *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        free(f->v[i].id);
+        free(f->v[i].path);
+    }
+    free(f->v);
+}
+
+static int delta_cb(void *ud, const char *message_id, int removed, const char *reason)
+{
+    (void)reason;
+    gpage *pg = ud;
+    if (removed) {
+        pg->removed++;
+        return 0;
+    }
+    for (size_t i = 0; i < pg->n; i++) /* a page that lists an id twice archives it once */
+        if (strcmp(pg->ids[i], message_id) == 0) return 0;
+    if (pg->n == pg->cap) {
+        size_t nc = pg->cap ? pg->cap * 2 : 64;
+        char **nv = realloc(pg->ids, nc * sizeof *nv);
+        if (!nv) return 1;
+        pg->ids = nv;
+        pg->cap = nc;
+    }
+    pg->ids[pg->n] = strdup(message_id);
+    if (!pg->ids[pg->n]) return 1;
+    pg->n++;
+    return 0;
+}
+
+static void gpage_free(gpage *pg)
+{
+    for (size_t i = 0; i < pg->n; i++)
+        free(pg->ids[i]);
+    free(pg->ids);
+    memset(pg, 0, sizeof *pg);
+}
+
+/* After MV_EBUSY: wait out a short Retry-After (renewing the lease); 0 = try again. */
+static int wait_throttled(chunk_ctx *c, mv_graph *g, int tries, char *err, size_t errlen)
+{
+    int64_t ms = mv_graph_retry_after_ms(g);
+    if (ms <= 0) ms = 1000;
+    if (tries >= GRAPH_MAX_TRIES || ms > GRAPH_MAX_WAIT_MS) return -1;
+    mv_warn("throttled by Graph, waiting", " tenant=%s mailbox=%s retry_after_ms=%lld",
+            c->t->tenant, c->t->mailbox, (long long)ms);
+    mv_state_status_incr(c->r->st, c->t->tenant, c->t->mailbox, "throttled", 1, err, errlen);
+    int64_t until = mv_mono_ms() + ms;
+    while (mv_mono_ms() < until) {
+        if (*c->r->stopping) return -1;
+        if (chunk_beat(c, 0)) return -1;
+        usleep(100 * 1000);
+    }
+    return 0;
+}
+
+typedef struct mime_ud {
+    chunk_ctx *c;
+} mime_ud;
+
+static int mime_begin(void *ud, int64_t size)
+{
+    return chunk_msg_begin(((mime_ud *)ud)->c, size) ? 1 : 0;
+}
+
+static int mime_data(void *ud, const void *data, size_t len)
+{
+    return chunk_msg_data(((mime_ud *)ud)->c, data, len) ? 1 : 0;
+}
+
+/* Fetch and store one message; MV_ENOTFOUND (deleted since the delta page) is skipped. */
+static mv_err fetch_message(chunk_ctx *c, mv_graph *g, const char *user, const char *id, char *err,
+                            size_t errlen)
+{
+    mv_graph_mime_cb cb = {mime_begin, mime_data};
+    mime_ud u = {c};
+    for (int tries = 0;; tries++) {
+        c->failed = MV_OK;
+        mv_err rc = mv_graph_get_mime(g, user, id, &cb, &u, err, errlen);
+        if (c->failed) { /* the store or the lease failed inside a callback */
+            chunk_msg_abort(c);
+            return mv_seterr(err, errlen, c->failed, "%s", c->err);
+        }
+        if (rc == MV_OK) {
+            if (!c->put && (rc = chunk_msg_begin(c, 0))) /* an empty body never called begin */
+                return mv_seterr(err, errlen, rc, "%s", c->err);
+            if ((rc = chunk_msg_done(c, 0, id, 0, "")))
+                return mv_seterr(err, errlen, rc, "%s", c->err);
+            return MV_OK;
+        }
+        chunk_msg_abort(c);
+        if (rc == MV_ENOTFOUND) {
+            mv_info("message gone before it could be fetched, skipped",
+                    " tenant=%s mailbox=%s id=%s", c->t->tenant, c->t->mailbox, id);
+            return MV_OK;
+        }
+        if (rc != MV_EBUSY || wait_throttled(c, g, tries, err, errlen)) return rc;
+    }
+}
+
+static mv_err read_page(chunk_ctx *c, mv_graph *g, const char *user, const char *folder_id,
+                        const char *link, gpage *pg, char **next, int *complete, char *err,
+                        size_t errlen)
+{
+    for (int tries = 0;; tries++) {
+        gpage_free(pg);
+        mv_err rc = mv_graph_delta_page(g, user, folder_id, link[0] ? link : NULL, delta_cb, pg,
+                                        next, complete, err, errlen);
+        if (rc != MV_EBUSY || wait_throttled(c, g, tries, err, errlen)) return rc;
+    }
+}
+
+static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, int *more, char *err,
+                          size_t errlen)
+{
+    mv_runner *r = c->r;
+    const mv_task *t = c->t;
+    mv_cursor cu;
+    mv_err rc = mv_state_cursor_get(r->st, t->tenant, t->mailbox, f->id, &cu, err, errlen);
+    if (rc && rc != MV_ENOTFOUND) return rc;
+    gpage pg = {0};
+    char *next = NULL;
+    rc = MV_OK;
+    for (;;) {
+        int complete = 0;
+        free(next);
+        next = NULL;
+        rc = read_page(c, g, t->mailbox, f->id, cu.link, &pg, &next, &complete, err, errlen);
+        if (rc == MV_ENOTFOUND && strstr(err, "sync state expired")) {
+            mv_warn("delta sync state expired, re-reading folder",
+                    " tenant=%s mailbox=%s folder=\"%s\" generation=%u", t->tenant, t->mailbox,
+                    f->path, cu.generation + 1);
+            cu.generation++;
+            cu.seq = 0;
+            cu.pending = 0;
+            cu.link[0] = '\0';
+            continue;
+        }
+        if (rc == MV_ENOTFOUND) { /* the folder went away since the listing */
+            mv_warn("folder vanished, skipped", " tenant=%s mailbox=%s folder=\"%s\"", t->tenant,
+                    t->mailbox, f->path);
+            rc = MV_OK;
+            break;
+        }
+        if (rc) break;
+        if (strlen(next) >= sizeof cu.link) {
+            rc = mv_seterr(err, errlen, MV_EPROTO, "Graph link longer than %zu bytes",
+                           sizeof cu.link - 1);
+            break;
+        }
+        if (pg.n == 0) { /* nothing to fetch: just move on (removals are counted) */
+            snprintf(cu.link, sizeof cu.link, "%s", next);
+            cu.pending = 0;
+            const char *fields[] = {"removed"};
+            int64_t incr[] = {(int64_t)pg.removed};
+            rc = mv_state_cursor_commit(r->st, t->tenant, t->mailbox, f->id, &cu, r->worker_id,
+                                        c->token, fields, incr, pg.removed ? 1 : 0, err, errlen);
+            if (rc || complete) break;
+            continue;
+        }
+        if (chunk_spent(c)) {
+            *more = 1;
+            break;
+        }
+        int overwrite = cu.pending; /* this link was started by an attempt that did not finish */
+        if (!cu.pending) {
+            cu.pending = 1;
+            rc = mv_state_cursor_commit(r->st, t->tenant, t->mailbox, f->id, &cu, r->worker_id,
+                                        c->token, NULL, NULL, 0, err, errlen);
+            if (rc) break;
+        }
+        chunk_batch_begin(c, f->path, cu.generation, 0, 0, overwrite);
+        for (size_t i = 0; i < pg.n && !rc; i++)
+            rc = fetch_message(c, g, t->mailbox, pg.ids[i], err, errlen);
+        char name[128];
+        if (!rc) {
+            mv_segment_name_seq(f->id, cu.generation, cu.seq + 1, name, sizeof name);
+            rc = chunk_batch_store(c, name, err, errlen);
+        }
+        if (!rc) {
+            cu.seq++;
+            cu.pending = 0;
+            cu.messages += c->msgs;
+            snprintf(cu.link, sizeof cu.link, "%s", next);
+            const char *fields[CHUNK_NCOUNTERS + 1];
+            int64_t incr[CHUNK_NCOUNTERS + 1];
+            for (int k = 0; k < CHUNK_NCOUNTERS; k++)
+                fields[k] = chunk_counter_fields[k];
+            chunk_counters(c, incr);
+            fields[CHUNK_NCOUNTERS] = "removed";
+            incr[CHUNK_NCOUNTERS] = (int64_t)pg.removed;
+            rc = mv_state_cursor_commit(r->st, t->tenant, t->mailbox, f->id, &cu, r->worker_id,
+                                        c->token, fields, incr, CHUNK_NCOUNTERS + 1, err, errlen);
+        }
+        if (!rc)
+            mv_info("delta page archived",
+                    " tenant=%s mailbox=%s task=%s folder=\"%s\" seq=%llu messages=%llu "
+                    "raw_bytes=%llu stored_bytes=%llu deduplicated=%llu removed=%llu",
+                    t->tenant, t->mailbox, t->id, f->path, (unsigned long long)cu.seq,
+                    (unsigned long long)c->msgs, (unsigned long long)c->raw,
+                    (unsigned long long)c->stored, (unsigned long long)c->dedup,
+                    (unsigned long long)pg.removed);
+        chunk_charge(c);
+        chunk_batch_end(c);
+        if (rc || complete) break;
+    }
+    if (rc && !strstr(err, f->path)) {
+        char tmp[MV_ERRLEN];
+        snprintf(tmp, sizeof tmp, "%s", err);
+        mv_seterr(err, errlen, rc, "folder \"%s\": %s", f->path, tmp);
+    }
+    free(next);
+    gpage_free(&pg);
+    return rc;
+}
+
+mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secret, int *more,
+                             char *err, size_t errlen)
+{
+    mv_runner *r = c->r;
+    mv_graph_opts o;
+    mv_graph_opts_default(&o);
+    o.login_base = p->login_base;
+    o.graph_base = p->graph_base;
+    o.tenant_id = p->tenant_id;
+    o.client_id = p->client_id;
+    o.client_secret = secret;
+    o.ca_file = r->cfg->ca_file[0] ? r->cfg->ca_file : NULL;
+    o.verify = p->verify;
+    o.timeout_ms = r->cfg->imap_timeout_ms;
+    o.max_message = (uint64_t)r->cfg->max_message_bytes;
+    mv_graph *g = NULL;
+    gfolders fl = {0};
+    *more = 0;
+    mv_err rc = mv_graph_open(&o, &g, err, errlen);
+    if (rc) goto out;
+    for (int tries = 0;; tries++) {
+        gfolders_free(&fl);
+        memset(&fl, 0, sizeof fl);
+        rc = mv_graph_list_folders(g, c->t->mailbox, folder_cb, &fl, err, errlen);
+        if (rc != MV_EBUSY || wait_throttled(c, g, tries, err, errlen)) break;
+    }
+    if (rc) goto out;
+    qsort(fl.v, fl.n, sizeof *fl.v, cmp_path);
+    for (size_t i = 0; i < fl.n && !*more; i++) {
+        if (!mv_profile_folder_selected(p, fl.v[i].path)) continue;
+        c->folder = fl.v[i].path;
+        if ((rc = chunk_beat(c, 1))) {
+            mv_seterr(err, errlen, rc, "%s", c->err);
+            goto out;
+        }
+        if ((rc = sync_folder(c, g, &fl.v[i], more, err, errlen))) goto out;
+    }
+out:
+    if (rc == MV_EBUSY && g && mv_graph_retry_after_ms(g) > 0) {
+        int64_t nb = mv_graph_retry_after_ms(g);
+        mv_info("throttled: the retry waits as Graph asked", " tenant=%s mailbox=%s ms=%lld",
+                c->t->tenant, c->t->mailbox, (long long)nb);
+        c->retry_after_ms = nb;
+    }
+    gfolders_free(&fl);
+    mv_graph_close(g);
+    return rc;
+}
