@@ -77,6 +77,10 @@ def main():
     if not any(l.split(":", 1)[0] == a.user for l in lines):
         with open(passwd, "a") as f:
             f.write(f"{a.user}:{{PLAIN}}{a.password}\n")
+        # Dovecot re-reads a passwd-file when its mtime changes; two appends within one second
+        # would keep the mtime it already saw, so move it forward explicitly.
+        st = os.stat(passwd)
+        os.utime(passwd, (st.st_atime, max(time.time(), st.st_mtime + 1.0)))
     vm = pwd.getpwnam("vmail")
     home = os.path.join(a.run, "mail", a.user)
     folders = [f.strip() for f in a.folders.split(",") if f.strip()]

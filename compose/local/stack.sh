@@ -230,7 +230,11 @@ cmd_stop() {
 cmd_adduser() {
     local run=$1 user=$2 pass=$3
     grep -q "^$user:" "$run/dovecot/passwd" 2>/dev/null && die "user $user exists"
+    local before
+    before=$(stat -c %Y "$run/dovecot/passwd")
     printf '%s:{PLAIN}%s\n' "$user" "$pass" >>"$run/dovecot/passwd"
+    # Dovecot re-reads the file when its mtime changes: make sure it does within one second
+    touch -d "@$((before + 1))" "$run/dovecot/passwd"
     mkdir -p "$run/mail/$user"/{cur,new,tmp}
     chown -R vmail:vmail "$run/mail/$user"
 }
