@@ -41,10 +41,10 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
-#define MAX_PAGES 100000          /* pages followed by one listing call */
-#define MAX_DEPTH 64              /* folder tree depth */
-#define ERRBODY_MAX (64u * 1024)  /* bytes of a non-2xx body we keep */
-#define REFRESH_MARGIN_MS 300000  /* refresh a token this close to its expiry */
+#define MAX_PAGES 100000           /* pages followed by one listing call */
+#define MAX_DEPTH 64               /* folder tree depth */
+#define ERRBODY_MAX (64u * 1024)   /* bytes of a non-2xx body we keep */
+#define REFRESH_MARGIN_MS 300000   /* refresh a token this close to its expiry */
 #define RETRY_AFTER_MAX_MS 3600000 /* cap on Retry-After */
 #define USER_AGENT "mailvault/0.1"
 
@@ -353,8 +353,8 @@ static mv_err item_str(json_t *item, const char *key, int null_ok, const char *w
                      v ? "is not a string" : "missing");
 }
 
-static mv_err item_count(json_t *item, const char *key, const char *what, size_t i,
-                         uint64_t *out, char *err, size_t errlen)
+static mv_err item_count(json_t *item, const char *key, const char *what, size_t i, uint64_t *out,
+                         char *err, size_t errlen)
 {
     json_t *v = json_object_get(item, key);
     if (!json_is_integer(v) || json_integer_value(v) < 0)
@@ -585,7 +585,11 @@ void mv_graph__error_text(long status, const char *body, size_t len, char *out, 
         json_t *jd = json_object_get(root, "error_description");
         c = json_string_value(e);
         m = json_is_string(jd) ? json_string_value(jd) : NULL;
-        mlen = m ? strcspn(m, "\r\n") : 0; /* first line: the rest is trace/correlation ids */
+        /* first line: the rest is trace/correlation ids, which AAD separates by "\r\n" in
+         * older answers and by a space in current ones */
+        mlen = m ? strcspn(m, "\r\n") : 0;
+        const char *tr = m ? strstr(m, " Trace ID:") : NULL;
+        if (tr && (size_t)(tr - m) < mlen) mlen = (size_t)(tr - m);
     }
     if (c && !*c) c = NULL;
     if (c && m && mlen)
@@ -674,15 +678,14 @@ typedef struct req {
     const char *url;
     const char *post; /* form body (POST) or NULL (GET) */
     size_t postlen;
-    int auth;             /* send the bearer token */
-    const char *prefer;   /* Prefer header value or NULL */
-    const char *what;     /* "token request", "graph request": prefix of transport errors */
+    int auth;           /* send the bearer token */
+    const char *prefer; /* Prefer header value or NULL */
+    const char *what;   /* "token request", "graph request": prefix of transport errors */
     const mv_graph_mime_cb *mime;
     void *mime_ud;
 } req;
 
-static mv_err transport_error(mv_graph *g, CURLcode rc, const char *what, char *err,
-                              size_t errlen)
+static mv_err transport_error(mv_graph *g, CURLcode rc, const char *what, char *err, size_t errlen)
 {
     const char *detail = g->errbuf[0] ? g->errbuf : curl_easy_strerror(rc);
     mv_err e;
@@ -698,8 +701,7 @@ static mv_err transport_error(mv_graph *g, CURLcode rc, const char *what, char *
         e = mv_seterr(err, errlen, MV_EINVAL, "%s: bad URL: %s", what, detail);
         break;
     default:
-        e = mv_seterr(err, errlen, MV_ENET, "%s failed: %s (curl error %d)", what, detail,
-                      (int)rc);
+        e = mv_seterr(err, errlen, MV_ENET, "%s failed: %s (curl error %d)", what, detail, (int)rc);
         break;
     }
     sanitize(err);
@@ -755,8 +757,7 @@ static mv_err perform(mv_graph *g, const req *r, char *err, size_t errlen)
             goto out;
         }
         ADD_HDR(authz);
-        for (auth_node = hdrs; auth_node->next; auth_node = auth_node->next) {
-        }
+        for (auth_node = hdrs; auth_node->next; auth_node = auth_node->next) {}
     }
 #undef ADD_HDR
 
@@ -859,8 +860,8 @@ static mv_err map_status(mv_graph *g, const char *suffix, char *err, size_t errl
 
 static mv_err fetch_token(mv_graph *g, char *err, size_t errlen)
 {
-    char *url = NULL, *form = NULL, *e_tenant = NULL, *e_cid = NULL, *e_sec = NULL,
-         *e_scope = NULL, *tok = NULL;
+    char *url = NULL, *form = NULL, *e_tenant = NULL, *e_cid = NULL, *e_sec = NULL, *e_scope = NULL,
+         *tok = NULL;
     mv_err e = MV_OK;
     if (!g->secret || !*g->secret)
         return mv_seterr(err, errlen, MV_EAUTH,
@@ -1143,8 +1144,7 @@ static void trim_body(mv_graph *g)
     }
 }
 
-static mv_err check_link(mv_graph *g, const char *link, const char *what, char *err,
-                         size_t errlen)
+static mv_err check_link(mv_graph *g, const char *link, const char *what, char *err, size_t errlen)
 {
     if (mv_graph__same_origin(g->origin, link)) return MV_OK;
     return mv_seterr(err, errlen, MV_EPROTO,
@@ -1167,8 +1167,7 @@ mv_err mv_graph_list_users(mv_graph *g, mv_graph_user_fn cb, void *ud, char *err
         }
         req r = {.url = url};
         if ((e = graph_call(g, &r, err, errlen))) break;
-        if ((e = mv_graph__parse_users(g->body.p, g->body.len, cb, ud, &next, err, errlen)))
-            break;
+        if ((e = mv_graph__parse_users(g->body.p, g->body.len, cb, ud, &next, err, errlen))) break;
         free(url);
         url = next;
         next = NULL;
@@ -1200,8 +1199,8 @@ typedef struct walk {
     size_t errlen;
 } walk;
 
-static int on_rawfolder(void *ud, const char *id, const char *name, const char *wk,
-                        uint64_t total, uint64_t children)
+static int on_rawfolder(void *ud, const char *id, const char *name, const char *wk, uint64_t total,
+                        uint64_t children)
 {
     walk *w = ud;
     char *path = mv_graph__path_join(w->parent_path, name);
@@ -1292,7 +1291,8 @@ static mv_err walk_level(walk *w, const char *folder_id, const char *parent_path
         nkids = w->nkids;
         w->kids = NULL;
         if (e) {
-            if (w->cb_err == MV_ENOMEM) e = mv_seterr(w->err, w->errlen, MV_ENOMEM, "out of memory");
+            if (w->cb_err == MV_ENOMEM)
+                e = mv_seterr(w->err, w->errlen, MV_ENOMEM, "out of memory");
             goto out;
         }
         free(url);
@@ -1356,15 +1356,14 @@ mv_err mv_graph_delta_page(mv_graph *g, const char *user, const char *folder_id,
         ue = curl_easy_escape(g->curl, user, 0);
         fe = curl_easy_escape(g->curl, folder_id, 0);
         if (ue && fe)
-            url = xprintf("%s/users/%s/mailFolders/%s/messages/delta?$select=id", g->graph_base,
-                          ue, fe);
+            url = xprintf("%s/users/%s/mailFolders/%s/messages/delta?$select=id", g->graph_base, ue,
+                          fe);
     }
     if (!url) {
         e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
         goto out;
     }
-    snprintf(prefer, sizeof prefer, "IdType=\"ImmutableId\", odata.maxpagesize=%d",
-             g->o.page_size);
+    snprintf(prefer, sizeof prefer, "IdType=\"ImmutableId\", odata.maxpagesize=%d", g->o.page_size);
     req r = {.url = url, .prefer = prefer};
     e = graph_call(g, &r, err, errlen);
     if (e == MV_ENOTFOUND && g->status == 410) {
@@ -1410,7 +1409,10 @@ mv_err mv_graph_get_mime(mv_graph *g, const char *user, const char *message_id,
         e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
         goto out;
     }
-    req r = {.url = url, .prefer = "IdType=\"ImmutableId\"", .mime = cb, .mime_ud = ud,
+    req r = {.url = url,
+             .prefer = "IdType=\"ImmutableId\"",
+             .mime = cb,
+             .mime_ud = ud,
              .what = "message download"};
     e = graph_call(g, &r, err, errlen);
 out:

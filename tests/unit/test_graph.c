@@ -1,0 +1,1357 @@
+/* test_graph.c - the Microsoft Graph client against a scripted HTTP/1.1 server on loopback.
+ *
+ * Each test starts a server thread on 127.0.0.1 (ephemeral port) whose handler picks a canned
+ * response per request (method + target) and records what the client sent (headers, form
+ * body). login_base and graph_base both point at it ("/login" and "/v1.0"), so token requests
+ * and Graph requests share the scripted server and the client's keep-alive connection.
+ * Synchronisation is by the sockets only: the client call returns after the server answered,
+ * and the request log is read under the server's mutex. No sleeps.
+ *
+ * The internal parsers (graph_internal.h) are also tested directly on odd documents. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "mv/graph.h"
+#include "../../shared/src/graph_internal.h"
+
+#define SECRET "s=cr&t+x/Secret9"
+#define SECRET_ESC "s%3Dcr%26t%2Bx%2FSecret9"
+
+/* ------------------------------------------------------------------ scripted server */
+
+enum { M_NORMAL = 0, M_HANG, M_TRUNC };
+
+typedef struct hreq {
+    char method[8];
+    char target[2048];
+    char auth[256];
+    char prefer[256];
+    char crid[64];
+    char ua[64];
+    char accept[64];
+    char ctype[96];
+    char body[1024];
+} hreq;
+
+typedef struct hresp {
+    int status;
+    char headers[512]; /* extra header lines, each ending in \r\n */
+    const char *ctype;
+    const char *body;
+    size_t len;
+    int mode;
+    size_t trunc; /* M_TRUNC: bytes of the body sent before closing */
+    int chunked;  /* Transfer-Encoding: chunked instead of Content-Length */
+} hresp;
+
+struct srv;
+typedef void (*handler_fn)(struct srv *s, const hreq *q, hresp *r);
+
+#define MAXLOG 64
+#define MAXCONN 8
+
+typedef struct srv {
+    int lfd, port, wake[2];
+    pthread_t th;
+    handler_fn h;
+    pthread_mutex_t mu;
+    int nreq, ntoken, naccept;
+    hreq log[MAXLOG];
+    char base[64]; /* http://127.0.0.1:PORT */
+    /* handler state */
+    int state;
+    int token_seq;
+    char *scratch; /* generated bodies */
+    size_t scratch_cap;
+} srv;
+
+typedef struct conn {
+    int fd, hung;
+    char *in;
+    size_t len, cap;
+} conn;
+
+static void send_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n > 0) {
+        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
+        if (w <= 0) {
+            if (w < 0 && errno == EINTR) continue;
+            return;
+        }
+        c += w;
+        n -= (size_t)w;
+    }
+}
+
+static void hdr_value(const char *hdrs, const char *name, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    size_t nl = strlen(name);
+    for (const char *p = hdrs; p && *p;) {
+        const char *eol = strstr(p, "\r\n");
+        if (!eol) break;
+        if ((size_t)(eol - p) > nl && !strncasecmp(p, name, nl) && p[nl] == ':') {
+            const char *v = p + nl + 1;
+            while (*v == ' ')
+                v++;
+            size_t vl = (size_t)(eol - v);
+            if (vl >= outlen) vl = outlen - 1;
+            memcpy(out, v, vl);
+            out[vl] = '\0';
+            return;
+        }
+        p = eol + 2;
+    }
+}
+
+/* Serve every complete request in c->in. Returns 0 to keep the connection, -1 to close. */
+static int serve(srv *s, conn *c)
+{
+    for (;;) {
+        if (c->hung) {
+            c->len = 0;
+            return 0;
+        }
+        char *end = NULL;
+        for (size_t i = 0; i + 4 <= c->len && !end; i++)
+            if (!memcmp(c->in + i, "\r\n\r\n", 4)) end = c->in + i;
+        if (!end) return 0;
+        size_t hlen = (size_t)(end - c->in) + 4;
+        char hdrs[8192];
+        size_t cp = hlen < sizeof hdrs - 1 ? hlen : sizeof hdrs - 1;
+        memcpy(hdrs, c->in, cp);
+        hdrs[cp] = '\0';
+        char cl[32];
+        hdr_value(strstr(hdrs, "\r\n") + 2, "Content-Length", cl, sizeof cl);
+        size_t blen = cl[0] ? (size_t)strtoul(cl, NULL, 10) : 0;
+        if (c->len < hlen + blen) return 0;
+
+        hreq q;
+        memset(&q, 0, sizeof q);
+        sscanf(hdrs, "%7s %2047s", q.method, q.target);
+        const char *h = strstr(hdrs, "\r\n") + 2;
+        hdr_value(h, "Authorization", q.auth, sizeof q.auth);
+        hdr_value(h, "Prefer", q.prefer, sizeof q.prefer);
+        hdr_value(h, "client-request-id", q.crid, sizeof q.crid);
+        hdr_value(h, "User-Agent", q.ua, sizeof q.ua);
+        hdr_value(h, "Accept", q.accept, sizeof q.accept);
+        hdr_value(h, "Content-Type", q.ctype, sizeof q.ctype);
+        size_t bl = blen < sizeof q.body - 1 ? blen : sizeof q.body - 1;
+        memcpy(q.body, c->in + hlen, bl);
+        q.body[bl] = '\0';
+        memmove(c->in, c->in + hlen + blen, c->len - hlen - blen);
+        c->len -= hlen + blen;
+
+        hresp r;
+        memset(&r, 0, sizeof r);
+        r.status = 500;
+        pthread_mutex_lock(&s->mu);
+        if (s->nreq < MAXLOG) s->log[s->nreq] = q;
+        s->nreq++;
+        if (!strcmp(q.method, "POST") && strstr(q.target, "/oauth2/v2.0/token")) s->ntoken++;
+        s->h(s, &q, &r);
+        pthread_mutex_unlock(&s->mu);
+        if (r.mode == M_HANG) {
+            c->hung = 1;
+            return 0;
+        }
+        if (!r.body) r.body = "";
+        if (!r.len) r.len = strlen(r.body);
+        char head[1024];
+        int n;
+        if (r.chunked)
+            n = snprintf(
+                head, sizeof head,
+                "HTTP/1.1 %d X\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n%s\r\n",
+                r.status, r.ctype ? r.ctype : "application/json", r.headers);
+        else
+            n = snprintf(head, sizeof head,
+                         "HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
+                         r.status, r.ctype ? r.ctype : "application/json", r.len, r.headers);
+        send_all(c->fd, head, (size_t)n);
+        if (r.mode == M_TRUNC) {
+            send_all(c->fd, r.body, r.trunc);
+            return -1;
+        }
+        if (r.chunked) {
+            for (size_t off = 0; off < r.len; off += 4096) {
+                size_t k = r.len - off < 4096 ? r.len - off : 4096;
+                char ch[32];
+                int m = snprintf(ch, sizeof ch, "%zx\r\n", k);
+                send_all(c->fd, ch, (size_t)m);
+                send_all(c->fd, r.body + off, k);
+                send_all(c->fd, "\r\n", 2);
+            }
+            send_all(c->fd, "0\r\n\r\n", 5);
+        } else {
+            send_all(c->fd, r.body, r.len);
+        }
+    }
+}
+
+static void *srv_main(void *arg)
+{
+    srv *s = arg;
+    conn cs[MAXCONN];
+    int nc = 0;
+    for (;;) {
+        struct pollfd p[MAXCONN + 2];
+        p[0].fd = s->wake[0];
+        p[0].events = POLLIN;
+        p[1].fd = s->lfd;
+        p[1].events = nc < MAXCONN ? POLLIN : 0;
+        for (int i = 0; i < nc; i++) {
+            p[i + 2].fd = cs[i].fd;
+            p[i + 2].events = POLLIN;
+        }
+        if (poll(p, (nfds_t)nc + 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (p[0].revents) break;
+        for (int i = nc - 1; i >= 0; i--) {
+            if (!p[i + 2].revents) continue;
+            conn *c = &cs[i];
+            if (c->cap - c->len < 65536) {
+                c->cap = c->cap ? c->cap * 2 : 131072;
+                c->in = realloc(c->in, c->cap);
+            }
+            ssize_t n = recv(c->fd, c->in + c->len, c->cap - c->len, 0);
+            int drop = n <= 0;
+            if (!drop) {
+                c->len += (size_t)n;
+                drop = serve(s, c) < 0;
+            }
+            if (drop) {
+                close(c->fd);
+                free(c->in);
+                cs[i] = cs[--nc];
+            }
+        }
+        if (p[1].revents & POLLIN) {
+            int fd = accept(s->lfd, NULL, NULL);
+            if (fd >= 0) {
+                int one = 1; /* head and body go out in separate writes: no Nagle delay */
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                pthread_mutex_lock(&s->mu);
+                s->naccept++;
+                pthread_mutex_unlock(&s->mu);
+                cs[nc].fd = fd;
+                cs[nc].hung = 0;
+                cs[nc].in = NULL;
+                cs[nc].len = cs[nc].cap = 0;
+                nc++;
+            }
+        }
+    }
+    for (int i = 0; i < nc; i++) {
+        close(cs[i].fd);
+        free(cs[i].in);
+    }
+    return NULL;
+}
+
+static srv *srv_start(handler_fn h)
+{
+    srv *s = calloc(1, sizeof *s);
+    assert_non_null(s);
+    s->h = h;
+    s->scratch_cap = 1u << 20;
+    s->scratch = malloc(s->scratch_cap);
+    assert_non_null(s->scratch);
+    pthread_mutex_init(&s->mu, NULL);
+    s->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(s->lfd >= 0);
+    int one = 1;
+    setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(s->lfd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    assert_int_equal(getsockname(s->lfd, (struct sockaddr *)&a, &al), 0);
+    assert_int_equal(listen(s->lfd, 8), 0);
+    s->port = ntohs(a.sin_port);
+    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
+    assert_int_equal(pipe(s->wake), 0);
+    assert_int_equal(pthread_create(&s->th, NULL, srv_main, s), 0);
+    return s;
+}
+
+static void srv_stop(srv *s)
+{
+    assert_int_equal(write(s->wake[1], "x", 1), 1);
+    pthread_join(s->th, NULL);
+    close(s->wake[0]);
+    close(s->wake[1]);
+    close(s->lfd);
+    pthread_mutex_destroy(&s->mu);
+    free(s->scratch);
+    free(s);
+}
+
+/* Snapshot of request i (under the lock). */
+static hreq req_at(srv *s, int i)
+{
+    pthread_mutex_lock(&s->mu);
+    assert_true(i < s->nreq && i < MAXLOG);
+    hreq q = s->log[i];
+    pthread_mutex_unlock(&s->mu);
+    return q;
+}
+
+static int count(srv *s, int which)
+{
+    pthread_mutex_lock(&s->mu);
+    int n = which == 0 ? s->nreq : which == 1 ? s->ntoken : s->naccept;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+#define NREQ(s) count((s), 0)
+#define NTOKEN(s) count((s), 1)
+#define NACCEPT(s) count((s), 2)
+
+static mv_graph *client(srv *s, size_t max_json, uint64_t max_message, int timeout_ms)
+{
+    char login[96], graph[96];
+    snprintf(login, sizeof login, "%s/login/", s->base); /* trailing slash is trimmed */
+    snprintf(graph, sizeof graph, "%s/v1.0", s->base);
+    mv_graph_opts o;
+    mv_graph_opts_default(&o);
+    o.login_base = login;
+    o.graph_base = graph;
+    o.tenant_id = "tenant1";
+    o.client_id = "cid-1";
+    o.client_secret = SECRET;
+    o.page_size = 2;
+    if (max_json) o.max_json = max_json;
+    if (max_message) o.max_message = max_message;
+    if (timeout_ms) o.timeout_ms = timeout_ms;
+    o.connect_timeout_ms = 2000;
+    mv_graph *g = NULL;
+    char err[MV_ERRLEN];
+    assert_int_equal(mv_graph_open(&o, &g, err, sizeof err), MV_OK);
+    assert_non_null(g);
+    return g;
+}
+
+/* ------------------------------------------------------------------ response helpers */
+
+static int is_token(const hreq *q)
+{
+    return !strcmp(q->method, "POST") && !strcmp(q->target, "/login/tenant1/oauth2/v2.0/token");
+}
+
+static void json(hresp *r, int status, const char *body)
+{
+    r->status = status;
+    r->body = body;
+}
+
+static void token_ok(srv *s, hresp *r)
+{
+    s->token_seq++;
+    int n = snprintf(s->scratch, s->scratch_cap,
+                     "{\"token_type\":\"Bearer\",\"expires_in\":3599,\"ext_expires_in\":3599,"
+                     "\"access_token\":\"tok%d\"}",
+                     s->token_seq);
+    r->status = 200;
+    r->body = s->scratch;
+    r->len = (size_t)n;
+}
+
+static int starts(const char *s, const char *prefix)
+{
+    return !strncmp(s, prefix, strlen(prefix));
+}
+
+/* ------------------------------------------------------------------ tests: token */
+
+static void h_token(srv *s, const hreq *q, hresp *r)
+{
+    if (is_token(q))
+        token_ok(s, r);
+    else if (starts(q->target, "/v1.0/users?"))
+        json(r, 200, "{\"value\":[]}");
+    else
+        json(r, 404, "{\"error\":{\"code\":\"NotFound\",\"message\":\"no route\"}}");
+}
+
+static void test_token_fetch(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_token);
+    mv_graph *g = client(s, 0, 0, 0);
+    char err[MV_ERRLEN];
+    const char *tok = NULL;
+    int64_t exp = 0;
+    int64_t now = mv_now_ms();
+    assert_int_equal(mv_graph_token(g, &tok, &exp, err, sizeof err), MV_OK);
+    assert_string_equal(tok, "tok1");
+    assert_true(exp >= now + 3599000 - 5000 && exp <= mv_now_ms() + 3599000);
+    hreq q = req_at(s, 0);
+    assert_string_equal(q.method, "POST");
+    assert_string_equal(q.ctype, "application/x-www-form-urlencoded");
+    assert_string_equal(q.ua, "mailvault/0.1");
+    assert_string_equal(q.auth, "");
+    assert_non_null(strstr(q.body, "grant_type=client_credentials"));
+    assert_non_null(strstr(q.body, "client_id=cid-1"));
+    assert_non_null(strstr(q.body, "client_secret=" SECRET_ESC));
+    assert_non_null(strstr(q.body, "scope=http%3A%2F%2F127.0.0.1%2F.default"));
+    /* cached: no second token request */
+    assert_int_equal(mv_graph_token(g, &tok, &exp, err, sizeof err), MV_OK);
+    assert_int_equal(NTOKEN(s), 1);
+    /* the token is used on Graph requests */
+    assert_int_equal(mv_graph_list_users(g, NULL, NULL, err, sizeof err), MV_OK);
+    q = req_at(s, 1);
+    assert_string_equal(q.auth, "Bearer tok1");
+    assert_string_equal(q.accept, "application/json");
+    assert_int_equal(strlen(q.crid), 36);
+    assert_int_equal(NTOKEN(s), 1);
+    /* one keep-alive connection for token and Graph requests */
+    assert_int_equal(NACCEPT(s), 1);
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+static void test_token_set_and_refresh(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_token);
+    mv_graph *g = client(s, 0, 0, 0);
+    char err[MV_ERRLEN];
+    /* an installed token valid for an hour is used as is */
+    mv_graph_set_token(g, "cached-1", mv_now_ms() + 3600 * 1000);
+    assert_int_equal(mv_graph_list_users(g, NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(NTOKEN(s), 0);
+    assert_string_equal(req_at(s, 0).auth, "Bearer cached-1");
+    /* one within 5 minutes of expiry is refreshed before the request */
+    mv_graph_set_token(g, "cached-2", mv_now_ms() + 60 * 1000);
+    assert_int_equal(mv_graph_list_users(g, NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(NTOKEN(s), 1);
+    assert_string_equal(req_at(s, 2).auth, "Bearer tok1");
+    const char *tok;
+    int64_t exp;
+    assert_int_equal(mv_graph_token(g, &tok, &exp, err, sizeof err), MV_OK);
+    assert_string_equal(tok, "tok1");
+    /* a token unusable in a header is ignored and a new one fetched */
+    mv_graph_set_token(g, "bad\r\nX-Injected: 1", mv_now_ms() + 3600 * 1000);
+    assert_int_equal(mv_graph_token(g, &tok, &exp, err, sizeof err), MV_OK);
+    assert_string_equal(tok, "tok2");
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+static void h_badclient(srv *s, const hreq *q, hresp *r)
+{
+    (void)s;
+    if (is_token(q) && s->state == 0)
+        json(r, 401,
+             "{\"error\":\"invalid_client\",\"error_description\":\"AADSTS7000215: Invalid client "
+             "secret provided. Ensure the secret being sent in the request is the client secret "
+             "value.\\r\\nTrace ID: 0000\\r\\nCorrelation ID: 1111\\r\\nTimestamp: 2024-01-01 "
+             "00:00:00Z\",\"error_codes\":[7000215],\"trace_id\":\"0000\"}");
+    else if (is_token(q)) /* a hostile server echoing the secret */
+        json(r, 400,
+             "{\"error\":\"invalid_request\",\"error_description\":\"AADSTS900144: secret "
+             "s=cr&t+x/Secret9 is wrong Trace ID: 0000 Correlation ID: 1111\"}");
+    else
+        json(r, 200, "{\"value\":[]}");
+}
+
+static void test_token_invalid_client(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_badclient);
+    mv_graph *g = client(s, 0, 0, 0);
+    char err[MV_ERRLEN];
+    assert_int_equal(mv_graph_list_users(g, NULL, NULL, err, sizeof err), MV_EAUTH);
+    assert_non_null(strstr(err, "HTTP 401 invalid_client: AADSTS7000215: Invalid client secret"));
+    assert_null(strstr(err, "Trace ID"));
+    assert_null(strstr(err, SECRET));
+    assert_null(strstr(err, SECRET_ESC));
+    assert_int_equal(NREQ(s), 1); /* no Graph request without a token */
+    s->state = 1;
+    const char *tok;
+    int64_t exp;
+    assert_int_equal(mv_graph_token(g, &tok, &exp, err, sizeof err), MV_EAUTH);
+    assert_non_null(strstr(err, "AADSTS900144"));
+    assert_null(strstr(err, SECRET));
+    assert_null(strstr(err, "Trace ID")); /* current AAD separates it by a space */
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+/* ------------------------------------------------------------------ tests: users */
+
+typedef struct urec {
+    int n;
+    char ids[16][64];
+    char upn[16][64];
+    char mail[16][64];
+    int lic[16];
+    int stop_at;
+} urec;
+
+static int on_user(void *ud, const char *id, const char *upn, const char *mail, int licensed)
+{
+    urec *u = ud;
+    if (u->n < 16) {
+        snprintf(u->ids[u->n], 64, "%s", id);
+        snprintf(u->upn[u->n], 64, "%s", upn);
+        snprintf(u->mail[u->n], 64, "%s", mail);
+        u->lic[u->n] = licensed;
+    }
+    u->n++;
+    return u->stop_at && u->n >= u->stop_at;
+}
+
+static void h_users(srv *s, const hreq *q, hresp *r)
+{
+    if (is_token(q)) {
+        token_ok(s, r);
+    } else if (!strcmp(q->target,
+                       "/v1.0/users?$select=id,userPrincipalName,mail,assignedLicenses&$top=999")) {
+        snprintf(s->scratch, s->scratch_cap,
+                 "{\"@odata.context\":\"x\",\"value\":["
+                 "{\"id\":\"u1\",\"userPrincipalName\":\"a@x.com\",\"mail\":\"a@x.com\","
+                 "\"assignedLicenses\":[{\"disabledPlans\":[],\"skuId\":\"s\"}]},"
+                 "{\"id\":\"u2\",\"userPrincipalName\":\"b@x.com\",\"mail\":null,"
+                 "\"assignedLicenses\":[]}],"
+                 "\"@odata.nextLink\":\"%s/v1.0/users?$skiptoken=p2\"}",
+                 s->state == 1 ? "http://evil.example:1" : s->base);
+        json(r, 200, s->scratch);
+    } else if (!strcmp(q->target, "/v1.0/users?$skiptoken=p2")) {
+        snprintf(
+            s->scratch, s->scratch_cap,
+            "{\"value\":[{\"id\":\"u3\",\"userPrincipalName\":\"c@x.com\",\"mail\":\"c@x.com\","
+            "\"assignedLicenses\":[{\"skuId\":\"s\"}]}],"
+            "\"@odata.nextLink\":\"%s/v1.0/users?$skiptoken=p3\"}",
+            s->base);
+        json(r, 200, s->scratch);
+    } else if (!strcmp(q->target, "/v1.0/users?$skiptoken=p3")) {
+        json(r, 200,
+             s->state == 2 ? "{\"value\":[{\"id\":\"u4\",\"userPrincipalName\":\"d\",\"mail\":null,"
+                             "\"assignedLicenses\":{}}]}"
+                           : "{\"value\":[{\"id\":\"u4\",\"userPrincipalName\":\"d@x.com\","
+                             "\"mail\":null,\"assignedLicenses\":[]}]}");
+    } else {
+        json(r, 404, "{\"error\":{\"code\":\"NotFound\",\"message\":\"no route\"}}");
+    }
+}
+
+static void test_users_paging(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_users);
+    mv_graph *g = client(s, 0, 0, 0);
+    char err[MV_ERRLEN];
+    urec u = {0};
+    assert_int_equal(mv_graph_list_users(g, on_user, &u, err, sizeof err), MV_OK);
+    assert_int_equal(u.n, 4);
+    assert_string_equal(u.ids[0], "u1");
+    assert_int_equal(u.lic[0], 1);
+    assert_string_equal(u.ids[1], "u2");
+    assert_string_equal(u.mail[1], "");
+    assert_int_equal(u.lic[1], 0);
+    assert_string_equal(u.ids[2], "u3");
+    assert_int_equal(u.lic[2], 1);
+    assert_string_equal(u.upn[3], "d@x.com");
+    assert_int_equal(u.lic[3], 0);
+    assert_int_equal(NREQ(s), 4); /* token + 3 pages */
+    /* every request has its own client-request-id */
+    hreq a = req_at(s, 1), b = req_at(s, 2), c = req_at(s, 3);
+    assert_string_not_equal(a.crid, b.crid);
+    assert_string_not_equal(b.crid, c.crid);
+    assert_int_equal(NACCEPT(s), 1);
+
+    /* callback stop */
+    urec u2 = {.stop_at = 1};
+    assert_int_equal(mv_graph_list_users(g, on_user, &u2, err, sizeof err), MV_ECANCEL);
+    assert_int_equal(u2.n, 1);
+
+    /* a mistyped field is named */
+    s->state = 2;
+    urec u3 = {0};
+    assert_int_equal(mv_graph_list_users(g, on_user, &u3, err, sizeof err), MV_EPROTO);
+    assert_non_null(strstr(err, "value[0].assignedLicenses"));
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+static void test_foreign_nextlink(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_users);
+    s->state = 1;
+    mv_graph *g = client(s, 0, 0, 0);
+    char err[MV_ERRLEN];
+    urec u = {0};
+    assert_int_equal(mv_graph_list_users(g, on_user, &u, err, sizeof err), MV_EPROTO);
+    assert_non_null(strstr(err, "points outside"));
+    assert_int_equal(NREQ(s), 2); /* token + first page, nothing sent elsewhere */
+    /* a delta link to another host is refused before any request */
+    char *next = NULL;
+    int complete = 0;
+    assert_int_equal(mv_graph_delta_page(g, "u", "f", "https://graph.evil.example/v1.0/x", NULL,
+                                         NULL, &next, &complete, err, sizeof err),
+                     MV_EPROTO);
+    assert_null(next);
+    assert_int_equal(NREQ(s), 2);
+
+    /* origin checks */
+    const char *base = "https://graph.microsoft.com/v1.0";
+    assert_true(mv_graph__same_origin(base, "https://graph.microsoft.com/v1.0/users?$skip=1"));
+    assert_true(mv_graph__same_origin(base, "HTTPS://Graph.Microsoft.com:443/beta/x"));
+    assert_false(mv_graph__same_origin(base, "http://graph.microsoft.com/v1.0/users"));
+    assert_false(mv_graph__same_origin(base, "https://graph.microsoft.com.evil.io/v1.0"));
+    assert_false(mv_graph__same_origin(base, "https://graph.microsoft.com:8443/v1.0"));
+    assert_false(mv_graph__same_origin(base, "https://graph.microsoft.com@evil.io/v1.0"));
+    assert_false(mv_graph__same_origin(base, "https://u:p@graph.microsoft.com/v1.0"));
+    assert_false(mv_graph__same_origin(base, "https://graph.microsoft.com/v1.0\r\nX: y"));
+    assert_false(mv_graph__same_origin(base, "/v1.0/users"));
+    assert_false(mv_graph__same_origin(base, "ftp://graph.microsoft.com/v1.0"));
+    assert_false(mv_graph__same_origin(base, ""));
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+/* ------------------------------------------------------------------ tests: folders */
+
+typedef struct frec {
+    int n;
+    char ids[16][64];
+    char paths[16][128];
+    char wk[16][32];
+    uint64_t total[16];
+} frec;
+
+static int on_folder(void *ud, const char *id, const char *path, const char *wk, uint64_t total)
+{
+    frec *f = ud;
+    if (f->n < 16) {
+        snprintf(f->ids[f->n], 64, "%s", id);
+        snprintf(f->paths[f->n], 128, "%s", path);
+        snprintf(f->wk[f->n], 32, "%s", wk);
+        f->total[f->n] = total;
+    }
+    f->n++;
+    return 0;
+}
+
+#define FOLDER(id, name, kids, total)                                                              \
+    "{\"id\":\"" id "\",\"displayName\":\"" name "\",\"parentFolderId\":\"p\","                    \
+    "\"childFolderCount\":" #kids ",\"unreadItemCount\":0,\"totalItemCount\":" #total              \
+    ",\"isHidden\":false}"
+
+static void h_folders(srv *s, const hreq *q, hresp *r)
+{
+    const char *u = "/v1.0/users/a%40x.com/mailFolders";
+    char t[512];
+    if (is_token(q)) {
+        token_ok(s, r);
+        return;
+    }
+    if (!strcmp(q->target,
+                "/v1.0/users/a%40x.com/mailFolders?includeHiddenFolders=true&$top=100")) {
+        snprintf(s->scratch, s->scratch_cap,
+                 "{\"value\":[" FOLDER("inbox/id+=", "Inbox", 2, 10) "," FOLDER(
+                     "f2", "a/b%%c", 0, 3) "," FOLDER("f3", "Archive", 1,
+                                                      0) "],\"@odata.nextLink\":\"%s/v1.0/users/"
+                                                         "a%%40x.com/mailFolders?$skip=3\"}",
+                 s->base);
+        json(r, 200, s->scratch);
+        return;
+    }
+    if (!strcmp(q->target, "/v1.0/users/a%40x.com/mailFolders?$skip=3")) {
+        json(r, 200,
+             "{\"value\":[{\"id\":\"f4\",\"displayName\":\"Sent Items\",\"childFolderCount\":0,"
+             "\"totalItemCount\":7,\"wellKnownName\":\"sentitems\"}]}");
+        return;
+    }
+    snprintf(t, sizeof t, "%s/inbox%%2Fid%%2B%%3D/childFolders?includeHiddenFolders=true&$top=100",
+             u);
+    if (!strcmp(q->target, t)) {
+        snprintf(
+            s->scratch, s->scratch_cap,
+            "{\"value\":[" FOLDER(
+                "c1", "Sub1", 0,
+                1) "],\"@odata.nextLink\":\"%s/v1.0/users/a%%40x.com/mailFolders/x/childFolders?"
+                   "$skip=1\"}",
+            s->base);
+        json(r, 200, s->scratch);
+        return;
+    }
+    if (!strcmp(q->target, "/v1.0/users/a%40x.com/mailFolders/x/childFolders?$skip=1")) {
+        json(r, 200, "{\"value\":[" FOLDER("c2", "Sub2", 1, 2) "]}");
+        return;
+    }
+    snprintf(t, sizeof t, "%s/c2/childFolders?includeHiddenFolders=true&$top=100", u);
+    if (!strcmp(q->target, t)) {
+        json(r, 200, "{\"value\":[" FOLDER("c3", "Deep", 0, 4) "]}");
+        return;
+    }
+    snprintf(t, sizeof t, "%s/f3/childFolders?includeHiddenFolders=true&$top=100", u);
+    if (!strcmp(q->target, t)) {
+        /* state 1: a cycle (the folder is its own child) must hit the depth bound */
+        if (s->state == 1)
+            json(r, 200, "{\"value\":[" FOLDER("f3", "Loop", 1, 0) "]}");
+        else
+            json(r, 200, "{\"value\":[" FOLDER("c4", "2023", 0, 5) "]}");
+        return;
+    }
+    json(r, 404, "{\"error\":{\"code\":\"ErrorItemNotFound\",\"message\":\"no route\"}}");
+}
+
+static void test_folders(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_folders);
+    mv_graph *g = client(s, 0, 0, 0);
+    char err[MV_ERRLEN];
+    frec f = {0};
+    assert_int_equal(mv_graph_list_folders(g, "a@x.com", on_folder, &f, err, sizeof err), MV_OK);
+    assert_int_equal(f.n, 8);
+    assert_string_equal(f.paths[0], "Inbox");
+    assert_string_equal(f.ids[0], "inbox/id+=");
+    assert_int_equal(f.total[0], 10);
+    assert_string_equal(f.paths[1], "a%2Fb%25c");
+    assert_string_equal(f.paths[2], "Archive");
+    assert_string_equal(f.paths[3], "Inbox/Sub1");
+    assert_string_equal(f.paths[4], "Inbox/Sub2");
+    assert_string_equal(f.paths[5], "Inbox/Sub2/Deep");
+    assert_int_equal(f.total[5], 4);
+    assert_string_equal(f.paths[6], "Archive/2023");
+    assert_string_equal(f.paths[7], "Sent Items");
+    assert_string_equal(f.wk[7], "sentitems");
+    assert_string_equal(f.wk[0], "");
+    hreq q = req_at(s, 1);
+    assert_non_null(strstr(q.prefer, "IdType=\"ImmutableId\""));
+
+    /* a server-made cycle stops at the depth bound */
+    s->state = 1;
+    frec f2 = {0};
+    assert_int_equal(mv_graph_list_folders(g, "a@x.com", on_folder, &f2, err, sizeof err),
+                     MV_EPROTO);
+    assert_non_null(strstr(err, "deeper than 64"));
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+/* ------------------------------------------------------------------ tests: delta */
+
+typedef struct drec {
+    int n;
+    char ids[16][64];
+    int removed[16];
+    char reason[16][16];
+} drec;
+
+static int on_delta(void *ud, const char *id, int removed, const char *reason)
+{
+    drec *d = ud;
+    if (d->n < 16) {
+        snprintf(d->ids[d->n], 64, "%s", id);
+        d->removed[d->n] = removed;
+        snprintf(d->reason[d->n], 16, "%s", reason);
+    }
+    d->n++;
+    return 0;
+}
+
+static void h_delta(srv *s, const hreq *q, hresp *r)
+{
+    if (is_token(q)) {
+        token_ok(s, r);
+    } else if (!strcmp(q->target,
+                       "/v1.0/users/a%40x.com/mailFolders/AAMk%3D%3D/messages/delta?$select=id")) {
+        if (s->state == 1) {
+            json(r, 410,
+                 "{\"error\":{\"code\":\"SyncStateNotFound\",\"message\":\"The sync state "
+                 "generation is not found.\"}}");
+        } else if (s->state == 2) {
+            json(r, 200, "{\"value\":[{\"id\":\"m1\"}]}");
+        } else {
+            snprintf(s->scratch, s->scratch_cap,
+                     "{\"@odata.context\":\"c\",\"value\":[{\"@odata.type\":\"#microsoft.graph."
+                     "message\",\"@odata.etag\":\"W/1\",\"id\":\"m1\"},{\"id\":\"m2\"}],"
+                     "\"@odata.nextLink\":\"%s/v1.0/users/a%%40x.com/mailFolders/AAMk%%3D%%3D/"
+                     "messages/delta?$skiptoken=s2\"}",
+                     s->base);
+            json(r, 200, s->scratch);
+        }
+    } else if (strstr(q->target, "$skiptoken=s2")) {
+        snprintf(s->scratch, s->scratch_cap,
+                 "{\"value\":[{\"id\":\"m3\",\"@removed\":{\"reason\":\"deleted\"}},"
+                 "{\"id\":\"m4\",\"@removed\":{\"reason\":\"changed\"}},{\"id\":\"m5\"}],"
+                 "\"@odata.deltaLink\":\"%s/v1.0/users/a%%40x.com/mailFolders/AAMk%%3D%%3D/"
+                 "messages/delta?$deltatoken=d1\"}",
+                 s->base);
+        json(r, 200, s->scratch);
+    } else if (strstr(q->target, "$deltatoken=d1")) {
+        snprintf(s->scratch, s->scratch_cap,
+                 "{\"value\":[],\"@odata.deltaLink\":\"%s/v1.0/users/a%%40x.com/mailFolders/"
+                 "AAMk%%3D%%3D/messages/delta?$deltatoken=d2\"}",
+                 s->base);
+        json(r, 200, s->scratch);
+    } else {
+        json(r, 404, "{\"error\":{\"code\":\"ErrorItemNotFound\",\"message\":\"no route\"}}");
+    }
+}
+
+static void test_delta(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_delta);
+    mv_graph *g = client(s, 0, 0, 0);
+    char err[MV_ERRLEN];
+    drec d = {0};
+    char *link = NULL;
+    int complete = -1;
+    assert_int_equal(mv_graph_delta_page(g, "a@x.com", "AAMk==", NULL, on_delta, &d, &link,
+                                         &complete, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(complete, 0);
+    assert_non_null(link);
+    assert_non_null(strstr(link, "$skiptoken=s2"));
+    assert_int_equal(d.n, 2);
+    assert_string_equal(d.ids[0], "m1");
+    assert_int_equal(d.removed[0], 0);
+    hreq q = req_at(s, 1);
+    assert_string_equal(q.prefer, "IdType=\"ImmutableId\", odata.maxpagesize=2");
+
+    char *link2 = NULL;
+    assert_int_equal(mv_graph_delta_page(g, "a@x.com", "AAMk==", link, on_delta, &d, &link2,
+                                         &complete, err, sizeof err),
+                     MV_OK);
+    free(link);
+    assert_int_equal(complete, 1);
+    assert_non_null(strstr(link2, "$deltatoken=d1"));
+    assert_int_equal(d.n, 5);
+    assert_string_equal(d.ids[2], "m3");
+    assert_int_equal(d.removed[2], 1);
+    assert_string_equal(d.reason[2], "deleted");
+    assert_int_equal(d.removed[3], 1);
+    assert_string_equal(d.reason[3], "changed");
+    assert_int_equal(d.removed[4], 0);
+    assert_string_equal(req_at(s, 2).prefer, "IdType=\"ImmutableId\", odata.maxpagesize=2");
+
+    /* the next round from the saved deltaLink */
+    char *link3 = NULL;
+    assert_int_equal(mv_graph_delta_page(g, "a@x.com", "AAMk==", link2, on_delta, &d, &link3,
+                                         &complete, err, sizeof err),
+                     MV_OK);
+    free(link2);
+    assert_int_equal(complete, 1);
+    assert_non_null(strstr(link3, "$deltatoken=d2"));
+    free(link3);
+    assert_int_equal(d.n, 5);
+
+    /* 410: the caller restarts */
+    s->state = 1;
+    link = NULL;
+    assert_int_equal(mv_graph_delta_page(g, "a@x.com", "AAMk==", NULL, on_delta, &d, &link,
+                                         &complete, err, sizeof err),
+                     MV_ENOTFOUND);
+    assert_null(link);
+    assert_non_null(strstr(err, "sync state expired (SyncStateNotFound): The sync state"));
+
+    /* a page without a link is a protocol error, and no entry reaches the caller */
+    s->state = 2;
+    drec d2 = {0};
+    assert_int_equal(mv_graph_delta_page(g, "a@x.com", "AAMk==", NULL, on_delta, &d2, &link,
+                                         &complete, err, sizeof err),
+                     MV_EPROTO);
+    assert_non_null(strstr(err, "neither @odata.nextLink nor @odata.deltaLink"));
+    assert_int_equal(d2.n, 0);
+    assert_null(link);
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+/* ------------------------------------------------------------------ tests: status mapping */
+
+static void h_status(srv *s, const hreq *q, hresp *r)
+{
+    if (is_token(q)) {
+        token_ok(s, r);
+        return;
+    }
+    json(r, s->state,
+         "{\"error\":{\"code\":\"TooManyRequests\",\"message\":\"Application is over its "
+         "MailboxConcurrency limit.\",\"innerError\":{\"date\":\"x\"}}}");
+    if (s->state == 429)
+        snprintf(r->headers, sizeof r->headers, "Retry-After: 7\r\n");
+    else if (s->state == 503)
+        snprintf(r->headers, sizeof r->headers, "Retry-After: 3\r\n");
+    else if (s->state == 599)
+        r->status = 429, snprintf(r->headers, sizeof r->headers, "Retry-After: 99999\r\n");
+    else if (s->state == 302)
+        snprintf(r->headers, sizeof r->headers, "Location: https://evil.example/\r\n");
+    else if (s->state == 598)
+        r->status = 500, r->body = "<html>oops</html>";
+}
+
+static void test_status_mapping(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_status);
+    mv_graph *g = client(s, 0, 0, 0);
+    char err[MV_ERRLEN];
+    struct {
+        int st;
+        mv_err e;
+        int64_t retry;
+    } cases[] = {
+        {429, MV_EBUSY, 7000}, {503, MV_EBUSY, 3000}, {504, MV_EBUSY, 0},  {599, MV_EBUSY, 3600000},
+        {500, MV_ESERVER, 0},  {502, MV_ESERVER, 0},  {403, MV_EAUTH, 0},  {404, MV_ENOTFOUND, 0},
+        {400, MV_EINVAL, 0},   {302, MV_EPROTO, 0},   {409, MV_EPROTO, 0}, {598, MV_ESERVER, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        s->state = cases[i].st;
+        assert_int_equal(mv_graph_list_users(g, NULL, NULL, err, sizeof err), cases[i].e);
+        assert_int_equal(mv_graph_retry_after_ms(g), cases[i].retry);
+        if (cases[i].st == 598) {
+            assert_string_equal(err, "HTTP 500");
+        } else if (cases[i].st != 599) {
+            char want[64];
+            snprintf(want, sizeof want, "HTTP %d TooManyRequests: Application is", cases[i].st);
+            assert_non_null(strstr(err, want));
+        }
+    }
+    /* a success clears the throttling delay */
+    s->state = 200;
+    assert_int_equal(mv_graph_list_users(g, NULL, NULL, err, sizeof err), MV_EPROTO);
+    assert_int_equal(mv_graph_retry_after_ms(g), 0);
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+static void h_401(srv *s, const hreq *q, hresp *r)
+{
+    if (is_token(q)) {
+        token_ok(s, r);
+    } else if (s->state == 0 && !strcmp(q->auth, "Bearer tok2")) {
+        json(r, 200, "{\"value\":[]}");
+    } else {
+        json(r, 401,
+             "{\"error\":{\"code\":\"InvalidAuthenticationToken\",\"message\":\"Access token has "
+             "expired or is not yet valid.\"}}");
+    }
+}
+
+static void test_401_refresh(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_401);
+    mv_graph *g = client(s, 0, 0, 0);
+    char err[MV_ERRLEN];
+    assert_int_equal(mv_graph_list_users(g, NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(NTOKEN(s), 2);
+    assert_int_equal(NREQ(s), 4); /* token, 401, token, 200 */
+    /* always 401: one refresh, then MV_EAUTH */
+    s->state = 1;
+    assert_int_equal(mv_graph_list_users(g, NULL, NULL, err, sizeof err), MV_EAUTH);
+    assert_non_null(strstr(err, "HTTP 401 InvalidAuthenticationToken"));
+    assert_int_equal(NTOKEN(s), 3);
+    assert_int_equal(NREQ(s), 7);
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+/* ------------------------------------------------------------------ tests: bounds, transport */
+
+static void h_big(srv *s, const hreq *q, hresp *r)
+{
+    if (is_token(q)) {
+        token_ok(s, r);
+        return;
+    }
+    size_t n = 0;
+    n += (size_t)snprintf(s->scratch, s->scratch_cap, "{\"value\":[");
+    for (int i = 0; i < 200; i++)
+        n += (size_t)snprintf(s->scratch + n, s->scratch_cap - n,
+                              "%s{\"id\":\"user-%04d\",\"userPrincipalName\":null,\"mail\":null,"
+                              "\"assignedLicenses\":[]}",
+                              i ? "," : "", i);
+    n += (size_t)snprintf(s->scratch + n, s->scratch_cap - n, "]}");
+    r->status = 200;
+    r->body = s->scratch;
+    r->len = n;
+    r->chunked = s->state;
+}
+
+static void test_json_too_big(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_big);
+    mv_graph *g = client(s, 1024, 0, 0);
+    char err[MV_ERRLEN];
+    urec u = {0};
+    assert_int_equal(mv_graph_list_users(g, on_user, &u, err, sizeof err), MV_ETOOBIG);
+    assert_non_null(strstr(err, "max_json (1024 bytes)"));
+    assert_int_equal(u.n, 0);
+    s->state = 1; /* chunked: no Content-Length to look at */
+    assert_int_equal(mv_graph_list_users(g, on_user, &u, err, sizeof err), MV_ETOOBIG);
+    mv_graph_close(g);
+    /* the same page fits a larger bound */
+    g = client(s, 1 << 20, 0, 0);
+    assert_int_equal(mv_graph_list_users(g, on_user, &u, err, sizeof err), MV_OK);
+    assert_int_equal(u.n, 200);
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+#define MIME_LEN (200u * 1024)
+
+static void h_mime(srv *s, const hreq *q, hresp *r)
+{
+    if (is_token(q)) {
+        token_ok(s, r);
+        return;
+    }
+    if (strcmp(q->target, "/v1.0/users/a%40x.com/messages/AAMk%2Fm%3D%3D/$value")) {
+        json(r, 404,
+             "{\"error\":{\"code\":\"ErrorItemNotFound\",\"message\":\"The specified object was "
+             "not found in the store.\"}}");
+        return;
+    }
+    for (size_t i = 0; i < MIME_LEN; i++)
+        s->scratch[i] = (char)('A' + (i * 7 + i / 1000) % 26);
+    r->status = 200;
+    r->ctype = "text/plain";
+    r->body = s->scratch;
+    r->len = MIME_LEN;
+    if (s->state == 1) r->chunked = 1;
+    if (s->state == 2) r->mode = M_TRUNC, r->trunc = 3000;
+    if (s->state == 3) r->mode = M_HANG;
+}
+
+typedef struct mrec {
+    int nbegin, npieces;
+    int64_t size;
+    char *buf;
+    size_t len;
+    int cancel_after;
+} mrec;
+
+static int m_begin(void *ud, int64_t size)
+{
+    mrec *m = ud;
+    m->nbegin++;
+    m->size = size;
+    return 0;
+}
+
+static int m_data(void *ud, const void *data, size_t len)
+{
+    mrec *m = ud;
+    m->npieces++;
+    m->buf = realloc(m->buf, m->len + len);
+    memcpy(m->buf + m->len, data, len);
+    m->len += len;
+    return m->cancel_after && m->npieces >= m->cancel_after;
+}
+
+static const mv_graph_mime_cb MCB = {m_begin, m_data};
+
+static void test_mime_stream(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_mime);
+    mv_graph *g = client(s, 0, 0, 0);
+    char err[MV_ERRLEN];
+    mrec m = {0};
+    assert_int_equal(mv_graph_get_mime(g, "a@x.com", "AAMk/m==", &MCB, &m, err, sizeof err), MV_OK);
+    assert_int_equal(m.nbegin, 1);
+    assert_int_equal(m.size, MIME_LEN);
+    assert_int_equal(m.len, MIME_LEN);
+    assert_true(m.npieces > 1);
+    assert_memory_equal(m.buf, s->scratch, MIME_LEN);
+    assert_non_null(strstr(req_at(s, 1).prefer, "ImmutableId"));
+    free(m.buf);
+
+    /* chunked: size unknown */
+    s->state = 1;
+    memset(&m, 0, sizeof m);
+    assert_int_equal(mv_graph_get_mime(g, "a@x.com", "AAMk/m==", &MCB, &m, err, sizeof err), MV_OK);
+    assert_int_equal(m.nbegin, 1);
+    assert_int_equal(m.size, -1);
+    assert_int_equal(m.len, MIME_LEN);
+    assert_memory_equal(m.buf, s->scratch, MIME_LEN);
+    free(m.buf);
+
+    /* callback cancel */
+    s->state = 0;
+    memset(&m, 0, sizeof m);
+    m.cancel_after = 1;
+    assert_int_equal(mv_graph_get_mime(g, "a@x.com", "AAMk/m==", &MCB, &m, err, sizeof err),
+                     MV_ECANCEL);
+    free(m.buf);
+
+    /* 404: the error body is parsed, nothing reaches the callbacks */
+    memset(&m, 0, sizeof m);
+    assert_int_equal(mv_graph_get_mime(g, "a@x.com", "other", &MCB, &m, err, sizeof err),
+                     MV_ENOTFOUND);
+    assert_non_null(strstr(err, "HTTP 404 ErrorItemNotFound: The specified object"));
+    assert_int_equal(m.nbegin, 0);
+    assert_int_equal(m.len, 0);
+
+    /* connection closed mid-body */
+    s->state = 2;
+    memset(&m, 0, sizeof m);
+    assert_int_equal(mv_graph_get_mime(g, "a@x.com", "AAMk/m==", &MCB, &m, err, sizeof err),
+                     MV_ENET);
+    assert_int_equal(m.len, 3000);
+    free(m.buf);
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+static void test_mime_too_big(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_mime);
+    mv_graph *g = client(s, 0, 1000, 0);
+    char err[MV_ERRLEN];
+    mrec m = {0};
+    /* Content-Length above the bound: refused before begin */
+    assert_int_equal(mv_graph_get_mime(g, "a@x.com", "AAMk/m==", &MCB, &m, err, sizeof err),
+                     MV_ETOOBIG);
+    assert_non_null(strstr(err, "max_message (1000 bytes)"));
+    assert_int_equal(m.nbegin, 0);
+    /* chunked: stopped once 1000 bytes were passed on */
+    s->state = 1;
+    assert_int_equal(mv_graph_get_mime(g, "a@x.com", "AAMk/m==", &MCB, &m, err, sizeof err),
+                     MV_ETOOBIG);
+    assert_int_equal(m.nbegin, 1);
+    assert_true(m.len <= 1000);
+    free(m.buf);
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+static void test_timeout(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_mime);
+    s->state = 3; /* the server reads the request and never answers */
+    mv_graph *g = client(s, 0, 0, 300);
+    char err[MV_ERRLEN];
+    mrec m = {0};
+    int64_t t0 = mv_mono_ms();
+    assert_int_equal(mv_graph_get_mime(g, "a@x.com", "AAMk/m==", &MCB, &m, err, sizeof err),
+                     MV_ETIMEDOUT);
+    assert_true(mv_mono_ms() - t0 < 5000);
+    assert_int_equal(m.nbegin, 0);
+    mv_graph_close(g);
+    srv_stop(s);
+}
+
+static void test_connect_refused(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_token);
+    int port = s->port;
+    srv_stop(s); /* nothing listens on the port any more */
+    char login[64], graph[64];
+    snprintf(login, sizeof login, "http://127.0.0.1:%d/login", port);
+    snprintf(graph, sizeof graph, "http://127.0.0.1:%d/v1.0", port);
+    mv_graph_opts o;
+    mv_graph_opts_default(&o);
+    o.login_base = login;
+    o.graph_base = graph;
+    o.tenant_id = "t";
+    o.client_id = "c";
+    o.client_secret = SECRET;
+    mv_graph *g = NULL;
+    char err[MV_ERRLEN];
+    assert_int_equal(mv_graph_open(&o, &g, err, sizeof err), MV_OK);
+    assert_int_equal(mv_graph_list_users(g, NULL, NULL, err, sizeof err), MV_ENET);
+    assert_null(strstr(err, SECRET));
+    mv_graph_close(g);
+}
+
+/* ------------------------------------------------------------------ tests: options, parsers */
+
+static void test_open_validation(void **state)
+{
+    (void)state;
+    mv_graph_opts o;
+    mv_graph *g = NULL;
+    char err[MV_ERRLEN];
+    mv_graph_opts_default(&o);
+    assert_string_equal(o.graph_base, "https://graph.microsoft.com/v1.0");
+    assert_int_equal(o.verify, 1);
+    assert_int_equal(mv_graph_open(&o, &g, err, sizeof err), MV_EINVAL); /* no tenant */
+    o.tenant_id = "t";
+    o.client_id = "c";
+    o.graph_base = "ftp://graph.microsoft.com";
+    assert_int_equal(mv_graph_open(&o, &g, err, sizeof err), MV_EINVAL);
+    o.graph_base = "https://user:pw@graph.microsoft.com/v1.0";
+    assert_int_equal(mv_graph_open(&o, &g, err, sizeof err), MV_EINVAL);
+    o.graph_base = "https://graph.microsoft.com/v1.0";
+    o.page_size = 0;
+    assert_int_equal(mv_graph_open(&o, &g, err, sizeof err), MV_EINVAL);
+    o.page_size = 100;
+    assert_int_equal(mv_graph_open(&o, &g, err, sizeof err), MV_OK);
+    /* no secret and no installed token: a clear MV_EAUTH without any request */
+    const char *tok;
+    int64_t exp;
+    assert_int_equal(mv_graph_token(g, &tok, &exp, err, sizeof err), MV_EAUTH);
+    assert_non_null(strstr(err, "no client secret"));
+    char *link = NULL;
+    int complete = 0;
+    assert_int_equal(
+        mv_graph_delta_page(g, "", "f", NULL, NULL, NULL, &link, &complete, err, sizeof err),
+        MV_EINVAL);
+    assert_null(link);
+    mv_graph_close(g);
+    mv_graph_close(NULL);
+}
+
+static int count_delta(void *ud, const char *id, int removed, const char *reason)
+{
+    (void)id;
+    (void)removed;
+    (void)reason;
+    (*(int *)ud)++;
+    return 0;
+}
+
+static void test_parsers(void **state)
+{
+    (void)state;
+    char err[MV_ERRLEN];
+    char *link = NULL;
+    int complete = 0, n = 0;
+#define DELTA(doc)                                                                                 \
+    mv_graph__parse_delta(doc, strlen(doc), count_delta, &n, &link, &complete, err, sizeof err)
+    assert_int_equal(DELTA("not json"), MV_EPROTO);
+    assert_non_null(strstr(err, "invalid JSON"));
+    assert_int_equal(DELTA("[1]"), MV_EPROTO);
+    assert_int_equal(DELTA("{\"value\":{}}"), MV_EPROTO);
+    assert_non_null(strstr(err, "value missing or not an array"));
+    assert_int_equal(DELTA("{\"value\":[{\"id\":1}],\"@odata.deltaLink\":\"x\"}"), MV_EPROTO);
+    assert_non_null(strstr(err, "value[0].id is not a string"));
+    assert_int_equal(DELTA("{\"value\":[{}],\"@odata.deltaLink\":\"x\"}"), MV_EPROTO);
+    assert_non_null(strstr(err, "value[0].id missing"));
+    assert_int_equal(
+        DELTA("{\"value\":[{\"id\":\"a\",\"@removed\":true}],\"@odata.deltaLink\":\"x\"}"),
+        MV_EPROTO);
+    assert_non_null(strstr(err, "@removed"));
+    assert_int_equal(DELTA("{\"value\":[],\"@odata.deltaLink\":7}"), MV_EPROTO);
+    assert_int_equal(DELTA("{\"value\":[],\"@odata.deltaLink\":\"a\",\"@odata.nextLink\":\"b\"}"),
+                     MV_EPROTO);
+    assert_int_equal(DELTA("{\"value\":[],\"value\":[],\"@odata.deltaLink\":\"a\"}"), MV_EPROTO);
+    assert_int_equal(DELTA("{\"value\":[{\"id\":\"a\\u0000b\"}],\"@odata.deltaLink\":\"a\"}"),
+                     MV_EPROTO);
+    n = 0;
+    assert_int_equal(
+        DELTA("{\"value\":[{\"id\":\"a\",\"@removed\":{}}],\"@odata.deltaLink\":\"d\"}"), MV_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(complete, 1);
+    assert_string_equal(link, "d");
+    free(link);
+#undef DELTA
+    char *next = NULL;
+    const char *f = "{\"value\":[{\"id\":\"x\",\"displayName\":\"n\",\"childFolderCount\":-1,"
+                    "\"totalItemCount\":1}]}";
+    assert_int_equal(mv_graph__parse_folders(f, strlen(f), NULL, NULL, &next, err, sizeof err),
+                     MV_EPROTO);
+    assert_non_null(strstr(err, "value[0].childFolderCount"));
+    f = "{\"value\":[{\"id\":\"x\",\"displayName\":\"n\",\"childFolderCount\":0}]}";
+    assert_int_equal(mv_graph__parse_folders(f, strlen(f), NULL, NULL, &next, err, sizeof err),
+                     MV_EPROTO);
+    assert_non_null(strstr(err, "value[0].totalItemCount missing"));
+
+    char *tok = NULL;
+    int64_t secs = 0;
+    const char *t = "{\"access_token\":\"abc\",\"expires_in\":\"3599\"}";
+    assert_int_equal(mv_graph__parse_token(t, strlen(t), &tok, &secs, err, sizeof err), MV_OK);
+    assert_string_equal(tok, "abc");
+    assert_int_equal(secs, 3599);
+    free(tok);
+    t = "{\"access_token\":\"a b\",\"expires_in\":1}";
+    assert_int_equal(mv_graph__parse_token(t, strlen(t), &tok, &secs, err, sizeof err), MV_EPROTO);
+    t = "{\"access_token\":\"ab\",\"expires_in\":0}";
+    assert_int_equal(mv_graph__parse_token(t, strlen(t), &tok, &secs, err, sizeof err), MV_EPROTO);
+    assert_non_null(strstr(err, "expires_in"));
+
+    char text[256], code[64];
+    const char *e = "{\"error\":{\"code\":\"ErrorAccessDenied\",\"message\":\"Access is "
+                    "denied.\\nCheck credentials\"}}";
+    mv_graph__error_text(403, e, strlen(e), text, sizeof text, code, sizeof code);
+    assert_string_equal(text, "HTTP 403 ErrorAccessDenied: Access is denied.?Check credentials");
+    assert_string_equal(code, "ErrorAccessDenied");
+    mv_graph__error_text(502, "<html>", 6, text, sizeof text, code, sizeof code);
+    assert_string_equal(text, "HTTP 502");
+    assert_string_equal(code, "");
+
+    assert_int_equal(mv_graph__retry_after("7", 0), 7000);
+    assert_int_equal(mv_graph__retry_after(" 12 \r\n", 0), 12000);
+    assert_int_equal(mv_graph__retry_after("0", 0), 0);
+    assert_int_equal(mv_graph__retry_after("99999999999999999999", 0), 3600000);
+    assert_int_equal(mv_graph__retry_after("7x", 0), -1);
+    assert_int_equal(mv_graph__retry_after("", 0), -1);
+    /* HTTP-date: Sun, 06 Nov 1994 08:49:37 GMT = 784111777 */
+    assert_int_equal(mv_graph__retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111777000LL - 5000),
+                     5000);
+    assert_int_equal(mv_graph__retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111777000LL + 1), 0);
+
+    char *p = mv_graph__path_join("Inbox", "a/b%c");
+    assert_string_equal(p, "Inbox/a%2Fb%25c");
+    free(p);
+    p = mv_graph__path_join(NULL, "");
+    assert_string_equal(p, "");
+    free(p);
+}
+
+int main(void)
+{
+    /* loopback tests must not go through a proxy from the environment */
+    unsetenv("http_proxy");
+    unsetenv("HTTP_PROXY");
+    unsetenv("https_proxy");
+    unsetenv("HTTPS_PROXY");
+    unsetenv("all_proxy");
+    unsetenv("ALL_PROXY");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_token_fetch),
+        cmocka_unit_test(test_token_set_and_refresh),
+        cmocka_unit_test(test_token_invalid_client),
+        cmocka_unit_test(test_users_paging),
+        cmocka_unit_test(test_foreign_nextlink),
+        cmocka_unit_test(test_folders),
+        cmocka_unit_test(test_delta),
+        cmocka_unit_test(test_status_mapping),
+        cmocka_unit_test(test_401_refresh),
+        cmocka_unit_test(test_json_too_big),
+        cmocka_unit_test(test_mime_stream),
+        cmocka_unit_test(test_mime_too_big),
+        cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_connect_refused),
+        cmocka_unit_test(test_open_validation),
+        cmocka_unit_test(test_parsers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
