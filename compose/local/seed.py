@@ -60,6 +60,30 @@ def message(rng, i, user, size):
     return msg.encode()
 
 
+def wait_for_login(run, user, password, timeout=15.0):
+    """Dovecot notices a changed passwd-file on its own schedule: return once the new user can
+    log in, so callers never race it (a refused login would be a permanent failure)."""
+    import imaplib
+    env = dict(l.strip().split("=", 1) for l in open(os.path.join(run, "env")) if "=" in l)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c = imaplib.IMAP4("127.0.0.1", int(env["MV_IMAP_PORT"]))
+            try:
+                c.login(user, password)
+                c.logout()
+                return
+            finally:
+                try:
+                    c.shutdown()
+                except OSError:
+                    pass
+        except imaplib.IMAP4.error:
+            if time.monotonic() > deadline:
+                sys.exit(f"seed.py: Dovecot still refuses {user} after {timeout:.0f} s")
+            time.sleep(0.2)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True)
@@ -74,7 +98,8 @@ def main():
 
     passwd = os.path.join(a.run, "dovecot", "passwd")
     lines = open(passwd).read().splitlines() if os.path.exists(passwd) else []
-    if not any(l.split(":", 1)[0] == a.user for l in lines):
+    added = not any(l.split(":", 1)[0] == a.user for l in lines)
+    if added:
         with open(passwd, "a") as f:
             f.write(f"{a.user}:{{PLAIN}}{a.password}\n")
         # Dovecot re-reads a passwd-file when its mtime changes; two appends within one second
@@ -115,6 +140,8 @@ def main():
         os.chown(root, vm.pw_uid, vm.pw_gid)
         for fn in files:
             os.chown(os.path.join(root, fn), vm.pw_uid, vm.pw_gid)
+    if added:
+        wait_for_login(a.run, a.user, a.password)
     print(f"seeded user={a.user} messages={a.messages} bytes={total} folders={','.join(folders)}"
           f" duplicates={min(a.duplicates, len(written))}")
 
