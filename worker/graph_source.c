@@ -129,6 +129,48 @@ static int wait_throttled(chunk_ctx *c, mv_graph *g, int tries, char *err, size_
     return 0;
 }
 
+/* Microsoft's per-mailbox limits, kept by every worker together through Redis (state.h). */
+typedef struct gate_ud {
+    chunk_ctx *c;
+    char scope[768];
+    char req[37];
+    mv_limit lim;
+} gate_ud;
+
+static mv_err gate_acquire(void *ud, char *err, size_t errlen)
+{
+    gate_ud *gu = ud;
+    chunk_ctx *c = gu->c;
+    for (;;) {
+        int admitted = 0;
+        int64_t wait = 0;
+        mv_uuid(gu->req);
+        mv_err rc = mv_state_limit_acquire(c->r->st, gu->scope, gu->req, &gu->lim, &admitted, &wait,
+                                           err, errlen);
+        if (rc || admitted) return rc;
+        if (wait > GRAPH_MAX_WAIT_MS) { /* the window is spent for longer: give the attempt back */
+            c->retry_after_ms = wait;
+            return mv_seterr(err, errlen, MV_EBUSY,
+                             "request budget of the mailbox spent for %lld ms more (%d requests "
+                             "per %lld s)",
+                             (long long)wait, gu->lim.window_requests,
+                             (long long)(gu->lim.window_ms / 1000));
+        }
+        if (*c->r->stopping) return mv_seterr(err, errlen, MV_ECANCEL, "shutting down");
+        if ((rc = chunk_beat(c, 0))) return mv_seterr(err, errlen, rc, "%s", c->err);
+        int64_t nap = wait > 0 ? (wait < 500 ? wait : 500) : 10;
+        usleep((useconds_t)nap * 1000);
+    }
+}
+
+static void gate_release(void *ud)
+{
+    gate_ud *gu = ud;
+    char err[MV_ERRLEN];
+    if (mv_state_limit_release(gu->c->r->st, gu->scope, gu->req, err, sizeof err))
+        mv_warn("limit release failed (the slot expires by itself)", " error=\"%s\"", err);
+}
+
 typedef struct mime_ud {
     chunk_ctx *c;
 } mime_ud;
@@ -309,6 +351,22 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
     *more = 0;
     mv_err rc = mv_graph_open(&o, &g, err, errlen);
     if (rc) goto out;
+    gate_ud gu;
+    memset(&gu, 0, sizeof gu);
+    gu.c = c;
+    gu.lim.max_concurrent = r->cfg->graph_max_concurrent;
+    gu.lim.window_requests = r->cfg->graph_window_requests;
+    gu.lim.window_ms = (int64_t)r->cfg->graph_window_seconds * 1000;
+    gu.lim.hold_ms = o.timeout_ms + 5000; /* a crashed worker's slot frees itself */
+    if (r->cfg->graph_limit_per_app)
+        snprintf(gu.scope, sizeof gu.scope, "app:%s:%s:%s", p->tenant_id, p->client_id,
+                 c->t->mailbox);
+    else
+        snprintf(gu.scope, sizeof gu.scope, "mbx:%s:%s", c->t->tenant, c->t->mailbox);
+    if (gu.lim.max_concurrent > 0 || gu.lim.window_requests > 0) {
+        mv_graph_gate gate = {gate_acquire, gate_release, &gu};
+        mv_graph_set_gate(g, &gate);
+    }
     for (int tries = 0;; tries++) {
         gfolders_free(&fl);
         memset(&fl, 0, sizeof fl);

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { KT_STR, KT_INT, KT_I64, KT_FSYNC, KT_LOGLEVEL } key_type;
+typedef enum { KT_STR, KT_INT, KT_I64, KT_FSYNC, KT_LOGLEVEL, KT_SCOPE } key_type;
 
 typedef struct key_def {
     const char *name;
@@ -67,6 +67,11 @@ static const key_def keys[] = {
     K_I64("imap.max_message_bytes", max_message_bytes, KIB, 4 * GIB),
     K_INT("imap.max_line_bytes", max_line_bytes, 1024, 64 * MIB),
     K_STR("tls.ca_file", ca_file),
+    K_INT("graph.max_concurrent", graph_max_concurrent, 0, 64),
+    K_INT("graph.window_requests", graph_window_requests, 0, 10000000),
+    K_INT("graph.window_seconds", graph_window_seconds, 1, 86400),
+    {"graph.limit_scope", offsetof(mv_config, graph_limit_per_app), FIELD_SIZE(graph_limit_per_app),
+     KT_SCOPE, 0, 1},
     {"log.level", offsetof(mv_config, log_level), FIELD_SIZE(log_level), KT_LOGLEVEL, 0, 3},
 };
 
@@ -97,6 +102,10 @@ void mv_config_defaults(mv_config *c)
     c->max_message_bytes = 200 * MIB;
     c->max_line_bytes = (int)MIB;
     c->log_level = MV_LOG_INFO;
+    c->graph_max_concurrent = 4;
+    c->graph_window_requests = 10000;
+    c->graph_window_seconds = 600;
+    c->graph_limit_per_app = 0;
 }
 
 static const key_def *find_key(const char *name)
@@ -186,6 +195,18 @@ static mv_err set_value(mv_config *c, const key_def *k, const char *value, char 
             iv = 1;
         else
             return mv_seterr(err, errlen, MV_EINVAL, "%s: \"%s\" is not one of chunk|object",
+                             k->name, q);
+        memcpy(field, &iv, sizeof iv);
+        return MV_OK;
+    }
+    case KT_SCOPE: {
+        int iv;
+        if (strcmp(value, "mailbox") == 0)
+            iv = 0;
+        else if (strcmp(value, "app") == 0)
+            iv = 1;
+        else
+            return mv_seterr(err, errlen, MV_EINVAL, "%s: \"%s\" is not one of mailbox|app",
                              k->name, q);
         memcpy(field, &iv, sizeof iv);
         return MV_OK;

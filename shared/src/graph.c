@@ -66,6 +66,7 @@ struct mv_graph {
     char *token;
     int64_t token_exp_ms;
     int64_t retry_after_ms;
+    mv_graph_gate gate; /* acquire == NULL: none */
 
     /* state of the running request */
     sbuf body;
@@ -951,7 +952,10 @@ static mv_err graph_call(mv_graph *g, req *r, char *err, size_t errlen)
     if (!r->what) r->what = "graph request";
     for (int attempt = 0;; attempt++) {
         if (!token_fresh(g) && (e = fetch_token(g, err, errlen))) return e;
-        if ((e = perform(g, r, err, errlen))) return e;
+        if (g->gate.acquire && (e = g->gate.acquire(g->gate.ud, err, errlen))) return e;
+        e = perform(g, r, err, errlen);
+        if (g->gate.acquire && g->gate.release) g->gate.release(g->gate.ud);
+        if (e) return e;
         if (g->status >= 200 && g->status < 300) return MV_OK;
         if (g->status == 401 && attempt == 0) {
             mv_debug("graph: 401, refreshing the token once", "%s", "");
@@ -1105,6 +1109,14 @@ void mv_graph_close(mv_graph *g)
     free(g->ca_file);
     free(g->scope);
     free(g);
+}
+
+void mv_graph_set_gate(mv_graph *g, const mv_graph_gate *gate)
+{
+    if (gate)
+        g->gate = *gate;
+    else
+        memset(&g->gate, 0, sizeof g->gate);
 }
 
 int64_t mv_graph_retry_after_ms(const mv_graph *g)

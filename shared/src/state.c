@@ -89,6 +89,39 @@ static const char LUA_CKPT_SET[] = "local v = redis.call('GET', KEYS[1])\n"
                                    "if v then return v end\n"
                                    "return 0\n";
 
+/* KEYS: concurrency zset, window zset. ARGV: unused, request id, max concurrent, hold_ms,
+ * max per window, window_ms. Time is Redis' own clock (TIME), so workers' clocks never skew
+ * the count. Both sets are pruned of expired entries, then the request is admitted only if
+ * both have room. -> {1, 0} admitted, or {0, wait_ms} with a hint of when room is expected
+ * (the oldest window entry's expiry; 0 when only a concurrency slot is missing). */
+static const char LUA_LIMIT_ACQUIRE[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]))\n"
+    "if tonumber(ARGV[5]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then\n"
+    "  local o = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')\n"
+    "  return {0, tonumber(o[2]) + tonumber(ARGV[6]) - now + 1}\n"
+    "end\n"
+    "if tonumber(ARGV[3]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then\n"
+    "  return {0, 0}\n"
+    "end\n"
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])\n"
+    "redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)\n"
+    "redis.call('ZADD', KEYS[2], now, ARGV[2])\n"
+    "redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]) * 2)\n"
+    "return {1, 0}\n";
+
+/* KEYS: concurrency zset, window zset. ARGV: request id. Frees the slot and moves the
+ * request's window entry to its completion time: the server counted it somewhere between
+ * admission and completion, so counting from completion never undercounts. */
+static const char LUA_LIMIT_RELEASE[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    "redis.call('ZADD', KEYS[2], 'XX', now, ARGV[1])\n"
+    "return 1\n";
+
 /* KEYS: mv:tenants, mv:tenant:{t}. ARGV: tenant, display_name, created_ms. -> 1 added, 0 exists */
 static const char LUA_TENANT_ADD[] =
     "if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end\n"
@@ -1158,6 +1191,65 @@ mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox,
     sa_str(&a, key);
     sa_str(&a, cur);
     return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+/* ---- cluster-wide request limits ---------------------------------------------------- */
+
+mv_err mv_state_limit_acquire(mv_state *s, const char *scope, const char *request_id,
+                              const mv_limit *lim, int *admitted, int64_t *wait_ms, char *err,
+                              size_t errlen)
+{
+    char conc[ST_KEYLEN], win[ST_KEYLEN], now[24], cmax[16], hold[24], wmax[16], wms[24];
+    *admitted = 0;
+    *wait_ms = 0;
+    if (!scope || !*scope || strlen(scope) > 600)
+        return mv_seterr(err, errlen, MV_EINVAL, "limit: bad scope");
+    mv_err e = st_key(conc, err, errlen, "mv:rl:conc:%s", scope);
+    if (!e) e = st_key(win, err, errlen, "mv:rl:win:%s", scope);
+    if (e) return e;
+    snprintf(now, sizeof now, "%" PRId64, mv_now_ms());
+    snprintf(cmax, sizeof cmax, "%d", lim->max_concurrent);
+    snprintf(hold, sizeof hold, "%d", lim->hold_ms);
+    snprintf(wmax, sizeof wmax, "%d", lim->window_requests);
+    snprintf(wms, sizeof wms, "%" PRId64, (int64_t)lim->window_ms);
+    st_args a = {0};
+    sa_str(&a, conc);
+    sa_str(&a, win);
+    sa_str(&a, now);
+    sa_str(&a, request_id);
+    sa_str(&a, cmax);
+    sa_str(&a, hold);
+    sa_str(&a, wmax);
+    sa_str(&a, wms);
+    redisReply *r = NULL;
+    e = st_eval(s, 0, LUA_LIMIT_ACQUIRE, 2, &a, &r, err, errlen);
+    if (e) return e;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER)
+        e = st_bad_reply(r, "limit acquire", err, errlen);
+    else {
+        *admitted = r->element[0]->integer == 1;
+        *wait_ms = r->element[1]->integer;
+    }
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_limit_release(mv_state *s, const char *scope, const char *request_id, char *err,
+                              size_t errlen)
+{
+    char conc[ST_KEYLEN], win[ST_KEYLEN];
+    mv_err e = st_key(conc, err, errlen, "mv:rl:conc:%s", scope);
+    if (!e) e = st_key(win, err, errlen, "mv:rl:win:%s", scope);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, conc);
+    sa_str(&a, win);
+    sa_str(&a, request_id);
+    redisReply *r = NULL;
+    e = st_eval(s, 1, LUA_LIMIT_RELEASE, 2, &a, &r, err, errlen);
+    if (!e) freeReplyObject(r);
+    return e;
 }
 
 /* ---- delayed tasks -------------------------------------------------------------------- */

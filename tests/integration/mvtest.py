@@ -216,3 +216,81 @@ def imap_messages(user, password):
                 out[(name, uid)] = item[1]
     c.logout()
     return out
+
+
+# ---- Microsoft Graph simulator (tests/graphsim) ----
+
+def graph_fixture(tenant_id, secret, mailboxes, base=None):
+    """Write a graphsim fixture tree: mailboxes = {upn: {folder_path: n_messages}}. Returns
+    (fixture_dir, {file_path: upn})."""
+    fx = base or os.path.join(RUN, f"graph-{tenant_id}")
+    os.makedirs(os.path.join(fx, tenant_id), exist_ok=True)
+    with open(os.path.join(fx, tenant_id, "app.json"), "w") as f:
+        json.dump({"client_id": "app-1", "client_secret": secret,
+                   "permissions": ["Mail.Read", "User.Read.All"]}, f)
+    files, n = {}, 0
+    for upn, folders in mailboxes.items():
+        ub = os.path.join(fx, tenant_id, "users", upn)
+        os.makedirs(ub, exist_ok=True)
+        with open(os.path.join(ub, "user.json"), "w") as f:
+            json.dump({"displayName": upn.split("@")[0], "mail": upn, "licensed": True}, f)
+        for folder, count in folders.items():
+            d = os.path.join(ub, "mail", folder)
+            os.makedirs(d, exist_ok=True)
+            for _ in range(count):
+                n += 1
+                body = (f"line of message {n} for {upn}\r\n" * (10 + n % 40))
+                data = (f"From: s{n}@example.org\r\nTo: {upn}\r\nSubject: graph {n}\r\n"
+                        f"Message-ID: <{n}.{tenant_id}@example.org>\r\n\r\n{body}").encode()
+                p = os.path.join(d, f"m{n}.eml")
+                with open(p, "wb") as f:
+                    f.write(data)
+                files[p] = upn
+    return fx, files
+
+
+class GraphSim:
+    """tests/graphsim/graphsim.py on a free port; stopped on exit."""
+
+    def __init__(self, fixtures, *args):
+        self.portfile = os.path.join(fixtures, f"port-{uuid.uuid4().hex[:6]}")
+        log = open(os.path.join(RUN, "log", f"graphsim-{SUFFIX}.log"), "a")
+        self.proc = subprocess.Popen([sys.executable, os.path.join(SRC, "tests", "graphsim", "graphsim.py"),
+                                      "--fixtures", fixtures, "--port", "0", "--port-file", self.portfile,
+                                      *args], stdout=subprocess.DEVNULL, stderr=log)
+        port = wait_for(lambda: os.path.exists(self.portfile) and open(self.portfile).read().strip(),
+                        "the Graph simulator's port", 30)
+        self.url = f"http://127.0.0.1:{int(port)}"
+
+    def post(self, path, doc=None):
+        import urllib.request
+        req = urllib.request.Request(self.url + path, data=json.dumps(doc or {}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=10).read() or b"{}")
+
+    def stats(self):
+        import urllib.request
+        return json.loads(urllib.request.urlopen(self.url + "/_sim/stats", timeout=10).read())["stats"]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def add_graph_profile(tenant, name, tenant_id, secret, sim_url, logins):
+    prof = {"name": name, "type": "graph",
+            "graph": {"tenant_id": tenant_id, "client_id": "app-1", "client_secret": secret,
+                      "login_base": sim_url, "graph_base": sim_url + "/v1.0"},
+            "mailboxes": [{"login": u} for u in logins]}
+    path = os.path.join(RUN, f"profile-{tenant}-{name}.json")
+    with open(path, "w") as f:
+        json.dump(prof, f)
+    cli("profile", "add", "--tenant", tenant, "--file", path)
+    os.unlink(path)

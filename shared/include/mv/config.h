@@ -35,7 +35,13 @@ typedef struct mv_config {
     int64_t max_message_bytes; /* imap.max_message_bytes default 200 MiB (literal bound) */
     int max_line_bytes;        /* imap.max_line_bytes    default 1 MiB (response line bound) */
     char ca_file[512];         /* tls.ca_file            optional extra CA bundle */
-    int log_level;             /* log.level              debug|info|warn|error, default info */
+    int log_level;
+    /* Microsoft Graph: limits every worker keeps per mailbox (shared through Redis) */
+    int graph_max_concurrent;  /* graph.max_concurrent  default 4 requests at once, 0 = off */
+    int graph_window_requests; /* graph.window_requests default 10000 per window, 0 = off */
+    int graph_window_seconds;  /* graph.window_seconds  default 600 */
+    int graph_limit_per_app;   /* graph.limit_scope     "mailbox" (0, default): per tenant and
+                                  mailbox; "app" (1): per app registration and mailbox */             /* log.level              debug|info|warn|error, default info */
 } mv_config;
 
 void mv_config_defaults(mv_config *c);

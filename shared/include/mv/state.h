@@ -141,6 +141,26 @@ mv_err mv_state_cursor_commit(mv_state *s, const char *tenant, const char *mailb
 mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,
                            size_t errlen);
 
+/* ---- cluster-wide request limits (e.g. Microsoft's per-mailbox limits) ----
+ * Keys mv:rl:conc:{scope} (zset: request id -> expiry of its slot) and mv:rl:win:{scope} (zset:
+ * request id -> admission time). A request is admitted when fewer than max_concurrent slots
+ * are held and fewer than window_requests were admitted in the last window_ms; both are
+ * checked and taken in one Lua step, so every worker of the cluster shares them. A slot is
+ * held until released or for hold_ms at most (a crashed worker's slots free themselves).
+ * 0 disables a limit. */
+typedef struct mv_limit {
+    int max_concurrent;
+    int hold_ms;
+    int window_requests;
+    int64_t window_ms;
+} mv_limit;
+/* *admitted = 1, or 0 with *wait_ms a hint of when to try again (0 = soon). */
+mv_err mv_state_limit_acquire(mv_state *s, const char *scope, const char *request_id,
+                              const mv_limit *lim, int *admitted, int64_t *wait_ms, char *err,
+                              size_t errlen);
+mv_err mv_state_limit_release(mv_state *s, const char *scope, const char *request_id, char *err,
+                              size_t errlen);
+
 /* ---- delayed tasks (retries with backoff) ---- */
 mv_err mv_state_delay_add(mv_state *s, const void *payload, size_t len, int64_t due_ms, char *err,
                           size_t errlen);
