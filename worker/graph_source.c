@@ -15,6 +15,7 @@
  * no earlier than the server asked. */
 #include "chunk.h"
 
+#include "mv/crypt.h"
 #include "mv/graph.h"
 #include "mv/log.h"
 
@@ -169,6 +170,90 @@ static void gate_release(void *ud)
     char err[MV_ERRLEN];
     if (mv_state_limit_release(gu->c->r->st, gu->scope, gu->req, err, sizeof err))
         mv_warn("limit release failed (the slot expires by itself)", " error=\"%s\"", err);
+}
+
+/* ---- the access token, cached cluster-wide in Redis (sealed with the master key) ---- */
+
+#define TOKEN_MARGIN_MS 300000 /* a cached token this close to expiry is not used */
+#define TOKEN_LOCK_MS 30000
+
+static void token_ad(const chunk_ctx *c, char *ad, size_t n)
+{
+    snprintf(ad, n, "gtoken:%s:%s", c->t->tenant, c->t->profile);
+}
+
+/* Install the cached token if there is a fresh one; 1 if installed. */
+static int token_from_cache(chunk_ctx *c, mv_graph *g, int64_t *exp_out)
+{
+    char err[MV_ERRLEN], ad[256];
+    void *blob = NULL;
+    size_t len = 0;
+    unsigned char *plain = NULL;
+    size_t plen = 0;
+    int ok = 0;
+    if (mv_state_token_get(c->r->st, c->t->tenant, c->t->profile, &blob, &len, err, sizeof err))
+        return 0;
+    token_ad(c, ad, sizeof ad);
+    if (mv_crypt_open(c->r->master_key, ad, blob, len, &plain, &plen, err, sizeof err) == MV_OK) {
+        char *sp = strchr((char *)plain, ' ');
+        long long exp = atoll((char *)plain);
+        if (sp && exp - TOKEN_MARGIN_MS > mv_now_ms()) {
+            mv_graph_set_token(g, sp + 1, exp);
+            *exp_out = exp;
+            ok = 1;
+        }
+        mv_crypt_wipe(plain, plen);
+    }
+    free(plain);
+    free(blob);
+    return ok;
+}
+
+static void token_to_cache(chunk_ctx *c, const char *token, int64_t exp)
+{
+    char err[MV_ERRLEN], ad[256];
+    size_t n = strlen(token) + 32;
+    char *plain = malloc(n);
+    unsigned char *blob = NULL;
+    size_t len = 0;
+    if (!plain) return;
+    snprintf(plain, n, "%lld %s", (long long)exp, token);
+    token_ad(c, ad, sizeof ad);
+    if (mv_crypt_seal(c->r->master_key, ad, plain, strlen(plain), &blob, &len, err, sizeof err) ==
+            MV_OK &&
+        mv_state_token_put(c->r->st, c->t->tenant, c->t->profile, blob, len,
+                           exp - TOKEN_MARGIN_MS - mv_now_ms(), err, sizeof err) != MV_OK)
+        mv_warn("cannot cache the access token", " error=\"%s\"", err);
+    mv_crypt_wipe(plain, strlen(plain));
+    free(plain);
+    free(blob);
+}
+
+/* A token for this task: the cluster's cached one, or one fetched by a single worker at a
+ * time (the others wait for it to appear, bounded, then fetch their own). */
+static mv_err obtain_token(chunk_ctx *c, mv_graph *g, int64_t *exp, char *err, size_t errlen)
+{
+    if (token_from_cache(c, g, exp)) return MV_OK;
+    int got = 0;
+    mv_err rc = mv_state_token_lock(c->r->st, c->t->tenant, c->t->profile, c->r->worker_id,
+                                    TOKEN_LOCK_MS, &got, err, errlen);
+    if (rc) return rc;
+    if (!got) {
+        int64_t until = mv_mono_ms() + 10000;
+        while (mv_mono_ms() < until && !*c->r->stopping) {
+            usleep(100 * 1000);
+            if (token_from_cache(c, g, exp)) return MV_OK;
+        }
+    }
+    const char *tok = NULL;
+    rc = mv_graph_token(g, &tok, exp, err, errlen);
+    if (!rc) token_to_cache(c, tok, *exp);
+    if (got) {
+        char uerr[MV_ERRLEN];
+        mv_state_token_unlock(c->r->st, c->t->tenant, c->t->profile, c->r->worker_id, uerr,
+                              sizeof uerr);
+    }
+    return rc;
 }
 
 typedef struct mime_ud {
@@ -367,6 +452,8 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
         mv_graph_gate gate = {gate_acquire, gate_release, &gu};
         mv_graph_set_gate(g, &gate);
     }
+    int64_t token_exp = 0;
+    if ((rc = obtain_token(c, g, &token_exp, err, errlen))) goto out;
     for (int tries = 0;; tries++) {
         gfolders_free(&fl);
         memset(&fl, 0, sizeof fl);
@@ -384,6 +471,12 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
         }
         if ((rc = sync_folder(c, g, &fl.v[i], more, err, errlen))) goto out;
     }
+    /* A token refreshed during the task (401, near expiry) goes back to the cache. */
+    const char *tok = NULL;
+    int64_t exp = 0;
+    char terr[MV_ERRLEN];
+    if (mv_graph_token(g, &tok, &exp, terr, sizeof terr) == MV_OK && exp != token_exp)
+        token_to_cache(c, tok, exp);
 out:
     if (rc == MV_EBUSY && g && mv_graph_retry_after_ms(g) > 0) {
         int64_t nb = mv_graph_retry_after_ms(g);

@@ -122,6 +122,12 @@ static const char LUA_LIMIT_RELEASE[] =
     "redis.call('ZADD', KEYS[2], 'XX', now, ARGV[1])\n"
     "return 1\n";
 
+/* KEYS: lock. ARGV: owner. Deletes the lock only if the owner still holds it. */
+static const char LUA_UNLOCK[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+                                 "  return redis.call('DEL', KEYS[1])\n"
+                                 "end\n"
+                                 "return 0\n";
+
 /* KEYS: mv:tenants, mv:tenant:{t}. ARGV: tenant, display_name, created_ms. -> 1 added, 0 exists */
 static const char LUA_TENANT_ADD[] =
     "if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end\n"
@@ -1191,6 +1197,100 @@ mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox,
     sa_str(&a, key);
     sa_str(&a, cur);
     return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+/* ---- cached access tokens (sealed by the caller) ---------------------------------------- */
+
+static mv_err st_token_key(const char *tenant, const char *profile, const char *kind, char *key,
+                           char *err, size_t errlen)
+{
+    mv_err e = st_check(tenant, profile, NULL, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:%s:%s:%s", kind, tenant, profile);
+    return e;
+}
+
+mv_err mv_state_token_get(mv_state *s, const char *tenant, const char *profile, void **blob,
+                          size_t *len, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    *blob = NULL;
+    *len = 0;
+    mv_err e = st_token_key(tenant, profile, "gtoken", key, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "GET");
+    sa_str(&a, key);
+    redisReply *r = NULL;
+    e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
+    if (e) return e;
+    if (r->type == REDIS_REPLY_NIL) {
+        e = MV_ENOTFOUND;
+    } else if (!(*blob = malloc(r->len ? r->len : 1))) {
+        e = MV_ENOMEM;
+    } else {
+        memcpy(*blob, r->str, r->len);
+        *len = r->len;
+    }
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_token_put(mv_state *s, const char *tenant, const char *profile, const void *blob,
+                          size_t len, int64_t ttl_ms, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], ttl[24];
+    if (ttl_ms <= 0) return MV_OK; /* already expired: nothing worth caching */
+    mv_err e = st_token_key(tenant, profile, "gtoken", key, err, errlen);
+    if (e) return e;
+    snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
+    st_args a = {0};
+    sa_str(&a, "SET");
+    sa_str(&a, key);
+    sa_bin(&a, blob, len);
+    sa_str(&a, "PX");
+    sa_str(&a, ttl);
+    redisReply *r = NULL;
+    e = st_expect(s, 1, &a, REDIS_REPLY_STATUS, 0, &r, err, errlen);
+    if (!e) freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_token_lock(mv_state *s, const char *tenant, const char *profile, const char *owner,
+                           int ttl_ms, int *got, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], ttl[24];
+    *got = 0;
+    mv_err e = st_token_key(tenant, profile, "gtoken-lock", key, err, errlen);
+    if (e) return e;
+    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    st_args a = {0};
+    sa_str(&a, "SET");
+    sa_str(&a, key);
+    sa_str(&a, owner);
+    sa_str(&a, "NX");
+    sa_str(&a, "PX");
+    sa_str(&a, ttl);
+    redisReply *r = NULL;
+    e = st_expect(s, 0, &a, REDIS_REPLY_STATUS, 1, &r, err, errlen);
+    if (e) return e;
+    *got = r->type == REDIS_REPLY_STATUS;
+    freeReplyObject(r);
+    return MV_OK;
+}
+
+mv_err mv_state_token_unlock(mv_state *s, const char *tenant, const char *profile,
+                             const char *owner, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    mv_err e = st_token_key(tenant, profile, "gtoken-lock", key, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, key);
+    sa_str(&a, owner);
+    redisReply *r = NULL;
+    e = st_eval(s, 1, LUA_UNLOCK, 1, &a, &r, err, errlen);
+    if (!e) freeReplyObject(r);
+    return e;
 }
 
 /* ---- cluster-wide request limits ---------------------------------------------------- */

@@ -124,7 +124,10 @@ try:
         check(a["removed_at_source"] >= 2, f"removals were counted, not acted on ({a['removed_at_source']})")
         check(a["throttled"] >= 1, f"the injected 429s were waited out ({a['throttled']})")
         stats = sim_stats()
-        print("# simulator stats:", json.dumps(stats)[:400])
+        tokens = stats["stats"][tenant_id]["_token"]["requests"]
+        print(f"# token requests over three runs: {tokens}")
+        check(tokens <= 3, f"tokens come from the cluster-wide cache: {tokens} token requests in "
+                           "3 runs (one, plus the refreshes after the forced expiry)")
 finally:
     sim.send_signal(signal.SIGTERM)
     sim.wait(timeout=30)

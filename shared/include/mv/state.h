@@ -141,6 +141,19 @@ mv_err mv_state_cursor_commit(mv_state *s, const char *tenant, const char *mailb
 mv_err mv_state_ckpt_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,
                            size_t errlen);
 
+/* ---- cached access tokens ----
+ * mv:gtoken:{t}:{profile}: a sealed blob (the caller seals it with the master key) that expires
+ * with the token; mv:gtoken-lock:{t}:{profile}: who is fetching a new one, so one worker at a
+ * time asks the identity provider. */
+mv_err mv_state_token_get(mv_state *s, const char *tenant, const char *profile, void **blob,
+                          size_t *len, char *err, size_t errlen); /* MV_ENOTFOUND if none */
+mv_err mv_state_token_put(mv_state *s, const char *tenant, const char *profile, const void *blob,
+                          size_t len, int64_t ttl_ms, char *err, size_t errlen);
+mv_err mv_state_token_lock(mv_state *s, const char *tenant, const char *profile, const char *owner,
+                           int ttl_ms, int *got, char *err, size_t errlen);
+mv_err mv_state_token_unlock(mv_state *s, const char *tenant, const char *profile,
+                             const char *owner, char *err, size_t errlen);
+
 /* ---- cluster-wide request limits (e.g. Microsoft's per-mailbox limits) ----
  * Keys mv:rl:conc:{scope} (zset: request id -> expiry of its slot) and mv:rl:win:{scope} (zset:
  * request id -> admission time). A request is admitted when fewer than max_concurrent slots
