@@ -326,12 +326,21 @@ int cmd_run(cli *c, int argc, char **argv)
     mv_producer *pr = NULL;
     char run_id[37];
     int n = 0;
+    unsigned char key[MV_KEY_LEN];
+    const unsigned char *kp = NULL; /* needed only for profiles that read the directory */
+    if (c->cfg.master_key_file[0]) {
+        if (mv_crypt_load_key(c->cfg.master_key_file, key, err, sizeof err)) {
+            mv_state_close(st);
+            return cli_fail(2, "%s", err);
+        }
+        kp = key;
+    }
     if (!mv_state_tenant_exists(st, opts[0].value)) {
         rc = cli_fail(1, "tenant \"%s\" does not exist", opts[0].value);
     } else if (mv_queue_ensure_topics(&c->cfg, err, sizeof err) ||
                mv_producer_new(&c->cfg, &pr, err, sizeof err) ||
-               mv_jobs_enqueue_profile(&c->cfg, st, pr, opts[0].value, opts[1].value, run_id, &n,
-                                       err, sizeof err)) {
+               mv_jobs_enqueue_profile(&c->cfg, st, pr, kp, opts[0].value, opts[1].value, run_id,
+                                       &n, err, sizeof err)) {
         rc = cli_fail(1, "%s", err);
     } else {
         if (c->json)
@@ -344,6 +353,7 @@ int cmd_run(cli *c, int argc, char **argv)
     }
     mv_producer_destroy(pr);
     mv_state_close(st);
+    mv_crypt_wipe(key, sizeof key);
     return rc;
 }
 

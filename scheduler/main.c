@@ -99,7 +99,19 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "expand") == 0) {
         char run_id[37];
         int n = 0;
-        if (mv_jobs_enqueue_profile(&cfg, st, pr, tenant, profile, run_id, &n, err, sizeof err)) {
+        unsigned char key[MV_KEY_LEN];
+        const unsigned char *kp = NULL;
+        if (cfg.master_key_file[0]) {
+            if (mv_crypt_load_key(cfg.master_key_file, key, err, sizeof err)) {
+                fprintf(stderr, "mailvault-scheduler: %s\n", err);
+                goto out;
+            }
+            kp = key;
+        }
+        mv_err e =
+            mv_jobs_enqueue_profile(&cfg, st, pr, kp, tenant, profile, run_id, &n, err, sizeof err);
+        mv_crypt_wipe(key, sizeof key);
+        if (e) {
             fprintf(stderr, "mailvault-scheduler: %s\n", err);
             goto out;
         }

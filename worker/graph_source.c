@@ -460,6 +460,13 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
         rc = mv_graph_list_folders(g, c->t->mailbox, folder_cb, &fl, err, errlen);
         if (rc != MV_EBUSY || wait_throttled(c, g, tries, err, errlen)) break;
     }
+    if (rc == MV_ENOTFOUND && strstr(err, "MailboxNotEnabledForRESTAPI")) {
+        /* a directory user without an Exchange Online mailbox: nothing to archive */
+        mv_warn("user has no mailbox, nothing archived", " tenant=%s mailbox=%s error=\"%s\"",
+                c->t->tenant, c->t->mailbox, err);
+        rc = MV_OK;
+        goto out;
+    }
     if (rc) goto out;
     qsort(fl.v, fl.n, sizeof *fl.v, cmp_path);
     for (size_t i = 0; i < fl.n && !*more; i++) {

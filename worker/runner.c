@@ -159,7 +159,7 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
 
     if ((cause = mv_jobs_profile_load(r->st, t.tenant, t.profile, &p, why, sizeof why)))
         goto failed;
-    if (mv_profile_find_mailbox(&p, t.mailbox) < 0) {
+    if (mv_profile_find_mailbox(&p, t.mailbox) < 0 && !p.directory) {
         cause = mv_seterr(why, sizeof why, MV_ENOTFOUND, "mailbox %s is not in profile %s",
                           t.mailbox, t.profile);
         goto failed;

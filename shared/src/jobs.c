@@ -5,6 +5,7 @@
  * message nor the stored profile JSON ever holds one. */
 #include "mv/jobs.h"
 
+#include "mv/graph.h"
 #include "mv/task.h"
 
 #include <stdio.h>
@@ -140,17 +141,96 @@ mv_err mv_jobs_credential(mv_state *st, const unsigned char key[MV_KEY_LEN], con
     return MV_OK;
 }
 
+typedef struct login_list {
+    char **v;
+    size_t n, cap;
+    const mv_profile *p;
+    int failed;
+} login_list;
+
+static int add_login(login_list *l, const char *login)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->v[i], login) == 0) return 0;
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 64;
+        char **nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv) return -1;
+        l->v = nv;
+        l->cap = nc;
+    }
+    if (!(l->v[l->n] = strdup(login))) return -1;
+    l->n++;
+    return 0;
+}
+
+static int on_user(void *ud, const char *id, const char *upn, const char *mail, int licensed)
+{
+    (void)id;
+    (void)mail;
+    login_list *l = ud;
+    if (!upn || !mv_mailbox_valid(upn)) return 0; /* not usable as a mailbox id */
+    if (!mv_profile_directory_selected(l->p, upn, licensed)) return 0;
+    if (add_login(l, upn)) {
+        l->failed = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* Mailboxes of a run: the listed ones, plus the tenant directory's for a directory profile. */
+static mv_err run_logins(mv_state *st, const unsigned char *key, const char *tenant,
+                         const mv_profile *p, login_list *l, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < p->nmailboxes; i++)
+        if (add_login(l, p->mailboxes[i].login)) return MV_ENOMEM;
+    if (!p->directory) return MV_OK;
+    if (!key)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "profile \"%s\" takes its mailboxes from the directory: the master key "
+                         "is needed to read the app's secret",
+                         p->name);
+    char *secret = NULL;
+    mv_err rc =
+        mv_jobs_credential(st, key, tenant, p->name, MV_PROFILE_APP_CRED, &secret, err, errlen);
+    if (rc) return rc;
+    mv_graph_opts o;
+    mv_graph_opts_default(&o);
+    o.login_base = p->login_base;
+    o.graph_base = p->graph_base;
+    o.tenant_id = p->tenant_id;
+    o.client_id = p->client_id;
+    o.client_secret = secret;
+    o.verify = p->verify;
+    mv_graph *g = NULL;
+    if (!(rc = mv_graph_open(&o, &g, err, errlen))) {
+        rc = mv_graph_list_users(g, on_user, l, err, errlen);
+        if (l->failed) rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory listing users");
+        if (rc) {
+            char tmp[MV_ERRLEN];
+            snprintf(tmp, sizeof tmp, "%s", err);
+            mv_seterr(err, errlen, rc, "listing the users of %s: %s", p->tenant_id, tmp);
+        }
+    }
+    mv_graph_close(g);
+    mv_crypt_wipe(secret, strlen(secret));
+    free(secret);
+    return rc;
+}
+
 mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr,
-                               const char *tenant, const char *profile, char run_id[37],
-                               int *ntasks, char *err, size_t errlen)
+                               const unsigned char *key, const char *tenant, const char *profile,
+                               char run_id[37], int *ntasks, char *err, size_t errlen)
 {
     mv_profile p;
     mv_err rc = mv_jobs_profile_load(st, tenant, profile, &p, err, errlen);
     if (rc) return rc;
+    login_list l = {.p = &p};
     mv_uuid(run_id);
     *ntasks = 0;
     int64_t now = mv_now_ms();
-    for (size_t i = 0; i < p.nmailboxes; i++) {
+    if ((rc = run_logins(st, key, tenant, &p, &l, err, errlen))) goto out;
+    for (size_t i = 0; i < l.n; i++) {
         mv_task t;
         memset(&t, 0, sizeof t);
         t.version = MV_TASK_VERSION;
@@ -158,21 +238,21 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
         mv_uuid(t.id);
         snprintf(t.tenant, sizeof t.tenant, "%s", tenant);
         snprintf(t.profile, sizeof t.profile, "%s", profile);
-        snprintf(t.mailbox, sizeof t.mailbox, "%s", p.mailboxes[i].login);
+        snprintf(t.mailbox, sizeof t.mailbox, "%s", l.v[i]);
         snprintf(t.run_id, sizeof t.run_id, "%s", run_id);
         t.created_ms = now;
         char *buf = NULL;
         size_t len = 0;
         if ((rc = mv_task_encode(&t, &buf, &len, err, errlen))) goto out;
-        char key[512], nowtxt[32];
-        mv_task_key(&t, key, sizeof key);
+        char k[512], nowtxt[32];
+        mv_task_key(&t, k, sizeof k);
         snprintf(nowtxt, sizeof nowtxt, "%lld", (long long)now);
         rc = mv_state_status_set(
             st, tenant, t.mailbox, err, errlen, "state", "queued", "task", t.id, "run", run_id,
             "profile", profile, "chunk", "0", "attempt", "0", "messages", "0", "bytes_raw", "0",
             "bytes_stored", "0", "deduplicated", "0", "removed", "0", "throttled", "0", "error", "",
             "queued_ms", nowtxt, "started_ms", "", "finished_ms", "", "folder", "", NULL);
-        if (!rc) rc = mv_producer_send(pr, c->topic_tasks, key, buf, len, err, errlen);
+        if (!rc) rc = mv_producer_send(pr, c->topic_tasks, k, buf, len, err, errlen);
         free(buf);
         if (rc) goto out;
         (*ntasks)++;
@@ -180,6 +260,9 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
     if ((rc = mv_state_run_put(st, run_id, tenant, profile, *ntasks, err, errlen))) goto out;
     rc = mv_producer_flush(pr, 30000, err, errlen);
 out:
+    for (size_t i = 0; i < l.n; i++)
+        free(l.v[i]);
+    free(l.v);
     mv_profile_free(&p);
     return rc;
 }

@@ -3,6 +3,7 @@
  * Validation is strict because a profile comes from an operator's file: unknown keys are
  * refused (a typo such as "exlude" must not silently archive Trash), and every error names
  * the JSON path of the offending field. */
+#define _GNU_SOURCE /* FNM_CASEFOLD */
 #include "mv/profile.h"
 
 #include "mv/crypt.h"
@@ -48,18 +49,18 @@ static mv_err get_str(json_t *obj, const char *key, const char *path, int requir
     return MV_OK;
 }
 
-static mv_err get_patterns(json_t *folders, const char *key, char ***out, size_t *n, char *err,
-                           size_t errlen)
+static mv_err get_patterns(json_t *obj, const char *prefix, const char *key, char ***out, size_t *n,
+                           char *err, size_t errlen)
 {
-    json_t *arr = json_object_get(folders, key);
+    json_t *arr = json_object_get(obj, key);
     *out = NULL;
     *n = 0;
     if (!arr) return MV_OK;
     if (!json_is_array(arr))
-        return mv_seterr(err, errlen, MV_EINVAL, "folders.%s: must be an array of strings", key);
+        return mv_seterr(err, errlen, MV_EINVAL, "%s%s: must be an array of strings", prefix, key);
     size_t cnt = json_array_size(arr);
     if (cnt > MV_PROFILE_MAX_PATTERNS)
-        return mv_seterr(err, errlen, MV_EINVAL, "folders.%s: more than %d patterns", key,
+        return mv_seterr(err, errlen, MV_EINVAL, "%s%s: more than %d patterns", prefix, key,
                          MV_PROFILE_MAX_PATTERNS);
     if (cnt == 0) return MV_OK;
     *out = calloc(cnt, sizeof(char *));
@@ -68,9 +69,9 @@ static mv_err get_patterns(json_t *folders, const char *key, char ***out, size_t
         json_t *v = json_array_get(arr, i);
         if (!json_is_string(v) || !*json_string_value(v) || strlen(json_string_value(v)) > 1000)
             return mv_seterr(err, errlen, MV_EINVAL,
-                             "folders.%s[%zu]: must be a non-empty string of at most 1000 "
+                             "%s%s[%zu]: must be a non-empty string of at most 1000 "
                              "characters",
-                             key, i);
+                             prefix, key, i);
         (*out)[i] = strdup(json_string_value(v));
         if (!(*out)[i]) return MV_ENOMEM;
         (*n)++;
@@ -80,8 +81,8 @@ static mv_err get_patterns(json_t *folders, const char *key, char ***out, size_t
 
 static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *err, size_t errlen)
 {
-    static const char *const top_keys[] = {"name",    "type",      "server", "graph",
-                                           "folders", "mailboxes", NULL};
+    static const char *const top_keys[] = {"name",    "type",      "server",    "graph",
+                                           "folders", "mailboxes", "directory", NULL};
     static const char *const server_keys[] = {"host", "port", "tls", "verify", NULL};
     static const char *const graph_keys[] = {"tenant_id",  "client_id",  "client_secret", "cloud",
                                              "login_base", "graph_base", "verify",        NULL};
@@ -209,13 +210,36 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
         if (!json_is_object(folders))
             return mv_seterr(err, errlen, MV_EINVAL, "folders: must be an object");
         if ((rc = check_keys(folders, "folders.", folder_keys, err, errlen))) return rc;
-        if ((rc = get_patterns(folders, "include", &p->include, &p->ninclude, err, errlen)))
+        if ((rc = get_patterns(folders, "folders.", "include", &p->include, &p->ninclude, err,
+                               errlen)))
             return rc;
-        if ((rc = get_patterns(folders, "exclude", &p->exclude, &p->nexclude, err, errlen)))
+        if ((rc = get_patterns(folders, "folders.", "exclude", &p->exclude, &p->nexclude, err,
+                               errlen)))
+            return rc;
+    }
+
+    json_t *dir = json_object_get(root, "directory");
+    if (dir) {
+        static const char *const dir_keys[] = {"all_users", "include", "exclude", NULL};
+        if (p->source != MV_SOURCE_GRAPH)
+            return mv_seterr(err, errlen, MV_EINVAL, "directory: only for type graph");
+        if (!json_is_object(dir))
+            return mv_seterr(err, errlen, MV_EINVAL, "directory: must be an object");
+        if ((rc = check_keys(dir, "directory.", dir_keys, err, errlen))) return rc;
+        p->directory = 1;
+        json_t *all = json_object_get(dir, "all_users");
+        if (all && !json_is_boolean(all))
+            return mv_seterr(err, errlen, MV_EINVAL, "directory.all_users: must be true or false");
+        p->all_users = all && json_is_true(all);
+        if ((rc = get_patterns(dir, "directory.", "include", &p->dir_include, &p->ndir_include, err,
+                               errlen)) ||
+            (rc = get_patterns(dir, "directory.", "exclude", &p->dir_exclude, &p->ndir_exclude, err,
+                               errlen)))
             return rc;
     }
 
     json_t *mbs = json_object_get(root, "mailboxes");
+    if (!mbs && p->directory) return MV_OK; /* the mailboxes come from the tenant directory */
     if (!mbs) return mv_seterr(err, errlen, MV_EINVAL, "mailboxes: missing");
     if (!json_is_array(mbs) || json_array_size(mbs) == 0)
         return mv_seterr(err, errlen, MV_EINVAL, "mailboxes: must be a non-empty array");
@@ -315,6 +339,15 @@ char *mv_profile_to_json(const mv_profile *p)
         json_object_set_new(folders, "include", patterns_json(p->include, p->ninclude));
     if (p->nexclude)
         json_object_set_new(folders, "exclude", patterns_json(p->exclude, p->nexclude));
+    if (p->directory) {
+        json_t *d = json_object();
+        json_object_set_new(d, "all_users", json_boolean(p->all_users));
+        if (p->ndir_include)
+            json_object_set_new(d, "include", patterns_json(p->dir_include, p->ndir_include));
+        if (p->ndir_exclude)
+            json_object_set_new(d, "exclude", patterns_json(p->dir_exclude, p->ndir_exclude));
+        json_object_set_new(root, "directory", d);
+    }
     for (size_t i = 0; i < p->nmailboxes; i++) {
         json_t *mb = json_object();
         json_object_set_new(mb, "login", json_string(p->mailboxes[i].login));
@@ -322,7 +355,7 @@ char *mv_profile_to_json(const mv_profile *p)
     }
     json_object_set(root, p->source == MV_SOURCE_GRAPH ? "graph" : "server", srv);
     json_object_set(root, "folders", folders);
-    json_object_set(root, "mailboxes", mbs);
+    if (p->nmailboxes || !p->directory) json_object_set(root, "mailboxes", mbs);
     out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 out:
     json_decref(root);
@@ -339,6 +372,12 @@ void mv_profile_free(mv_profile *p)
         free(p->include[i]);
     for (size_t i = 0; i < p->nexclude; i++)
         free(p->exclude[i]);
+    for (size_t i = 0; i < p->ndir_include; i++)
+        free(p->dir_include[i]);
+    for (size_t i = 0; i < p->ndir_exclude; i++)
+        free(p->dir_exclude[i]);
+    free(p->dir_include);
+    free(p->dir_exclude);
     free(p->include);
     free(p->exclude);
     for (size_t i = 0; i < p->nmailboxes; i++) {
@@ -363,6 +402,19 @@ int mv_profile_folder_selected(const mv_profile *p, const char *folder)
     if (!inc) return 0;
     for (size_t i = 0; i < p->nexclude; i++)
         if (fnmatch(p->exclude[i], folder, 0) == 0) return 0;
+    return 1;
+}
+
+int mv_profile_directory_selected(const mv_profile *p, const char *login, int licensed)
+{
+    if (!p->directory) return 0;
+    if (!licensed && !p->all_users) return 0;
+    int inc = p->ndir_include == 0;
+    for (size_t i = 0; !inc && i < p->ndir_include; i++)
+        if (fnmatch(p->dir_include[i], login, FNM_CASEFOLD) == 0) inc = 1;
+    if (!inc) return 0;
+    for (size_t i = 0; i < p->ndir_exclude; i++)
+        if (fnmatch(p->dir_exclude[i], login, FNM_CASEFOLD) == 0) return 0;
     return 1;
 }
 

@@ -28,9 +28,11 @@ mv_err mv_jobs_credential(mv_state *st, const unsigned char key[MV_KEY_LEN], con
 
 /* Expand a profile into one archive task per mailbox (key tenant/mailbox) on the tasks topic,
  * mark each mailbox "queued" for the new run, and wait until Kafka acknowledged them all.
+ * A Graph profile with a "directory" section adds the tenant directory's users (GET /users),
+ * which needs the master key (to open the app's secret); key may be NULL otherwise.
  * run_id (37 bytes) receives the run's id. */
 mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr,
-                               const char *tenant, const char *profile, char run_id[37],
-                               int *ntasks, char *err, size_t errlen);
+                               const unsigned char *key, const char *tenant, const char *profile,
+                               char run_id[37], int *ntasks, char *err, size_t errlen);
 
 #endif

@@ -12,6 +12,8 @@
  *    "graph": {"tenant_id": "contoso.onmicrosoft.com", "client_id": "...", "client_secret": "...",
  *              "cloud": "global"},
  *    "mailboxes": [{"login": "alice@contoso.com"}, ...]}
+ * or, instead of (or besides) "mailboxes", the tenant directory:
+ *    "directory": {"all_users": false, "include": ["*@contoso.com"], "exclude": ["admin*"]}
  * "cloud" picks the national cloud's endpoints: "global" (login.microsoftonline.com,
  * graph.microsoft.com) or "china" (Office 365 operated by 21Vianet); "login_base" and
  * "graph_base" override them (test simulators). The client secret is sealed like passwords,
@@ -54,6 +56,11 @@ typedef struct mv_profile {
     size_t nexclude;
     mv_profile_mailbox *mailboxes;
     size_t nmailboxes;
+    /* graph: mailboxes from the tenant directory (/users) at each run, besides any listed */
+    int directory;
+    int all_users; /* 0: licensed users only (default); 1: all users, shared mailboxes too */
+    char **dir_include, **dir_exclude; /* patterns on userPrincipalName, case-insensitive */
+    size_t ndir_include, ndir_exclude;
 } mv_profile;
 
 /* Parse and validate. allow_secrets = 1 for user input (password fields kept in memory),
@@ -66,6 +73,9 @@ char *mv_profile_to_json(const mv_profile *p);
 void mv_profile_free(mv_profile *p);
 /* 1 if the folder passes include/exclude. */
 int mv_profile_folder_selected(const mv_profile *p, const char *folder);
+/* 1 if a directory user (userPrincipalName, licensed flag) is selected by the profile's
+ * "directory" section. */
+int mv_profile_directory_selected(const mv_profile *p, const char *login, int licensed);
 /* Index of the mailbox with that login, or -1. */
 long mv_profile_find_mailbox(const mv_profile *p, const char *login);
 /* Associated data that binds a sealed credential to its tenant/profile/mailbox. */
