@@ -37,6 +37,10 @@ static const char usage_text[] =
     "                                        file are encrypted, never stored in clear\n"
     "  profile list --tenant T               list profiles\n"
     "  profile show --tenant T NAME          print a profile (without secrets)\n"
+    "  profile test --tenant T NAME [--mailbox M]\n"
+    "                                        check access: token and one mailbox's folders\n"
+    "                                        (Graph), or login and folders (IMAP); prints a\n"
+    "                                        verdict, exit 1 if the check fails\n"
     "  profile rm --tenant T NAME            remove a profile\n"
     "Jobs:\n"
     "  run --tenant T --profile P [--wait] [--timeout S]\n"
@@ -234,11 +238,12 @@ static char *read_file_bounded(const char *path)
 
 static int cmd_profile(cli *c, int argc, char **argv)
 {
-    opt opts[] = {{"tenant", 1, NULL, 0}, {"file", 1, NULL, 0}, {NULL, 0, NULL, 0}};
+    opt opts[] = {
+        {"tenant", 1, NULL, 0}, {"file", 1, NULL, 0}, {"mailbox", 1, NULL, 0}, {NULL, 0, NULL, 0}};
     const char *pos[2];
     int npos, rc;
     char err[MV_ERRLEN];
-    if (argc < 1) return cli_fail(2, "usage: mailvault profile add|list|show|rm ...");
+    if (argc < 1) return cli_fail(2, "usage: mailvault profile add|list|show|test|rm ...");
     if ((rc = parse_opts(argc - 1, argv + 1, opts, pos, 1, &npos))) return rc;
     if ((rc = need_tenant(opts[0].value))) return rc;
     const char *tenant = opts[0].value;
@@ -275,6 +280,22 @@ static int cmd_profile(cli *c, int argc, char **argv)
     } else if (strcmp(argv[0], "list") == 0) {
         if (mv_state_profile_list(st, tenant, print_name, NULL, err, sizeof err))
             rc = cli_fail(1, "%s", err);
+    } else if (strcmp(argv[0], "test") == 0) {
+        unsigned char key[MV_KEY_LEN];
+        char report[1024] = "";
+        if (npos != 1) {
+            rc = cli_fail(2, "usage: mailvault profile test --tenant T NAME [--mailbox M]");
+        } else if ((rc = load_key(c, key)) == 0) {
+            mv_err e = mv_jobs_profile_test(st, key, &c->cfg, tenant, pos[0], opts[2].value, report,
+                                            sizeof report, err, sizeof err);
+            if (report[0]) {
+                printf("%s\n", report);
+                rc = e ? 1 : 0;
+            } else if (e) {
+                rc = cli_fail(1, "%s", err);
+            }
+            mv_crypt_wipe(key, sizeof key);
+        }
     } else if (strcmp(argv[0], "show") == 0 || strcmp(argv[0], "rm") == 0) {
         char *json = NULL;
         mv_err e;

@@ -6,6 +6,7 @@
 #include "mv/jobs.h"
 
 #include "mv/graph.h"
+#include "mv/imap.h"
 #include "mv/task.h"
 
 #include <stdio.h>
@@ -263,6 +264,137 @@ out:
     for (size_t i = 0; i < l.n; i++)
         free(l.v[i]);
     free(l.v);
+    mv_profile_free(&p);
+    return rc;
+}
+
+typedef struct folder_count {
+    int n;
+} folder_count;
+
+static int count_graph_folder(void *ud, const char *id, const char *path, const char *wk,
+                              uint64_t total)
+{
+    (void)id;
+    (void)path;
+    (void)wk;
+    (void)total;
+    ((folder_count *)ud)->n++;
+    return 0;
+}
+
+static int count_imap_folder(void *ud, const char *name, char delim, const char *flags)
+{
+    (void)name;
+    (void)delim;
+    (void)flags;
+    ((folder_count *)ud)->n++;
+    return 0;
+}
+
+/* Turn a failure into a verdict an operator can act on. */
+static void verdict(mv_err rc, const char *what, const char *detail, char *out, size_t n)
+{
+    const char *hint = "";
+    if (strstr(detail, "AADSTS7000215") || strstr(detail, "invalid_client"))
+        hint = "the client secret is wrong or expired";
+    else if (strstr(detail, "AADSTS90002") || strstr(detail, "AADSTS900023"))
+        hint = "the tenant id is wrong";
+    else if (strstr(detail, "AADSTS700016"))
+        hint = "the client id is not registered in this tenant";
+    else if (strstr(detail, "ErrorAccessDenied") || strstr(detail, "Authorization_RequestDenied"))
+        hint = "the app lacks an application permission (Mail.Read, User.Read.All) or admin "
+               "consent";
+    else if (strstr(detail, "MailboxNotEnabledForRESTAPI"))
+        hint = "the user has no Exchange Online mailbox";
+    else if (rc == MV_ENOTFOUND)
+        hint = "the mailbox does not exist";
+    else if (rc == MV_EAUTH)
+        hint = "the server refused the credentials";
+    else if (rc == MV_ENET || rc == MV_ETIMEDOUT)
+        hint = "the server cannot be reached";
+    snprintf(out, n, "FAILED %s: %s%s%s", what, hint, *hint ? " (" : "", detail);
+    if (*hint) strncat(out, ")", n - strlen(out) - 1);
+}
+
+mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], const mv_config *c,
+                            const char *tenant, const char *profile, const char *mailbox,
+                            char *report, size_t reportlen, char *err, size_t errlen)
+{
+    mv_profile p;
+    mv_err rc = mv_jobs_profile_load(st, tenant, profile, &p, err, errlen);
+    if (rc) return rc;
+    char *secret = NULL, detail[MV_ERRLEN] = "";
+    folder_count fc = {0};
+    const char *mb = mailbox;
+    if (!mb && p.nmailboxes) mb = p.mailboxes[0].login;
+    if (mb && !mv_mailbox_valid(mb)) {
+        rc = mv_seterr(err, errlen, MV_EINVAL, "mailbox \"%s\" is not a valid mailbox id", mb);
+        goto out;
+    }
+    if (p.source == MV_SOURCE_GRAPH) {
+        if ((rc = mv_jobs_credential(st, key, tenant, p.name, MV_PROFILE_APP_CRED, &secret, err,
+                                     errlen)))
+            goto out;
+        mv_graph_opts o;
+        mv_graph_opts_default(&o);
+        o.login_base = p.login_base;
+        o.graph_base = p.graph_base;
+        o.tenant_id = p.tenant_id;
+        o.client_id = p.client_id;
+        o.client_secret = secret;
+        o.verify = p.verify;
+        o.ca_file = c->ca_file[0] ? c->ca_file : NULL;
+        mv_graph *g = NULL;
+        const char *tok = NULL;
+        int64_t exp = 0;
+        if ((rc = mv_graph_open(&o, &g, err, errlen))) goto out;
+        rc = mv_graph_token(g, &tok, &exp, detail, sizeof detail);
+        if (rc) {
+            verdict(rc, "token", detail, report, reportlen);
+        } else if (!mb) {
+            snprintf(report, reportlen, "OK token acquired from %s (no mailbox to check)",
+                     p.login_base);
+        } else if ((rc = mv_graph_list_folders(g, mb, count_graph_folder, &fc, detail,
+                                               sizeof detail))) {
+            char what[300];
+            snprintf(what, sizeof what, "mailbox %s", mb);
+            verdict(rc, what, detail, report, reportlen);
+        } else {
+            snprintf(report, reportlen, "OK token acquired; mailbox %s readable, %d folders", mb,
+                     fc.n);
+        }
+        mv_graph_close(g);
+    } else {
+        if (!mb) {
+            rc = mv_seterr(err, errlen, MV_EINVAL, "profile has no mailbox to test");
+            goto out;
+        }
+        if ((rc = mv_jobs_credential(st, key, tenant, p.name, mb, &secret, err, errlen))) goto out;
+        mv_imap_opts o;
+        mv_imap_opts_default(&o);
+        o.host = p.host;
+        o.port = p.port;
+        o.tls = p.tls;
+        o.verify = p.verify;
+        o.ca_file = c->ca_file[0] ? c->ca_file : NULL;
+        o.timeout_ms = c->imap_timeout_ms;
+        mv_imap *im = NULL;
+        char what[300];
+        snprintf(what, sizeof what, "mailbox %s at %s:%d", mb, p.host, p.port);
+        if ((rc = mv_imap_connect(&o, &im, detail, sizeof detail)) ||
+            (rc = mv_imap_login(im, mb, secret, detail, sizeof detail)) ||
+            (rc = mv_imap_list(im, count_imap_folder, &fc, detail, sizeof detail)))
+            verdict(rc, what, detail, report, reportlen);
+        else
+            snprintf(report, reportlen, "OK %s: logged in, %d folders", what, fc.n);
+        mv_imap_close(im);
+    }
+out:
+    if (secret) {
+        mv_crypt_wipe(secret, strlen(secret));
+        free(secret);
+    }
     mv_profile_free(&p);
     return rc;
 }

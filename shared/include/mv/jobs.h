@@ -35,4 +35,12 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
                                const unsigned char *key, const char *tenant, const char *profile,
                                char run_id[37], int *ntasks, char *err, size_t errlen);
 
+/* "Test" a profile: for Graph, get a token and read the folder list of one mailbox (the given
+ * one, else the first listed); for IMAP, log in and list folders. *report gets "OK ..." or
+ * "FAILED <step>: <what to fix> (<server's words>)". Returns MV_OK only if the check passed;
+ * on a failed check report is still filled and the server-side failure code is returned. */
+mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], const mv_config *c,
+                            const char *tenant, const char *profile, const char *mailbox,
+                            char *report, size_t reportlen, char *err, size_t errlen);
+
 #endif
