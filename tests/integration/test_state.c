@@ -436,6 +436,126 @@ static int pump_cb(void *ud, const void *payload, size_t len)
     return 1; /* someone else's entry: leave it alone */
 }
 
+static void test_cursor_and_counters(void **state)
+{
+    char err[MV_ERRLEN] = "", t[64], holder[64];
+    const char *mb = "cursor@example.com";
+    const char *folder = "AAMkAGI2-folder-id";
+    uint64_t tok = 0;
+    mv_cursor got;
+    mv_state *s = connect_or_fail();
+    snprintf(t, sizeof t, "cu-%s", uid);
+    CHECK(mv_state_tenant_add(s, t, NULL, err, sizeof err));
+    assert_int_equal(mv_state_cursor_get(s, t, mb, folder, &got, err, sizeof err), MV_ENOTFOUND);
+    mv_cursor cu = {.generation = 2, .seq = 7, .pending = 1, .messages = 123};
+    snprintf(cu.link, sizeof cu.link, "https://graph.example/v1.0/users/u/messages/delta?$x=1");
+    /* fenced like checkpoints */
+    assert_int_equal(
+        mv_state_cursor_commit(s, t, mb, folder, &cu, "w", 1, NULL, NULL, 0, err, sizeof err),
+        MV_EBUSY);
+    CHECK(
+        mv_state_lease_acquire(s, t, mb, "w", 60000, &tok, holder, sizeof holder, err, sizeof err));
+    const char *counters[] = {"messages", "bytes_raw"};
+    const int64_t incr[] = {5, 1000};
+    CHECK(mv_state_cursor_commit(s, t, mb, folder, &cu, "w", tok, counters, incr, 2, err,
+                                 sizeof err));
+    CHECK(mv_state_cursor_get(s, t, mb, folder, &got, err, sizeof err));
+    assert_int_equal(got.generation, 2);
+    assert_int_equal(got.seq, 7);
+    assert_int_equal(got.pending, 1);
+    assert_int_equal(got.messages, 123);
+    assert_string_equal(got.link, cu.link);
+    /* the counters moved in the same step */
+    fields fs = {0};
+    CHECK(mv_state_status_get(s, t, mb, collect_field, &fs, err, sizeof err));
+    assert_string_equal(field(&fs, "messages"), "5");
+    assert_string_equal(field(&fs, "bytes_raw"), "1000");
+    /* an empty link (start from scratch) round-trips too */
+    cu.link[0] = '\0';
+    cu.pending = 0;
+    CHECK(mv_state_cursor_commit(s, t, mb, folder, &cu, "w", tok, NULL, NULL, 0, err, sizeof err));
+    CHECK(mv_state_cursor_get(s, t, mb, folder, &got, err, sizeof err));
+    assert_string_equal(got.link, "");
+    assert_int_equal(got.pending, 0);
+    CHECK(mv_state_lease_release(s, t, mb, "w", tok, err, sizeof err));
+    CHECK(mv_state_tenant_del(s, t, err, sizeof err));
+    mv_state_close(s);
+}
+
+static void test_limiter(void **state)
+{
+    char err[MV_ERRLEN] = "", scope[96], ids[8][37];
+    mv_state *s = connect_or_fail();
+    snprintf(scope, sizeof scope, "test:%s", uid);
+    mv_limit lim = {
+        .max_concurrent = 2, .hold_ms = 60000, .window_requests = 3, .window_ms = 60000};
+    int admitted = 0;
+    int64_t wait = 0;
+    for (int i = 0; i < 2; i++) {
+        mv_uuid(ids[i]);
+        CHECK(mv_state_limit_acquire(s, scope, ids[i], &lim, &admitted, &wait, err, sizeof err));
+        assert_int_equal(admitted, 1);
+    }
+    /* a third at once: concurrency is full (wait hint 0: a slot frees any moment) */
+    mv_uuid(ids[2]);
+    CHECK(mv_state_limit_acquire(s, scope, ids[2], &lim, &admitted, &wait, err, sizeof err));
+    assert_int_equal(admitted, 0);
+    assert_int_equal(wait, 0);
+    CHECK(mv_state_limit_release(s, scope, ids[0], err, sizeof err));
+    CHECK(mv_state_limit_acquire(s, scope, ids[2], &lim, &admitted, &wait, err, sizeof err));
+    assert_int_equal(admitted, 1);
+    CHECK(mv_state_limit_release(s, scope, ids[1], err, sizeof err));
+    CHECK(mv_state_limit_release(s, scope, ids[2], err, sizeof err));
+    /* a fourth within the window: the window (3 per minute) is spent; the hint says ~1 min */
+    mv_uuid(ids[3]);
+    CHECK(mv_state_limit_acquire(s, scope, ids[3], &lim, &admitted, &wait, err, sizeof err));
+    assert_int_equal(admitted, 0);
+    assert_true(wait > 50000 && wait <= 60001);
+    /* a crashed holder's slot frees itself after hold_ms */
+    char scope2[96];
+    snprintf(scope2, sizeof scope2, "test2:%s", uid);
+    mv_limit one = {.max_concurrent = 1, .hold_ms = 300, .window_requests = 0, .window_ms = 1000};
+    mv_uuid(ids[4]);
+    CHECK(mv_state_limit_acquire(s, scope2, ids[4], &one, &admitted, &wait, err, sizeof err));
+    assert_int_equal(admitted, 1);
+    mv_uuid(ids[5]);
+    int64_t deadline = mv_mono_ms() + 5000;
+    for (admitted = 0; !admitted;) {
+        CHECK(mv_state_limit_acquire(s, scope2, ids[5], &one, &admitted, &wait, err, sizeof err));
+        if (!admitted && mv_mono_ms() > deadline) fail_msg("a held slot never expired");
+        if (!admitted) sleep_ms(20);
+    }
+    mv_state_close(s);
+}
+
+static void test_token_cache(void **state)
+{
+    char err[MV_ERRLEN] = "", t[64];
+    mv_state *s = connect_or_fail();
+    snprintf(t, sizeof t, "tk-%s", uid);
+    void *blob = NULL;
+    size_t len = 0;
+    assert_int_equal(mv_state_token_get(s, t, "p", &blob, &len, err, sizeof err), MV_ENOTFOUND);
+    CHECK(mv_state_token_put(s, t, "p", "sealed\0bytes", 12, 60000, err, sizeof err));
+    CHECK(mv_state_token_get(s, t, "p", &blob, &len, err, sizeof err));
+    assert_int_equal(len, 12);
+    assert_memory_equal(blob, "sealed\0bytes", 12);
+    free(blob);
+    int got = 0;
+    CHECK(mv_state_token_lock(s, t, "p", "w1", 60000, &got, err, sizeof err));
+    assert_int_equal(got, 1);
+    CHECK(mv_state_token_lock(s, t, "p", "w2", 60000, &got, err, sizeof err));
+    assert_int_equal(got, 0);                                       /* one fetcher at a time */
+    CHECK(mv_state_token_unlock(s, t, "p", "w2", err, sizeof err)); /* not the holder: no-op */
+    CHECK(mv_state_token_lock(s, t, "p", "w2", 60000, &got, err, sizeof err));
+    assert_int_equal(got, 0);
+    CHECK(mv_state_token_unlock(s, t, "p", "w1", err, sizeof err));
+    CHECK(mv_state_token_lock(s, t, "p", "w2", 60000, &got, err, sizeof err));
+    assert_int_equal(got, 1);
+    CHECK(mv_state_token_unlock(s, t, "p", "w2", err, sizeof err));
+    mv_state_close(s);
+}
+
 static void test_delay_pump(void **state)
 {
     char err[MV_ERRLEN] = "";
@@ -522,9 +642,15 @@ static void test_reconnect(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_catalog),    cmocka_unit_test(test_status),
-        cmocka_unit_test(test_lease),      cmocka_unit_test(test_fencing),
-        cmocka_unit_test(test_delay_pump), cmocka_unit_test(test_reconnect),
+        cmocka_unit_test(test_catalog),
+        cmocka_unit_test(test_status),
+        cmocka_unit_test(test_lease),
+        cmocka_unit_test(test_fencing),
+        cmocka_unit_test(test_delay_pump),
+        cmocka_unit_test(test_reconnect),
+        cmocka_unit_test(test_cursor_and_counters),
+        cmocka_unit_test(test_limiter),
+        cmocka_unit_test(test_token_cache),
     };
     return cmocka_run_group_tests(tests, setup_env, NULL);
 }
