@@ -121,12 +121,13 @@ static void print_table(const status_list *l, const mv_lag *lag, int lag_ok, FIL
     for (size_t i = 0; i < l->n; i++) {
         const mbox_status *m = &l->v[i];
         if (strcmp(cur, m->tenant) != 0) {
-            long long msgs = 0, raw = 0, stored = 0;
+            long long msgs = 0, raw = 0, stored = 0, throttled = 0;
             int done = 0, failed = 0, active = 0, n = 0;
             for (size_t j = i; j < l->n && strcmp(l->v[j].tenant, m->tenant) == 0; j++, n++) {
                 msgs += l->v[j].total;
                 raw += l->v[j].raw;
                 stored += l->v[j].stored;
+                throttled += l->v[j].throttled;
                 done += strcmp(l->v[j].state, "done") == 0;
                 failed += strcmp(l->v[j].state, "failed") == 0;
             }
@@ -136,8 +137,8 @@ static void print_table(const status_list *l, const mv_lag *lag, int lag_ok, FIL
             human(stored, s, sizeof s);
             fprintf(f,
                     "tenant %s: %d mailboxes (%d done, %d active, %d failed), %lld messages "
-                    "archived; last runs: %s raw, %s stored\n",
-                    m->tenant, n, done, active, failed, msgs, r, s);
+                    "archived; last runs: %s raw, %s stored, %lld throttling waits\n",
+                    m->tenant, n, done, active, failed, msgs, r, s, throttled);
             fprintf(f, "  %-28s %-9s %9s %9s %10s %10s %-18s %s\n", "MAILBOX", "STATE", "RUN MSGS",
                     "TOTAL", "RAW", "STORED", "FOLDER", "WORKER / ERROR");
             cur = m->tenant;

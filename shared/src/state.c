@@ -1028,14 +1028,18 @@ static int st_ckpt_parse(const char *s, size_t len, mv_ckpt *ck)
     return 0;
 }
 
-mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
-                         mv_ckpt *ck, char *err, size_t errlen)
+/* HGET one folder's progress text from "<prefix>:{t}:{mailbox}" and parse it with parse into
+ * out (zeroed first; left zeroed on MV_ENOTFOUND or a malformed value). */
+static mv_err st_progress_get(mv_state *s, const char *prefix, const char *what, const char *tenant,
+                              const char *mailbox, const char *folder,
+                              int (*parse)(const char *, size_t, void *), void *out, size_t outsz,
+                              char *err, size_t errlen)
 {
     char key[ST_KEYLEN];
-    memset(ck, 0, sizeof *ck);
+    memset(out, 0, outsz);
     mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
-    if (!e && !folder) e = mv_seterr(err, errlen, MV_EINVAL, "checkpoint: no folder");
-    if (!e) e = st_key(key, err, errlen, "mv:ckpt:%s:%s", tenant, mailbox);
+    if (!e && !folder) e = mv_seterr(err, errlen, MV_EINVAL, "%s: no folder", what);
+    if (!e) e = st_key(key, err, errlen, "%s:%s:%s", prefix, tenant, mailbox);
     if (e) return e;
     st_args a = {0};
     sa_str(&a, "HGET");
@@ -1045,15 +1049,27 @@ mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox, c
     e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
     if (e) return e;
     if (r->type == REDIS_REPLY_NIL)
-        e = mv_seterr(err, errlen, MV_ENOTFOUND, "no checkpoint for a folder of %s/%s", tenant,
+        e = mv_seterr(err, errlen, MV_ENOTFOUND, "no %s for a folder of %s/%s", what, tenant,
                       mailbox);
-    else if (st_ckpt_parse(r->str, r->len, ck) != 0) {
-        memset(ck, 0, sizeof *ck);
-        e = mv_seterr(err, errlen, MV_ECORRUPT, "checkpoint of a folder of %s/%s is malformed",
+    else if (parse(r->str, r->len, out) != 0) {
+        memset(out, 0, outsz);
+        e = mv_seterr(err, errlen, MV_ECORRUPT, "%s of a folder of %s/%s is malformed", what,
                       tenant, mailbox);
     }
     freeReplyObject(r);
     return e;
+}
+
+static int st_ckpt_parse_v(const char *s, size_t len, void *out)
+{
+    return st_ckpt_parse(s, len, out);
+}
+
+mv_err mv_state_ckpt_get(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
+                         mv_ckpt *ck, char *err, size_t errlen)
+{
+    return st_progress_get(s, "mv:ckpt", "checkpoint", tenant, mailbox, folder, st_ckpt_parse_v, ck,
+                           sizeof *ck, err, errlen);
 }
 
 /* Fenced write of one folder's progress text into the hash "<prefix>:{t}:{mailbox}", with the
@@ -1134,32 +1150,16 @@ static int st_cursor_parse(const char *s, size_t len, mv_cursor *cu)
     return 0;
 }
 
+static int st_cursor_parse_v(const char *s, size_t len, void *out)
+{
+    return st_cursor_parse(s, len, out);
+}
+
 mv_err mv_state_cursor_get(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
                            mv_cursor *cu, char *err, size_t errlen)
 {
-    char key[ST_KEYLEN];
-    memset(cu, 0, sizeof *cu);
-    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
-    if (!e && !folder) e = mv_seterr(err, errlen, MV_EINVAL, "cursor: no folder");
-    if (!e) e = st_key(key, err, errlen, "mv:cursor:%s:%s", tenant, mailbox);
-    if (e) return e;
-    st_args a = {0};
-    sa_str(&a, "HGET");
-    sa_str(&a, key);
-    sa_str(&a, folder);
-    redisReply *r = NULL;
-    e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
-    if (e) return e;
-    if (r->type == REDIS_REPLY_NIL)
-        e = mv_seterr(err, errlen, MV_ENOTFOUND, "no cursor for a folder of %s/%s", tenant,
-                      mailbox);
-    else if (st_cursor_parse(r->str, r->len, cu) != 0) {
-        memset(cu, 0, sizeof *cu);
-        e = mv_seterr(err, errlen, MV_ECORRUPT, "cursor of a folder of %s/%s is malformed", tenant,
-                      mailbox);
-    }
-    freeReplyObject(r);
-    return e;
+    return st_progress_get(s, "mv:cursor", "cursor", tenant, mailbox, folder, st_cursor_parse_v, cu,
+                           sizeof *cu, err, errlen);
 }
 
 mv_err mv_state_cursor_commit(mv_state *s, const char *tenant, const char *mailbox,
