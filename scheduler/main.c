@@ -42,8 +42,8 @@ static int pump_cb(void *ud, const void *payload, size_t len)
     mv_task t;
     if (mv_task_decode(payload, len, &t, err, sizeof err)) return 0;
     mv_task_key(&t, key, sizeof key);
-    if (mv_producer_send(u->pr, u->cfg->topic_tasks, key, payload, len, err, sizeof err) ||
-        mv_producer_flush(u->pr, 30000, err, sizeof err)) {
+    if (mv_producer_send_sync(u->pr, u->cfg->topic_tasks, key, payload, len, 5000, err,
+                              sizeof err)) {
         mv_warn("cannot re-enqueue delayed task", " error=\"%s\"", err);
         return 1;
     }

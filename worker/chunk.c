@@ -132,6 +132,8 @@ mv_err chunk_batch_store(chunk_ctx *c, const char *segname, char *err, size_t er
     rc = mv_store_segment_put(r->store, c->t->tenant, c->t->mailbox, segname, seg, seglen, err,
                               errlen);
     free(seg);
+    /* a long syncfs must not let the lease lapse before the fenced commit that follows */
+    if (!rc && (rc = chunk_beat(c, 1))) mv_seterr(err, errlen, rc, "%s", c->err);
     return rc;
 }
 

@@ -24,6 +24,7 @@ typedef struct chunk_ctx {
     uint64_t budget;        /* messages this chunk may still archive */
     int64_t deadline;       /* monotonic ms when the chunk's time is up */
     int64_t retry_after_ms; /* a source asked for at least this delay before a retry */
+    const mv_profile *profile;
     mv_err failed;
     char err[MV_ERRLEN];
 } chunk_ctx;

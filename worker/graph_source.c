@@ -177,15 +177,20 @@ static void gate_release(void *ud)
 #define TOKEN_MARGIN_MS 300000 /* a cached token this close to expiry is not used */
 #define TOKEN_LOCK_MS 30000
 
+/* The sealed token is bound to everything that decides whose token it is: a blob left from
+ * another app, tenant id or endpoint never opens (and the cache is also dropped whenever the
+ * profile is saved or removed). */
 static void token_ad(const chunk_ctx *c, char *ad, size_t n)
 {
-    snprintf(ad, n, "gtoken:%s:%s", c->t->tenant, c->t->profile);
+    const mv_profile *p = c->profile;
+    snprintf(ad, n, "gtoken:%s:%s:%s:%s:%s:%s", c->t->tenant, c->t->profile, p->tenant_id,
+             p->client_id, p->login_base, p->graph_base);
 }
 
 /* Install the cached token if there is a fresh one; 1 if installed. */
 static int token_from_cache(chunk_ctx *c, mv_graph *g, int64_t *exp_out)
 {
-    char err[MV_ERRLEN], ad[256];
+    char err[MV_ERRLEN], ad[1024];
     void *blob = NULL;
     size_t len = 0;
     unsigned char *plain = NULL;
@@ -211,7 +216,7 @@ static int token_from_cache(chunk_ctx *c, mv_graph *g, int64_t *exp_out)
 
 static void token_to_cache(chunk_ctx *c, const char *token, int64_t exp)
 {
-    char err[MV_ERRLEN], ad[256];
+    char err[MV_ERRLEN], ad[1024];
     size_t n = strlen(token) + 32;
     char *plain = malloc(n);
     unsigned char *blob = NULL;
@@ -322,13 +327,21 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, int *more
     if (rc && rc != MV_ENOTFOUND) return rc;
     gpage pg = {0};
     char *next = NULL;
+    int restarts = 0;
+    int force_overwrite = 0; /* objects of an abandoned pending page must not be trusted */
     rc = MV_OK;
     for (;;) {
         int complete = 0;
         free(next);
         next = NULL;
         rc = read_page(c, g, t->mailbox, f->id, cu.link, &pg, &next, &complete, err, errlen);
+        if (rc == MV_ENOTFOUND && strstr(err, "sync state expired") && restarts++ > 0) {
+            rc = mv_seterr(err, errlen, MV_EPROTO,
+                           "folder \"%s\": the server refused a fresh delta sync too", f->path);
+            break;
+        }
         if (rc == MV_ENOTFOUND && strstr(err, "sync state expired")) {
+            if (cu.pending) force_overwrite = 1;
             mv_warn("delta sync state expired, re-reading folder",
                     " tenant=%s mailbox=%s folder=\"%s\" generation=%u", t->tenant, t->mailbox,
                     f->path, cu.generation + 1);
@@ -352,6 +365,9 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, int *more
         }
         if (pg.n == 0) { /* nothing to fetch: just move on (removals are counted) */
             snprintf(cu.link, sizeof cu.link, "%s", next);
+            /* A pending page redone empty (its messages gone meanwhile) may have left its
+             * segment: step over that name so the next page does not replace it. */
+            if (cu.pending) cu.seq++;
             cu.pending = 0;
             const char *fields[] = {"removed"};
             int64_t incr[] = {(int64_t)pg.removed};
@@ -364,7 +380,8 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, int *more
             *more = 1;
             break;
         }
-        int overwrite = cu.pending; /* this link was started by an attempt that did not finish */
+        /* this link was started by an attempt that did not finish */
+        int overwrite = cu.pending || force_overwrite;
         if (!cu.pending) {
             cu.pending = 1;
             rc = mv_state_cursor_commit(r->st, t->tenant, t->mailbox, f->id, &cu, r->worker_id,
@@ -429,11 +446,14 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
     o.client_secret = secret;
     o.ca_file = r->cfg->ca_file[0] ? r->cfg->ca_file : NULL;
     o.verify = p->verify;
-    o.timeout_ms = r->cfg->imap_timeout_ms;
+    /* the whole request may take long (a 200 MB message); a stall may not */
+    o.idle_timeout_ms = r->cfg->imap_timeout_ms;
+    o.timeout_ms = 3600 * 1000;
     o.max_message = (uint64_t)r->cfg->max_message_bytes;
     mv_graph *g = NULL;
     gfolders fl = {0};
     *more = 0;
+    c->profile = p;
     mv_err rc = mv_graph_open(&o, &g, err, errlen);
     if (rc) goto out;
     gate_ud gu;
@@ -442,7 +462,7 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
     gu.lim.max_concurrent = r->cfg->graph_max_concurrent;
     gu.lim.window_requests = r->cfg->graph_window_requests;
     gu.lim.window_ms = (int64_t)r->cfg->graph_window_seconds * 1000;
-    gu.lim.hold_ms = o.timeout_ms + 5000; /* a crashed worker's slot frees itself */
+    gu.lim.hold_ms = 10 * 60 * 1000; /* a crashed worker's slot frees itself after this */
     if (r->cfg->graph_limit_per_app)
         snprintf(gu.scope, sizeof gu.scope, "app:%s:%s:%s", p->tenant_id, p->client_id,
                  c->t->mailbox);

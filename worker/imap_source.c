@@ -181,10 +181,12 @@ mv_err imap_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *passw
         mv_ckpt ck;
         rc = mv_state_ckpt_get(r->st, t->tenant, t->mailbox, folder, &ck, err, errlen);
         if (rc && rc != MV_ENOTFOUND) goto out;
+        int force_overwrite = 0; /* objects of an abandoned pending range are not trusted */
         if (ck.uidvalidity && ck.uidvalidity != info.uidvalidity) {
             mv_warn("UIDVALIDITY changed, re-scanning folder",
                     " tenant=%s mailbox=%s folder=\"%s\" old=%u new=%u", t->tenant, t->mailbox,
                     folder, ck.uidvalidity, info.uidvalidity);
+            force_overwrite = ck.pending_to != 0;
             ck.last_uid = ck.pending_from = ck.pending_to = 0;
         }
         ck.uidvalidity = info.uidvalidity;
@@ -217,7 +219,7 @@ mv_err imap_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *passw
                 b.first = uids[0];
                 b.last = uids[take - 1];
                 free(uids);
-                c->overwrite = 0;
+                c->overwrite = force_overwrite;
                 ck.pending_from = b.first;
                 ck.pending_to = b.last;
                 if ((rc = mv_state_ckpt_set(r->st, t->tenant, t->mailbox, folder, &ck, r->worker_id,

@@ -88,8 +88,7 @@ static int pump_cb(void *ud, const void *payload, size_t len)
     if (mv_task_decode(payload, len, &t, err, sizeof err)) return 0; /* drop garbage */
     char key[512];
     mv_task_key(&t, key, sizeof key);
-    if (mv_producer_send(pr, cfg->topic_tasks, key, payload, len, err, sizeof err) ||
-        mv_producer_flush(pr, 30000, err, sizeof err)) {
+    if (mv_producer_send_sync(pr, cfg->topic_tasks, key, payload, len, 5000, err, sizeof err)) {
         mv_warn("cannot re-enqueue delayed task", " error=\"%s\"", err);
         return 1;
     }

@@ -27,9 +27,8 @@ static mv_err send_task(mv_runner *r, const char *topic, const mv_task *t, char 
     mv_err rc = mv_task_encode(t, &buf, &len, err, errlen);
     if (rc) return rc;
     mv_task_key(t, key, sizeof key);
-    rc = mv_producer_send(r->pr, topic, key, buf, len, err, errlen);
+    rc = mv_producer_send_sync(r->pr, topic, key, buf, len, 30000, err, errlen);
     free(buf);
-    if (!rc) rc = mv_producer_flush(r->pr, 30000, err, errlen);
     return rc;
 }
 
@@ -112,8 +111,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     if (rc) {
         /* Not a task we can read: keep the bytes in the DLQ for inspection. */
         mv_error("undecodable task sent to the dead-letter topic", " error=\"%s\"", why);
-        rc = mv_producer_send(r->pr, r->cfg->topic_dlq, "invalid", payload, len, err, errlen);
-        return rc ? rc : mv_producer_flush(r->pr, 30000, err, errlen);
+        return mv_producer_send_sync(r->pr, r->cfg->topic_dlq, "invalid", payload, len, 30000, err,
+                                     errlen);
     }
     if (t.not_before_ms > mv_now_ms() + 1000) { /* early: park it in the delayed set again */
         *outcome = MV_RUN_RETRY;
@@ -179,6 +178,13 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         cause = imap_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
     retry_after_ms = cc.retry_after_ms;
     chunk_free(&cc);
+    if (cause && *r->stopping && (cause == MV_ECANCEL || cause == MV_EBUSY)) {
+        /* interrupted by shutdown while waiting (limiter, throttling): what is recorded
+         * stays recorded and pending work is redone, so this is a continuation, not a
+         * failed attempt */
+        cause = MV_OK;
+        more = 1;
+    }
     if (cause) goto failed;
 
     snprintf(now, sizeof now, "%lld", (long long)mv_now_ms());

@@ -976,6 +976,7 @@ void mv_graph_opts_default(mv_graph_opts *o)
     o->verify = 1;
     o->timeout_ms = 120000;
     o->connect_timeout_ms = 15000;
+    o->idle_timeout_ms = 60000;
     o->max_json = 16u * 1024 * 1024;
     o->max_message = 200ull * 1024 * 1024;
     o->page_size = 100;
@@ -1062,6 +1063,10 @@ mv_err mv_graph_open(const mv_graph_opts *o, mv_graph **out, char *err, size_t e
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_TIMEOUT_MS, (long)o->timeout_ms);
     SET(CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_timeout_ms);
+    if (o->idle_timeout_ms > 0) { /* stalls fail early; long downloads that move go on */
+        SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+        SET(CURLOPT_LOW_SPEED_TIME, (long)((o->idle_timeout_ms + 999) / 1000));
+    }
     SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_REDIR_PROTOCOLS_STR, "https");

@@ -180,8 +180,9 @@ static int on_user(void *ud, const char *id, const char *upn, const char *mail, 
 }
 
 /* Mailboxes of a run: the listed ones, plus the tenant directory's for a directory profile. */
-static mv_err run_logins(mv_state *st, const unsigned char *key, const char *tenant,
-                         const mv_profile *p, login_list *l, char *err, size_t errlen)
+static mv_err run_logins(const mv_config *c, mv_state *st, const unsigned char *key,
+                         const char *tenant, const mv_profile *p, login_list *l, char *err,
+                         size_t errlen)
 {
     for (size_t i = 0; i < p->nmailboxes; i++)
         if (add_login(l, p->mailboxes[i].login)) return MV_ENOMEM;
@@ -203,6 +204,8 @@ static mv_err run_logins(mv_state *st, const unsigned char *key, const char *ten
     o.client_id = p->client_id;
     o.client_secret = secret;
     o.verify = p->verify;
+    o.ca_file = c->ca_file[0] ? c->ca_file : NULL;
+    o.idle_timeout_ms = c->imap_timeout_ms;
     mv_graph *g = NULL;
     if (!(rc = mv_graph_open(&o, &g, err, errlen))) {
         rc = mv_graph_list_users(g, on_user, l, err, errlen);
@@ -230,7 +233,7 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
     mv_uuid(run_id);
     *ntasks = 0;
     int64_t now = mv_now_ms();
-    if ((rc = run_logins(st, key, tenant, &p, &l, err, errlen))) goto out;
+    if ((rc = run_logins(c, st, key, tenant, &p, &l, err, errlen))) goto out;
     for (size_t i = 0; i < l.n; i++) {
         mv_task t;
         memset(&t, 0, sizeof t);

@@ -79,6 +79,20 @@ static mv_err get_patterns(json_t *obj, const char *prefix, const char *key, cha
     return MV_OK;
 }
 
+/* https://, or http:// to a loopback address only (a local test simulator): the client secret
+ * and tokens must never cross a network in clear. */
+static mv_err check_base_url(const char *field, const char *url, char *err, size_t errlen)
+{
+    if (strncmp(url, "https://", 8) == 0) return MV_OK;
+    static const char *const loop[] = {"http://127.0.0.1:", "http://127.0.0.1/",
+                                       "http://localhost:", "http://localhost/",
+                                       "http://[::1]:",     "http://[::1]/"};
+    for (size_t i = 0; i < sizeof loop / sizeof loop[0]; i++)
+        if (strncmp(url, loop[i], strlen(loop[i])) == 0) return MV_OK;
+    return mv_seterr(err, errlen, MV_EINVAL,
+                     "%s: must be an https:// URL (http:// only to a loopback address)", field);
+}
+
 static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *err, size_t errlen)
 {
     static const char *const top_keys[] = {"name",    "type",      "server",    "graph",
@@ -149,10 +163,9 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
             (rc = get_str(gr, "graph_base", "graph.", 0, p->graph_base, sizeof p->graph_base, err,
                           errlen)))
             return rc;
-        if (strncmp(p->login_base, "https://", 8) != 0 && strncmp(p->login_base, "http://", 7) != 0)
-            return mv_seterr(err, errlen, MV_EINVAL, "graph.login_base: must be an http(s) URL");
-        if (strncmp(p->graph_base, "https://", 8) != 0 && strncmp(p->graph_base, "http://", 7) != 0)
-            return mv_seterr(err, errlen, MV_EINVAL, "graph.graph_base: must be an http(s) URL");
+        if ((rc = check_base_url("graph.login_base", p->login_base, err, errlen)) ||
+            (rc = check_base_url("graph.graph_base", p->graph_base, err, errlen)))
+            return rc;
         json_t *verify = json_object_get(gr, "verify");
         if (verify) {
             if (!json_is_boolean(verify))
@@ -296,9 +309,14 @@ mv_err mv_profile_parse(const char *json, int allow_secrets, mv_profile *p, char
     memset(p, 0, sizeof *p);
     json_error_t je;
     json_t *root = json_loads(json, JSON_REJECT_DUPLICATES, &je);
-    if (!root)
+    if (!root) {
+        /* jansson quotes the text near the error, which may be part of a secret */
+        if (allow_secrets)
+            return mv_seterr(err, errlen, MV_EINVAL, "profile is not valid JSON: line %d column %d",
+                             je.line, je.column);
         return mv_seterr(err, errlen, MV_EINVAL, "profile is not valid JSON: line %d column %d: %s",
                          je.line, je.column, je.text);
+    }
     mv_err rc = parse_obj(root, allow_secrets, p, err, errlen);
     json_decref(root);
     if (rc) mv_profile_free(p);

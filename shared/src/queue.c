@@ -312,9 +312,30 @@ struct mv_producer {
     char brokers[256];
 };
 
+/* Completion of one message sent by mv_producer_send_sync. Heap-allocated: if the sender
+ * gives up waiting, it marks it abandoned and the delivery report frees it. */
+typedef struct q_wait {
+    pthread_mutex_t mu;
+    int done, abandoned;
+    rd_kafka_resp_err_t err;
+} q_wait;
+
 static void q_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     mv_producer *p = opaque;
+    q_wait *w = m->_private;
+    if (w) { /* a synchronous send: report to its sender only */
+        pthread_mutex_lock(&w->mu);
+        w->done = 1;
+        w->err = m->err;
+        int abandoned = w->abandoned;
+        pthread_mutex_unlock(&w->mu);
+        if (abandoned) {
+            pthread_mutex_destroy(&w->mu);
+            free(w);
+        }
+        return;
+    }
     if (!m->err || !p) return;
     pthread_mutex_lock(&p->mu);
     if (!p->first_err) {
@@ -373,6 +394,56 @@ mv_err mv_producer_send(mv_producer *p, const char *topic, const char *key, cons
     }
     rd_kafka_poll(p->rk, 0);
     return MV_OK;
+}
+
+mv_err mv_producer_send_sync(mv_producer *p, const char *topic, const char *key, const void *val,
+                             size_t len, int timeout_ms, char *err, size_t errlen)
+{
+    if (!topic || !topic[0]) return mv_seterr(err, errlen, MV_EINVAL, "kafka send: no topic");
+    q_wait *w = calloc(1, sizeof *w);
+    if (!w) return mv_seterr(err, errlen, MV_ENOMEM, "kafka send: no memory");
+    pthread_mutex_init(&w->mu, NULL);
+    int64_t deadline = mv_mono_ms() + timeout_ms;
+    size_t klen = key ? strlen(key) : 0;
+    rd_kafka_resp_err_t ke;
+    for (;;) {
+        ke = rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, klen),
+                               RD_KAFKA_V_VALUE((void *)val, len),
+                               RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(w),
+                               RD_KAFKA_V_END);
+        if (ke != RD_KAFKA_RESP_ERR__QUEUE_FULL || q_left(deadline) <= 0) break;
+        rd_kafka_poll(p->rk, 100);
+    }
+    if (ke) { /* never queued: no delivery report will come */
+        pthread_mutex_destroy(&w->mu);
+        free(w);
+        return mv_seterr(
+            err, errlen, ke == RD_KAFKA_RESP_ERR__QUEUE_FULL ? MV_ETIMEDOUT : q_code(ke),
+            "kafka %s: produce to topic %s: %s", p->brokers, topic, rd_kafka_err2str(ke));
+    }
+    mv_err e = MV_OK;
+    for (;;) {
+        /* Any thread's poll may serve our report; we only look at our own record. */
+        rd_kafka_poll(p->rk, 20);
+        pthread_mutex_lock(&w->mu);
+        int done = w->done;
+        rd_kafka_resp_err_t de = w->err;
+        if (!done && q_left(deadline) <= 0) w->abandoned = 1;
+        int abandoned = w->abandoned;
+        pthread_mutex_unlock(&w->mu);
+        if (done) {
+            if (de)
+                e = mv_seterr(err, errlen, q_code(de), "kafka %s: delivery to topic %s failed: %s",
+                              p->brokers, topic, rd_kafka_err2str(de));
+            pthread_mutex_destroy(&w->mu);
+            free(w);
+            return e;
+        }
+        if (abandoned) /* the report frees w when it comes */
+            return mv_seterr(err, errlen, MV_ETIMEDOUT,
+                             "kafka %s: message to topic %s not acknowledged within %d ms",
+                             p->brokers, topic, timeout_ms);
+    }
 }
 
 mv_err mv_producer_flush(mv_producer *p, int timeout_ms, char *err, size_t errlen)

@@ -624,6 +624,21 @@ mv_err mv_state_tenant_list(mv_state *s, int (*cb)(void *ud, const char *name), 
     return st_smembers_sorted(s, "mv:tenants", cb, ud, err, errlen);
 }
 
+/* Drop a profile's cached access token and its fetch lock. */
+static mv_err st_token_forget(mv_state *s, const char *tenant, const char *profile, char *err,
+                              size_t errlen)
+{
+    char tok[ST_KEYLEN], lock[ST_KEYLEN];
+    mv_err e = st_key(tok, err, errlen, "mv:gtoken:%s:%s", tenant, profile);
+    if (!e) e = st_key(lock, err, errlen, "mv:gtoken-lock:%s:%s", tenant, profile);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "DEL");
+    sa_str(&a, tok);
+    sa_str(&a, lock);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
 mv_err mv_state_profile_put(mv_state *s, const char *tenant, const char *profile, const char *json,
                             char *err, size_t errlen)
 {
@@ -633,6 +648,8 @@ mv_err mv_state_profile_put(mv_state *s, const char *tenant, const char *profile
     if (!e) e = st_key(key, err, errlen, "mv:profile:%s:%s", tenant, profile);
     if (!e) e = st_key(set, err, errlen, "mv:profiles:%s", tenant);
     if (e) return e;
+    /* a changed profile may name another app or endpoint: its cached token goes first */
+    if ((e = st_token_forget(s, tenant, profile, err, errlen))) return e;
     st_args a = {0};
     sa_str(&a, "SET");
     sa_str(&a, key);
@@ -695,6 +712,7 @@ mv_err mv_state_profile_del(mv_state *s, const char *tenant, const char *profile
     sa_str(&a, profile);
     e = st_int(s, 1, &a, &removed, err, errlen);
     if (!e) e = st_scan_del(s, pat, err, errlen);
+    if (!e) e = st_token_forget(s, tenant, profile, err, errlen);
     if (!e && !deleted && !removed)
         e = mv_seterr(err, errlen, MV_ENOTFOUND, "profile %s/%s does not exist", tenant, profile);
     return e;

@@ -106,6 +106,18 @@ static void test_errors_name_the_field(void **state)
     expect_error("{\"name\":\"p\",\"name\":\"q\",\"server\":{\"host\":\"h\"},"
                  "\"mailboxes\":[{\"login\":\"a\"}]}",
                  1, "not valid JSON"); /* duplicate keys are refused */
+    /* Graph endpoints: https, or http only to loopback (the secret never crosses a network in
+     * clear); a JSON error never quotes the text near it when secrets are allowed */
+    expect_error("{\"name\":\"p\",\"type\":\"graph\",\"graph\":{\"tenant_id\":\"t\","
+                 "\"client_id\":\"c\",\"graph_base\":\"http://graph.example/v1.0\"},"
+                 "\"directory\":{}}",
+                 1, "graph.graph_base: must be an https:// URL");
+    mv_profile q;
+    char qerr[MV_ERRLEN];
+    assert_int_equal(mv_profile_parse("{\"mailboxes\":[{\"password\":\"Sup3rS3cret\x01\"}]}", 1, &q,
+                                      qerr, sizeof qerr),
+                     MV_EINVAL);
+    assert_null(strstr(qerr, "Sup3r"));
     /* a stored profile must never carry a secret */
     expect_error(good, 0, "must not contain secrets");
 }

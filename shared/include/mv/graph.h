@@ -34,6 +34,7 @@ typedef struct mv_graph_opts {
     int verify;                /* 1 = verify TLS peer and host (default) */
     int timeout_ms;            /* per request (total), default 120000 */
     int connect_timeout_ms;    /* default 15000 */
+    int idle_timeout_ms;       /* a transfer stalled (< 1 byte/s) this long fails, default 60000 */
     size_t max_json;           /* bound on one JSON response, default 16 MiB */
     uint64_t max_message;      /* bound on one MIME message, default 200 MiB */
     int page_size;             /* Prefer: odata.maxpagesize for delta, default 100 */

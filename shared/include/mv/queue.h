@@ -20,6 +20,10 @@ mv_err mv_producer_new(const mv_config *c, mv_producer **out, char *err, size_t 
 /* Enqueue (asynchronous, copies key and value). */
 mv_err mv_producer_send(mv_producer *p, const char *topic, const char *key, const void *val,
                         size_t len, char *err, size_t errlen);
+/* Send one message and wait for its own delivery report (not anybody else's): safe when
+ * several threads share the producer. MV_ETIMEDOUT if it is not acknowledged in time. */
+mv_err mv_producer_send_sync(mv_producer *p, const char *topic, const char *key, const void *val,
+                             size_t len, int timeout_ms, char *err, size_t errlen);
 /* Wait until every message sent so far is acknowledged (acks=all, idempotent producer).
  * Returns the first delivery error since the last flush, if any. */
 mv_err mv_producer_flush(mv_producer *p, int timeout_ms, char *err, size_t errlen);
