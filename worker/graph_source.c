@@ -17,6 +17,7 @@
 
 #include "mv/crypt.h"
 #include "mv/graph.h"
+#include "mv/jobs.h"
 #include "mv/log.h"
 
 #include <stdio.h>
@@ -438,16 +439,8 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
 {
     mv_runner *r = c->r;
     mv_graph_opts o;
-    mv_graph_opts_default(&o);
-    o.login_base = p->login_base;
-    o.graph_base = p->graph_base;
-    o.tenant_id = p->tenant_id;
-    o.client_id = p->client_id;
-    o.client_secret = secret;
-    o.ca_file = r->cfg->ca_file[0] ? r->cfg->ca_file : NULL;
-    o.verify = p->verify;
+    mv_jobs_graph_opts(&o, r->cfg, p, secret);
     /* the whole request may take long (a 200 MB message); a stall may not */
-    o.idle_timeout_ms = r->cfg->imap_timeout_ms;
     o.timeout_ms = 3600 * 1000;
     o.max_message = (uint64_t)r->cfg->max_message_bytes;
     mv_graph *g = NULL;

@@ -163,7 +163,7 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
                           t.mailbox, t.profile);
         goto failed;
     }
-    const char *slot = p.source == MV_SOURCE_GRAPH ? MV_PROFILE_APP_CRED : t.mailbox;
+    const char *slot = p.source == MV_SOURCE_GRAPH ? mv_jobs_graph_slot(&p) : t.mailbox;
     if ((cause = mv_jobs_credential(r->st, r->master_key, t.tenant, t.profile, slot, &password, why,
                                     sizeof why)))
         goto failed;

@@ -40,6 +40,9 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #define MAX_PAGES 100000           /* pages followed by one listing call */
 #define MAX_DEPTH 64               /* folder tree depth */
@@ -58,8 +61,10 @@ typedef struct sbuf {
 struct mv_graph {
     mv_graph_opts o; /* string members point at the owned copies below */
     char *login_base, *graph_base, *tenant, *client_id, *secret, *ca_file;
-    char *scope;  /* <scheme>://<host>/.default */
-    char *origin; /* graph_base itself, for same-origin checks */
+    char *key_pem; /* certificate credential: private key (secret) */
+    char x5t[64];  /* base64url SHA-1 thumbprint of the certificate */
+    char *scope;   /* <scheme>://<host>/.default */
+    char *origin;  /* graph_base itself, for same-origin checks */
     CURL *curl;
     char errbuf[CURL_ERROR_SIZE];
 
@@ -859,25 +864,129 @@ static mv_err map_status(mv_graph *g, const char *suffix, char *err, size_t errl
 
 /* ------------------------------------------------------------------ token */
 
+static char *b64url(const unsigned char *in, size_t n)
+{
+    char *out = malloc(4 * ((n + 2) / 3) + 1);
+    if (!out) return NULL;
+    int len = EVP_EncodeBlock((unsigned char *)out, in, (int)n);
+    while (len > 0 && out[len - 1] == '=')
+        len--;
+    out[len] = '\0';
+    for (char *c = out; *c; c++)
+        *c = *c == '+' ? '-' : *c == '/' ? '_' : *c;
+    return out;
+}
+
+/* x5t of a PEM certificate: base64url(SHA-1(DER)). */
+static mv_err cert_thumbprint(const char *pem, char *out, size_t outlen, char *err, size_t errlen)
+{
+    BIO *bio = BIO_new_mem_buf(pem, -1);
+    X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    mv_err e = MV_OK;
+    if (!x || X509_digest(x, EVP_sha1(), md, &mdlen) != 1) {
+        e = mv_seterr(err, errlen, MV_EINVAL, "client certificate: not a PEM X.509 certificate");
+    } else {
+        char *t = b64url(md, mdlen);
+        if (!t)
+            e = MV_ENOMEM;
+        else
+            snprintf(out, outlen, "%s", t);
+        free(t);
+    }
+    X509_free(x);
+    BIO_free(bio);
+    return e;
+}
+
+/* RFC 7523 client assertion for the token endpoint aud: header.payload.signature. */
+static mv_err build_assertion(mv_graph *g, const char *aud, char **jwt, char *err, size_t errlen)
+{
+    char jti[37], header[160], payload[2048];
+    mv_uuid(jti);
+    long long now = mv_now_ms() / 1000;
+    snprintf(header, sizeof header, "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"x5t\":\"%s\"}", g->x5t);
+    json_t *claims = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I}", "aud", aud, "iss", g->client_id,
+                               "sub", g->client_id, "jti", jti, "nbf", (json_int_t)now, "iat",
+                               (json_int_t)now, "exp", (json_int_t)(now + 600));
+    char *cj = claims ? json_dumps(claims, JSON_COMPACT) : NULL;
+    json_decref(claims);
+    if (!cj) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    snprintf(payload, sizeof payload, "%s", cj);
+    free(cj);
+    char *h64 = b64url((const unsigned char *)header, strlen(header));
+    char *p64 = b64url((const unsigned char *)payload, strlen(payload));
+    char *input = h64 && p64 ? xprintf("%s.%s", h64, p64) : NULL;
+    BIO *bio = BIO_new_mem_buf(g->key_pem, -1);
+    EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char *sig = NULL;
+    size_t siglen = 0;
+    char *s64 = NULL;
+    mv_err e = MV_OK;
+    if (!input || !md) {
+        e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    } else if (!pk || EVP_PKEY_get_base_id(pk) != EVP_PKEY_RSA) {
+        e = mv_seterr(err, errlen, MV_EINVAL, "client certificate: the private key is not PEM RSA");
+    } else if (EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, pk) != 1 ||
+               EVP_DigestSign(md, NULL, &siglen, (const unsigned char *)input, strlen(input)) !=
+                   1 ||
+               !(sig = malloc(siglen)) ||
+               EVP_DigestSign(md, sig, &siglen, (const unsigned char *)input, strlen(input)) != 1 ||
+               !(s64 = b64url(sig, siglen))) {
+        e = mv_seterr(err, errlen, MV_ERR, "client assertion: signing failed");
+    } else if (!(*jwt = xprintf("%s.%s", input, s64))) {
+        e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    }
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(pk);
+    BIO_free(bio);
+    free(sig);
+    free(s64);
+    free(input);
+    free(h64);
+    free(p64);
+    return e;
+}
+
 static mv_err fetch_token(mv_graph *g, char *err, size_t errlen)
 {
     char *url = NULL, *form = NULL, *e_tenant = NULL, *e_cid = NULL, *e_sec = NULL, *e_scope = NULL,
          *tok = NULL;
+    char *jwt = NULL;
     mv_err e = MV_OK;
-    if (!g->secret || !*g->secret)
+    if ((!g->secret || !*g->secret) && !g->key_pem)
         return mv_seterr(err, errlen, MV_EAUTH,
-                         "token: no client secret configured and no valid token installed");
+                         "token: no client secret or certificate configured and no valid token "
+                         "installed");
     e_tenant = curl_easy_escape(g->curl, g->tenant, 0);
     e_cid = curl_easy_escape(g->curl, g->client_id, 0);
-    e_sec = curl_easy_escape(g->curl, g->secret, 0);
     e_scope = curl_easy_escape(g->curl, g->scope, 0);
-    if (!e_tenant || !e_cid || !e_sec || !e_scope) {
+    if (!e_tenant || !e_cid || !e_scope) {
         e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
         goto out;
     }
     url = xprintf("%s/%s/oauth2/v2.0/token", g->login_base, e_tenant);
-    form = xprintf("grant_type=client_credentials&client_id=%s&client_secret=%s&scope=%s", e_cid,
-                   e_sec, e_scope);
+    if (!url) {
+        e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+        goto out;
+    }
+    if (g->key_pem) {
+        if ((e = build_assertion(g, url, &jwt, err, errlen))) goto out;
+        e_sec = curl_easy_escape(g->curl, jwt, 0);
+        form = e_sec ? xprintf("grant_type=client_credentials&client_id=%s&client_assertion_type="
+                               "urn%%3Aietf%%3Aparams%%3Aoauth%%3Aclient-assertion-type%%3Ajwt-"
+                               "bearer&client_assertion=%s&scope=%s",
+                               e_cid, e_sec, e_scope)
+                     : NULL;
+    } else {
+        e_sec = curl_easy_escape(g->curl, g->secret, 0);
+        form = e_sec ? xprintf("grant_type=client_credentials&client_id=%s&client_secret=%s&"
+                               "scope=%s",
+                               e_cid, e_sec, e_scope)
+                     : NULL;
+    }
     if (!url || !form) {
         e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
         goto out;
@@ -919,6 +1028,10 @@ out:
     if (e_sec) {
         OPENSSL_cleanse(e_sec, strlen(e_sec));
         curl_free(e_sec);
+    }
+    if (jwt) {
+        OPENSSL_cleanse(jwt, strlen(jwt));
+        free(jwt);
     }
     curl_free(e_tenant);
     curl_free(e_cid);
@@ -1040,6 +1153,20 @@ mv_err mv_graph_open(const mv_graph_opts *o, mv_graph **out, char *err, size_t e
     g->o.client_id = g->client_id;
     g->o.client_secret = g->secret;
     g->o.ca_file = g->ca_file;
+    if (o->client_key_pem && *o->client_key_pem) {
+        if (!o->client_cert_pem || !*o->client_cert_pem) {
+            e = mv_seterr(err, errlen, MV_EINVAL, "graph: a client key needs its certificate");
+            goto fail;
+        }
+        if ((e = cert_thumbprint(o->client_cert_pem, g->x5t, sizeof g->x5t, err, errlen)))
+            goto fail;
+        if (!(g->key_pem = xstrdup(o->client_key_pem))) {
+            e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+            goto fail;
+        }
+    }
+    g->o.client_key_pem = g->key_pem;
+    g->o.client_cert_pem = NULL;
     if (url_split(g->graph_base, &u)) {
         e = mv_seterr(err, errlen, MV_EINVAL, "graph: graph_base is not a valid URL");
         goto fail;
@@ -1104,6 +1231,10 @@ void mv_graph_close(mv_graph *g)
     if (g->secret) {
         OPENSSL_cleanse(g->secret, strlen(g->secret));
         free(g->secret);
+    }
+    if (g->key_pem) {
+        OPENSSL_cleanse(g->key_pem, strlen(g->key_pem));
+        free(g->key_pem);
     }
     if (g->body.p) OPENSSL_cleanse(g->body.p, g->body.cap);
     free(g->body.p);

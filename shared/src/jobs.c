@@ -81,7 +81,11 @@ mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], c
     mv_err rc = mv_state_profile_list(st, tenant, check_other_profile, &o, lerr, sizeof lerr);
     if (o.rc) return o.rc;
     if (rc) return mv_seterr(err, errlen, rc, "%s", lerr);
-    if (p->source == MV_SOURCE_GRAPH) {
+    if (p->source == MV_SOURCE_GRAPH && p->client_cert_pem) {
+        rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_KEY, p->client_key_pem,
+                          "graph.private_key_file", err, errlen);
+        if (rc) return rc;
+    } else if (p->source == MV_SOURCE_GRAPH) {
         rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_CRED, p->client_secret,
                           "graph.client_secret", err, errlen);
         if (rc) return rc;
@@ -140,6 +144,30 @@ mv_err mv_jobs_credential(mv_state *st, const unsigned char key[MV_KEY_LEN], con
     if (rc) return rc;
     *password = (char *)plain;
     return MV_OK;
+}
+
+const char *mv_jobs_graph_slot(const mv_profile *p)
+{
+    return p->client_cert_pem ? MV_PROFILE_APP_KEY : MV_PROFILE_APP_CRED;
+}
+
+void mv_jobs_graph_opts(mv_graph_opts *o, const mv_config *c, const mv_profile *p,
+                        const char *credential)
+{
+    mv_graph_opts_default(o);
+    o->login_base = p->login_base;
+    o->graph_base = p->graph_base;
+    o->tenant_id = p->tenant_id;
+    o->client_id = p->client_id;
+    if (p->client_cert_pem) {
+        o->client_key_pem = credential;
+        o->client_cert_pem = p->client_cert_pem;
+    } else {
+        o->client_secret = credential;
+    }
+    o->verify = p->verify;
+    o->ca_file = c->ca_file[0] ? c->ca_file : NULL;
+    o->idle_timeout_ms = c->imap_timeout_ms;
 }
 
 typedef struct login_list {
@@ -299,7 +327,9 @@ static int count_imap_folder(void *ud, const char *name, char delim, const char 
 static void verdict(mv_err rc, const char *what, const char *detail, char *out, size_t n)
 {
     const char *hint = "";
-    if (strstr(detail, "AADSTS7000215") || strstr(detail, "invalid_client"))
+    if (strstr(detail, "AADSTS700027"))
+        hint = "the certificate is not the one registered for the app";
+    else if (strstr(detail, "AADSTS7000215") || strstr(detail, "invalid_client"))
         hint = "the client secret is wrong or expired";
     else if (strstr(detail, "AADSTS90002") || strstr(detail, "AADSTS900023"))
         hint = "the tenant id is wrong";
@@ -336,18 +366,11 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
         goto out;
     }
     if (p.source == MV_SOURCE_GRAPH) {
-        if ((rc = mv_jobs_credential(st, key, tenant, p.name, MV_PROFILE_APP_CRED, &secret, err,
+        if ((rc = mv_jobs_credential(st, key, tenant, p.name, mv_jobs_graph_slot(&p), &secret, err,
                                      errlen)))
             goto out;
         mv_graph_opts o;
-        mv_graph_opts_default(&o);
-        o.login_base = p.login_base;
-        o.graph_base = p.graph_base;
-        o.tenant_id = p.tenant_id;
-        o.client_id = p.client_id;
-        o.client_secret = secret;
-        o.verify = p.verify;
-        o.ca_file = c->ca_file[0] ? c->ca_file : NULL;
+        mv_jobs_graph_opts(&o, c, &p, secret);
         mv_graph *g = NULL;
         const char *tok = NULL;
         int64_t exp = 0;

@@ -9,6 +9,7 @@
 #include "mv/crypt.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <fnmatch.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -79,6 +80,64 @@ static mv_err get_patterns(json_t *obj, const char *prefix, const char *key, cha
     return MV_OK;
 }
 
+#define PEM_MAX (64 * 1024)
+
+static char *read_pem_file(const char *path, const char *field, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        mv_seterr(err, errlen, MV_EINVAL, "%s: cannot open %s: %s", field, path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(PEM_MAX + 1);
+    size_t n = buf ? fread(buf, 1, PEM_MAX + 1, f) : 0;
+    fclose(f);
+    if (!buf) return NULL;
+    if (n == 0 || n > PEM_MAX || !strstr(buf, "-----BEGIN ")) {
+        mv_seterr(err, errlen, MV_EINVAL, "%s: %s is not a PEM file of at most %d bytes", field,
+                  path, PEM_MAX);
+        mv_crypt_wipe(buf, n);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* A certificate credential: on input "certificate_file" + "private_key_file" (paths, read
+ * now; the key becomes a sealed secret), stored as "certificate" (the PEM, public). */
+static mv_err get_cert(json_t *gr, int allow_secrets, mv_profile *p, char *err, size_t errlen)
+{
+    json_t *cf = json_object_get(gr, "certificate_file");
+    json_t *kf = json_object_get(gr, "private_key_file");
+    json_t *cp = json_object_get(gr, "certificate");
+    if ((cf || kf) && !allow_secrets)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "graph.private_key_file: a stored profile must not contain secrets");
+    if (!cf != !kf)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "graph.certificate_file and graph.private_key_file go together");
+    if (cf) {
+        if (!json_is_string(cf) || !json_is_string(kf))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "graph.certificate_file, graph.private_key_file: must be paths");
+        if (!(p->client_cert_pem =
+                  read_pem_file(json_string_value(cf), "graph.certificate_file", err, errlen)) ||
+            !(p->client_key_pem =
+                  read_pem_file(json_string_value(kf), "graph.private_key_file", err, errlen)))
+            return MV_EINVAL;
+        return MV_OK;
+    }
+    if (cp) {
+        if (!json_is_string(cp) || !strstr(json_string_value(cp), "-----BEGIN CERTIFICATE") ||
+            strlen(json_string_value(cp)) > PEM_MAX)
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "graph.certificate: must be a PEM certificate");
+        if (!(p->client_cert_pem = strdup(json_string_value(cp)))) return MV_ENOMEM;
+    }
+    return MV_OK;
+}
+
 /* https://, or http:// to a loopback address only (a local test simulator): the client secret
  * and tokens must never cross a network in clear. */
 static mv_err check_base_url(const char *field, const char *url, char *err, size_t errlen)
@@ -98,8 +157,17 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
     static const char *const top_keys[] = {"name",    "type",      "server",    "graph",
                                            "folders", "mailboxes", "directory", NULL};
     static const char *const server_keys[] = {"host", "port", "tls", "verify", NULL};
-    static const char *const graph_keys[] = {"tenant_id",  "client_id",  "client_secret", "cloud",
-                                             "login_base", "graph_base", "verify",        NULL};
+    static const char *const graph_keys[] = {"tenant_id",
+                                             "client_id",
+                                             "client_secret",
+                                             "cloud",
+                                             "login_base",
+                                             "graph_base",
+                                             "verify",
+                                             "certificate_file",
+                                             "private_key_file",
+                                             "certificate",
+                                             NULL};
     static const char *const folder_keys[] = {"include", "exclude", NULL};
     static const char *const mbox_keys[] = {"login", "password", NULL};
     mv_err rc;
@@ -172,6 +240,7 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
                 return mv_seterr(err, errlen, MV_EINVAL, "graph.verify: must be true or false");
             p->verify = json_is_true(verify);
         }
+        if ((rc = get_cert(gr, allow_secrets, p, err, errlen))) return rc;
         json_t *sec = json_object_get(gr, "client_secret");
         if (sec) {
             if (!allow_secrets)
@@ -347,6 +416,8 @@ char *mv_profile_to_json(const mv_profile *p)
         json_object_set_new(srv, "cloud", json_string(p->cloud));
         json_object_set_new(srv, "login_base", json_string(p->login_base));
         json_object_set_new(srv, "graph_base", json_string(p->graph_base));
+        if (p->client_cert_pem)
+            json_object_set_new(srv, "certificate", json_string(p->client_cert_pem));
     } else {
         json_object_set_new(srv, "host", json_string(p->host));
         json_object_set_new(srv, "port", json_integer(p->port));
@@ -409,6 +480,11 @@ void mv_profile_free(mv_profile *p)
         mv_crypt_wipe(p->client_secret, strlen(p->client_secret));
         free(p->client_secret);
     }
+    if (p->client_key_pem) {
+        mv_crypt_wipe(p->client_key_pem, strlen(p->client_key_pem));
+        free(p->client_key_pem);
+    }
+    free(p->client_cert_pem);
     memset(p, 0, sizeof *p);
 }
 

@@ -752,6 +752,79 @@ def aad_error(status, error, code, desc, extra_codes=None):
 
 # --------------------------------------------------------------------------- token endpoint
 
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+_pubkeys = {}
+
+
+def _b64url_decode(part):
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _cert_files(app, tenant_dir):
+    """PEM certificate of the app (app.json "certificate": a file name in the tenant directory)
+    -> (thumbprint x5t, path of its public key PEM), cached."""
+    name = app.get("certificate")
+    if not name:
+        return None
+    path = os.path.join(tenant_dir, name)
+    if path in _pubkeys:
+        return _pubkeys[path]
+    pem = open(path, "rb").read()
+    body = b"".join(l for l in pem.splitlines() if l and not l.startswith(b"-----"))
+    der = base64.b64decode(body)
+    x5t = base64.urlsafe_b64encode(hashlib.sha1(der).digest()).rstrip(b"=").decode()
+    pub = path + ".pub.pem"
+    import subprocess
+    subprocess.run(["openssl", "x509", "-in", path, "-pubkey", "-noout", "-out", pub], check=True)
+    _pubkeys[path] = (x5t, pub)
+    return _pubkeys[path]
+
+
+def check_client_assertion(sim, ctx, app, tenant_id, cid, form):
+    """RFC 7523 client assertion, as Entra ID checks it: jwt-bearer type, RS256 signature by the
+    registered certificate (found by x5t), aud = this token endpoint, iss = sub = client id, and
+    the time window. The signature is verified with the openssl command (no crypto in the
+    standard library)."""
+    import subprocess
+    import tempfile
+    if form.get("client_assertion_type") != JWT_BEARER:
+        return aad_error(400, "invalid_request", 50027, "Invalid JWT token. The client_assertion_type "
+                         "must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.")
+    parts = form["client_assertion"].split(".")
+    try:
+        header = json.loads(_b64url_decode(parts[0]))
+        claims = json.loads(_b64url_decode(parts[1]))
+        sig = _b64url_decode(parts[2])
+    except Exception:
+        return aad_error(400, "invalid_request", 50027, "Invalid JWT token. Token format not valid.")
+    cert = _cert_files(app, os.path.join(sim.fixtures, tenant_id))
+    if not cert or header.get("alg") != "RS256" or header.get("x5t") != cert[0]:
+        return aad_error(401, "invalid_client", 700027,
+                         "Client assertion contains an invalid signature. [Reason - The key was not found., "
+                         f"Thumbprint of key used by client: '{header.get('x5t', '')}']")
+    with tempfile.NamedTemporaryFile() as data, tempfile.NamedTemporaryFile() as sigf:
+        data.write((parts[0] + "." + parts[1]).encode())
+        data.flush()
+        sigf.write(sig)
+        sigf.flush()
+        ok = subprocess.run(["openssl", "dgst", "-sha256", "-verify", cert[1], "-signature", sigf.name,
+                             data.name], capture_output=True).returncode == 0
+    if not ok:
+        return aad_error(401, "invalid_client", 700027,
+                         "Client assertion contains an invalid signature. [Reason - The provided signature "
+                         "value did not match the expected signature value.]")
+    host = ctx.headers.get("host", "")
+    aud_ok = claims.get("aud", "").endswith(f"/{tenant_id}/oauth2/v2.0/token") and host in claims.get("aud", "")
+    if not aud_ok or claims.get("iss") != cid or claims.get("sub") != cid:
+        return aad_error(401, "invalid_client", 700021,
+                         "Client assertion application identifier doesn't match 'client_id' parameter or "
+                         "the audience is not this token endpoint.")
+    now = time.time()
+    if not (claims.get("nbf", now) <= now + 300 and claims.get("exp", 0) > now - 300):
+        return aad_error(401, "invalid_client", 700024, "Client assertion is not within its valid time range.")
+    return None
+
+
 def handle_token(sim, ctx, tenant_id):
     if ctx.method != "POST":
         return aad_error(405, "invalid_request", 900561,
@@ -786,15 +859,20 @@ def handle_token(sim, ctx, tenant_id):
                          f"This can happen if the application has not been installed by the administrator of "
                          f"the tenant or consented to by any user in the tenant. You may have sent your "
                          f"authentication request to the wrong tenant.")
-    secret = form.get("client_secret")
-    if not secret:
-        return aad_error(401, "invalid_client", 7000218,
-                         "The request body must contain the following parameter: 'client_assertion' or "
-                         "'client_secret'.")
-    if secret != app.get("client_secret"):
-        return aad_error(401, "invalid_client", 7000215,
-                         f"Invalid client secret provided. Ensure the secret being sent in the request is the "
-                         f"client secret value, not the client secret ID, for a secret added to app '{cid}'.")
+    if form.get("client_assertion") is not None:
+        bad = check_client_assertion(sim, ctx, app, tenant_id, cid, form)
+        if bad:
+            return bad
+    else:
+        secret = form.get("client_secret")
+        if not secret:
+            return aad_error(401, "invalid_client", 7000218,
+                             "The request body must contain the following parameter: 'client_assertion' or "
+                             "'client_secret'.")
+        if secret != app.get("client_secret"):
+            return aad_error(401, "invalid_client", 7000215,
+                             f"Invalid client secret provided. Ensure the secret being sent in the request is the "
+                             f"client secret value, not the client secret ID, for a secret added to app '{cid}'.")
     scope = form.get("scope", "")
     if not scope:
         return aad_error(400, "invalid_request", 900144,

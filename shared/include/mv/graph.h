@@ -30,14 +30,18 @@ typedef struct mv_graph_opts {
     const char *tenant_id;     /* directory (tenant) id or domain */
     const char *client_id;     /* app registration */
     const char *client_secret; /* never logged, never in err */
-    const char *ca_file;       /* optional extra CA bundle */
-    int verify;                /* 1 = verify TLS peer and host (default) */
-    int timeout_ms;            /* per request (total), default 120000 */
-    int connect_timeout_ms;    /* default 15000 */
-    int idle_timeout_ms;       /* a transfer stalled (< 1 byte/s) this long fails, default 60000 */
-    size_t max_json;           /* bound on one JSON response, default 16 MiB */
-    uint64_t max_message;      /* bound on one MIME message, default 200 MiB */
-    int page_size;             /* Prefer: odata.maxpagesize for delta, default 100 */
+    /* or a certificate: the token request then carries a client assertion (a JWT signed RS256
+     * with this PEM private key, header x5t = SHA-1 thumbprint of the PEM certificate) */
+    const char *client_key_pem;  /* secret, like client_secret */
+    const char *client_cert_pem; /* public */
+    const char *ca_file;         /* optional extra CA bundle */
+    int verify;                  /* 1 = verify TLS peer and host (default) */
+    int timeout_ms;              /* per request (total), default 120000 */
+    int connect_timeout_ms;      /* default 15000 */
+    int idle_timeout_ms;  /* a transfer stalled (< 1 byte/s) this long fails, default 60000 */
+    size_t max_json;      /* bound on one JSON response, default 16 MiB */
+    uint64_t max_message; /* bound on one MIME message, default 200 MiB */
+    int page_size;        /* Prefer: odata.maxpagesize for delta, default 100 */
 } mv_graph_opts;
 
 void mv_graph_opts_default(mv_graph_opts *o);

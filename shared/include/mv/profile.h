@@ -26,7 +26,8 @@
 
 #define MV_PROFILE_MAX_MAILBOXES 100000
 #define MV_PROFILE_MAX_PATTERNS 256
-#define MV_PROFILE_APP_CRED "_app" /* credential slot of a Graph profile's client secret */
+#define MV_PROFILE_APP_CRED "_app"    /* credential slot of a Graph profile's client secret */
+#define MV_PROFILE_APP_KEY "_app_key" /* slot of its certificate's private key (PEM) */
 
 typedef struct mv_profile_mailbox {
     char login[256];
@@ -42,7 +43,9 @@ typedef struct mv_profile {
     /* graph */
     char tenant_id[128];
     char client_id[128];
-    char *client_secret; /* only with allow_secrets; wiped by mv_profile_free */
+    char *client_secret;   /* only with allow_secrets; wiped by mv_profile_free */
+    char *client_key_pem;  /* certificate credential's private key: input only, like a secret */
+    char *client_cert_pem; /* its certificate (public; stored in the profile) */
     char cloud[16];
     char login_base[256];
     char graph_base[256];
