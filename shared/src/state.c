@@ -1329,7 +1329,10 @@ mv_err mv_state_limit_acquire(mv_state *s, const char *scope, const char *reques
     snprintf(cmax, sizeof cmax, "%d", lim->max_concurrent);
     snprintf(hold, sizeof hold, "%d", lim->hold_ms);
     snprintf(wmax, sizeof wmax, "%d", lim->window_requests);
-    snprintf(wms, sizeof wms, "%" PRId64, (int64_t)lim->window_ms);
+    /* Entries stay a little longer than the window (2 %, at least 0.5 s): the server's clock
+     * and the network add jitter, and being under the limit is the point. */
+    int64_t margin = lim->window_ms / 50 > 500 ? lim->window_ms / 50 : 500;
+    snprintf(wms, sizeof wms, "%" PRId64, (int64_t)lim->window_ms + margin);
     st_args a = {0};
     sa_str(&a, conc);
     sa_str(&a, win);

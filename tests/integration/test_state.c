@@ -510,7 +510,7 @@ static void test_limiter(void **state)
     mv_uuid(ids[3]);
     CHECK(mv_state_limit_acquire(s, scope, ids[3], &lim, &admitted, &wait, err, sizeof err));
     assert_int_equal(admitted, 0);
-    assert_true(wait > 50000 && wait <= 60001);
+    assert_true(wait > 50000 && wait <= 61201); /* window + 2 % margin */
     /* a crashed holder's slot frees itself after hold_ms */
     char scope2[96];
     snprintf(scope2, sizeof scope2, "test2:%s", uid);

@@ -160,7 +160,8 @@ mv_err mv_state_token_unlock(mv_state *s, const char *tenant, const char *profil
  * are held and fewer than window_requests were admitted in the last window_ms; both are
  * checked and taken in one Lua step, so every worker of the cluster shares them. A slot is
  * held until released or for hold_ms at most (a crashed worker's slots free themselves).
- * 0 disables a limit. */
+ * A request counts in the window from its completion, for window_ms plus a margin of 2 % (at
+ * least 0.5 s) against clock and network jitter. 0 disables a limit. */
 typedef struct mv_limit {
     int max_concurrent;
     int hold_ms;
