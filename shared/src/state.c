@@ -663,6 +663,32 @@ mv_err mv_state_profile_put(mv_state *s, const char *tenant, const char *profile
     return st_int(s, 1, &a, NULL, err, errlen);
 }
 
+/* GET key into a malloc'd copy with a NUL after it (never malloc(0)); MV_ENOTFOUND, with err
+ * untouched, if the key does not exist. */
+static mv_err st_get_copy(mv_state *s, const char *key, char **out, size_t *len, char *err,
+                          size_t errlen)
+{
+    *out = NULL;
+    if (len) *len = 0;
+    st_args a = {0};
+    sa_str(&a, "GET");
+    sa_str(&a, key);
+    redisReply *r = NULL;
+    mv_err e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
+    if (e) return e;
+    if (r->type == REDIS_REPLY_NIL) {
+        e = MV_ENOTFOUND;
+    } else if (!(*out = malloc(r->len + 1))) {
+        e = mv_seterr(err, errlen, MV_ENOMEM, "%s: no memory", key);
+    } else {
+        memcpy(*out, r->str, r->len);
+        (*out)[r->len] = '\0';
+        if (len) *len = r->len;
+    }
+    freeReplyObject(r);
+    return e;
+}
+
 mv_err mv_state_profile_get(mv_state *s, const char *tenant, const char *profile, char **json,
                             char *err, size_t errlen)
 {
@@ -670,22 +696,9 @@ mv_err mv_state_profile_get(mv_state *s, const char *tenant, const char *profile
     *json = NULL;
     mv_err e = st_check(tenant, profile, NULL, err, errlen);
     if (!e) e = st_key(key, err, errlen, "mv:profile:%s:%s", tenant, profile);
-    if (e) return e;
-    st_args a = {0};
-    sa_str(&a, "GET");
-    sa_str(&a, key);
-    redisReply *r = NULL;
-    e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
-    if (e) return e;
-    if (r->type == REDIS_REPLY_NIL) {
-        e = mv_seterr(err, errlen, MV_ENOTFOUND, "profile %s/%s does not exist", tenant, profile);
-    } else if (!(*json = malloc(r->len + 1))) {
-        e = mv_seterr(err, errlen, MV_ENOMEM, "profile %s/%s: no memory", tenant, profile);
-    } else {
-        memcpy(*json, r->str, r->len);
-        (*json)[r->len] = '\0';
-    }
-    freeReplyObject(r);
+    if (!e) e = st_get_copy(s, key, json, NULL, err, errlen);
+    if (e == MV_ENOTFOUND)
+        mv_seterr(err, errlen, MV_ENOTFOUND, "profile %s/%s does not exist", tenant, profile);
     return e;
 }
 
@@ -748,29 +761,16 @@ mv_err mv_state_cred_put(mv_state *s, const char *tenant, const char *profile, c
 mv_err mv_state_cred_get(mv_state *s, const char *tenant, const char *profile, const char *mailbox,
                          void **blob, size_t *len, char *err, size_t errlen)
 {
-    char key[ST_KEYLEN];
+    char key[ST_KEYLEN], *copy = NULL;
     *blob = NULL;
     *len = 0;
     mv_err e = st_check(tenant, profile, mailbox, err, errlen);
     if (!e) e = st_key(key, err, errlen, "mv:cred:%s:%s:%s", tenant, profile, mailbox);
-    if (e) return e;
-    st_args a = {0};
-    sa_str(&a, "GET");
-    sa_str(&a, key);
-    redisReply *r = NULL;
-    e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
-    if (e) return e;
-    if (r->type == REDIS_REPLY_NIL) {
-        e = mv_seterr(err, errlen, MV_ENOTFOUND, "no credential for %s/%s/%s", tenant, profile,
-                      mailbox);
-    } else if (!(*blob = malloc(r->len + 1))) { /* +1: never malloc(0); NUL for convenience */
-        e = mv_seterr(err, errlen, MV_ENOMEM, "credential: no memory");
-    } else {
-        memcpy(*blob, r->str, r->len);
-        ((char *)*blob)[r->len] = '\0';
-        *len = r->len;
-    }
-    freeReplyObject(r);
+    if (!e) e = st_get_copy(s, key, &copy, len, err, errlen);
+    if (e == MV_ENOTFOUND)
+        mv_seterr(err, errlen, MV_ENOTFOUND, "no credential for %s/%s/%s", tenant, profile,
+                  mailbox);
+    *blob = copy;
     return e;
 }
 
@@ -1230,26 +1230,12 @@ static mv_err st_token_key(const char *tenant, const char *profile, const char *
 mv_err mv_state_token_get(mv_state *s, const char *tenant, const char *profile, void **blob,
                           size_t *len, char *err, size_t errlen)
 {
-    char key[ST_KEYLEN];
+    char key[ST_KEYLEN], *copy = NULL;
     *blob = NULL;
     *len = 0;
     mv_err e = st_token_key(tenant, profile, "gtoken", key, err, errlen);
-    if (e) return e;
-    st_args a = {0};
-    sa_str(&a, "GET");
-    sa_str(&a, key);
-    redisReply *r = NULL;
-    e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen);
-    if (e) return e;
-    if (r->type == REDIS_REPLY_NIL) {
-        e = MV_ENOTFOUND;
-    } else if (!(*blob = malloc(r->len ? r->len : 1))) {
-        e = MV_ENOMEM;
-    } else {
-        memcpy(*blob, r->str, r->len);
-        *len = r->len;
-    }
-    freeReplyObject(r);
+    if (!e) e = st_get_copy(s, key, &copy, len, err, errlen);
+    *blob = copy;
     return e;
 }
 
