@@ -188,8 +188,8 @@ static void token_ad(const chunk_ctx *c, char *ad, size_t n)
              p->client_id, p->login_base, p->graph_base);
 }
 
-/* Install the cached token if there is a fresh one; 1 if installed. */
-static int token_from_cache(chunk_ctx *c, mv_graph *g, int64_t *exp_out)
+/* Install the cached token if there is a fresh one other than stale; 1 if installed. */
+static int token_from_cache(chunk_ctx *c, mv_graph *g, const char *stale)
 {
     char err[MV_ERRLEN], ad[1024];
     void *blob = NULL;
@@ -203,9 +203,8 @@ static int token_from_cache(chunk_ctx *c, mv_graph *g, int64_t *exp_out)
     if (mv_crypt_open(c->r->master_key, ad, blob, len, &plain, &plen, err, sizeof err) == MV_OK) {
         char *sp = strchr((char *)plain, ' ');
         long long exp = atoll((char *)plain);
-        if (sp && exp - TOKEN_MARGIN_MS > mv_now_ms()) {
+        if (sp && exp - TOKEN_MARGIN_MS > mv_now_ms() && !(stale && strcmp(sp + 1, stale) == 0)) {
             mv_graph_set_token(g, sp + 1, exp);
-            *exp_out = exp;
             ok = 1;
         }
         mv_crypt_wipe(plain, plen);
@@ -235,29 +234,42 @@ static void token_to_cache(chunk_ctx *c, const char *token, int64_t exp)
     free(blob);
 }
 
-/* A token for this task: the cluster's cached one, or one fetched by a single worker at a
- * time (the others wait for it to appear, bounded, then fetch their own). */
-static mv_err obtain_token(chunk_ctx *c, mv_graph *g, int64_t *exp, char *err, size_t errlen)
+/* The Graph client's token source (mv_graph_token_source): the cluster's cached token, or a
+ * new one fetched by a single worker at a time while the others wait for it to appear
+ * (bounded, then they fetch their own). After a 401 the refused token is never taken from the
+ * cache again, so every task that saw it refused waits for the one refresh. */
+static mv_err token_need(void *ud, mv_graph *g, const char *stale, char *err, size_t errlen)
 {
-    if (token_from_cache(c, g, exp)) return MV_OK;
+    chunk_ctx *c = ud;
+    if (token_from_cache(c, g, stale)) return MV_OK;
     int got = 0;
-    mv_err rc = mv_state_token_lock(c->r->st, c->t->tenant, c->t->profile, c->r->worker_id,
-                                    TOKEN_LOCK_MS, &got, err, errlen);
+    char owner[160]; /* this task: runner threads of one worker share its id */
+    snprintf(owner, sizeof owner, "%s/%s", c->r->worker_id, c->t->id);
+    mv_err rc = mv_state_token_lock(c->r->st, c->t->tenant, c->t->profile, owner, TOKEN_LOCK_MS,
+                                    &got, err, errlen);
     if (rc) return rc;
     if (!got) {
         int64_t until = mv_mono_ms() + 10000;
         while (mv_mono_ms() < until && !*c->r->stopping) {
-            usleep(100 * 1000);
-            if (token_from_cache(c, g, exp)) return MV_OK;
+            usleep(50 * 1000);
+            if (token_from_cache(c, g, stale)) return MV_OK;
         }
+    } else if (token_from_cache(c, g, stale)) { /* refreshed while we asked for the lock */
+        char uerr[MV_ERRLEN];
+        mv_state_token_unlock(c->r->st, c->t->tenant, c->t->profile, owner, uerr, sizeof uerr);
+        return MV_OK;
     }
     const char *tok = NULL;
-    rc = mv_graph_token(g, &tok, exp, err, errlen);
-    if (!rc) token_to_cache(c, tok, *exp);
+    int64_t exp = 0;
+    rc = mv_graph_fetch_token(g, &tok, &exp, err, errlen);
+    if (!rc) {
+        mv_info("access token fetched", " tenant=%s profile=%s after_401=%d", c->t->tenant,
+                c->t->profile, stale != NULL);
+        token_to_cache(c, tok, exp);
+    }
     if (got) {
         char uerr[MV_ERRLEN];
-        mv_state_token_unlock(c->r->st, c->t->tenant, c->t->profile, c->r->worker_id, uerr,
-                              sizeof uerr);
+        mv_state_token_unlock(c->r->st, c->t->tenant, c->t->profile, owner, uerr, sizeof uerr);
     }
     return rc;
 }
@@ -465,8 +477,8 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
         mv_graph_gate gate = {gate_acquire, gate_release, &gu};
         mv_graph_set_gate(g, &gate);
     }
-    int64_t token_exp = 0;
-    if ((rc = obtain_token(c, g, &token_exp, err, errlen))) goto out;
+    mv_graph_token_source ts = {token_need, c};
+    mv_graph_set_token_source(g, &ts);
     for (int tries = 0;; tries++) {
         gfolders_free(&fl);
         memset(&fl, 0, sizeof fl);
@@ -491,12 +503,6 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
         }
         if ((rc = sync_folder(c, g, &fl.v[i], more, err, errlen))) goto out;
     }
-    /* A token refreshed during the task (401, near expiry) goes back to the cache. */
-    const char *tok = NULL;
-    int64_t exp = 0;
-    char terr[MV_ERRLEN];
-    if (mv_graph_token(g, &tok, &exp, terr, sizeof terr) == MV_OK && exp != token_exp)
-        token_to_cache(c, tok, exp);
 out:
     if (rc == MV_EBUSY && g && mv_graph_retry_after_ms(g) > 0) {
         int64_t nb = mv_graph_retry_after_ms(g);

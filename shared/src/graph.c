@@ -71,7 +71,8 @@ struct mv_graph {
     char *token;
     int64_t token_exp_ms;
     int64_t retry_after_ms;
-    mv_graph_gate gate; /* acquire == NULL: none */
+    mv_graph_gate gate;         /* acquire == NULL: none */
+    mv_graph_token_source tsrc; /* need == NULL: fetch our own */
 
     /* state of the running request */
     sbuf body;
@@ -1063,8 +1064,21 @@ static mv_err graph_call(mv_graph *g, req *r, char *err, size_t errlen)
     mv_err e;
     r->auth = 1;
     if (!r->what) r->what = "graph request";
+    char *stale = NULL;
     for (int attempt = 0;; attempt++) {
-        if (!token_fresh(g) && (e = fetch_token(g, err, errlen))) return e;
+        if (!token_fresh(g)) {
+            e = g->tsrc.need ? g->tsrc.need(g->tsrc.ud, g, stale, err, errlen)
+                             : fetch_token(g, err, errlen);
+            if (!e && !token_fresh(g))
+                e = mv_seterr(err, errlen, MV_EAUTH,
+                              "token: the token source gave no usable token");
+            if (stale) {
+                OPENSSL_cleanse(stale, strlen(stale));
+                free(stale);
+                stale = NULL;
+            }
+            if (e) return e;
+        }
         if (g->gate.acquire && (e = g->gate.acquire(g->gate.ud, err, errlen))) return e;
         e = perform(g, r, err, errlen);
         if (g->gate.acquire && g->gate.release) g->gate.release(g->gate.ud);
@@ -1072,6 +1086,7 @@ static mv_err graph_call(mv_graph *g, req *r, char *err, size_t errlen)
         if (g->status >= 200 && g->status < 300) return MV_OK;
         if (g->status == 401 && attempt == 0) {
             mv_debug("graph: 401, refreshing the token once", "%s", "");
+            stale = g->token ? xstrdup(g->token) : NULL;
             drop_token(g);
             continue;
         }
@@ -1272,6 +1287,28 @@ mv_err mv_graph_token(mv_graph *g, const char **token, int64_t *expires_ms, char
     if (token) *token = g->token;
     if (expires_ms) *expires_ms = g->token_exp_ms;
     return MV_OK;
+}
+
+mv_err mv_graph_fetch_token(mv_graph *g, const char **token, int64_t *expires_ms, char *err,
+                            size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    mv_err e = fetch_token(g, err, errlen);
+    if (e) {
+        scrub(err, errlen, g->secret);
+        return e;
+    }
+    if (token) *token = g->token;
+    if (expires_ms) *expires_ms = g->token_exp_ms;
+    return MV_OK;
+}
+
+void mv_graph_set_token_source(mv_graph *g, const mv_graph_token_source *src)
+{
+    if (src)
+        g->tsrc = *src;
+    else
+        memset(&g->tsrc, 0, sizeof g->tsrc);
 }
 
 void mv_graph_set_token(mv_graph *g, const char *token, int64_t expires_ms)
