@@ -15,7 +15,7 @@ typedef struct mbox_status {
     char mailbox[256];
     char state[16], run[40], worker[128], folder[256], error[512];
     long long messages, total, raw, stored, dedup, heartbeat, started, finished, queued;
-    long long removed, throttled;
+    long long removed, throttled, deleted;
     int chunk, attempt;
 } mbox_status;
 
@@ -50,6 +50,7 @@ static int field_cb(void *ud, const char *f, const char *v)
     N("queued_ms", m->queued);
     N("removed", m->removed);
     N("throttled", m->throttled);
+    N("deleted_at_source", m->deleted);
     if (strcmp(f, "chunk") == 0) m->chunk = atoi(v);
     if (strcmp(f, "attempt") == 0) m->attempt = atoi(v);
 #undef S
@@ -139,8 +140,8 @@ static void print_table(const status_list *l, const mv_lag *lag, int lag_ok, FIL
                     "tenant %s: %d mailboxes (%d done, %d active, %d failed), %lld messages "
                     "archived; last runs: %s raw, %s stored, %lld throttling waits\n",
                     m->tenant, n, done, active, failed, msgs, r, s, throttled);
-            fprintf(f, "  %-28s %-9s %9s %9s %10s %10s %-18s %s\n", "MAILBOX", "STATE", "RUN MSGS",
-                    "TOTAL", "RAW", "STORED", "FOLDER", "WORKER / ERROR");
+            fprintf(f, "  %-28s %-9s %9s %9s %10s %10s %9s %-18s %s\n", "MAILBOX", "STATE",
+                    "RUN MSGS", "TOTAL", "RAW", "STORED", "THROTTLED", "FOLDER", "WORKER / ERROR");
             cur = m->tenant;
         }
         char r[32], s[32], extra[700];
@@ -153,8 +154,9 @@ static void print_table(const status_list *l, const mv_lag *lag, int lag_ok, FIL
                      (now - m->heartbeat) / 1000);
         else
             snprintf(extra, sizeof extra, "%s", m->worker);
-        fprintf(f, "  %-28.28s %-9s %9lld %9lld %10s %10s %-18.18s %s\n", m->mailbox, m->state,
-                m->messages, m->total, r, s, m->folder[0] ? m->folder : "-", extra);
+        fprintf(f, "  %-28.28s %-9s %9lld %9lld %10s %10s %9lld %-18.18s %s\n", m->mailbox,
+                m->state, m->messages, m->total, r, s, m->throttled, m->folder[0] ? m->folder : "-",
+                extra);
     }
     if (lag_ok)
         fprintf(f, "queue: consumer lag %lld task(s) across %d partition(s)\n",
@@ -183,6 +185,7 @@ static void print_json(const status_list *l, const mv_lag *lag, int lag_ok)
         json_object_set_new(o, "deduplicated", json_integer(m->dedup));
         json_object_set_new(o, "removed_at_source", json_integer(m->removed));
         json_object_set_new(o, "throttled", json_integer(m->throttled));
+        json_object_set_new(o, "deleted_at_source", json_integer(m->deleted));
         json_object_set_new(o, "chunk", json_integer(m->chunk));
         json_object_set_new(o, "attempt", json_integer(m->attempt));
         json_object_set_new(o, "heartbeat_ms", json_integer(m->heartbeat));

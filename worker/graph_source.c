@@ -15,6 +15,7 @@
  * no earlier than the server asked. */
 #include "chunk.h"
 
+#include "mv/archive.h"
 #include "mv/crypt.h"
 #include "mv/graph.h"
 #include "mv/jobs.h"
@@ -330,8 +331,165 @@ static mv_err read_page(chunk_ctx *c, mv_graph *g, const char *user, const char 
     }
 }
 
-static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, int *more, char *err,
+/* ---- the deletion rule: archived messages older than N days are deleted at the source ----
+ *
+ * Only after a folder is in sync (its delta reached a deltaLink) and only messages whose index
+ * record exists (segments are written after their objects are durable) and whose object is in
+ * the store. The candidates are listed whole before the first DELETE, since Graph pages a
+ * listing by $skip. A crash between archiving and deleting leaves the message at the source
+ * for the next run's sweep: nothing is deleted that is not archived. */
+typedef struct idset {
+    char **v;
+    size_t n, cap;
+    int sorted, loaded;
+} idset;
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int idset_add(idset *s, const char *id)
+{
+    if (s->n == s->cap) {
+        size_t nc = s->cap ? s->cap * 2 : 256;
+        char **nv = realloc(s->v, nc * sizeof *nv);
+        if (!nv) return 1;
+        s->v = nv;
+        s->cap = nc;
+    }
+    if (!(s->v[s->n] = strdup(id))) return 1;
+    s->n++;
+    s->sorted = 0;
+    return 0;
+}
+
+static int idset_has(idset *s, const char *id)
+{
+    if (!s->sorted) {
+        qsort(s->v, s->n, sizeof *s->v, cmp_str);
+        s->sorted = 1;
+    }
+    return bsearch(&id, s->v, s->n, sizeof *s->v, cmp_str) != NULL;
+}
+
+static void idset_free(idset *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free(s->v[i]);
+    free(s->v);
+    memset(s, 0, sizeof *s);
+}
+
+typedef struct load_ud {
+    chunk_ctx *c;
+    idset *set;
+} load_ud;
+
+static int load_rec(void *ud, const mv_segment *seg, const mv_index_rec *rec)
+{
+    (void)seg;
+    load_ud *l = ud;
+    if (!rec->id[0] || !mv_store_exists(l->c->r->store, l->c->t->tenant, rec->hash)) return 0;
+    return idset_add(l->set, rec->id);
+}
+
+typedef struct cand_ud {
+    idset *archived;
+    gpage *out;
+} cand_ud;
+
+static int cand_cb(void *ud, const char *id)
+{
+    cand_ud *cu = ud;
+    if (!idset_has(cu->archived, id)) return 0; /* not archived (yet): never deleted */
+    return delta_cb(cu->out, id, 0, "");
+}
+
+static mv_err sweep_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, idset *archived, char *err,
+                           size_t errlen)
+{
+    const mv_task *t = c->t;
+    mv_err rc = MV_OK;
+    if (!archived->loaded) {
+        load_ud l = {c, archived};
+        if ((rc = mv_archive_list(c->r->store, t->tenant, t->mailbox, load_rec, &l, err, errlen)))
+            return rc;
+        archived->loaded = 1;
+    }
+    int64_t before = mv_now_ms() - (int64_t)c->profile->delete_after_days * 86400000;
+    gpage cand = {0};
+    cand_ud cu = {archived, &cand};
+    for (int tries = 0;; tries++) {
+        gpage_free(&cand);
+        rc = mv_graph_list_received_before(g, t->mailbox, f->id, before, cand_cb, &cu, err, errlen);
+        if (rc != MV_EBUSY || wait_throttled(c, g, tries, err, errlen)) break;
+    }
+    if (rc == MV_ENOTFOUND) rc = MV_OK; /* the folder went away meanwhile */
+    uint64_t deleted = 0;
+    for (size_t i = 0; i < cand.n && !rc; i++) {
+        if (*c->r->stopping) break; /* the rest waits for the next run */
+        if ((rc = chunk_beat(c, 0))) {
+            mv_seterr(err, errlen, rc, "%s", c->err);
+            break;
+        }
+        for (int tries = 0;; tries++) {
+            rc = mv_graph_delete_message(g, t->mailbox, cand.ids[i], err, errlen);
+            if (rc != MV_EBUSY || wait_throttled(c, g, tries, err, errlen)) break;
+        }
+        if (rc == MV_OK)
+            deleted++;
+        else if (rc == MV_ENOTFOUND)
+            rc = MV_OK; /* already gone */
+    }
+    if (rc == MV_EAUTH && strstr(err, "403")) {
+        char tmp[MV_ERRLEN];
+        snprintf(tmp, sizeof tmp, "%s", err);
+        mv_seterr(err, errlen, MV_EAUTH,
+                  "deleting archived messages needs the Mail.ReadWrite application permission: %s",
+                  tmp);
+    }
+    if (deleted) {
+        char serr[MV_ERRLEN];
+        if (mv_state_status_incr(c->r->st, t->tenant, t->mailbox, "deleted_at_source",
+                                 (int64_t)deleted, serr, sizeof serr))
+            mv_warn("cannot count deletions", " error=\"%s\"", serr);
+        mv_info("archived messages deleted at the source",
+                " tenant=%s mailbox=%s task=%s folder=\"%s\" deleted=%llu older_than_days=%d",
+                t->tenant, t->mailbox, t->id, f->path, (unsigned long long)deleted,
+                c->profile->delete_after_days);
+    }
+    gpage_free(&cand);
+    return rc;
+}
+
+/* The deletion rule's state in one task: what is archived, and a refusal (no Mail.ReadWrite)
+ * that stops further sweeps but not the archiving of the remaining folders. */
+typedef struct gsweep {
+    idset archived;
+    mv_err refused;
+    char err[MV_ERRLEN];
+} gsweep;
+
+static mv_err maybe_sweep(chunk_ctx *c, mv_graph *g, const gfolder *f, gsweep *sw, char *err,
                           size_t errlen)
+{
+    if (!c->profile->delete_enabled || sw->refused) return MV_OK;
+    mv_err rc = sweep_folder(c, g, f, &sw->archived, err, errlen);
+    if (rc == MV_EAUTH) {
+        sw->refused = rc;
+        snprintf(sw->err, sizeof sw->err, "folder \"%s\": %s", f->path, err);
+        mv_warn("deletion rule refused by the server; archiving goes on",
+                " tenant=%s mailbox=%s "
+                "error=\"%s\"",
+                c->t->tenant, c->t->mailbox, sw->err);
+        return MV_OK;
+    }
+    return rc;
+}
+
+static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, gsweep *sw, int *more,
+                          char *err, size_t errlen)
 {
     mv_runner *r = c->r;
     const mv_task *t = c->t;
@@ -386,6 +544,7 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, int *more
             int64_t incr[] = {(int64_t)pg.removed};
             rc = mv_state_cursor_commit(r->st, t->tenant, t->mailbox, f->id, &cu, r->worker_id,
                                         c->token, fields, incr, pg.removed ? 1 : 0, err, errlen);
+            if (!rc && complete) rc = maybe_sweep(c, g, f, sw, err, errlen);
             if (rc || complete) break;
             continue;
         }
@@ -424,6 +583,10 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, int *more
             rc = mv_state_cursor_commit(r->st, t->tenant, t->mailbox, f->id, &cu, r->worker_id,
                                         c->token, fields, incr, CHUNK_NCOUNTERS + 1, err, errlen);
         }
+        if (!rc && sw->archived.loaded) /* what this task archives counts for its sweeps too */
+            for (size_t k = 0; k < c->seg.n && !rc; k++)
+                if (c->seg.recs[k].id[0] && idset_add(&sw->archived, c->seg.recs[k].id))
+                    rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
         if (!rc)
             mv_info("delta page archived",
                     " tenant=%s mailbox=%s task=%s folder=\"%s\" seq=%llu messages=%llu "
@@ -434,6 +597,7 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, int *more
                     (unsigned long long)pg.removed);
         chunk_charge(c);
         chunk_batch_end(c);
+        if (!rc && complete) rc = maybe_sweep(c, g, f, sw, err, errlen);
         if (rc || complete) break;
     }
     if (rc && !strstr(err, f->path)) {
@@ -457,6 +621,8 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
     o.max_message = (uint64_t)r->cfg->max_message_bytes;
     mv_graph *g = NULL;
     gfolders fl = {0};
+    gsweep sw;
+    memset(&sw, 0, sizeof sw);
     *more = 0;
     c->profile = p;
     mv_err rc = mv_graph_open(&o, &g, err, errlen);
@@ -501,8 +667,10 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
             mv_seterr(err, errlen, rc, "%s", c->err);
             goto out;
         }
-        if ((rc = sync_folder(c, g, &fl.v[i], more, err, errlen))) goto out;
+        if ((rc = sync_folder(c, g, &fl.v[i], &sw, more, err, errlen))) goto out;
     }
+    if (!rc && sw.refused && !*more) /* archived, but the deletion rule was refused */
+        rc = mv_seterr(err, errlen, sw.refused, "%s", sw.err);
 out:
     if (rc == MV_EBUSY && g && mv_graph_retry_after_ms(g) > 0) {
         int64_t nb = mv_graph_retry_after_ms(g);
@@ -511,6 +679,7 @@ out:
         c->retry_after_ms = nb;
     }
     gfolders_free(&fl);
+    idset_free(&sw.archived);
     mv_graph_close(g);
     return rc;
 }

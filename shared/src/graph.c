@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 
 #include <curl/curl.h>
@@ -531,6 +532,48 @@ out:
     return e;
 }
 
+mv_err mv_graph__parse_idlist(const char *body, size_t len, mv_graph_id_fn cb, void *ud,
+                              char **next_link, char *err, size_t errlen)
+{
+    static const char what[] = "message list";
+    json_t *root = NULL;
+    *next_link = NULL;
+    mv_err e = load_object(body, len, what, &root, err, errlen);
+    if (e) return e;
+    json_t *arr = get_value_array(root, what, err, errlen);
+    if (!arr) {
+        e = MV_EPROTO;
+        goto out;
+    }
+    if ((e = get_link(root, "@odata.nextLink", what, next_link, err, errlen))) goto out;
+    size_t i;
+    json_t *item;
+    json_array_foreach(arr, i, item)
+    {
+        const char *id;
+        if (!json_is_object(item)) {
+            e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu] is not an object", what, i);
+            goto out;
+        }
+        if ((e = item_str(item, "id", 0, what, i, &id, err, errlen))) goto out;
+        if (!*id) {
+            e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu].id is empty", what, i);
+            goto out;
+        }
+        if (cb && cb(ud, id)) {
+            e = mv_seterr(err, errlen, MV_ECANCEL, "%s stopped by the callback", what);
+            goto out;
+        }
+    }
+out:
+    if (e) {
+        free(*next_link);
+        *next_link = NULL;
+    }
+    json_decref(root);
+    return e;
+}
+
 mv_err mv_graph__parse_token(const char *body, size_t len, char **token, int64_t *expires_in,
                              char *err, size_t errlen)
 {
@@ -683,7 +726,8 @@ static size_t on_write(char *p, size_t sz, size_t n, void *ud)
 
 typedef struct req {
     const char *url;
-    const char *post; /* form body (POST) or NULL (GET) */
+    const char *method; /* NULL: GET, or POST when post is set; else e.g. "DELETE" */
+    const char *post;   /* form body (POST) or NULL (GET) */
     size_t postlen;
     int auth;           /* send the bearer token */
     const char *prefer; /* Prefer header value or NULL */
@@ -777,6 +821,7 @@ static mv_err perform(mv_graph *g, const req *r, char *err, size_t errlen)
     } else {
         curl_easy_setopt(g->curl, CURLOPT_HTTPGET, 1L);
     }
+    if (r->method) curl_easy_setopt(g->curl, CURLOPT_CUSTOMREQUEST, r->method);
 
     int64_t t0 = mv_mono_ms();
     CURLcode rc = curl_easy_perform(g->curl);
@@ -820,6 +865,7 @@ static mv_err perform(mv_graph *g, const req *r, char *err, size_t errlen)
             e = mv_seterr(err, errlen, MV_ECANCEL, "%s: stopped by the callback", r->what);
     }
 out:
+    if (r->method) curl_easy_setopt(g->curl, CURLOPT_CUSTOMREQUEST, NULL);
     if (r->post) {
         curl_easy_setopt(g->curl, CURLOPT_POSTFIELDS, NULL);
         curl_easy_setopt(g->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
@@ -1601,6 +1647,77 @@ mv_err mv_graph_get_mime(mv_graph *g, const char *user, const char *message_id,
              .what = "message download"};
     e = graph_call(g, &r, err, errlen);
 out:
+    free(url);
+    curl_free(ue);
+    curl_free(me);
+    trim_body(g);
+    scrub(err, errlen, g->secret);
+    return e;
+}
+
+mv_err mv_graph_list_received_before(mv_graph *g, const char *user, const char *folder_id,
+                                     int64_t before_ms, mv_graph_id_fn cb, void *ud, char *err,
+                                     size_t errlen)
+{
+    char *url = NULL, *ue = NULL, *fe = NULL, *next = NULL;
+    mv_err e = MV_OK;
+    if (err && errlen) err[0] = '\0';
+    if (!arg_ok(user) || !arg_ok(folder_id) || before_ms < 0)
+        return mv_seterr(err, errlen, MV_EINVAL, "list: user, folder_id and a time are required");
+    char iso[32];
+    time_t secs = (time_t)(before_ms / 1000);
+    struct tm tm;
+    if (!gmtime_r(&secs, &tm) || !strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        return mv_seterr(err, errlen, MV_EINVAL, "list: time out of range");
+    ue = curl_easy_escape(g->curl, user, 0);
+    fe = curl_easy_escape(g->curl, folder_id, 0);
+    if (ue && fe)
+        url = xprintf("%s/users/%s/mailFolders/%s/messages?$filter=receivedDateTime%%20lt%%20%s&"
+                      "$select=id&$top=%d",
+                      g->graph_base, ue, fe, iso, g->o.page_size);
+    if (!url) e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    for (int pages = 0; url && !e; pages++) {
+        if (pages >= MAX_PAGES) {
+            e = mv_seterr(err, errlen, MV_EPROTO, "message list: more than %d pages", MAX_PAGES);
+            break;
+        }
+        req r = {.url = url, .prefer = "IdType=\"ImmutableId\"", .what = "message list"};
+        if ((e = graph_call(g, &r, err, errlen))) break;
+        if ((e = mv_graph__parse_idlist(g->body.p, g->body.len, cb, ud, &next, err, errlen))) break;
+        free(url);
+        url = next;
+        next = NULL;
+        if (url && (e = check_link(g, url, "@odata.nextLink", err, errlen))) break;
+    }
+    free(url);
+    free(next);
+    curl_free(ue);
+    curl_free(fe);
+    trim_body(g);
+    scrub(err, errlen, g->secret);
+    return e;
+}
+
+mv_err mv_graph_delete_message(mv_graph *g, const char *user, const char *message_id, char *err,
+                               size_t errlen)
+{
+    char *url = NULL, *ue = NULL, *me = NULL;
+    mv_err e;
+    if (err && errlen) err[0] = '\0';
+    if (!arg_ok(user) || !arg_ok(message_id))
+        return mv_seterr(err, errlen, MV_EINVAL, "delete: user and message_id are required");
+    ue = curl_easy_escape(g->curl, user, 0);
+    me = curl_easy_escape(g->curl, message_id, 0);
+    if (ue && me) url = xprintf("%s/users/%s/messages/%s", g->graph_base, ue, me);
+    if (!url)
+        e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    else {
+        req r = {.url = url,
+                 .method = "DELETE",
+                 .prefer = "IdType=\"ImmutableId\"",
+                 .what = "message delete"};
+        e = graph_call(g, &r, err, errlen);
+    }
     free(url);
     curl_free(ue);
     curl_free(me);

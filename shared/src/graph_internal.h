@@ -26,6 +26,8 @@ mv_err mv_graph__parse_delta(const char *body, size_t len, mv_graph_delta_fn cb,
                              char **link, int *complete, char *err, size_t errlen);
 
 /* Token response: access token (malloc'd) and lifetime in seconds. */
+mv_err mv_graph__parse_idlist(const char *body, size_t len, mv_graph_id_fn cb, void *ud,
+                              char **next_link, char *err, size_t errlen);
 mv_err mv_graph__parse_token(const char *body, size_t len, char **token, int64_t *expires_in,
                              char *err, size_t errlen);
 

@@ -279,11 +279,12 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
         char k[512], nowtxt[32];
         mv_task_key(&t, k, sizeof k);
         snprintf(nowtxt, sizeof nowtxt, "%lld", (long long)now);
-        rc = mv_state_status_set(
-            st, tenant, t.mailbox, err, errlen, "state", "queued", "task", t.id, "run", run_id,
-            "profile", profile, "chunk", "0", "attempt", "0", "messages", "0", "bytes_raw", "0",
-            "bytes_stored", "0", "deduplicated", "0", "removed", "0", "throttled", "0", "error", "",
-            "queued_ms", nowtxt, "started_ms", "", "finished_ms", "", "folder", "", NULL);
+        rc = mv_state_status_set(st, tenant, t.mailbox, err, errlen, "state", "queued", "task",
+                                 t.id, "run", run_id, "profile", profile, "chunk", "0", "attempt",
+                                 "0", "messages", "0", "bytes_raw", "0", "bytes_stored", "0",
+                                 "deduplicated", "0", "removed", "0", "throttled", "0",
+                                 "deleted_at_source", "0", "error", "", "queued_ms", nowtxt,
+                                 "started_ms", "", "finished_ms", "", "folder", "", NULL);
         if (!rc) rc = mv_producer_send(pr, c->topic_tasks, k, buf, len, err, errlen);
         free(buf);
         if (rc) goto out;

@@ -154,8 +154,8 @@ static mv_err check_base_url(const char *field, const char *url, char *err, size
 
 static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *err, size_t errlen)
 {
-    static const char *const top_keys[] = {"name",    "type",      "server",    "graph",
-                                           "folders", "mailboxes", "directory", NULL};
+    static const char *const top_keys[] = {"name",      "type",      "server",   "graph", "folders",
+                                           "mailboxes", "directory", "deletion", NULL};
     static const char *const server_keys[] = {"host", "port", "tls", "verify", NULL};
     static const char *const graph_keys[] = {"tenant_id",
                                              "client_id",
@@ -320,6 +320,30 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
             return rc;
     }
 
+    json_t *del = json_object_get(root, "deletion");
+    if (del) {
+        static const char *const del_keys[] = {"older_than_days", NULL};
+        if (!json_is_object(del))
+            return mv_seterr(err, errlen, MV_EINVAL, "deletion: must be an object");
+        if ((rc = check_keys(del, "deletion.", del_keys, err, errlen))) return rc;
+        json_t *d = json_object_get(del, "older_than_days");
+        if (!d)
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "deletion.older_than_days: missing (omit \"deletion\" to delete "
+                             "nothing)");
+        if (!json_is_integer(d) || json_integer_value(d) < 0 ||
+            json_integer_value(d) > MV_PROFILE_MAX_DELETE_DAYS)
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "deletion.older_than_days: must be an integer from 0 to %d",
+                             MV_PROFILE_MAX_DELETE_DAYS);
+        if (p->source != MV_SOURCE_GRAPH)
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "deletion: deleting from the source after archiving is supported "
+                             "for type graph only");
+        p->delete_enabled = 1;
+        p->delete_after_days = (int)json_integer_value(d);
+    }
+
     json_t *mbs = json_object_get(root, "mailboxes");
     if (!mbs && p->directory) return MV_OK; /* the mailboxes come from the tenant directory */
     if (!mbs) return mv_seterr(err, errlen, MV_EINVAL, "mailboxes: missing");
@@ -436,6 +460,11 @@ char *mv_profile_to_json(const mv_profile *p)
         if (p->ndir_exclude)
             json_object_set_new(d, "exclude", patterns_json(p->dir_exclude, p->ndir_exclude));
         json_object_set_new(root, "directory", d);
+    }
+    if (p->delete_enabled) {
+        json_t *d = json_object();
+        json_object_set_new(d, "older_than_days", json_integer(p->delete_after_days));
+        json_object_set_new(root, "deletion", d);
     }
     for (size_t i = 0; i < p->nmailboxes; i++) {
         json_t *mb = json_object();

@@ -1,9 +1,9 @@
 /* fuzz_graph.c - libFuzzer target for the Graph client's response parsers.
  *
  * Every input is fed, as one complete HTTP body, to each parser the HTTP paths use: the users,
- * mailFolders and delta page parsers, the token response parser and the Graph/AAD error body
- * formatter; the folder path builder and the Retry-After parser get the input as a C string,
- * and the same-origin check gets it as a link. Callbacks touch every byte they are given so
+ * mailFolders, delta page and message list parsers, the token response parser and the Graph/AAD
+ * error body formatter; the folder path builder and the Retry-After parser get the input as a C
+ * string, and the same-origin check gets it as a link. Callbacks touch every byte they are given so
  * ASan sees bad pointers; returned links must be NUL-terminated strings.
  *
  * Build: CC=clang cmake -S . -B build-fuzz -G Ninja -DMV_FUZZ=ON && ninja -C build-fuzz fuzz_graph
@@ -55,6 +55,13 @@ static int f_delta(void *ud, const char *id, int removed, const char *reason)
     return 0;
 }
 
+static int f_id(void *ud, const char *id)
+{
+    (void)ud;
+    touch(id);
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *body = (const char *)data;
@@ -70,6 +77,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (mv_graph__parse_folders(body, size, f_folder, NULL, &link, err, sizeof err) == MV_OK)
         touch(link);
+    free(link);
+    link = NULL;
+
+    if (mv_graph__parse_idlist(body, size, f_id, NULL, &link, err, sizeof err) == MV_OK)
+        touch(link);
+    else if (link)
+        abort(); /* a failed parse hands back no link */
     free(link);
     link = NULL;
 

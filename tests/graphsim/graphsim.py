@@ -54,6 +54,7 @@ WELL_KNOWN_BY_NAME = {v[0]: k for k, v in WELL_KNOWN.items()}
 
 MAIL_PERMS = {"Mail.Read", "Mail.ReadWrite", "Mail.ReadBasic.All", "Mail.ReadBasic"}
 MAIL_FULL_PERMS = {"Mail.Read", "Mail.ReadWrite"}
+MAIL_WRITE_PERMS = {"Mail.ReadWrite"}
 USER_PERMS = {"User.Read.All", "User.ReadBasic.All", "User.ReadWrite.All",
               "Directory.Read.All", "Directory.ReadWrite.All"}
 
@@ -270,6 +271,17 @@ class Mailbox:
         raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
 
     # ---- messages
+    def delete_message(self, folder, m):
+        dest = os.path.join(self.user["_dir"], "recoverable")
+        os.makedirs(dest, exist_ok=True)
+        with self.lock:
+            try:
+                os.replace(m.path, os.path.join(dest, os.path.basename(m.path)))
+            except FileNotFoundError:
+                raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+            self.folder_files.pop(folder.id, None)
+            self.msg_index_ok = False
+
     def files(self, folder, force_stat=False):
         """List of MsgEntry of one folder, cached by the directory's mtime."""
         try:
@@ -515,6 +527,7 @@ class Sim:
         self.tenant_cache = {}  # tenant -> (sig, data)
         self.stats = {}         # (tenant, key) -> KeyStats
         self.faults = []
+        self.deleted = collections.Counter()  # (tenant, upn) -> messages deleted
         self.fault_seq = 0
         self.snapshots = collections.OrderedDict()  # delta token key -> state
         self.rounds = collections.OrderedDict()     # skiptoken key -> round
@@ -1215,6 +1228,18 @@ def handle_messages_list(sim, ctx, mb, folder, uid):
     except ValueError:
         raise GraphError(400, "BadRequest", "Invalid value for $skip query option.")
     files = mb.files(folder)
+    flt = ctx.query.get("$filter")
+    if flt is not None:
+        # the one filter form mailvault uses: receivedDateTime lt|le|gt|ge <ISO 8601 UTC>
+        fm = re.fullmatch(r"\s*receivedDateTime\s+(lt|le|gt|ge)\s+(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)\s*", flt)
+        if not fm:
+            raise GraphError(400, "ErrorInvalidUrlQueryFilter",
+                             "The query filter contains one or more invalid nodes.")
+        op, lim = fm.group(1), fm.group(2)[:19] + "Z"
+        cmp = {"lt": lambda a: a < lim, "le": lambda a: a <= lim,
+               "gt": lambda a: a > lim, "ge": lambda a: a >= lim}[op]
+        # both sides are UTC ISO strings of the same shape, so text order is time order
+        files = [m for m in files if cmp(sim.msg_props(m)["receivedDateTime"][:19] + "Z")]
     # newest first, as Outlook lists by default
     ordered = sorted(files, key=lambda m: (sim.msg_props(m)["receivedDateTime"], m.name), reverse=True)
     page = ordered[skip:skip + top]
@@ -1224,6 +1249,8 @@ def handle_messages_list(sim, ctx, mb, folder, uid):
     if skip + top < len(ordered):
         ver = "beta" if ctx.beta else "v1.0"
         params = []
+        if flt is not None:
+            params.append("%24filter=" + quote(flt, safe=""))
         if select:
             params.append("%24select=" + quote(",".join(select), safe=","))
         params += ["%%24top=%d" % top, "%%24skip=%d" % (skip + top)]
@@ -1242,7 +1269,9 @@ def route_graph(sim, ctx, segs):
                          "/me request is only valid with delegated authentication flow.")
     if segs[0] != "users":
         raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segs[0]}'.")
-    if ctx.method != "GET":
+    is_msg_delete = (ctx.method == "DELETE" and len(segs) >= 4 and
+                     (segs[-2] == "messages" and segs[-1] not in ("delta", "delta()")))
+    if ctx.method != "GET" and not is_msg_delete:
         raise GraphError(405, "Request_BadRequest" if len(segs) <= 2 else "ErrorInvalidRequest",
                          f"The OData request is not supported (method {ctx.method}).")
     if len(segs) == 1:
@@ -1311,6 +1340,17 @@ def message_item(sim, ctx, mb, folder, rest, uid):
     f, m = mb.find_message(mid)
     if folder is not None and f.id != folder.id:
         raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+    if ctx.method == "DELETE":
+        # https://learn.microsoft.com/en-us/graph/api/message-delete : Mail.ReadWrite, 204 No
+        # Content; the item goes to Recoverable Items (kept here under <user>/recoverable/).
+        require(ctx, MAIL_WRITE_PERMS, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+        if len(rest) != 1:
+            raise GraphError(405, "ErrorInvalidRequest",
+                             f"The OData request is not supported (method {ctx.method}).")
+        mb.delete_message(f, m)
+        with sim.lock:
+            sim.deleted[(ctx.tenant, mb.user["userPrincipalName"])] += 1
+        return Resp(204)
     if len(rest) == 1:
         out = {"@odata.context": ctx_url(ctx, f"users('{uid}')/messages/$entity"),
                **message_json(sim, ctx, f, m, q_select(ctx))}
@@ -1476,6 +1516,7 @@ def handle_admin(sim, ctx):
             "limits": {"concurrent": sim.args.limit_concurrent,
                        "window_requests": sim.args.limit_window_requests,
                        "window_seconds": sim.args.limit_window_seconds},
+            "deleted": [{"tenant": k[0], "mailbox": k[1], "messages": v} for k, v in sorted(sim.deleted.items())],
             "delta_states": len(sim.snapshots), "delta_rounds": len(sim.rounds),
             "tokens": len(sim.tokens)}))
     if p == "/_sim/reset-stats" and m == "POST":

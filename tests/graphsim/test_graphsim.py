@@ -404,6 +404,63 @@ def test_sdk_value_matches_file(sim):
     assert msg.parent_folder_id and msg.received_date_time is not None
 
 
+def test_sdk_filter_received_before_and_delete(sim):
+    """messages?$filter=receivedDateTime lt ... and DELETE, as the deletion rule uses them."""
+    from msgraph.generated.users.item.mail_folders.item.messages.messages_request_builder import (
+        MessagesRequestBuilder,
+    )
+    old = os.path.join(sim.mail, "Inbox", "old.eml")
+    with open(old, "wb") as fh:
+        fh.write(eml(900, subject="Old one", date="Tue, 2 Jan 2018 08:00:00 +0000"))
+    path = os.path.join(sim.dir, TENANT, "app.json")
+    doc = json.load(open(path))
+    doc["permissions"] = ["Mail.ReadWrite", "User.Read.All"]
+    write_json(path, doc)
+
+    async def go():
+        c = sdk_client(sim)
+        q = MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(
+            filter="receivedDateTime lt 2020-01-01T00:00:00Z", select=["id", "subject"], top=2)
+        cfg = RequestConfiguration(query_parameters=q)
+        inbox = c.users.by_user_id(ALICE).mail_folders.by_mail_folder_id("inbox").messages
+        page = await inbox.get(request_configuration=cfg)
+        everything = await inbox.get()
+        await c.users.by_user_id(ALICE).messages.by_message_id(page.value[0].id).delete()
+        try:
+            await c.users.by_user_id(ALICE).messages.by_message_id(page.value[0].id).delete()
+            again = None
+        except ODataError as e:
+            again = e
+        after = await inbox.get(request_configuration=cfg)
+        bad = None
+        try:
+            await inbox.get(request_configuration=RequestConfiguration(
+                query_parameters=MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(
+                    filter="subject eq 'x'")))
+        except ODataError as e:
+            bad = e
+        return page, everything, again, after, bad
+    page, everything, again, after, bad = run(go())
+    assert [m.subject for m in page.value] == ["Old one"]
+    assert len(everything.value) == 8
+    assert not os.path.exists(old)
+    assert os.path.exists(os.path.join(sim.dir, TENANT, "users", ALICE, "recoverable", "old.eml"))
+    assert again.response_status_code == 404 and again.error.code == "ErrorItemNotFound"
+    assert after.value == []
+    assert bad.response_status_code == 400 and bad.error.code == "ErrorInvalidUrlQueryFilter"
+    assert sim.stats()["deleted"] == [{"tenant": TENANT, "mailbox": ALICE, "messages": 1}]
+
+
+def test_delete_needs_mail_readwrite(sim):
+    tok = sim.token()
+    st, _, b = sim.get(f"/v1.0/users/{ALICE}/mailFolders/inbox/messages?$select=id&$top=1", tok)
+    mid = json.loads(b)["value"][0]["id"]
+    st, _, b = sim.request("DELETE", f"/v1.0/users/{ALICE}/messages/{urllib.parse.quote(mid, safe='')}",
+                           headers={"Authorization": "Bearer " + tok})
+    assert st == 403 and json.loads(b)["error"]["code"] == "ErrorAccessDenied"
+    assert len([f for f in os.listdir(os.path.join(sim.mail, "Inbox")) if f[0] in "m1"]) == 7
+
+
 def test_sdk_429_surfaced_without_retry(sim):
     st, _, _ = sim.request("POST", "/_sim/faults", body={"path_regex": "/mailFolders", "status": 429,
                                                          "retry_after": 7, "count": 1})

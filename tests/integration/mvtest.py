@@ -284,11 +284,11 @@ class GraphSim:
         self.stop()
 
 
-def add_graph_profile(tenant, name, tenant_id, secret, sim_url, logins):
+def add_graph_profile(tenant, name, tenant_id, secret, sim_url, logins, **extra):
     prof = {"name": name, "type": "graph",
             "graph": {"tenant_id": tenant_id, "client_id": "app-1", "client_secret": secret,
                       "login_base": sim_url, "graph_base": sim_url + "/v1.0"},
-            "mailboxes": [{"login": u} for u in logins]}
+            "mailboxes": [{"login": u} for u in logins], **extra}
     path = os.path.join(RUN, f"profile-{tenant}-{name}.json")
     with open(path, "w") as f:
         json.dump(prof, f)

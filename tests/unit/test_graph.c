@@ -1238,6 +1238,13 @@ static int count_delta(void *ud, const char *id, int removed, const char *reason
     return 0;
 }
 
+static int count_id(void *ud, const char *id)
+{
+    (void)id;
+    (*(int *)ud)++;
+    return 0;
+}
+
 static void test_parsers(void **state)
 {
     (void)state;
@@ -1273,6 +1280,25 @@ static void test_parsers(void **state)
     assert_string_equal(link, "d");
     free(link);
 #undef DELTA
+    /* a plain message listing: value[].id and an optional nextLink */
+    n = 0;
+    link = NULL;
+    assert_int_equal(mv_graph__parse_idlist("{\"value\":[{\"id\":\"a\"},{\"id\":\"b\"}]}", 33,
+                                            count_id, &n, &link, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(n, 2);
+    assert_null(link);
+    static const char paged[] = "{\"value\":[{\"id\":\"a\"}],\"@odata.nextLink\":\"n\"}";
+    assert_int_equal(
+        mv_graph__parse_idlist(paged, strlen(paged), count_id, &n, &link, err, sizeof err), MV_OK);
+    assert_string_equal(link, "n");
+    free(link);
+    link = NULL;
+    static const char bad[] = "{\"value\":[{\"id\":\"\"}],\"@odata.nextLink\":\"n\"}";
+    assert_int_equal(mv_graph__parse_idlist(bad, strlen(bad), count_id, &n, &link, err, sizeof err),
+                     MV_EPROTO);
+    assert_non_null(strstr(err, "value[0].id is empty"));
+    assert_null(link); /* nothing leaks out of a refused page */
     char *next = NULL;
     const char *f = "{\"value\":[{\"id\":\"x\",\"displayName\":\"n\",\"childFolderCount\":-1,"
                     "\"totalItemCount\":1}]}";

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -122,6 +123,43 @@ static void test_errors_name_the_field(void **state)
     expect_error(good, 0, "must not contain secrets");
 }
 
+/* The deletion rule: off unless asked for, bounded, graph only, kept by the round trip. */
+static void test_deletion_rule(void **state)
+{
+    (void)state;
+    static const char g[] = "{\"name\":\"p\",\"type\":\"graph\",\"graph\":{\"tenant_id\":\"t\","
+                            "\"client_id\":\"c\"},\"mailboxes\":[{\"login\":\"a@b\"}]";
+    char buf[512], err[MV_ERRLEN];
+    mv_profile p;
+    snprintf(buf, sizeof buf, "%s}", g);
+    assert_int_equal(mv_profile_parse(buf, 1, &p, err, sizeof err), MV_OK);
+    assert_int_equal(p.delete_enabled, 0);
+    mv_profile_free(&p);
+    snprintf(buf, sizeof buf, "%s,\"deletion\":{\"older_than_days\":0}}", g);
+    assert_int_equal(mv_profile_parse(buf, 1, &p, err, sizeof err), MV_OK);
+    assert_int_equal(p.delete_enabled, 1);
+    assert_int_equal(p.delete_after_days, 0);
+    char *js = mv_profile_to_json(&p);
+    assert_non_null(strstr(js, "\"older_than_days\": 0"));
+    mv_profile q;
+    assert_int_equal(mv_profile_parse(js, 0, &q, err, sizeof err), MV_OK);
+    assert_int_equal(q.delete_enabled, 1);
+    mv_profile_free(&q);
+    free(js);
+    mv_profile_free(&p);
+    snprintf(buf, sizeof buf, "%s,\"deletion\":{}}", g);
+    expect_error(buf, 1, "deletion.older_than_days: missing");
+    snprintf(buf, sizeof buf, "%s,\"deletion\":{\"older_than_days\":-1}}", g);
+    expect_error(buf, 1, "deletion.older_than_days: must be an integer");
+    snprintf(buf, sizeof buf, "%s,\"deletion\":{\"older_than_days\":\"30\"}}", g);
+    expect_error(buf, 1, "deletion.older_than_days: must be an integer");
+    snprintf(buf, sizeof buf, "%s,\"deletion\":{\"older_than_days\":30,\"x\":1}}", g);
+    expect_error(buf, 1, "deletion.x: unknown field");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\"},\"mailboxes\":[{\"login\":\"a\"}],"
+                 "\"deletion\":{\"older_than_days\":30}}",
+                 1, "for type graph only");
+}
+
 static void test_folder_patterns(void **state)
 {
     (void)state;
@@ -159,6 +197,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_errors_name_the_field),
         cmocka_unit_test(test_folder_patterns),
+        cmocka_unit_test(test_deletion_rule),
         cmocka_unit_test(test_cred_ad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

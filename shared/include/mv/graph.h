@@ -114,6 +114,18 @@ mv_err mv_graph_delta_page(mv_graph *g, const char *user, const char *folder_id,
 /* GET /users/{user}/messages/{id}/$value: the RFC 5322 message streamed to the callbacks.
  * begin gets the Content-Length if the server sent one, else -1; data gets the pieces; a
  * non-zero return from either aborts with MV_ECANCEL. */
+/* GET /users/{user}/mailFolders/{folder}/messages?$filter=receivedDateTime lt <before>&$select=id,
+ * following @odata.nextLink: cb gets the id of every message received before before_ms. */
+typedef int (*mv_graph_id_fn)(void *ud, const char *message_id);
+mv_err mv_graph_list_received_before(mv_graph *g, const char *user, const char *folder_id,
+                                     int64_t before_ms, mv_graph_id_fn cb, void *ud, char *err,
+                                     size_t errlen);
+
+/* DELETE /users/{user}/messages/{id} (204; Exchange keeps it in Recoverable Items). Needs the
+ * Mail.ReadWrite application permission (403 -> MV_EAUTH); an id already gone -> MV_ENOTFOUND. */
+mv_err mv_graph_delete_message(mv_graph *g, const char *user, const char *message_id, char *err,
+                               size_t errlen);
+
 typedef struct mv_graph_mime_cb {
     int (*begin)(void *ud, int64_t size);
     int (*data)(void *ud, const void *data, size_t len);

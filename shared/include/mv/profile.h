@@ -29,6 +29,8 @@
 #define MV_PROFILE_APP_CRED "_app"    /* credential slot of a Graph profile's client secret */
 #define MV_PROFILE_APP_KEY "_app_key" /* slot of its certificate's private key (PEM) */
 
+#define MV_PROFILE_MAX_DELETE_DAYS 36500
+
 typedef struct mv_profile_mailbox {
     char login[256];
     char *password; /* only set when parsed with allow_secrets; wiped by mv_profile_free */
@@ -64,6 +66,11 @@ typedef struct mv_profile {
     int all_users; /* 0: licensed users only (default); 1: all users, shared mailboxes too */
     char **dir_include, **dir_exclude; /* patterns on userPrincipalName, case-insensitive */
     size_t ndir_include, ndir_exclude;
+    /* deletion rule (graph): when delete_enabled, after a folder is in sync, delete at the
+     * source the archived messages received more than delete_after_days days ago. Off by
+     * default (zeroed profile = delete nothing). */
+    int delete_enabled;
+    int delete_after_days;
 } mv_profile;
 
 /* Parse and validate. allow_secrets = 1 for user input (password fields kept in memory),
