@@ -28,6 +28,7 @@
 
 #define GRAPH_MAX_WAIT_MS 30000 /* longer Retry-After: give the attempt back */
 #define GRAPH_MAX_TRIES 5
+#define GRAPH_BATCH_PARALLEL 4 /* requests of one batch Graph runs at once per mailbox */
 
 typedef struct gfolder {
     char *id;
@@ -114,6 +115,19 @@ static void gpage_free(gpage *pg)
     memset(pg, 0, sizeof *pg);
 }
 
+/* Sleep ms with the lease kept alive; -1 if the worker stops or the lease is lost. */
+static int pause_for(chunk_ctx *c, int64_t ms)
+{
+    int64_t until = mv_mono_ms() + ms;
+    while (mv_mono_ms() < until) {
+        if (*c->r->stopping) return -1;
+        if (chunk_beat(c, 0)) return -1;
+        int64_t left = until - mv_mono_ms();
+        usleep((useconds_t)(left > 100 ? 100 : left > 0 ? left : 1) * 1000);
+    }
+    return 0;
+}
+
 /* After MV_EBUSY: wait out a short Retry-After (renewing the lease); 0 = try again. */
 static int wait_throttled(chunk_ctx *c, mv_graph *g, int tries, char *err, size_t errlen)
 {
@@ -123,13 +137,7 @@ static int wait_throttled(chunk_ctx *c, mv_graph *g, int tries, char *err, size_
     mv_warn("throttled by Graph, waiting", " tenant=%s mailbox=%s retry_after_ms=%lld",
             c->t->tenant, c->t->mailbox, (long long)ms);
     mv_state_status_incr(c->r->st, c->t->tenant, c->t->mailbox, "throttled", 1, err, errlen);
-    int64_t until = mv_mono_ms() + ms;
-    while (mv_mono_ms() < until) {
-        if (*c->r->stopping) return -1;
-        if (chunk_beat(c, 0)) return -1;
-        usleep(100 * 1000);
-    }
-    return 0;
+    return pause_for(c, ms);
 }
 
 /* Microsoft's per-mailbox limits, kept by every worker together through Redis (state.h). */
@@ -140,7 +148,7 @@ typedef struct gate_ud {
     mv_limit lim;
 } gate_ud;
 
-static mv_err gate_acquire(void *ud, char *err, size_t errlen)
+static mv_err gate_acquire(void *ud, int weight, char *err, size_t errlen)
 {
     gate_ud *gu = ud;
     chunk_ctx *c = gu->c;
@@ -148,8 +156,8 @@ static mv_err gate_acquire(void *ud, char *err, size_t errlen)
         int admitted = 0;
         int64_t wait = 0;
         mv_uuid(gu->req);
-        mv_err rc = mv_state_limit_acquire(c->r->st, gu->scope, gu->req, &gu->lim, &admitted, &wait,
-                                           err, errlen);
+        mv_err rc = mv_state_limit_acquire_n(c->r->st, gu->scope, gu->req, &gu->lim, weight,
+                                             &admitted, &wait, err, errlen);
         if (rc || admitted) return rc;
         if (wait > GRAPH_MAX_WAIT_MS) { /* the window is spent for longer: give the attempt back */
             c->retry_after_ms = wait;
@@ -166,11 +174,11 @@ static mv_err gate_acquire(void *ud, char *err, size_t errlen)
     }
 }
 
-static void gate_release(void *ud)
+static void gate_release(void *ud, int weight)
 {
     gate_ud *gu = ud;
     char err[MV_ERRLEN];
-    if (mv_state_limit_release(gu->c->r->st, gu->scope, gu->req, err, sizeof err))
+    if (mv_state_limit_release_n(gu->c->r->st, gu->scope, gu->req, weight, err, sizeof err))
         mv_warn("limit release failed (the slot expires by itself)", " error=\"%s\"", err);
 }
 
@@ -319,6 +327,102 @@ static mv_err fetch_message(chunk_ctx *c, mv_graph *g, const char *user, const c
     }
 }
 
+/* ---- $batch downloads: up to graph.batch_size messages per HTTP request ---- */
+typedef struct batch_ud {
+    chunk_ctx *c;
+    const mv_graph_batch_item *items;
+} batch_ud;
+
+static int batch_cb(void *ud, size_t index, const void *mime, size_t len)
+{
+    batch_ud *b = ud;
+    chunk_ctx *c = b->c;
+    if (chunk_msg_begin(c, (int64_t)len) || (len && chunk_msg_data(c, mime, len)) ||
+        chunk_msg_done(c, 0, b->items[index].message_id, 0, "")) {
+        chunk_msg_abort(c);
+        return 1; /* c->failed and c->err say why */
+    }
+    return 0;
+}
+
+/* Fetch and store ids[0..n). Batches of *batch_size; whatever a batch did not bring back whole
+ * (throttled, failed, an unusable body, no answer) is fetched alone, which has its own waits
+ * and errors; a message gone since the delta page is skipped. A batch answer too large to
+ * hold halves the batch size for the rest of the task. */
+static mv_err fetch_messages(chunk_ctx *c, mv_graph *g, const char *user, char **ids, size_t n,
+                             int *batch_size, char *err, size_t errlen)
+{
+    mv_err rc = MV_OK;
+    for (size_t i = 0; i < n && !rc;) {
+        size_t k = n - i < (size_t)*batch_size ? n - i : (size_t)*batch_size;
+        if (k < 2) {
+            rc = fetch_message(c, g, user, ids[i++], err, errlen);
+            continue;
+        }
+        mv_graph_batch_item items[MV_GRAPH_BATCH_MAX];
+        for (size_t j = 0; j < k; j++)
+            items[j].message_id = ids[i + j];
+        batch_ud bu = {c, items};
+        for (int tries = 0;; tries++) {
+            c->failed = MV_OK;
+            rc = mv_graph_get_mime_batch(g, user, items, k, batch_cb, &bu, err, errlen);
+            if (c->failed) { /* the store or the lease failed inside the callback */
+                chunk_msg_abort(c);
+                return mv_seterr(err, errlen, c->failed, "%s", c->err);
+            }
+            if (rc != MV_EBUSY || wait_throttled(c, g, tries, err, errlen)) break;
+        }
+        if (rc == MV_ETOOBIG) {
+            *batch_size = *batch_size / 2 > 1 ? *batch_size / 2 : 1;
+            mv_info("batch answer too large, fetching its messages one by one",
+                    " tenant=%s mailbox=%s batch_size=%d", c->t->tenant, c->t->mailbox,
+                    *batch_size);
+            rc = MV_OK; /* every item still has status 0: fetched alone below */
+        }
+        if (rc) return rc;
+        int64_t wait = 0;
+        int64_t throttled = 0;
+        for (size_t j = 0; j < k; j++)
+            if (items[j].status == 429 || items[j].status == 503) {
+                throttled++;
+                if (items[j].retry_after_ms > wait) wait = items[j].retry_after_ms;
+            }
+        if (throttled) {
+            char serr[MV_ERRLEN];
+            mv_warn("throttled inside a batch, waiting",
+                    " tenant=%s mailbox=%s requests=%lld "
+                    "retry_after_ms=%lld",
+                    c->t->tenant, c->t->mailbox, (long long)throttled, (long long)wait);
+            mv_state_status_incr(c->r->st, c->t->tenant, c->t->mailbox, "throttled", throttled,
+                                 serr, sizeof serr);
+            if (wait > GRAPH_MAX_WAIT_MS) {
+                c->retry_after_ms = wait;
+                return mv_seterr(err, errlen, MV_EBUSY,
+                                 "throttled by Graph inside a batch for %lld ms", (long long)wait);
+            }
+            if (pause_for(c, wait > 0 ? wait : 1000))
+                return mv_seterr(err, errlen, MV_ECANCEL, "shutting down");
+        }
+        for (size_t j = 0; j < k && !rc; j++) {
+            long st = items[j].status;
+            if (st >= 200 && st < 300) continue;
+            if (st == 404) {
+                mv_info("message gone before it could be fetched, skipped",
+                        " tenant=%s mailbox=%s id=%s", c->t->tenant, c->t->mailbox,
+                        items[j].message_id);
+                continue;
+            }
+            if (st != 0 && st != 429 && st != 503)
+                mv_info("batch item failed, fetching it alone",
+                        " tenant=%s mailbox=%s id=%s status=%ld error=\"%s\"", c->t->tenant,
+                        c->t->mailbox, items[j].message_id, st, items[j].error);
+            rc = fetch_message(c, g, user, items[j].message_id, err, errlen);
+        }
+        i += k;
+    }
+    return rc;
+}
+
 static mv_err read_page(chunk_ctx *c, mv_graph *g, const char *user, const char *folder_id,
                         const char *link, gpage *pg, char **next, int *complete, char *err,
                         size_t errlen)
@@ -463,32 +567,34 @@ static mv_err sweep_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, idset *a
     return rc;
 }
 
-/* The deletion rule's state in one task: what is archived, and a refusal (no Mail.ReadWrite)
- * that stops further sweeps but not the archiving of the remaining folders. */
-typedef struct gsweep {
+/* What one task carries across folders: the $batch size, and for the deletion rule what is
+ * archived and a refusal (no Mail.ReadWrite) that stops further sweeps but not the archiving
+ * of the remaining folders. */
+typedef struct gtask {
+    int batch_size;
     idset archived;
     mv_err refused;
     char err[MV_ERRLEN];
-} gsweep;
+} gtask;
 
-static mv_err maybe_sweep(chunk_ctx *c, mv_graph *g, const gfolder *f, gsweep *sw, char *err,
+static mv_err maybe_sweep(chunk_ctx *c, mv_graph *g, const gfolder *f, gtask *gt, char *err,
                           size_t errlen)
 {
-    if (!c->profile->delete_enabled || sw->refused) return MV_OK;
-    mv_err rc = sweep_folder(c, g, f, &sw->archived, err, errlen);
+    if (!c->profile->delete_enabled || gt->refused) return MV_OK;
+    mv_err rc = sweep_folder(c, g, f, &gt->archived, err, errlen);
     if (rc == MV_EAUTH) {
-        sw->refused = rc;
-        snprintf(sw->err, sizeof sw->err, "folder \"%s\": %s", f->path, err);
+        gt->refused = rc;
+        snprintf(gt->err, sizeof gt->err, "folder \"%s\": %s", f->path, err);
         mv_warn("deletion rule refused by the server; archiving goes on",
                 " tenant=%s mailbox=%s "
                 "error=\"%s\"",
-                c->t->tenant, c->t->mailbox, sw->err);
+                c->t->tenant, c->t->mailbox, gt->err);
         return MV_OK;
     }
     return rc;
 }
 
-static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, gsweep *sw, int *more,
+static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, gtask *gt, int *more,
                           char *err, size_t errlen)
 {
     mv_runner *r = c->r;
@@ -544,7 +650,7 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, gsweep *s
             int64_t incr[] = {(int64_t)pg.removed};
             rc = mv_state_cursor_commit(r->st, t->tenant, t->mailbox, f->id, &cu, r->worker_id,
                                         c->token, fields, incr, pg.removed ? 1 : 0, err, errlen);
-            if (!rc && complete) rc = maybe_sweep(c, g, f, sw, err, errlen);
+            if (!rc && complete) rc = maybe_sweep(c, g, f, gt, err, errlen);
             if (rc || complete) break;
             continue;
         }
@@ -561,8 +667,7 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, gsweep *s
             if (rc) break;
         }
         chunk_batch_begin(c, f->path, cu.generation, 0, 0, overwrite);
-        for (size_t i = 0; i < pg.n && !rc; i++)
-            rc = fetch_message(c, g, t->mailbox, pg.ids[i], err, errlen);
+        rc = fetch_messages(c, g, t->mailbox, pg.ids, pg.n, &gt->batch_size, err, errlen);
         char name[128];
         if (!rc) {
             mv_segment_name_seq(f->id, cu.generation, cu.seq + 1, name, sizeof name);
@@ -583,9 +688,9 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, gsweep *s
             rc = mv_state_cursor_commit(r->st, t->tenant, t->mailbox, f->id, &cu, r->worker_id,
                                         c->token, fields, incr, CHUNK_NCOUNTERS + 1, err, errlen);
         }
-        if (!rc && sw->archived.loaded) /* what this task archives counts for its sweeps too */
+        if (!rc && gt->archived.loaded) /* what this task archives counts for its sweeps too */
             for (size_t k = 0; k < c->seg.n && !rc; k++)
-                if (c->seg.recs[k].id[0] && idset_add(&sw->archived, c->seg.recs[k].id))
+                if (c->seg.recs[k].id[0] && idset_add(&gt->archived, c->seg.recs[k].id))
                     rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
         if (!rc)
             mv_info("delta page archived",
@@ -597,7 +702,7 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, gsweep *s
                     (unsigned long long)pg.removed);
         chunk_charge(c);
         chunk_batch_end(c);
-        if (!rc && complete) rc = maybe_sweep(c, g, f, sw, err, errlen);
+        if (!rc && complete) rc = maybe_sweep(c, g, f, gt, err, errlen);
         if (rc || complete) break;
     }
     if (rc && !strstr(err, f->path)) {
@@ -621,8 +726,14 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
     o.max_message = (uint64_t)r->cfg->max_message_bytes;
     mv_graph *g = NULL;
     gfolders fl = {0};
-    gsweep sw;
-    memset(&sw, 0, sizeof sw);
+    gtask gt;
+    memset(&gt, 0, sizeof gt);
+    gt.batch_size = r->cfg->graph_batch_size;
+    if (r->cfg->graph_window_requests > 0 && gt.batch_size > r->cfg->graph_window_requests)
+        gt.batch_size = r->cfg->graph_window_requests; /* a batch must fit in one window */
+    /* Graph hands up to 4 requests of a batch to one mailbox at once: below that, no batches */
+    if (r->cfg->graph_max_concurrent > 0 && r->cfg->graph_max_concurrent < GRAPH_BATCH_PARALLEL)
+        gt.batch_size = 1;
     *more = 0;
     c->profile = p;
     mv_err rc = mv_graph_open(&o, &g, err, errlen);
@@ -667,10 +778,10 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
             mv_seterr(err, errlen, rc, "%s", c->err);
             goto out;
         }
-        if ((rc = sync_folder(c, g, &fl.v[i], &sw, more, err, errlen))) goto out;
+        if ((rc = sync_folder(c, g, &fl.v[i], &gt, more, err, errlen))) goto out;
     }
-    if (!rc && sw.refused && !*more) /* archived, but the deletion rule was refused */
-        rc = mv_seterr(err, errlen, sw.refused, "%s", sw.err);
+    if (!rc && gt.refused && !*more) /* archived, but the deletion rule was refused */
+        rc = mv_seterr(err, errlen, gt.refused, "%s", gt.err);
 out:
     if (rc == MV_EBUSY && g && mv_graph_retry_after_ms(g) > 0) {
         int64_t nb = mv_graph_retry_after_ms(g);
@@ -679,7 +790,7 @@ out:
         c->retry_after_ms = nb;
     }
     gfolders_free(&fl);
-    idset_free(&sw.archived);
+    idset_free(&gt.archived);
     mv_graph_close(g);
     return rc;
 }

@@ -128,3 +128,71 @@ int mv_mailbox_valid(const char *s)
     }
     return 1;
 }
+
+void mv_b64dec_init(mv_b64dec *st)
+{
+    memset(st, 0, sizeof *st);
+}
+
+static int b64_val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+int mv_b64dec_update(mv_b64dec *st, const char *in, size_t n, unsigned char *out, size_t *outn)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++, st->in++) {
+        unsigned char c = (unsigned char)in[i];
+        if (c == ' ' || c == '\t' || c == '\r' || c == '\n') continue;
+        if (c == '=') {
+            if (st->pad == 2) { /* the second '=' of "xx==" */
+                st->pad = 1;
+                continue;
+            }
+            /* padding closes a group of 3 sextets ("xxx=", 2 bytes) or 2 ("xx==", 1 byte) */
+            if (st->pad || st->nacc < 2) goto bad;
+            if (st->nacc == 3) {
+                out[o++] = (unsigned char)(st->acc >> 10);
+                out[o++] = (unsigned char)(st->acc >> 2);
+                st->pad = 1;
+            } else {
+                out[o++] = (unsigned char)(st->acc >> 4);
+                st->pad = 2;
+            }
+            st->acc = 0;
+            st->nacc = 0;
+            continue;
+        }
+        int v = b64_val(c);
+        if (v < 0 || st->pad) goto bad;
+        st->acc = (st->acc << 6) | (uint32_t)v;
+        if (++st->nacc == 4) {
+            out[o++] = (unsigned char)(st->acc >> 16);
+            out[o++] = (unsigned char)(st->acc >> 8);
+            out[o++] = (unsigned char)st->acc;
+            st->acc = 0;
+            st->nacc = 0;
+        }
+    }
+    *outn = o;
+    return 0;
+bad:
+    *outn = o;
+    st->bad_at = st->in;
+    return -1;
+}
+
+int mv_b64dec_final(mv_b64dec *st)
+{
+    if (st->nacc != 0 || st->pad == 2) {
+        st->bad_at = st->in;
+        return -1;
+    }
+    return 0;
+}

@@ -70,6 +70,7 @@ static const key_def keys[] = {
     K_INT("graph.max_concurrent", graph_max_concurrent, 0, 64),
     K_INT("graph.window_requests", graph_window_requests, 0, 10000000),
     K_INT("graph.window_seconds", graph_window_seconds, 1, 86400),
+    K_INT("graph.batch_size", graph_batch_size, 1, 20),
     {"graph.limit_scope", offsetof(mv_config, graph_limit_per_app), FIELD_SIZE(graph_limit_per_app),
      KT_SCOPE, 0, 1},
     {"log.level", offsetof(mv_config, log_level), FIELD_SIZE(log_level), KT_LOGLEVEL, 0, 3},
@@ -105,6 +106,7 @@ void mv_config_defaults(mv_config *c)
     c->graph_max_concurrent = 4;
     c->graph_window_requests = 10000;
     c->graph_window_seconds = 600;
+    c->graph_batch_size = 20;
     c->graph_limit_per_app = 0;
 }
 

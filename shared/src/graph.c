@@ -79,6 +79,7 @@ struct mv_graph {
     sbuf body;
     long status;
     int64_t hdr_retry_ms; /* -1 = no Retry-After header */
+    size_t body_cap;      /* bound on this response's body (max_json unless the request says) */
     int abort_reason;
     const mv_graph_mime_cb *mime;
     void *mime_ud;
@@ -615,6 +616,107 @@ out:
     return e;
 }
 
+mv_err mv_graph__parse_batch(const char *body, size_t len, size_t n, uint64_t max_item,
+                             mv_graph__batch_fn cb, void *ud, char *err, size_t errlen)
+{
+    static const char what[] = "batch response";
+    json_t *root = NULL;
+    unsigned char *buf = NULL;
+    unsigned char *seen = n ? calloc(n, 1) : NULL;
+    mv_err e = MV_OK;
+    if (n && !seen) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    if ((e = load_object(body, len, what, &root, err, errlen))) goto out;
+    json_t *arr = json_object_get(root, "responses");
+    if (!json_is_array(arr)) {
+        e = mv_seterr(err, errlen, MV_EPROTO, "%s: responses missing or not an array", what);
+        goto out;
+    }
+    size_t i;
+    json_t *item;
+    json_array_foreach(arr, i, item)
+    {
+        const char *id;
+        if (!json_is_object(item)) {
+            e = mv_seterr(err, errlen, MV_EPROTO, "%s: responses[%zu] is not an object", what, i);
+            goto out;
+        }
+        if ((e = item_str(item, "id", 0, what, i, &id, err, errlen))) goto out;
+        char *end = NULL;
+        unsigned long k = strtoul(id, &end, 10);
+        if (!*id || *end || id[0] == '0' || k < 1 || k > n || seen[k - 1]) {
+            e = mv_seterr(err, errlen, MV_EPROTO, "%s: responses[%zu].id is not one asked for",
+                          what, i);
+            goto out;
+        }
+        seen[k - 1] = 1;
+        json_t *st = json_object_get(item, "status");
+        if (!json_is_integer(st) || json_integer_value(st) < 100 || json_integer_value(st) > 599) {
+            e = mv_seterr(err, errlen, MV_EPROTO, "%s: responses[%zu].status is not an HTTP status",
+                          what, i);
+            goto out;
+        }
+        mv_graph__batch_res res = {.index = k - 1, .status = (long)json_integer_value(st)};
+        json_t *hdrs = json_object_get(item, "headers");
+        if (json_is_object(hdrs)) {
+            const char *hk;
+            json_t *hv;
+            json_object_foreach(hdrs, hk, hv)
+            {
+                if (!strcasecmp(hk, "Retry-After") && json_is_string(hv))
+                    res.retry_after_ms = mv_graph__retry_after(json_string_value(hv), mv_now_ms());
+            }
+        }
+        json_t *b = json_object_get(item, "body");
+        if (res.status >= 200 && res.status < 300) {
+            /* a non-JSON body ($value's message/rfc822 text) comes base64-encoded */
+            if (!json_is_string(b)) {
+                res.status = -1;
+                snprintf(res.error, sizeof res.error, "%s", "body is not a base64 string");
+            } else {
+                size_t bl = json_string_length(b), outn = 0;
+                if ((uint64_t)(bl / 4) * 3 > max_item + 3) {
+                    res.status = -1;
+                    snprintf(res.error, sizeof res.error, "message larger than %llu bytes",
+                             (unsigned long long)max_item);
+                } else {
+                    free(buf);
+                    buf = malloc(bl / 4 * 3 + 4);
+                    if (!buf) {
+                        e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+                        goto out;
+                    }
+                    mv_b64dec d;
+                    mv_b64dec_init(&d);
+                    if (mv_b64dec_update(&d, json_string_value(b), bl, buf, &outn) ||
+                        mv_b64dec_final(&d) || outn > max_item) {
+                        res.status = -1;
+                        snprintf(res.error, sizeof res.error, "%s",
+                                 outn > max_item ? "message too large" : "body is not base64");
+                    } else {
+                        res.data = buf;
+                        res.len = outn;
+                    }
+                }
+            }
+        } else {
+            /* an error: Graph's JSON error object as the body */
+            char *txt = json_is_object(b) ? json_dumps(b, JSON_COMPACT) : NULL;
+            mv_graph__error_text(res.status, txt, txt ? strlen(txt) : 0, res.error,
+                                 sizeof res.error, NULL, 0);
+            free(txt);
+        }
+        if (cb && cb(ud, &res)) {
+            e = mv_seterr(err, errlen, MV_ECANCEL, "%s stopped by the callback", what);
+            goto out;
+        }
+    }
+out:
+    free(buf);
+    free(seen);
+    json_decref(root);
+    return e;
+}
+
 void mv_graph__error_text(long status, const char *body, size_t len, char *out, size_t outlen,
                           char *code, size_t codelen)
 {
@@ -708,7 +810,7 @@ static size_t on_write(char *p, size_t sz, size_t n, void *ud)
         }
         return len;
     }
-    size_t cap = g->o.max_json;
+    size_t cap = g->body_cap;
     if (!ok && cap > ERRBODY_MAX) cap = ERRBODY_MAX;
     if (len > cap - g->body.len) {
         if (!ok) return len; /* error bodies: keep the head, drop the rest */
@@ -729,6 +831,9 @@ typedef struct req {
     const char *method; /* NULL: GET, or POST when post is set; else e.g. "DELETE" */
     const char *post;   /* form body (POST) or NULL (GET) */
     size_t postlen;
+    int post_json;      /* the body is JSON, not a form */
+    size_t max_body;    /* bound on the response body, 0 = max_json */
+    int weight;         /* requests it counts as against the limits ($batch), 0 = 1 */
     int auth;           /* send the bearer token */
     const char *prefer; /* Prefer header value or NULL */
     const char *what;   /* "token request", "graph request": prefix of transport errors */
@@ -771,6 +876,7 @@ static mv_err perform(mv_graph *g, const req *r, char *err, size_t errlen)
     sb_reset(&g->body, 0);
     g->status = 0;
     g->hdr_retry_ms = -1;
+    g->body_cap = r->max_body ? r->max_body : g->o.max_json;
     g->abort_reason = AB_NONE;
     g->mime = r->mime;
     g->mime_ud = r->mime_ud;
@@ -794,7 +900,8 @@ static mv_err perform(mv_graph *g, const req *r, char *err, size_t errlen)
     ADD_HDR(line);
     if (!r->mime) ADD_HDR("Accept: application/json");
     if (r->post) {
-        ADD_HDR("Content-Type: application/x-www-form-urlencoded");
+        ADD_HDR(r->post_json ? "Content-Type: application/json"
+                             : "Content-Type: application/x-www-form-urlencoded");
         ADD_HDR("Expect:");
     }
     if (r->prefer) {
@@ -832,9 +939,9 @@ static mv_err perform(mv_graph *g, const req *r, char *err, size_t errlen)
     if (rc != CURLE_OK) {
         switch (g->abort_reason) {
         case AB_JSON_BIG:
-            e = mv_seterr(err, errlen, MV_ETOOBIG,
-                          "%s: JSON response larger than max_json (%zu bytes)", r->what,
-                          g->o.max_json);
+            e = mv_seterr(err, errlen, MV_ETOOBIG, "%s: JSON response larger than %s (%zu bytes)",
+                          r->what, g->body_cap == g->o.max_json ? "max_json" : "its bound",
+                          g->body_cap);
             break;
         case AB_MIME_BIG:
             e = mv_seterr(err, errlen, MV_ETOOBIG,
@@ -1125,9 +1232,10 @@ static mv_err graph_call(mv_graph *g, req *r, char *err, size_t errlen)
             }
             if (e) return e;
         }
-        if (g->gate.acquire && (e = g->gate.acquire(g->gate.ud, err, errlen))) return e;
+        int w = r->weight > 0 ? r->weight : 1;
+        if (g->gate.acquire && (e = g->gate.acquire(g->gate.ud, w, err, errlen))) return e;
         e = perform(g, r, err, errlen);
-        if (g->gate.acquire && g->gate.release) g->gate.release(g->gate.ud);
+        if (g->gate.acquire && g->gate.release) g->gate.release(g->gate.ud, w);
         if (e) return e;
         if (g->status >= 200 && g->status < 300) return MV_OK;
         if (g->status == 401 && attempt == 0) {
@@ -1721,6 +1829,93 @@ mv_err mv_graph_delete_message(mv_graph *g, const char *user, const char *messag
     free(url);
     curl_free(ue);
     curl_free(me);
+    trim_body(g);
+    scrub(err, errlen, g->secret);
+    return e;
+}
+
+typedef struct batch_ctx {
+    mv_graph_batch_item *items;
+    mv_graph_batch_fn cb;
+    void *ud;
+} batch_ctx;
+
+static int batch_deliver(void *ud, const mv_graph__batch_res *res)
+{
+    batch_ctx *b = ud;
+    mv_graph_batch_item *it = &b->items[res->index];
+    it->status = res->status;
+    it->retry_after_ms = res->retry_after_ms > 0 ? res->retry_after_ms : 0;
+    snprintf(it->error, sizeof it->error, "%s", res->error);
+    if (res->status >= 200 && res->status < 300 && res->data)
+        return b->cb ? b->cb(b->ud, res->index, res->data, res->len) : 0;
+    return 0;
+}
+
+mv_err mv_graph_get_mime_batch(mv_graph *g, const char *user, mv_graph_batch_item *items, size_t n,
+                               mv_graph_batch_fn cb, void *ud, char *err, size_t errlen)
+{
+    char *url = NULL, *ue = NULL, *body = NULL;
+    json_t *root = NULL, *reqs = NULL;
+    mv_err e = MV_OK;
+    if (err && errlen) err[0] = '\0';
+    if (!arg_ok(user) || !items || n < 1 || n > MV_GRAPH_BATCH_MAX)
+        return mv_seterr(err, errlen, MV_EINVAL, "batch: user and 1..%d messages are required",
+                         MV_GRAPH_BATCH_MAX);
+    for (size_t i = 0; i < n; i++) {
+        items[i].status = 0;
+        items[i].retry_after_ms = 0;
+        items[i].error[0] = '\0';
+        if (!arg_ok(items[i].message_id))
+            return mv_seterr(err, errlen, MV_EINVAL, "batch: message %zu has no id", i);
+    }
+    ue = curl_easy_escape(g->curl, user, 0);
+    root = json_object();
+    reqs = json_array();
+    if (!ue || !root || !reqs) goto nomem;
+    for (size_t i = 0; i < n; i++) {
+        char id[24], *me = curl_easy_escape(g->curl, items[i].message_id, 0);
+        char *u = me ? xprintf("/users/%s/messages/%s/$value", ue, me) : NULL;
+        curl_free(me);
+        json_t *r = json_object(), *h = json_object();
+        snprintf(id, sizeof id, "%zu", i + 1);
+        int bad = !u || !r || !h || json_object_set_new(r, "id", json_string(id)) ||
+                  json_object_set_new(r, "method", json_string("GET")) ||
+                  json_object_set_new(r, "url", json_string(u)) ||
+                  json_object_set_new(h, "Prefer", json_string("IdType=\"ImmutableId\"")) ||
+                  json_object_set(r, "headers", h) || json_array_append(reqs, r);
+        free(u);
+        json_decref(h);
+        json_decref(r);
+        if (bad) goto nomem;
+    }
+    if (json_object_set(root, "requests", reqs)) goto nomem;
+    body = json_dumps(root, JSON_COMPACT);
+    url = xprintf("%s/$batch", g->graph_base);
+    if (!body || !url) goto nomem;
+    req r = {.url = url,
+             .post = body,
+             .postlen = strlen(body),
+             .post_json = 1,
+             .max_body = MV_GRAPH_BATCH_BODY_MAX,
+             .weight = (int)n,
+             .what = "batch download"};
+    e = graph_call(g, &r, err, errlen);
+    if (!e) {
+        batch_ctx b = {items, cb, ud};
+        e = mv_graph__parse_batch(g->body.p, g->body.len, n, g->o.max_message, batch_deliver, &b,
+                                  err, errlen);
+    }
+    goto out;
+nomem:
+    e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+out:
+    free(url);
+    free(body);
+    json_decref(reqs);
+    json_decref(root);
+    curl_free(ue);
+    sb_reset(&g->body, 0);
     trim_body(g);
     scrub(err, errlen, g->secret);
     return e;

@@ -25,6 +25,23 @@ mv_err mv_graph__parse_folders(const char *body, size_t len, mv_graph_rawfolder_
 mv_err mv_graph__parse_delta(const char *body, size_t len, mv_graph_delta_fn cb, void *ud,
                              char **link, int *complete, char *err, size_t errlen);
 
+/* A $batch response ({"responses":[{"id","status","headers","body"}]}) for a batch of n
+ * $value requests with ids "1".."n": cb gets each response with its index (id - 1); a 2xx
+ * body is base64-decoded into data/len (at most max_item bytes, else status -1 with error
+ * set, as for a body that is not base64); an error body is summarised in error. Ids outside
+ * 1..n or repeated, and statuses that are not HTTP statuses, refuse the whole response. */
+typedef struct mv_graph__batch_res {
+    size_t index;
+    long status;
+    int64_t retry_after_ms;
+    const unsigned char *data;
+    size_t len;
+    char error[256];
+} mv_graph__batch_res;
+typedef int (*mv_graph__batch_fn)(void *ud, const mv_graph__batch_res *res);
+mv_err mv_graph__parse_batch(const char *body, size_t len, size_t n, uint64_t max_item,
+                             mv_graph__batch_fn cb, void *ud, char *err, size_t errlen);
+
 /* Token response: access token (malloc'd) and lifetime in seconds. */
 mv_err mv_graph__parse_idlist(const char *body, size_t len, mv_graph_id_fn cb, void *ud,
                               char **next_link, char *err, size_t errlen);

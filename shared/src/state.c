@@ -97,29 +97,41 @@ static const char LUA_CKPT_SET[] = "local v = redis.call('GET', KEYS[1])\n"
 static const char LUA_LIMIT_ACQUIRE[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local w, cw = tonumber(ARGV[7]), tonumber(ARGV[8])\n"
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
     "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]))\n"
-    "if tonumber(ARGV[5]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then\n"
-    "  local o = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')\n"
-    "  return {0, tonumber(o[2]) + tonumber(ARGV[6]) - now + 1}\n"
+    "local wmax = tonumber(ARGV[5])\n"
+    "if wmax > 0 then\n"
+    "  local over = redis.call('ZCARD', KEYS[2]) + w - wmax\n"
+    "  if over > 0 then\n"
+    "    local o = redis.call('ZRANGE', KEYS[2], over - 1, over - 1, 'WITHSCORES')\n"
+    "    return {0, tonumber(o[2]) + tonumber(ARGV[6]) - now + 1}\n"
+    "  end\n"
     "end\n"
-    "if tonumber(ARGV[3]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then\n"
+    "if tonumber(ARGV[3]) > 0 and redis.call('ZCARD', KEYS[1]) + cw > tonumber(ARGV[3]) then\n"
     "  return {0, 0}\n"
     "end\n"
-    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])\n"
+    "for i = 1, cw do\n"
+    "  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2] .. '#' .. i)\n"
+    "end\n"
     "redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)\n"
-    "redis.call('ZADD', KEYS[2], now, ARGV[2])\n"
+    "for i = 1, w do\n"
+    "  redis.call('ZADD', KEYS[2], now, ARGV[2] .. '#' .. i)\n"
+    "end\n"
     "redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]) * 2)\n"
     "return {1, 0}\n";
 
-/* KEYS: concurrency zset, window zset. ARGV: request id. Frees the slot and moves the
- * request's window entry to its completion time: the server counted it somewhere between
+/* KEYS: concurrency zset, window zset. ARGV: request id, weight. Frees the slots and moves the
+ * request's window entries to its completion time: the server counted it somewhere between
  * admission and completion, so counting from completion never undercounts. */
 static const char LUA_LIMIT_RELEASE[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "redis.call('ZREM', KEYS[1], ARGV[1])\n"
-    "redis.call('ZADD', KEYS[2], 'XX', now, ARGV[1])\n"
+    "for i = 1, tonumber(ARGV[2]) do\n"
+    "  local m = ARGV[1] .. '#' .. i\n"
+    "  redis.call('ZREM', KEYS[1], m)\n"
+    "  redis.call('ZADD', KEYS[2], 'XX', now, m)\n"
+    "end\n"
     "return 1\n";
 
 /* KEYS: lock. ARGV: owner. Deletes the lock only if the owner still holds it. */
@@ -1299,22 +1311,31 @@ mv_err mv_state_token_unlock(mv_state *s, const char *tenant, const char *profil
 
 /* ---- cluster-wide request limits ---------------------------------------------------- */
 
-mv_err mv_state_limit_acquire(mv_state *s, const char *scope, const char *request_id,
-                              const mv_limit *lim, int *admitted, int64_t *wait_ms, char *err,
-                              size_t errlen)
+mv_err mv_state_limit_acquire_n(mv_state *s, const char *scope, const char *request_id,
+                                const mv_limit *lim, int n, int *admitted, int64_t *wait_ms,
+                                char *err, size_t errlen)
 {
-    char conc[ST_KEYLEN], win[ST_KEYLEN], now[24], cmax[16], hold[24], wmax[16], wms[24];
+    char conc[ST_KEYLEN], win[ST_KEYLEN], now[24], cmax[16], hold[24], wmax[16], wms[24], wtxt[16],
+        cwtxt[16];
     *admitted = 0;
     *wait_ms = 0;
     if (!scope || !*scope || strlen(scope) > 600)
         return mv_seterr(err, errlen, MV_EINVAL, "limit: bad scope");
+    if (n < 1 || n > MV_LIMIT_MAX_WEIGHT || (lim->window_requests > 0 && n > lim->window_requests))
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "limit: weight %d outside 1..%d (and the window's %d requests)", n,
+                         MV_LIMIT_MAX_WEIGHT, lim->window_requests);
     mv_err e = st_key(conc, err, errlen, "mv:rl:conc:%s", scope);
     if (!e) e = st_key(win, err, errlen, "mv:rl:win:%s", scope);
     if (e) return e;
+    /* a request of weight n runs as up to n requests at once, never more than the limit */
+    int cw = lim->max_concurrent > 0 && n > lim->max_concurrent ? lim->max_concurrent : n;
     snprintf(now, sizeof now, "%" PRId64, mv_now_ms());
     snprintf(cmax, sizeof cmax, "%d", lim->max_concurrent);
     snprintf(hold, sizeof hold, "%d", lim->hold_ms);
     snprintf(wmax, sizeof wmax, "%d", lim->window_requests);
+    snprintf(wtxt, sizeof wtxt, "%d", n);
+    snprintf(cwtxt, sizeof cwtxt, "%d", cw);
     /* Entries stay a little longer than the window (2 %, at least 0.5 s): the server's clock
      * and the network add jitter, and being under the limit is the point. */
     int64_t margin = lim->window_ms / 50 > 500 ? lim->window_ms / 50 : 500;
@@ -1328,6 +1349,8 @@ mv_err mv_state_limit_acquire(mv_state *s, const char *scope, const char *reques
     sa_str(&a, hold);
     sa_str(&a, wmax);
     sa_str(&a, wms);
+    sa_str(&a, wtxt);
+    sa_str(&a, cwtxt);
     redisReply *r = NULL;
     e = st_eval(s, 0, LUA_LIMIT_ACQUIRE, 2, &a, &r, err, errlen);
     if (e) return e;
@@ -1342,21 +1365,39 @@ mv_err mv_state_limit_acquire(mv_state *s, const char *scope, const char *reques
     return e;
 }
 
-mv_err mv_state_limit_release(mv_state *s, const char *scope, const char *request_id, char *err,
+mv_err mv_state_limit_acquire(mv_state *s, const char *scope, const char *request_id,
+                              const mv_limit *lim, int *admitted, int64_t *wait_ms, char *err,
                               size_t errlen)
 {
-    char conc[ST_KEYLEN], win[ST_KEYLEN];
+    return mv_state_limit_acquire_n(s, scope, request_id, lim, 1, admitted, wait_ms, err, errlen);
+}
+
+mv_err mv_state_limit_release_n(mv_state *s, const char *scope, const char *request_id, int n,
+                                char *err, size_t errlen)
+{
+    char conc[ST_KEYLEN], win[ST_KEYLEN], ntxt[16];
     mv_err e = st_key(conc, err, errlen, "mv:rl:conc:%s", scope);
     if (!e) e = st_key(win, err, errlen, "mv:rl:win:%s", scope);
     if (e) return e;
+    snprintf(ntxt, sizeof ntxt, "%d",
+             n < 1                     ? 1
+             : n > MV_LIMIT_MAX_WEIGHT ? MV_LIMIT_MAX_WEIGHT
+                                       : n);
     st_args a = {0};
     sa_str(&a, conc);
     sa_str(&a, win);
     sa_str(&a, request_id);
+    sa_str(&a, ntxt);
     redisReply *r = NULL;
     e = st_eval(s, 1, LUA_LIMIT_RELEASE, 2, &a, &r, err, errlen);
     if (!e) freeReplyObject(r);
     return e;
+}
+
+mv_err mv_state_limit_release(mv_state *s, const char *scope, const char *request_id, char *err,
+                              size_t errlen)
+{
+    return mv_state_limit_release_n(s, scope, request_id, 1, err, errlen);
 }
 
 /* ---- delayed tasks -------------------------------------------------------------------- */

@@ -528,6 +528,8 @@ class Sim:
         self.stats = {}         # (tenant, key) -> KeyStats
         self.faults = []
         self.deleted = collections.Counter()  # (tenant, upn) -> messages deleted
+        self.batches = collections.Counter()  # tenant -> $batch requests
+        self.batch_inner = collections.Counter()  # tenant -> requests inside them
         self.fault_seq = 0
         self.snapshots = collections.OrderedDict()  # delta token key -> state
         self.rounds = collections.OrderedDict()     # skiptoken key -> round
@@ -645,11 +647,13 @@ class Sim:
         return out
 
     # ---- faults
-    def match_fault(self, method, path):
+    def match_fault(self, method, path, inner=False):
         with self.lock:
             for f in self.faults:
                 if f["remaining"] == 0:
                     continue
+                if inner and f["kind"] == "reset":
+                    continue  # a batch's inner request has no connection of its own to reset
                 if f.get("method") and f["method"].upper() != method:
                     continue
                 if not f["_re"].search(path):
@@ -1463,8 +1467,20 @@ def handle_batch(sim, ctx, beta):
         ictx = Ctx(sim, str(r["method"]).upper(), path, dict(parse_qsl(qs, keep_blank_values=True)),
                    hdrs, body_b, ctx.base)
         parsed = parse_graph_path(path)
+        f = sim.match_fault(ictx.method, path + ("?" + qs if qs else ""), inner=True) if sim.faults else None
+        if f is not None and parsed is not None:
+            # faults apply to a request inside a batch as to the same request sent alone
+            st = sim.kstats(ctx.tenant, mailbox_key_of(sim, parsed[1], ctx.tdata)[0])
+            with sim.lock:
+                st.faults += 1
+                if f["kind"] == "status":
+                    st.requests += 1
+            if f["kind"] == "slow":
+                time.sleep(f["delay_ms"] / 1000.0)
         if parsed is None:
             resp = error_resp(ictx, GraphError(400, "BadRequest", "Invalid request URL in batch."))
+        elif f is not None and f["kind"] == "status":
+            resp = fault_resp(sim, ictx, f)
         else:
             resp = graph_request(sim, ictx, parsed[0], parsed[1], is_inner=True)
         item = {"id": str(r["id"]), "status": resp.status,
@@ -1479,6 +1495,9 @@ def handle_batch(sim, ctx, beta):
                 item["body"] = base64.b64encode(resp.body).decode("ascii")
         return item
 
+    with sim.lock:
+        sim.batches[ctx.tenant] += 1
+        sim.batch_inner[ctx.tenant] += len(reqs)
     sequential = any(r.get("dependsOn") for r in reqs)
     results = []
     if sequential:
@@ -1517,6 +1536,7 @@ def handle_admin(sim, ctx):
                        "window_requests": sim.args.limit_window_requests,
                        "window_seconds": sim.args.limit_window_seconds},
             "deleted": [{"tenant": k[0], "mailbox": k[1], "messages": v} for k, v in sorted(sim.deleted.items())],
+            "batches": {t: {"batches": n, "requests": sim.batch_inner[t]} for t, n in sim.batches.items()},
             "delta_states": len(sim.snapshots), "delta_rounds": len(sim.rounds),
             "tokens": len(sim.tokens)}))
     if p == "/_sim/reset-stats" and m == "POST":

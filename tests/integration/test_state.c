@@ -511,6 +511,29 @@ static void test_limiter(void **state)
     CHECK(mv_state_limit_acquire(s, scope, ids[3], &lim, &admitted, &wait, err, sizeof err));
     assert_int_equal(admitted, 0);
     assert_true(wait > 50000 && wait <= 61201); /* window + 2 % margin */
+    /* weights: a request counting as 3 (a batch) takes 3 window entries and only as many
+     * concurrency slots as the limit has; one that can never fit is refused outright */
+    char scope3[96];
+    snprintf(scope3, sizeof scope3, "test3:%s", uid);
+    mv_limit w5 = {.max_concurrent = 2, .hold_ms = 60000, .window_requests = 5, .window_ms = 60000};
+    mv_uuid(ids[6]);
+    CHECK(mv_state_limit_acquire_n(s, scope3, ids[6], &w5, 3, &admitted, &wait, err, sizeof err));
+    assert_int_equal(admitted, 1);
+    mv_uuid(ids[7]);
+    CHECK(mv_state_limit_acquire(s, scope3, ids[7], &w5, &admitted, &wait, err, sizeof err));
+    assert_int_equal(admitted, 0); /* both slots held by the batch */
+    assert_int_equal(wait, 0);
+    CHECK(mv_state_limit_release_n(s, scope3, ids[6], 3, err, sizeof err));
+    CHECK(mv_state_limit_acquire_n(s, scope3, ids[7], &w5, 2, &admitted, &wait, err, sizeof err));
+    assert_int_equal(admitted, 1); /* 3 + 2 = 5: the window is full now */
+    CHECK(mv_state_limit_release_n(s, scope3, ids[7], 2, err, sizeof err));
+    mv_uuid(ids[7]);
+    CHECK(mv_state_limit_acquire(s, scope3, ids[7], &w5, &admitted, &wait, err, sizeof err));
+    assert_int_equal(admitted, 0);
+    assert_true(wait > 50000 && wait <= 61201);
+    assert_int_equal(
+        mv_state_limit_acquire_n(s, scope3, ids[7], &w5, 6, &admitted, &wait, err, sizeof err),
+        MV_EINVAL);
     /* a crashed holder's slot frees itself after hold_ms */
     char scope2[96];
     snprintf(scope2, sizeof scope2, "test2:%s", uid);

@@ -180,6 +180,47 @@ static void test_mailbox_valid(void **state)
     assert_false(mv_mailbox_valid(NULL));
 }
 
+static int b64(const char *in, size_t piece, char *out, size_t *outn)
+{
+    mv_b64dec st;
+    mv_b64dec_init(&st);
+    size_t total = 0, n = strlen(in);
+    for (size_t i = 0; i < n; i += piece) {
+        size_t k = n - i < piece ? n - i : piece, o = 0;
+        if (mv_b64dec_update(&st, in + i, k, (unsigned char *)out + total, &o)) return -1;
+        total += o;
+    }
+    *outn = total;
+    out[total] = '\0';
+    return mv_b64dec_final(&st);
+}
+
+static void test_b64dec(void **state)
+{
+    (void)state;
+    /* RFC 4648 section 10 vectors, fed whole and one byte at a time */
+    static const char *const enc[] = {"",         "Zg==",     "Zm8=",    "Zm9v",
+                                      "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    static const char *const dec[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    char out[64];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof enc / sizeof *enc; i++)
+        for (size_t piece = 1; piece <= 9; piece += 8) {
+            assert_int_equal(b64(enc[i], piece, out, &n), 0);
+            assert_int_equal(n, strlen(dec[i]));
+            assert_string_equal(out, dec[i]);
+        }
+    assert_int_equal(b64("Zm9v\r\nYmFy\n", 1, out, &n), 0); /* line breaks are skipped */
+    assert_string_equal(out, "foobar");
+    assert_int_equal(b64("Zm9vYmFy\xff", 100, out, &n), -1); /* no other bytes */
+    assert_int_equal(b64("Zg=", 100, out, &n), -1);          /* a missing '=' */
+    assert_int_equal(b64("Zg===", 100, out, &n), -1);        /* one too many */
+    assert_int_equal(b64("Zg==Zg==", 100, out, &n), -1);     /* data after padding */
+    assert_int_equal(b64("Z===", 100, out, &n), -1);         /* padding after one sextet */
+    assert_int_equal(b64("Zm9", 100, out, &n), -1);          /* a cut group */
+    assert_int_equal(b64("Zm9vY-Fy", 100, out, &n), -1);     /* base64url is not accepted */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -188,6 +229,7 @@ int main(void)
         cmocka_unit_test(test_clocks),
         cmocka_unit_test(test_uuid),
         cmocka_unit_test(test_hex),
+        cmocka_unit_test(test_b64dec),
         cmocka_unit_test(test_name_valid),
         cmocka_unit_test(test_mailbox_valid),
     };

@@ -1245,6 +1245,74 @@ static int count_id(void *ud, const char *id)
     return 0;
 }
 
+typedef struct batch_seen {
+    int n;
+    long status[4];
+    char data[4][32];
+    int64_t retry[4];
+} batch_seen;
+
+static int on_batch(void *ud, const mv_graph__batch_res *res)
+{
+    batch_seen *b = ud;
+    b->n++;
+    b->status[res->index] = res->status;
+    b->retry[res->index] = res->retry_after_ms;
+    if (res->data)
+        snprintf(b->data[res->index], 32, "%.*s", (int)res->len, res->data);
+    else
+        snprintf(b->data[res->index], 32, "%s", res->error);
+    return 0;
+}
+
+/* $batch answers: responses in any order, base64 bodies decoded, errors summarised, inner
+ * Retry-After read; ids that were not asked for refuse the whole answer. */
+static void test_parse_batch(void **state)
+{
+    (void)state;
+    char err[MV_ERRLEN];
+    batch_seen b;
+    memset(&b, 0, sizeof b);
+    static const char ok[] =
+        "{\"responses\":[{\"id\":\"3\",\"status\":429,\"headers\":{\"Retry-After\":\"7\"},"
+        "\"body\":{\"error\":{\"code\":\"ApplicationThrottled\",\"message\":\"slow down\"}}},"
+        "{\"id\":\"1\",\"status\":200,\"headers\":{\"Content-Type\":\"text/plain\"},"
+        "\"body\":\"U3ViamVjdDogaGkNCg0KeA==\"},"
+        "{\"id\":\"2\",\"status\":200,\"body\":{\"not\":\"base64\"}},"
+        "{\"id\":\"4\",\"status\":404,\"body\":{\"error\":{\"code\":\"ErrorItemNotFound\","
+        "\"message\":\"gone\"}}}]}";
+    assert_int_equal(mv_graph__parse_batch(ok, strlen(ok), 4, 1000, on_batch, &b, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(b.n, 4);
+    assert_int_equal(b.status[0], 200);
+    assert_string_equal(b.data[0], "Subject: hi\r\n\r\nx");
+    assert_int_equal(b.status[1], -1); /* unusable body: fetched alone by the caller */
+    assert_int_equal(b.status[2], 429);
+    assert_int_equal(b.retry[2], 7000);
+    assert_non_null(strstr(b.data[2], "ApplicationThrottled"));
+    assert_int_equal(b.status[3], 404);
+    /* a body over the per-message bound is refused for that item only */
+    memset(&b, 0, sizeof b);
+    assert_int_equal(mv_graph__parse_batch(ok, strlen(ok), 4, 5, on_batch, &b, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(b.status[0], -1);
+    static const char *const bad[] = {
+        "{\"responses\":{}}",
+        "{\"responses\":[{\"id\":\"5\",\"status\":200,\"body\":\"\"}]}",
+        "{\"responses\":[{\"id\":\"01\",\"status\":200,\"body\":\"\"}]}",
+        "{\"responses\":[{\"id\":\"1\",\"status\":200},{\"id\":\"1\",\"status\":200}]}",
+        "{\"responses\":[{\"id\":\"1\",\"status\":\"200\"}]}",
+        "{\"responses\":[{\"id\":\"1\",\"status\":9999}]}",
+        "{\"responses\":[7]}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        memset(&b, 0, sizeof b);
+        assert_int_equal(
+            mv_graph__parse_batch(bad[i], strlen(bad[i]), 4, 1000, on_batch, &b, err, sizeof err),
+            MV_EPROTO);
+    }
+}
+
 static void test_parsers(void **state)
 {
     (void)state;
@@ -1378,6 +1446,7 @@ int main(void)
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_open_validation),
         cmocka_unit_test(test_parsers),
+        cmocka_unit_test(test_parse_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

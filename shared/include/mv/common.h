@@ -58,4 +58,19 @@ int mv_mailbox_valid(const char *s);
 /* Lowercase hex of len bytes into out (2*len+1). */
 void mv_hex(const unsigned char *in, size_t len, char *out);
 
+/* Streaming base64 decoder (RFC 4648 standard alphabet), for bodies that arrive in pieces.
+ * Whitespace is skipped; '=' padding only at the end; anything else is refused. update
+ * writes at most (n / 4 + 1) * 3 bytes to out and sets *outn; both return 0 or -1 (bad input,
+ * with the byte offset in st->bad_at). final checks that the input ended on a whole group. */
+typedef struct mv_b64dec {
+    uint32_t acc;
+    int nacc;    /* sextets in acc (0..3) */
+    int pad;     /* 0: none yet, 1: ended by padding, 2: one more '=' expected */
+    uint64_t in; /* bytes consumed */
+    uint64_t bad_at;
+} mv_b64dec;
+void mv_b64dec_init(mv_b64dec *st);
+int mv_b64dec_update(mv_b64dec *st, const char *in, size_t n, unsigned char *out, size_t *outn);
+int mv_b64dec_final(mv_b64dec *st);
+
 #endif

@@ -40,6 +40,8 @@ typedef struct mv_config {
     int graph_max_concurrent;  /* graph.max_concurrent  default 4 requests at once, 0 = off */
     int graph_window_requests; /* graph.window_requests default 10000 per window, 0 = off */
     int graph_window_seconds;  /* graph.window_seconds  default 600 */
+    int graph_batch_size;      /* graph.batch_size      messages per $batch download, default
+                                * 20 (Graph's maximum); 1 = one $value request each */
     int graph_limit_per_app;   /* graph.limit_scope     "mailbox" (0, default): per tenant and
                                   mailbox; "app" (1): per app registration and mailbox */             /* log.level              debug|info|warn|error, default info */
 } mv_config;

@@ -53,8 +53,9 @@ void mv_graph_close(mv_graph *g);
  * by acquire). release is called after the response (or the failure) when acquire returned
  * MV_OK. The worker uses it for Microsoft's per-mailbox limits shared through Redis. */
 typedef struct mv_graph_gate {
-    mv_err (*acquire)(void *ud, char *err, size_t errlen);
-    void (*release)(void *ud);
+    /* weight: how many Graph requests this HTTP request counts as (n for a $batch of n) */
+    mv_err (*acquire)(void *ud, int weight, char *err, size_t errlen);
+    void (*release)(void *ud, int weight);
     void *ud;
 } mv_graph_gate;
 void mv_graph_set_gate(mv_graph *g, const mv_graph_gate *gate); /* NULL removes it */
@@ -125,6 +126,25 @@ mv_err mv_graph_list_received_before(mv_graph *g, const char *user, const char *
  * Mail.ReadWrite application permission (403 -> MV_EAUTH); an id already gone -> MV_ENOTFOUND. */
 mv_err mv_graph_delete_message(mv_graph *g, const char *user, const char *message_id, char *err,
                                size_t errlen);
+
+/* JSON batching (POST $batch): the MIME of up to MV_GRAPH_BATCH_MAX messages in one HTTP
+ * request. Graph counts every inner request against the mailbox's limits (the gate is asked
+ * for weight n) and returns non-JSON bodies base64-encoded, so the whole answer is held in
+ * memory, bounded by MV_GRAPH_BATCH_BODY_MAX (else MV_ETOOBIG: fetch those one by one).
+ * On MV_OK every item has its own status: 200 = cb got the message (whole, decoded);
+ * 404 = gone; 429/503 with retry_after_ms; -1 = unusable body (error says why); 0 = no answer
+ * for it. cb returning non-zero stops with MV_ECANCEL. */
+#define MV_GRAPH_BATCH_MAX 20
+#define MV_GRAPH_BATCH_BODY_MAX (48u * 1024 * 1024)
+typedef struct mv_graph_batch_item {
+    const char *message_id; /* in */
+    long status;            /* out */
+    int64_t retry_after_ms; /* out */
+    char error[256];        /* out */
+} mv_graph_batch_item;
+typedef int (*mv_graph_batch_fn)(void *ud, size_t index, const void *mime, size_t len);
+mv_err mv_graph_get_mime_batch(mv_graph *g, const char *user, mv_graph_batch_item *items, size_t n,
+                               mv_graph_batch_fn cb, void *ud, char *err, size_t errlen);
 
 typedef struct mv_graph_mime_cb {
     int (*begin)(void *ud, int64_t size);

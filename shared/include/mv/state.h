@@ -174,6 +174,15 @@ mv_err mv_state_limit_acquire(mv_state *s, const char *scope, const char *reques
                               size_t errlen);
 mv_err mv_state_limit_release(mv_state *s, const char *scope, const char *request_id, char *err,
                               size_t errlen);
+/* The same for a request that counts as n (a Graph $batch of n requests to one mailbox): n
+ * entries in the window, and min(n, max_concurrent) slots, since the server runs at most that
+ * many of them at once. n is at most MV_LIMIT_MAX_WEIGHT and window_requests. */
+#define MV_LIMIT_MAX_WEIGHT 100
+mv_err mv_state_limit_acquire_n(mv_state *s, const char *scope, const char *request_id,
+                                const mv_limit *lim, int n, int *admitted, int64_t *wait_ms,
+                                char *err, size_t errlen);
+mv_err mv_state_limit_release_n(mv_state *s, const char *scope, const char *request_id, int n,
+                                char *err, size_t errlen);
 
 /* ---- delayed tasks (retries with backoff) ---- */
 mv_err mv_state_delay_add(mv_state *s, const void *payload, size_t len, int64_t due_ms, char *err,
