@@ -29,7 +29,7 @@ from exchangelib import (  # noqa: E402
     Identity, Message, OAuth2Credentials, Version,
 )
 from exchangelib.errors import (  # noqa: E402
-    ErrorExceededConnectionCount, ErrorFolderNotFound, ErrorImpersonateUserDenied, ErrorInvalidOperation,
+    ErrorFolderNotFound, ErrorImpersonateUserDenied, ErrorInvalidOperation,
     ErrorInvalidSyncStateData, ErrorNonExistentMailbox, ErrorServerBusy, TransportError,
     UnauthorizedError,
 )
