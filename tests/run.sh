@@ -20,9 +20,9 @@ if [ "$bad" != "0" ]; then
     echo "clang-format: $bad problems (run clang-format -i on the files above)"; exit 1
 fi
 
-step "Python venv for the independent clients (msgraph-sdk)"
+step "Python venv for the independent clients (msgraph-sdk, exchangelib)"
 if [ ! -x build/venv/bin/python ]; then python3 -m venv build/venv; fi
-build/venv/bin/pip install -q -r tests/graphsim/requirements.txt
+build/venv/bin/pip install -q -r tests/graphsim/requirements.txt -r tests/ewssim/requirements.txt
 PY=$ROOT/build/venv/bin/python
 
 step "build (-Wall -Wextra -Werror)"
