@@ -345,6 +345,20 @@ static json_t *get_value_array(json_t *root, const char *what, char *err, size_t
     return v;
 }
 
+/* A page: a JSON object with a "value" array. On MV_OK the caller owns *root. */
+static mv_err load_page(const char *body, size_t len, const char *what, json_t **root, json_t **arr,
+                        char *err, size_t errlen)
+{
+    mv_err e = load_object(body, len, what, root, err, errlen);
+    if (e) return e;
+    if (!(*arr = get_value_array(*root, what, err, errlen))) {
+        json_decref(*root);
+        *root = NULL;
+        return MV_EPROTO;
+    }
+    return MV_OK;
+}
+
 /* Required string member of item; null_ok lets JSON null read as "". */
 static mv_err item_str(json_t *item, const char *key, int null_ok, const char *what, size_t i,
                        const char **out, char *err, size_t errlen)
@@ -362,6 +376,17 @@ static mv_err item_str(json_t *item, const char *key, int null_ok, const char *w
                      v ? "is not a string" : "missing");
 }
 
+/* value[i] of a page: an object with a non-empty string "id". */
+static mv_err item_id(json_t *item, const char *what, size_t i, const char **id, char *err,
+                      size_t errlen)
+{
+    if (!json_is_object(item))
+        return mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu] is not an object", what, i);
+    mv_err e = item_str(item, "id", 0, what, i, id, err, errlen);
+    if (!e && !**id) e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu].id is empty", what, i);
+    return e;
+}
+
 static mv_err item_count(json_t *item, const char *key, const char *what, size_t i, uint64_t *out,
                          char *err, size_t errlen)
 {
@@ -377,29 +402,16 @@ mv_err mv_graph__parse_users(const char *body, size_t len, mv_graph_user_fn cb, 
                              char **next_link, char *err, size_t errlen)
 {
     static const char what[] = "users page";
-    json_t *root = NULL;
+    json_t *root = NULL, *arr = NULL;
     *next_link = NULL;
-    mv_err e = load_object(body, len, what, &root, err, errlen);
+    mv_err e = load_page(body, len, what, &root, &arr, err, errlen);
     if (e) return e;
-    json_t *arr = get_value_array(root, what, err, errlen);
-    if (!arr) {
-        e = MV_EPROTO;
-        goto out;
-    }
     size_t i;
     json_t *item;
     json_array_foreach(arr, i, item)
     {
         const char *id, *upn, *mail;
-        if (!json_is_object(item)) {
-            e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu] is not an object", what, i);
-            goto out;
-        }
-        if ((e = item_str(item, "id", 0, what, i, &id, err, errlen))) goto out;
-        if (!*id) {
-            e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu].id is empty", what, i);
-            goto out;
-        }
+        if ((e = item_id(item, what, i, &id, err, errlen))) goto out;
         if ((e = item_str(item, "userPrincipalName", 1, what, i, &upn, err, errlen))) goto out;
         if ((e = item_str(item, "mail", 1, what, i, &mail, err, errlen))) goto out;
         json_t *lic = json_object_get(item, "assignedLicenses");
@@ -423,30 +435,17 @@ mv_err mv_graph__parse_folders(const char *body, size_t len, mv_graph_rawfolder_
                                char **next_link, char *err, size_t errlen)
 {
     static const char what[] = "mailFolders page";
-    json_t *root = NULL;
+    json_t *root = NULL, *arr = NULL;
     *next_link = NULL;
-    mv_err e = load_object(body, len, what, &root, err, errlen);
+    mv_err e = load_page(body, len, what, &root, &arr, err, errlen);
     if (e) return e;
-    json_t *arr = get_value_array(root, what, err, errlen);
-    if (!arr) {
-        e = MV_EPROTO;
-        goto out;
-    }
     size_t i;
     json_t *item;
     json_array_foreach(arr, i, item)
     {
         const char *id, *name, *wk = "";
         uint64_t total, children;
-        if (!json_is_object(item)) {
-            e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu] is not an object", what, i);
-            goto out;
-        }
-        if ((e = item_str(item, "id", 0, what, i, &id, err, errlen))) goto out;
-        if (!*id) {
-            e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu].id is empty", what, i);
-            goto out;
-        }
+        if ((e = item_id(item, what, i, &id, err, errlen))) goto out;
         if ((e = item_str(item, "displayName", 0, what, i, &name, err, errlen))) goto out;
         if ((e = item_count(item, "totalItemCount", what, i, &total, err, errlen))) goto out;
         if ((e = item_count(item, "childFolderCount", what, i, &children, err, errlen))) goto out;
@@ -469,17 +468,12 @@ mv_err mv_graph__parse_delta(const char *body, size_t len, mv_graph_delta_fn cb,
                              char **link, int *complete, char *err, size_t errlen)
 {
     static const char what[] = "delta page";
-    json_t *root = NULL;
+    json_t *root = NULL, *arr = NULL;
     char *next = NULL, *delta = NULL;
     *link = NULL;
     *complete = 0;
-    mv_err e = load_object(body, len, what, &root, err, errlen);
+    mv_err e = load_page(body, len, what, &root, &arr, err, errlen);
     if (e) return e;
-    json_t *arr = get_value_array(root, what, err, errlen);
-    if (!arr) {
-        e = MV_EPROTO;
-        goto out;
-    }
     /* links first: a page without one is refused before any entry reaches the caller */
     if ((e = get_link(root, "@odata.nextLink", what, &next, err, errlen))) goto out;
     if ((e = get_link(root, "@odata.deltaLink", what, &delta, err, errlen))) goto out;
@@ -494,15 +488,7 @@ mv_err mv_graph__parse_delta(const char *body, size_t len, mv_graph_delta_fn cb,
     json_array_foreach(arr, i, item)
     {
         const char *id, *reason = "";
-        if (!json_is_object(item)) {
-            e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu] is not an object", what, i);
-            goto out;
-        }
-        if ((e = item_str(item, "id", 0, what, i, &id, err, errlen))) goto out;
-        if (!*id) {
-            e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu].id is empty", what, i);
-            goto out;
-        }
+        if ((e = item_id(item, what, i, &id, err, errlen))) goto out;
         json_t *rm = json_object_get(item, "@removed");
         if (rm) {
             if (!json_is_object(rm)) {
@@ -537,30 +523,17 @@ mv_err mv_graph__parse_idlist(const char *body, size_t len, mv_graph_id_fn cb, v
                               char **next_link, char *err, size_t errlen)
 {
     static const char what[] = "message list";
-    json_t *root = NULL;
+    json_t *root = NULL, *arr = NULL;
     *next_link = NULL;
-    mv_err e = load_object(body, len, what, &root, err, errlen);
+    mv_err e = load_page(body, len, what, &root, &arr, err, errlen);
     if (e) return e;
-    json_t *arr = get_value_array(root, what, err, errlen);
-    if (!arr) {
-        e = MV_EPROTO;
-        goto out;
-    }
     if ((e = get_link(root, "@odata.nextLink", what, next_link, err, errlen))) goto out;
     size_t i;
     json_t *item;
     json_array_foreach(arr, i, item)
     {
         const char *id;
-        if (!json_is_object(item)) {
-            e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu] is not an object", what, i);
-            goto out;
-        }
-        if ((e = item_str(item, "id", 0, what, i, &id, err, errlen))) goto out;
-        if (!*id) {
-            e = mv_seterr(err, errlen, MV_EPROTO, "%s: value[%zu].id is empty", what, i);
-            goto out;
-        }
+        if ((e = item_id(item, what, i, &id, err, errlen))) goto out;
         if (cb && cb(ud, id)) {
             e = mv_seterr(err, errlen, MV_ECANCEL, "%s stopped by the callback", what);
             goto out;
@@ -1491,32 +1464,57 @@ static mv_err check_link(mv_graph *g, const char *link, const char *what, char *
                      g->origin);
 }
 
-mv_err mv_graph_list_users(mv_graph *g, mv_graph_user_fn cb, void *ud, char *err, size_t errlen)
+/* GET url and every @odata.nextLink after it (same origin, at most MAX_PAGES): parse reads
+ * each page and returns its nextLink. Takes ownership of url. */
+typedef mv_err (*page_fn)(void *pud, const char *body, size_t len, char **next, char *err,
+                          size_t errlen);
+static mv_err walk_pages(mv_graph *g, char *url, const char *what, const char *prefer,
+                         page_fn parse, void *pud, char *err, size_t errlen)
 {
-    if (err && errlen) err[0] = '\0';
-    mv_err e = MV_OK;
     char *next = NULL;
-    char *url = xprintf("%s/users?$select=id,userPrincipalName,mail,assignedLicenses&$top=999",
-                        g->graph_base);
+    mv_err e = MV_OK;
     if (!url) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
     for (long pages = 0; url; pages++) {
         if (pages >= MAX_PAGES) {
-            e = mv_seterr(err, errlen, MV_EPROTO, "users: more than %d pages", MAX_PAGES);
+            e = mv_seterr(err, errlen, MV_EPROTO, "%s: more than %d pages", what, MAX_PAGES);
             break;
         }
-        req r = {.url = url};
+        req r = {.url = url, .prefer = prefer, .what = what};
         if ((e = graph_call(g, &r, err, errlen))) break;
-        if ((e = mv_graph__parse_users(g->body.p, g->body.len, cb, ud, &next, err, errlen))) break;
+        if ((e = parse(pud, g->body.p, g->body.len, &next, err, errlen))) break;
         free(url);
         url = next;
         next = NULL;
-        if (url && (e = check_link(g, url, "users @odata.nextLink", err, errlen))) break;
+        if (url && (e = check_link(g, url, "@odata.nextLink", err, errlen))) break;
     }
     free(url);
     free(next);
     trim_body(g);
     scrub(err, errlen, g->secret);
     return e;
+}
+
+typedef struct users_pud {
+    mv_graph_user_fn cb;
+    void *ud;
+} users_pud;
+
+static mv_err users_page(void *pud, const char *body, size_t len, char **next, char *err,
+                         size_t errlen)
+{
+    users_pud *u = pud;
+    return mv_graph__parse_users(body, len, u->cb, u->ud, next, err, errlen);
+}
+
+mv_err mv_graph_list_users(mv_graph *g, mv_graph_user_fn cb, void *ud, char *err, size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    users_pud u = {cb, ud};
+    return walk_pages(
+        g,
+        xprintf("%s/users?$select=id,userPrincipalName,mail,assignedLicenses&$top=999",
+                g->graph_base),
+        "users", NULL, users_page, &u, err, errlen);
 }
 
 typedef struct child {
@@ -1763,12 +1761,23 @@ out:
     return e;
 }
 
+typedef struct ids_pud {
+    mv_graph_id_fn cb;
+    void *ud;
+} ids_pud;
+
+static mv_err ids_page(void *pud, const char *body, size_t len, char **next, char *err,
+                       size_t errlen)
+{
+    ids_pud *p = pud;
+    return mv_graph__parse_idlist(body, len, p->cb, p->ud, next, err, errlen);
+}
+
 mv_err mv_graph_list_received_before(mv_graph *g, const char *user, const char *folder_id,
                                      int64_t before_ms, mv_graph_id_fn cb, void *ud, char *err,
                                      size_t errlen)
 {
-    char *url = NULL, *ue = NULL, *fe = NULL, *next = NULL;
-    mv_err e = MV_OK;
+    char *url = NULL, *ue = NULL, *fe = NULL;
     if (err && errlen) err[0] = '\0';
     if (!arg_ok(user) || !arg_ok(folder_id) || before_ms < 0)
         return mv_seterr(err, errlen, MV_EINVAL, "list: user, folder_id and a time are required");
@@ -1783,27 +1792,10 @@ mv_err mv_graph_list_received_before(mv_graph *g, const char *user, const char *
         url = xprintf("%s/users/%s/mailFolders/%s/messages?$filter=receivedDateTime%%20lt%%20%s&"
                       "$select=id&$top=%d",
                       g->graph_base, ue, fe, iso, g->o.page_size);
-    if (!url) e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
-    for (int pages = 0; url && !e; pages++) {
-        if (pages >= MAX_PAGES) {
-            e = mv_seterr(err, errlen, MV_EPROTO, "message list: more than %d pages", MAX_PAGES);
-            break;
-        }
-        req r = {.url = url, .prefer = "IdType=\"ImmutableId\"", .what = "message list"};
-        if ((e = graph_call(g, &r, err, errlen))) break;
-        if ((e = mv_graph__parse_idlist(g->body.p, g->body.len, cb, ud, &next, err, errlen))) break;
-        free(url);
-        url = next;
-        next = NULL;
-        if (url && (e = check_link(g, url, "@odata.nextLink", err, errlen))) break;
-    }
-    free(url);
-    free(next);
     curl_free(ue);
     curl_free(fe);
-    trim_body(g);
-    scrub(err, errlen, g->secret);
-    return e;
+    ids_pud p = {cb, ud};
+    return walk_pages(g, url, "message list", "IdType=\"ImmutableId\"", ids_page, &p, err, errlen);
 }
 
 mv_err mv_graph_delete_message(mv_graph *g, const char *user, const char *message_id, char *err,

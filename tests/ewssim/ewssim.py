@@ -12,7 +12,6 @@ Standard library only.  Serves, from a directory of fixtures (see README.md):
 Run:  python3 ewssim.py --fixtures DIR --port 0 --port-file FILE
 """
 
-import argparse
 import base64
 import collections
 import email.parser
@@ -23,17 +22,17 @@ import hmac
 import json
 import os
 import re
-import secrets
-import signal
-import socket
 import struct
 import sys
 import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "simlib"))
+import simcommon  # noqa: E402
+from simcommon import LRU, SimHandler, http_date, iso, read_head, serve  # noqa: E402
 
 # --------------------------------------------------------------------------- namespaces
 
@@ -47,7 +46,6 @@ for _p, _u in (("s", S), ("m", M), ("t", T), ("e", E), ("xsi", XSI)):
     ET.register_namespace(_p, _u)
 
 XML_CT = "text/xml; charset=utf-8"
-AAD_CT = "application/json; charset=utf-8"
 XML_DECL = b'<?xml version="1.0" encoding="utf-8"?>'
 EWS_SCOPE = "https://outlook.office365.com/.default"
 CHUNK_RAW = 3 * 16384          # raw bytes per base64 chunk (64 KiB of base64)
@@ -134,9 +132,6 @@ def mn(name):
     return "{%s}%s" % (M, name)
 
 
-def iso(ts):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
 
 def b64(data):
     return base64.b64encode(data).decode("ascii")
@@ -146,15 +141,6 @@ def h(*parts, n=32):
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).digest()[:n]
 
 
-_DATE_CACHE = [0, ""]
-
-
-def http_date():
-    now = int(time.time())
-    if _DATE_CACHE[0] != now:
-        _DATE_CACHE[0] = now
-        _DATE_CACHE[1] = email.utils.formatdate(now, usegmt=True)
-    return _DATE_CACHE[1]
 
 
 # --------------------------------------------------------------------------- errors
@@ -476,18 +462,6 @@ class Org:
 _hdr_parser = email.parser.BytesHeaderParser(policy=email.policy.default)
 
 
-def read_head(path, limit=256 * 1024):
-    with open(path, "rb") as fh:
-        buf = fh.read(8192)
-        while True:
-            if buf.find(b"\r\n\r\n") >= 0 or buf.find(b"\n\n") >= 0 or len(buf) >= limit:
-                return buf
-            more = fh.read(8192)
-            if not more:
-                return buf
-            buf += more
-
-
 def _addrs(value):
     if not value:
         return []
@@ -538,26 +512,6 @@ def header_props(ent):
     props["msgid"] = mid.strip() if mid else None
     props["has_att"] = (g("Content-Type") or "").lower().startswith("multipart/mixed")
     return props
-
-
-class LRU:
-    def __init__(self, maxsize):
-        self.lock = threading.Lock()
-        self.data = collections.OrderedDict()
-        self.maxsize = maxsize
-
-    def get(self, key, builder):
-        with self.lock:
-            v = self.data.get(key)
-            if v is not None:
-                self.data.move_to_end(key)
-                return v
-        v = builder()
-        with self.lock:
-            self.data[key] = v
-            if len(self.data) > self.maxsize:
-                self.data.popitem(last=False)
-        return v
 
 
 # --------------------------------------------------------------------------- stats
@@ -750,17 +704,9 @@ class Sim:
 
     # ---- tokens
     def issue_token(self, org, client_id, roles):
-        now = int(time.time())
         ttl = self.args.token_ttl
-        hdr = {"typ": "JWT", "alg": "RS256", "kid": "ewssim"}
-        payload = {"aud": "https://outlook.office365.com", "iss": f"https://sts.windows.net/{org.tenant_id}/",
-                   "iat": now, "nbf": now, "exp": now + ttl, "appid": client_id, "tid": org.tenant_id,
-                   "roles": roles, "idtyp": "app", "ver": "1.0", "uti": secrets.token_hex(8)}
-
-        def enc(o):
-            return base64.urlsafe_b64encode(json.dumps(o, separators=(",", ":")).encode()).rstrip(b"=").decode()
-        tok = ".".join([enc(hdr), enc(payload),
-                        base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()])
+        tok = simcommon.mint_token("ewssim", "https://outlook.office365.com", org.tenant_id, client_id,
+                                   roles, ttl)
         with self.lock:
             self.tokens[tok] = {"org": org.name, "client_id": client_id, "exp": time.time() + ttl,
                                 "roles": set(roles)}
@@ -1068,80 +1014,22 @@ def can_access(ctx, smtp):
 
 # --------------------------------------------------------------------------- token endpoint
 
-def aad_error(status, error, code, desc):
-    ts = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
-    trace, corr = str(uuid.uuid4()), str(uuid.uuid4())
-    body = {"error": error,
-            "error_description": f"AADSTS{code}: {desc} Trace ID: {trace} Correlation ID: {corr} Timestamp: {ts}",
-            "error_codes": [code], "timestamp": ts, "trace_id": trace, "correlation_id": corr,
-            "error_uri": f"https://login.microsoftonline.com/error?code={code}"}
-    return Resp(status, {"Content-Type": AAD_CT, "Cache-Control": "no-store, no-cache"},
-                json.dumps(body).encode())
-
-
 def handle_token(sim, tenant, method, headers, body):
-    if method != "POST":
-        return aad_error(405, "invalid_request", 900561,
-                         "The endpoint only accepts POST requests. Received a GET request.")
-    form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     org = None
     for o in sim.all_orgs():
         if o.kind == "m365" and (o.tenant_id == tenant or o.name == tenant):
             org = o
             break
     sim.global_stats["token_requests"] += 1
-    if org is None:
-        return aad_error(400, "invalid_request", 90002,
-                         f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are "
-                         f"signing into the correct cloud. Check with your subscription administrator, this may "
-                         f"happen if there are no active subscriptions for the tenant.")
-    gt = form.get("grant_type")
-    if not gt:
-        return aad_error(400, "invalid_request", 900144,
-                         "The request body must contain the following parameter: 'grant_type'.")
-    if gt != "client_credentials":
-        return aad_error(400, "unsupported_grant_type", 70003,
-                         "The app requested an unsupported grant type ''%s''." % gt)
-    cid = form.get("client_id", "")
-    if not cid:
-        return aad_error(400, "invalid_request", 900144,
-                         "The request body must contain the following parameter: 'client_id'.")
-    app = org.apps.get(cid)
-    if app is None:
-        return aad_error(400, "unauthorized_client", 700016,
-                         f"Application with identifier '{cid}' was not found in the directory '{org.tenant_id}'. "
-                         f"This can happen if the application has not been installed by the administrator of the "
-                         f"tenant or consented to by any user in the tenant. You may have sent your authentication "
-                         f"request to the wrong tenant.")
-    secret = form.get("client_secret")
-    if not secret:
-        return aad_error(401, "invalid_client", 7000218,
-                         "The request body must contain the following parameter: 'client_assertion' or "
-                         "'client_secret'.")
-    if secret != app.get("secret"):
-        return aad_error(401, "invalid_client", 7000215,
-                         f"Invalid client secret provided. Ensure the secret being sent in the request is the client "
-                         f"secret value, not the client secret ID, for a secret added to app '{cid}'.")
-    scope = form.get("scope", "")
-    if not scope:
-        return aad_error(400, "invalid_request", 900144,
-                         "The request body must contain the following parameter: 'scope'.")
-    scopes = scope.split()
-    if len(scopes) != 1 or not scopes[0].endswith("/.default"):
-        return aad_error(400, "invalid_scope", 1002012,
-                         f"The provided value for scope {scope} is not valid. Client credential flows must have a "
-                         f"scope value with /.default suffixed to the resource identifier (application ID URI).")
-    if scopes[0] != EWS_SCOPE:
-        return aad_error(400, "invalid_resource", 500011,
-                         f"The resource principal named {scopes[0][:-len('/.default')]} was not found in the tenant "
-                         f"named {org.tenant_id}. This can happen if the application has not been installed by the "
-                         f"administrator of the tenant or consented to by any user in the tenant. You might have "
-                         f"sent your authentication request to the wrong tenant.")
+    bad, cid, app = simcommon.client_credentials(
+        method, body, org.tenant_id if org else tenant, org is not None,
+        lambda c: org.apps.get(c), lambda a, secret: secret == a.get("secret"),
+        resource=EWS_SCOPE[:-len("/.default")])
+    if bad:
+        return Resp(*bad)
     roles = ["full_access_as_app"] if app.get("full_access_as_app") else []
     tok, ttl = sim.issue_token(org, cid, roles)
-    return Resp(200, {"Content-Type": AAD_CT, "Cache-Control": "no-store, no-cache"},
-                json.dumps({"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl,
-                            "access_token": tok}).encode())
+    return Resp(*simcommon.token_answer(tok, ttl))
 
 
 # --------------------------------------------------------------------------- folder resolution
@@ -1958,7 +1846,7 @@ def handle_ews(sim, headers, body):
             hd = {"Content-Type": "text/html"}
             if f.get("retry_after") is not None:
                 hd["Retry-After"] = str(f["retry_after"])
-            reason = BaseHTTPRequestHandler.responses.get(status, ("Error",))[0]
+            reason = SimHandler.responses.get(status, ("Error",))[0]
             raise HttpReply(Resp(status, hd, ("<html><head><title>%d %s</title></head><body><h1>%s</h1></body>"
                                               "</html>" % (status, reason, reason)).encode()))
         if k == "busy" and f.get("shape", "fault") == "fault":
@@ -2114,50 +2002,15 @@ def handle_admin(sim, method, path, body):
 
 # --------------------------------------------------------------------------- HTTP layer
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(SimHandler):
     server_version = "Microsoft-IIS/10.0"
-    sys_version = ""
-    sim = None
 
-    def setup(self):
-        super().setup()
-        try:
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-    def log_message(self, fmt, *args):
-        if self.sim.args.verbose:
-            sys.stderr.write("ewssim: %s\n" % (fmt % args))
-
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_POST(self):
-        self._handle("POST")
-
-    def do_DELETE(self):
-        self._handle("DELETE")
-
-    def _read_body(self):
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            out = bytearray()
-            while True:
-                line = self.rfile.readline(65537)
-                size = int(line.split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(out)
-                out += self.rfile.read(size)
-                self.rfile.readline(3)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
+    def handle_method(self, method):
+        self._handle(method)
 
     def _handle(self, method):
         sim = self.sim
-        body = self._read_body()
+        body = self.read_body()
         path = urlsplit(self.path).path
         headers = {k.lower(): v for k, v in self.headers.items()}
         resp = None
@@ -2187,11 +2040,7 @@ class Handler(BaseHTTPRequestHandler):
             resp = fault_resp(Fault("ErrorInternalServerError", f"ewssim bug: {e!r}"))
         try:
             if resp.reset:
-                try:
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-                self.close_connection = True
+                self.reset_connection()
                 return
             self._send(resp)
         finally:
@@ -2233,59 +2082,19 @@ class Handler(BaseHTTPRequestHandler):
                         out.write(b"%x\r\n%s\r\n" % (len(enc), enc))
             out.write(b"0\r\n\r\n")
             return
-        body = resp.body or b""
-        if status not in (204, 304):
-            lines.append("Content-Length: %d" % len(body))
-        else:
-            body = b""
-        out.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    allow_reuse_address = True
+        self.write_fixed(lines, status, resp.body)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Exchange Web Services (EWS) simulator")
-    ap.add_argument("--fixtures", required=True)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--port-file")
-    ap.add_argument("--latency-ms", type=float, default=0)
-    ap.add_argument("--token-ttl", type=int, default=3599)
+    ap = simcommon.arg_parser("Exchange Web Services (EWS) simulator")
     ap.add_argument("--max-concurrency", type=int, default=27,
                     help="concurrent EWS requests per mailbox (EWSMaxConcurrency); 0 = unlimited")
     ap.add_argument("--concurrency-error", default="ErrorExceededConnectionCount",
                     choices=["ErrorExceededConnectionCount", "ErrorServerBusy"])
     ap.add_argument("--concurrency-backoff-ms", type=int, default=1000)
     ap.add_argument("--sync-secret", default="", help="key material for SyncState HMACs")
-    ap.add_argument("--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    if not os.path.isdir(args.fixtures):
-        ap.error(f"fixtures directory {args.fixtures!r} does not exist")
-    sim = Sim(args)
-    handler = type("BoundHandler", (Handler,), {"sim": sim})
-    httpd = Server((args.host, args.port), handler)
-    port = httpd.server_address[1]
-    if args.port_file:
-        tmp = args.port_file + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(f"{port}\n")
-        os.replace(tmp, args.port_file)
-    print(port, flush=True)
-
-    def stop(signum, frame):
-        threading.Thread(target=httpd.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        httpd.serve_forever(poll_interval=0.2)
-    finally:
-        httpd.server_close()
-    return 0
+    args = simcommon.parse_args(ap, argv)
+    return serve(args, Sim(args), Handler, "ewssim")
 
 
 if __name__ == "__main__":

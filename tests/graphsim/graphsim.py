@@ -14,7 +14,6 @@ Standard library only.  Serves, from a directory of fixtures (see README.md):
 Run:  python3 graphsim.py --fixtures DIR --port 0 --port-file FILE
 """
 
-import argparse
 import base64
 import collections
 import email.parser
@@ -26,20 +25,19 @@ import math
 import os
 import re
 import secrets
-import signal
-import socket
-import struct
 import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "simlib"))
+import simcommon  # noqa: E402
+from simcommon import LRU, SimHandler, http_date, iso, read_head, serve  # noqa: E402
 
 JSON_CT = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 ERR_CT = "application/json"
-AAD_CT = "application/json; charset=utf-8"
 
 WELL_KNOWN = {
     # directory name -> (wellKnownName, displayName)
@@ -82,9 +80,6 @@ def b64u_decode(s):
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
-def iso(ts):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
 
 def make_id(kind, *parts):
     h = hashlib.sha256(("\x00".join((kind,) + parts)).encode("utf-8")).digest()
@@ -93,15 +88,6 @@ def make_id(kind, *parts):
     return "AAMk" + b64u(h[:30] + (b"\x00" if kind == "folder" else b"\x01") + h[30:32])
 
 
-_DATE_CACHE = [0, ""]
-
-
-def http_date():
-    now = int(time.time())
-    if _DATE_CACHE[0] != now:
-        _DATE_CACHE[0] = now
-        _DATE_CACHE[1] = email.utils.formatdate(now, usegmt=True)
-    return _DATE_CACHE[1]
 
 
 class GraphError(Exception):
@@ -371,40 +357,6 @@ def _addr_list(value):
     return out
 
 
-class MessageCache:
-    def __init__(self, maxsize=50000):
-        self.lock = threading.Lock()
-        self.data = collections.OrderedDict()
-        self.maxsize = maxsize
-
-    def get(self, key, builder):
-        with self.lock:
-            v = self.data.get(key)
-            if v is not None:
-                self.data.move_to_end(key)
-                return v
-        v = builder()
-        with self.lock:
-            self.data[key] = v
-            if len(self.data) > self.maxsize:
-                self.data.popitem(last=False)
-        return v
-
-
-def read_head(path, limit=256 * 1024):
-    with open(path, "rb") as fh:
-        buf = fh.read(8192)
-        while True:
-            i = buf.find(b"\r\n\r\n")
-            j = buf.find(b"\n\n")
-            if i >= 0 or j >= 0 or len(buf) >= limit:
-                return buf
-            more = fh.read(8192)
-            if not more:
-                return buf
-            buf += more
-
-
 def build_header_props(m):
     try:
         hdr = _hdr_parser.parsebytes(read_head(m.path))
@@ -534,8 +486,8 @@ class Sim:
         self.snapshots = collections.OrderedDict()  # delta token key -> state
         self.rounds = collections.OrderedDict()     # skiptoken key -> round
         self.delta_gen = 0
-        self.msg_cache = MessageCache()
-        self.body_cache = MessageCache(5000)
+        self.msg_cache = LRU(50000)
+        self.body_cache = LRU(5000)
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="batch")
 
     # ---- fixtures
@@ -666,14 +618,8 @@ class Sim:
 
     # ---- tokens
     def issue_token(self, tenant, client_id, roles):
-        now = int(time.time())
         ttl = self.args.token_ttl
-        hdr = {"typ": "JWT", "alg": "RS256", "kid": "graphsim"}
-        payload = {"aud": "https://graph.microsoft.com", "iss": f"https://sts.windows.net/{tenant}/",
-                   "iat": now, "nbf": now, "exp": now + ttl, "appid": client_id, "tid": tenant,
-                   "roles": roles, "idtyp": "app", "ver": "1.0", "uti": secrets.token_hex(8)}
-        tok = ".".join([b64u_nopad(jdump(hdr)), b64u_nopad(jdump(payload)),
-                        b64u_nopad(secrets.token_bytes(32))])
+        tok = simcommon.mint_token("graphsim", "https://graph.microsoft.com", tenant, client_id, roles, ttl)
         with self.lock:
             self.tokens[tok] = {"tenant": tenant, "client_id": client_id,
                                 "exp": time.time() + ttl, "roles": set(roles)}
@@ -752,19 +698,7 @@ def json_resp(obj, status=200, headers=None):
 
 
 def aad_error(status, error, code, desc, extra_codes=None):
-    now = time.gmtime()
-    ts = time.strftime("%Y-%m-%d %H:%M:%SZ", now)
-    trace, corr = str(uuid.uuid4()), str(uuid.uuid4())
-    body = {
-        "error": error,
-        "error_description": f"AADSTS{code}: {desc} Trace ID: {trace} Correlation ID: {corr} Timestamp: {ts}",
-        "error_codes": [code] + (extra_codes or []),
-        "timestamp": ts,
-        "trace_id": trace,
-        "correlation_id": corr,
-        "error_uri": f"https://login.microsoftonline.com/error?code={code}",
-    }
-    return Resp(status, {"Content-Type": AAD_CT, "Cache-Control": "no-store, no-cache"}, jdump(body))
+    return Resp(*simcommon.aad_error(status, error, code, desc, extra_codes))
 
 
 # --------------------------------------------------------------------------- token endpoint
@@ -843,66 +777,20 @@ def check_client_assertion(sim, ctx, app, tenant_id, cid, form):
 
 
 def handle_token(sim, ctx, tenant_id):
-    if ctx.method != "POST":
-        return aad_error(405, "invalid_request", 900561,
-                         "The endpoint only accepts POST requests. Received a GET request.")
-    ct = ctx.headers.get("content-type", "")
-    form = dict(parse_qsl(ctx.body.decode("utf-8", "replace"), keep_blank_values=True)) \
-        if "json" not in ct else {}
     tdata = sim.tenant(tenant_id)
     st = sim.kstats(tenant_id if tdata else "_unknown", "_token")
     with sim.lock:
         st.requests += 1
-    if tdata is None:
-        return aad_error(400, "invalid_request", 90002,
-                         f"Tenant '{tenant_id}' not found. Check to make sure you have the correct tenant ID "
-                         f"and are signing into the correct cloud. Check with your subscription administrator, "
-                         f"this may happen if there are no active subscriptions for the tenant.")
-    gt = form.get("grant_type")
-    if not gt:
-        return aad_error(400, "invalid_request", 900144,
-                         "The request body must contain the following parameter: 'grant_type'.")
-    if gt != "client_credentials":
-        return aad_error(400, "unsupported_grant_type", 70003,
-                         "The app requested an unsupported grant type ''%s''." % gt)
-    app = tdata["app"]
-    cid = form.get("client_id", "")
-    if not cid:
-        return aad_error(400, "invalid_request", 900144,
-                         "The request body must contain the following parameter: 'client_id'.")
-    if cid != app.get("client_id"):
-        return aad_error(400, "unauthorized_client", 700016,
-                         f"Application with identifier '{cid}' was not found in the directory '{tenant_id}'. "
-                         f"This can happen if the application has not been installed by the administrator of "
-                         f"the tenant or consented to by any user in the tenant. You may have sent your "
-                         f"authentication request to the wrong tenant.")
-    if form.get("client_assertion") is not None:
-        bad = check_client_assertion(sim, ctx, app, tenant_id, cid, form)
-        if bad:
-            return bad
-    else:
-        secret = form.get("client_secret")
-        if not secret:
-            return aad_error(401, "invalid_client", 7000218,
-                             "The request body must contain the following parameter: 'client_assertion' or "
-                             "'client_secret'.")
-        if secret != app.get("client_secret"):
-            return aad_error(401, "invalid_client", 7000215,
-                             f"Invalid client secret provided. Ensure the secret being sent in the request is the "
-                             f"client secret value, not the client secret ID, for a secret added to app '{cid}'.")
-    scope = form.get("scope", "")
-    if not scope:
-        return aad_error(400, "invalid_request", 900144,
-                         "The request body must contain the following parameter: 'scope'.")
-    if not scope.endswith("/.default") or " " in scope.strip():
-        return aad_error(400, "invalid_scope", 1002012,
-                         f"The provided value for scope {scope} is not valid. Client credential flows must "
-                         f"have a scope value with /.default suffixed to the resource identifier "
-                         f"(application ID URI).")
+    ct = ctx.headers.get("content-type", "")
+    app_of = (lambda cid: tdata["app"] if cid == tdata["app"].get("client_id") else None)
+    bad, cid, app = simcommon.client_credentials(
+        ctx.method, ctx.body if "json" not in ct else b"", tenant_id, tdata is not None, app_of,
+        lambda a, secret: secret == a.get("client_secret"),
+        assertion=lambda a, c, form: check_client_assertion(sim, ctx, a, tenant_id, c, form))
+    if bad:
+        return bad if isinstance(bad, Resp) else Resp(*bad)
     tok, ttl = sim.issue_token(tenant_id, cid, list(app.get("permissions", [])))
-    return Resp(200, {"Content-Type": AAD_CT, "Cache-Control": "no-store, no-cache"},
-                jdump({"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl,
-                       "access_token": tok}))
+    return Resp(*simcommon.token_answer(tok, ttl))
 
 
 # --------------------------------------------------------------------------- graph routing
@@ -1618,42 +1506,15 @@ def fault_resp(sim, ctx, f):
 
 # --------------------------------------------------------------------------- HTTP layer
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(SimHandler):
     server_version = "graphsim/1.0"
-    sys_version = ""
-    sim = None
 
-    def setup(self):
-        super().setup()
-        try:
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-    def log_message(self, fmt, *args):
-        if self.sim.args.verbose:
-            sys.stderr.write("graphsim: %s\n" % (fmt % args))
-
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_POST(self):
-        self._handle("POST")
-
-    def do_DELETE(self):
-        self._handle("DELETE")
-
-    def do_PATCH(self):
-        self._handle("PATCH")
-
-    def do_PUT(self):
-        self._handle("PUT")
+    def handle_method(self, method):
+        self._handle(method)
 
     def _handle(self, method):
         sim = self.sim
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n > 0 else b""
+        body = self.read_body()
         sp = urlsplit(self.path)
         path = sp.path
         host = self.headers.get("Host") or "%s:%d" % self.server.server_address[:2]
@@ -1670,11 +1531,7 @@ class Handler(BaseHTTPRequestHandler):
             traceback.print_exc()
             resp = error_resp(ctx, GraphError(500, "InternalServerError", f"graphsim bug: {e!r}"))
         if resp.reset:
-            try:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
-            self.close_connection = True
+            self.reset_connection()
             return
         self._send(ctx, resp)
 
@@ -1739,28 +1596,11 @@ class Handler(BaseHTTPRequestHandler):
                     out.write(b"%x\r\n%s\r\n" % (len(data), data))
                 out.write(b"0\r\n\r\n")
             return
-        body = resp.body or b""
-        if status not in (204, 304):
-            lines.append("Content-Length: %d" % len(body))
-        else:
-            body = b""
-        out.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    allow_reuse_address = True
+        self.write_fixed(lines, status, resp.body)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Microsoft Graph mail API simulator")
-    ap.add_argument("--fixtures", required=True)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--port-file")
-    ap.add_argument("--latency-ms", type=float, default=0)
-    ap.add_argument("--token-ttl", type=int, default=3599)
+    ap = simcommon.arg_parser("Microsoft Graph mail API simulator")
     ap.add_argument("--limit-concurrent", type=int, default=4)
     ap.add_argument("--limit-window-requests", type=int, default=10000)
     ap.add_argument("--limit-window-seconds", type=float, default=600)
@@ -1770,31 +1610,8 @@ def main(argv=None):
     ap.add_argument("--max-delta-states", type=int, default=20000)
     ap.add_argument("--stats-by-app", action="store_true",
                     help="key stats/limits by client_id|mailbox instead of mailbox")
-    ap.add_argument("--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    if not os.path.isdir(args.fixtures):
-        ap.error(f"fixtures directory {args.fixtures!r} does not exist")
-    sim = Sim(args)
-    handler = type("BoundHandler", (Handler,), {"sim": sim})
-    httpd = Server((args.host, args.port), handler)
-    port = httpd.server_address[1]
-    if args.port_file:
-        tmp = args.port_file + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(f"{port}\n")
-        os.replace(tmp, args.port_file)
-    print(port, flush=True)
-
-    def stop(signum, frame):
-        threading.Thread(target=httpd.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        httpd.serve_forever(poll_interval=0.2)
-    finally:
-        httpd.server_close()
-    return 0
+    args = simcommon.parse_args(ap, argv)
+    return serve(args, Sim(args), Handler, "graphsim")
 
 
 if __name__ == "__main__":
