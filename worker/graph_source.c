@@ -14,6 +14,7 @@
  * alive meanwhile); a longer one fails the attempt as transient, and the retry is scheduled
  * no earlier than the server asked. */
 #include "chunk.h"
+#include "tokens.h"
 
 #include "mv/archive.h"
 #include "mv/crypt.h"
@@ -180,107 +181,6 @@ static void gate_release(void *ud, int weight)
     char err[MV_ERRLEN];
     if (mv_state_limit_release_n(gu->c->r->st, gu->scope, gu->req, weight, err, sizeof err))
         mv_warn("limit release failed (the slot expires by itself)", " error=\"%s\"", err);
-}
-
-/* ---- the access token, cached cluster-wide in Redis (sealed with the master key) ---- */
-
-#define TOKEN_MARGIN_MS 300000 /* a cached token this close to expiry is not used */
-#define TOKEN_LOCK_MS 30000
-
-/* The sealed token is bound to everything that decides whose token it is: a blob left from
- * another app, tenant id or endpoint never opens (and the cache is also dropped whenever the
- * profile is saved or removed). */
-static void token_ad(const chunk_ctx *c, char *ad, size_t n)
-{
-    const mv_profile *p = c->profile;
-    snprintf(ad, n, "gtoken:%s:%s:%s:%s:%s:%s", c->t->tenant, c->t->profile, p->tenant_id,
-             p->client_id, p->login_base, p->graph_base);
-}
-
-/* Install the cached token if there is a fresh one other than stale; 1 if installed. */
-static int token_from_cache(chunk_ctx *c, mv_graph *g, const char *stale)
-{
-    char err[MV_ERRLEN], ad[1024];
-    void *blob = NULL;
-    size_t len = 0;
-    unsigned char *plain = NULL;
-    size_t plen = 0;
-    int ok = 0;
-    if (mv_state_token_get(c->r->st, c->t->tenant, c->t->profile, &blob, &len, err, sizeof err))
-        return 0;
-    token_ad(c, ad, sizeof ad);
-    if (mv_crypt_open(c->r->master_key, ad, blob, len, &plain, &plen, err, sizeof err) == MV_OK) {
-        char *sp = strchr((char *)plain, ' ');
-        long long exp = atoll((char *)plain);
-        if (sp && exp - TOKEN_MARGIN_MS > mv_now_ms() && !(stale && strcmp(sp + 1, stale) == 0)) {
-            mv_graph_set_token(g, sp + 1, exp);
-            ok = 1;
-        }
-        mv_crypt_wipe(plain, plen);
-    }
-    free(plain);
-    free(blob);
-    return ok;
-}
-
-static void token_to_cache(chunk_ctx *c, const char *token, int64_t exp)
-{
-    char err[MV_ERRLEN], ad[1024];
-    size_t n = strlen(token) + 32;
-    char *plain = malloc(n);
-    unsigned char *blob = NULL;
-    size_t len = 0;
-    if (!plain) return;
-    snprintf(plain, n, "%lld %s", (long long)exp, token);
-    token_ad(c, ad, sizeof ad);
-    if (mv_crypt_seal(c->r->master_key, ad, plain, strlen(plain), &blob, &len, err, sizeof err) ==
-            MV_OK &&
-        mv_state_token_put(c->r->st, c->t->tenant, c->t->profile, blob, len,
-                           exp - TOKEN_MARGIN_MS - mv_now_ms(), err, sizeof err) != MV_OK)
-        mv_warn("cannot cache the access token", " error=\"%s\"", err);
-    mv_crypt_wipe(plain, strlen(plain));
-    free(plain);
-    free(blob);
-}
-
-/* The Graph client's token source (mv_graph_token_source): the cluster's cached token, or a
- * new one fetched by a single worker at a time while the others wait for it to appear
- * (bounded, then they fetch their own). After a 401 the refused token is never taken from the
- * cache again, so every task that saw it refused waits for the one refresh. */
-static mv_err token_need(void *ud, mv_graph *g, const char *stale, char *err, size_t errlen)
-{
-    chunk_ctx *c = ud;
-    if (token_from_cache(c, g, stale)) return MV_OK;
-    int got = 0;
-    char owner[160]; /* this task: runner threads of one worker share its id */
-    snprintf(owner, sizeof owner, "%s/%s", c->r->worker_id, c->t->id);
-    mv_err rc = mv_state_token_lock(c->r->st, c->t->tenant, c->t->profile, owner, TOKEN_LOCK_MS,
-                                    &got, err, errlen);
-    if (rc) return rc;
-    if (!got) {
-        int64_t until = mv_mono_ms() + 10000;
-        while (mv_mono_ms() < until && !*c->r->stopping) {
-            usleep(50 * 1000);
-            if (token_from_cache(c, g, stale)) return MV_OK;
-        }
-    } else if (token_from_cache(c, g, stale)) { /* refreshed while we asked for the lock */
-        char uerr[MV_ERRLEN];
-        mv_state_token_unlock(c->r->st, c->t->tenant, c->t->profile, owner, uerr, sizeof uerr);
-        return MV_OK;
-    }
-    const char *tok = NULL;
-    int64_t exp = 0;
-    rc = mv_graph_fetch_token(g, &tok, &exp, err, errlen);
-    if (!rc) {
-        mv_info("access token fetched", " tenant=%s profile=%s after_401=%d", c->t->tenant,
-                c->t->profile, stale != NULL);
-        token_to_cache(c, tok, exp);
-    }
-    if (got) {
-        char uerr[MV_ERRLEN];
-        mv_state_token_unlock(c->r->st, c->t->tenant, c->t->profile, owner, uerr, sizeof uerr);
-    }
-    return rc;
 }
 
 typedef struct mime_ud {
@@ -754,7 +654,8 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
         mv_graph_gate gate = {gate_acquire, gate_release, &gu};
         mv_graph_set_gate(g, &gate);
     }
-    mv_graph_token_source ts = {token_need, c};
+    token_cache tc = {c, p->graph_base};
+    mv_oauth_source ts = token_cache_source(&tc);
     mv_graph_set_token_source(g, &ts);
     for (int tries = 0;; tries++) {
         gfolders_free(&fl);

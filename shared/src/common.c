@@ -4,6 +4,7 @@
 #include <openssl/rand.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -195,4 +196,47 @@ int mv_b64dec_final(mv_b64dec *st)
         return -1;
     }
     return 0;
+}
+
+char *mv_aprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) return NULL;
+    char *s = malloc((size_t)n + 1);
+    if (!s) return NULL;
+    va_start(ap, fmt);
+    vsnprintf(s, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+void mv_sanitize(char *s)
+{
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c < 0x20 || c == 0x7f) *s = '?';
+    }
+}
+
+int mv_has_ctl(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s == 0x7f) return 1;
+    return 0;
+}
+
+void mv_scrub(char *err, size_t errlen, const char *secret)
+{
+    if (!err || !errlen || !secret || !*secret) return;
+    size_t sl = strlen(secret);
+    char *p;
+    while ((p = strstr(err, secret)) != NULL) {
+        size_t rest = strlen(p + sl);
+        size_t put = sl < 3 ? sl : 3;
+        memcpy(p, "***", put);
+        memmove(p + put, p + sl, rest + 1);
+    }
 }

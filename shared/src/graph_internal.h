@@ -6,6 +6,8 @@
 #define MV_GRAPH_INTERNAL_H
 
 #include "mv/graph.h"
+#include "mv/http.h"
+#include "mv/oauth.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -42,24 +44,16 @@ typedef int (*mv_graph__batch_fn)(void *ud, const mv_graph__batch_res *res);
 mv_err mv_graph__parse_batch(const char *body, size_t len, size_t n, uint64_t max_item,
                              mv_graph__batch_fn cb, void *ud, char *err, size_t errlen);
 
-/* Token response: access token (malloc'd) and lifetime in seconds. */
+/* A plain message listing: value[].id and an optional nextLink. */
 mv_err mv_graph__parse_idlist(const char *body, size_t len, mv_graph_id_fn cb, void *ud,
                               char **next_link, char *err, size_t errlen);
-mv_err mv_graph__parse_token(const char *body, size_t len, char **token, int64_t *expires_in,
-                             char *err, size_t errlen);
 
-/* Error text for a non-2xx answer: "HTTP <status> <code>: <message>" from a Graph error body,
- * AAD token error body, or "HTTP <status>" when the body is neither. code (may be NULL) gets
- * the error code. Sanitised (control bytes replaced, first line of AAD descriptions). */
-void mv_graph__error_text(long status, const char *body, size_t len, char *out, size_t outlen,
-                          char *code, size_t codelen);
+/* The token response and the error texts are parsed in oauth.c (mv_oauth__parse_token,
+ * mv_ms__error_text) and Retry-After in http.c (mv_http__retry_after). */
 
 /* 1 if link has the same scheme, host and port as base (and no userinfo, no spaces or
  * control bytes). */
 int mv_graph__same_origin(const char *base, const char *link);
-
-/* Retry-After value (delta-seconds or HTTP-date) in ms, capped at one hour; -1 if invalid. */
-int64_t mv_graph__retry_after(const char *value, int64_t now_ms);
 
 /* Append name to path with '%' -> "%25" and '/' -> "%2F". Returns a malloc'd string. */
 char *mv_graph__path_join(const char *parent, const char *name);

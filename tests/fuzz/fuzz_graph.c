@@ -111,14 +111,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     char *tok = NULL;
     int64_t secs = 0;
-    if (mv_graph__parse_token(body, size, &tok, &secs, err, sizeof err) == MV_OK) {
+    if (mv_oauth__parse_token(body, size, &tok, &secs, err, sizeof err) == MV_OK) {
         if (!tok || secs <= 0) abort();
         touch(tok);
     }
     free(tok);
 
     char text[512], code[64];
-    mv_graph__error_text(429, body, size, text, sizeof text, code, sizeof code);
+    mv_ms__error_text(429, body, size, text, sizeof text, code, sizeof code);
     for (const char *p = text; *p; p++)
         if ((unsigned char)*p < 0x20) abort(); /* err text is sanitised */
     touch(code);
@@ -128,7 +128,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!s) return 0;
     memcpy(s, data, size);
     s[size] = '\0';
-    int64_t ra = mv_graph__retry_after(s, 0);
+    int64_t ra = mv_http__retry_after(s, 0);
     if (ra > 3600000) abort();
     sink += (unsigned)mv_graph__same_origin("https://graph.microsoft.com/v1.0", s);
     char *p = mv_graph__path_join(s, s);

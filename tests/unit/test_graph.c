@@ -1381,36 +1381,36 @@ static void test_parsers(void **state)
     char *tok = NULL;
     int64_t secs = 0;
     const char *t = "{\"access_token\":\"abc\",\"expires_in\":\"3599\"}";
-    assert_int_equal(mv_graph__parse_token(t, strlen(t), &tok, &secs, err, sizeof err), MV_OK);
+    assert_int_equal(mv_oauth__parse_token(t, strlen(t), &tok, &secs, err, sizeof err), MV_OK);
     assert_string_equal(tok, "abc");
     assert_int_equal(secs, 3599);
     free(tok);
     t = "{\"access_token\":\"a b\",\"expires_in\":1}";
-    assert_int_equal(mv_graph__parse_token(t, strlen(t), &tok, &secs, err, sizeof err), MV_EPROTO);
+    assert_int_equal(mv_oauth__parse_token(t, strlen(t), &tok, &secs, err, sizeof err), MV_EPROTO);
     t = "{\"access_token\":\"ab\",\"expires_in\":0}";
-    assert_int_equal(mv_graph__parse_token(t, strlen(t), &tok, &secs, err, sizeof err), MV_EPROTO);
+    assert_int_equal(mv_oauth__parse_token(t, strlen(t), &tok, &secs, err, sizeof err), MV_EPROTO);
     assert_non_null(strstr(err, "expires_in"));
 
     char text[256], code[64];
     const char *e = "{\"error\":{\"code\":\"ErrorAccessDenied\",\"message\":\"Access is "
                     "denied.\\nCheck credentials\"}}";
-    mv_graph__error_text(403, e, strlen(e), text, sizeof text, code, sizeof code);
+    mv_ms__error_text(403, e, strlen(e), text, sizeof text, code, sizeof code);
     assert_string_equal(text, "HTTP 403 ErrorAccessDenied: Access is denied.?Check credentials");
     assert_string_equal(code, "ErrorAccessDenied");
-    mv_graph__error_text(502, "<html>", 6, text, sizeof text, code, sizeof code);
+    mv_ms__error_text(502, "<html>", 6, text, sizeof text, code, sizeof code);
     assert_string_equal(text, "HTTP 502");
     assert_string_equal(code, "");
 
-    assert_int_equal(mv_graph__retry_after("7", 0), 7000);
-    assert_int_equal(mv_graph__retry_after(" 12 \r\n", 0), 12000);
-    assert_int_equal(mv_graph__retry_after("0", 0), 0);
-    assert_int_equal(mv_graph__retry_after("99999999999999999999", 0), 3600000);
-    assert_int_equal(mv_graph__retry_after("7x", 0), -1);
-    assert_int_equal(mv_graph__retry_after("", 0), -1);
+    assert_int_equal(mv_http__retry_after("7", 0), 7000);
+    assert_int_equal(mv_http__retry_after(" 12 \r\n", 0), 12000);
+    assert_int_equal(mv_http__retry_after("0", 0), 0);
+    assert_int_equal(mv_http__retry_after("99999999999999999999", 0), 3600000);
+    assert_int_equal(mv_http__retry_after("7x", 0), -1);
+    assert_int_equal(mv_http__retry_after("", 0), -1);
     /* HTTP-date: Sun, 06 Nov 1994 08:49:37 GMT = 784111777 */
-    assert_int_equal(mv_graph__retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111777000LL - 5000),
+    assert_int_equal(mv_http__retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111777000LL - 5000),
                      5000);
-    assert_int_equal(mv_graph__retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111777000LL + 1), 0);
+    assert_int_equal(mv_http__retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111777000LL + 1), 0);
 
     char *p = mv_graph__path_join("Inbox", "a/b%c");
     assert_string_equal(p, "Inbox/a%2Fb%25c");

@@ -55,6 +55,15 @@ int mv_name_valid(const char *s);
  * latter two separate key parts in Redis and Kafka keys). */
 int mv_mailbox_valid(const char *s);
 
+/* malloc'd printf; NULL when out of memory. */
+char *mv_aprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Replace control bytes (< 0x20, 0x7f) in s with '?' (server text copied into errors). */
+void mv_sanitize(char *s);
+/* 1 if s holds a byte <= 0x20 or 0x7f (unusable in a header value such as a token). */
+int mv_has_ctl(const char *s);
+/* Replace every occurrence of secret in err with "***" (err stays terminated). */
+void mv_scrub(char *err, size_t errlen, const char *secret);
+
 /* Lowercase hex of len bytes into out (2*len+1). */
 void mv_hex(const unsigned char *in, size_t len, char *out);
 

@@ -20,6 +20,7 @@
 #define MV_GRAPH_H
 
 #include "mv/common.h"
+#include "mv/oauth.h"
 #include <stdint.h>
 
 typedef struct mv_graph mv_graph;
@@ -70,20 +71,9 @@ int64_t mv_graph_retry_after_ms(const mv_graph *g);
 mv_err mv_graph_token(mv_graph *g, const char **token, int64_t *expires_ms, char *err,
                       size_t errlen);
 void mv_graph_set_token(mv_graph *g, const char *token, int64_t expires_ms);
-/* Fetch a new token by the client-credentials grant now, whatever is installed. */
-mv_err mv_graph_fetch_token(mv_graph *g, const char **token, int64_t *expires_ms, char *err,
-                            size_t errlen);
-
-/* Where tokens come from, when the caller shares them (the worker: one cache for the cluster,
- * refreshed by one worker at a time). need is called instead of the token request whenever
- * the client has no fresh token; stale is the token the server just refused with a 401 (NULL
- * otherwise), so the source never hands it back. need installs a token with
- * mv_graph_set_token or mv_graph_fetch_token and returns MV_OK, or fails the request. */
-typedef struct mv_graph_token_source {
-    mv_err (*need)(void *ud, mv_graph *g, const char *stale, char *err, size_t errlen);
-    void *ud;
-} mv_graph_token_source;
-void mv_graph_set_token_source(mv_graph *g, const mv_graph_token_source *src); /* NULL removes */
+/* Where tokens come from when the caller shares them (the worker: one cache for the cluster,
+ * refreshed by one worker at a time): see mv_oauth_source in oauth.h. */
+void mv_graph_set_token_source(mv_graph *g, const mv_oauth_source *src); /* NULL removes */
 
 /* GET /users?$select=id,userPrincipalName,mail,assignedLicenses&$top=999, following
  * @odata.nextLink. licensed = assignedLicenses is non-empty. cb returns non-zero to stop. */
