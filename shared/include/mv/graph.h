@@ -20,6 +20,7 @@
 #define MV_GRAPH_H
 
 #include "mv/common.h"
+#include "mv/http.h"
 #include "mv/oauth.h"
 #include <stdint.h>
 
@@ -49,16 +50,9 @@ void mv_graph_opts_default(mv_graph_opts *o);
 mv_err mv_graph_open(const mv_graph_opts *o, mv_graph **out, char *err, size_t errlen);
 void mv_graph_close(mv_graph *g);
 
-/* A gate around every Graph request (not token requests): acquire is called before the
- * request is sent and may wait; a non-zero return fails the request with that code (err set
- * by acquire). release is called after the response (or the failure) when acquire returned
- * MV_OK. The worker uses it for Microsoft's per-mailbox limits shared through Redis. */
-typedef struct mv_graph_gate {
-    /* weight: how many Graph requests this HTTP request counts as (n for a $batch of n) */
-    mv_err (*acquire)(void *ud, int weight, char *err, size_t errlen);
-    void (*release)(void *ud, int weight);
-    void *ud;
-} mv_graph_gate;
+/* The gate around every Graph request (http.h); the worker keeps Microsoft's per-mailbox
+ * limits with it. */
+typedef mv_http_gate mv_graph_gate;
 void mv_graph_set_gate(mv_graph *g, const mv_graph_gate *gate); /* NULL removes it */
 
 /* Delay asked for by the last 429/503/504 (Retry-After seconds, in ms; 0 if none). */

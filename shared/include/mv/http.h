@@ -25,6 +25,17 @@
 
 typedef struct mv_http mv_http;
 
+/* A gate around every request to a service (not token requests): acquire is called before
+ * the request is sent and may wait; a non-zero return fails the request with that code (err
+ * set by acquire). release is called after the response (or the failure) when acquire
+ * returned MV_OK. weight: how many of the service's requests this HTTP request counts as (n
+ * for a Graph $batch of n). The worker uses it for the per-mailbox limits kept in Redis. */
+typedef struct mv_http_gate {
+    mv_err (*acquire)(void *ud, int weight, char *err, size_t errlen);
+    void (*release)(void *ud, int weight);
+    void *ud;
+} mv_http_gate;
+
 typedef struct mv_http_opts {
     const char *ca_file;    /* optional extra CA bundle */
     int verify;             /* 1 = verify TLS peer and host (default) */
