@@ -32,7 +32,10 @@ static const char usage_text[] =
     "  tenant list                           list tenants\n"
     "  tenant rm NAME                        remove a tenant with its profiles, credentials,\n"
     "                                        status and checkpoints (archived mail stays)\n"
-    "  profile add --tenant T --file F       add or replace a profile from a JSON file\n"
+    "  profile add --tenant T --file F [--mailboxes-csv C]\n"
+    "                                        add or replace a profile from a JSON file; an ews\n"
+    "                                        profile can take its mailbox list from a CSV file\n"
+    "                                        (column PrimarySmtpAddress, or the first)\n"
     "                                        (F = - reads standard input); passwords in the\n"
     "                                        file are encrypted, never stored in clear\n"
     "  profile list --tenant T               list profiles\n"
@@ -238,8 +241,11 @@ static char *read_file_bounded(const char *path)
 
 static int cmd_profile(cli *c, int argc, char **argv)
 {
-    opt opts[] = {
-        {"tenant", 1, NULL, 0}, {"file", 1, NULL, 0}, {"mailbox", 1, NULL, 0}, {NULL, 0, NULL, 0}};
+    opt opts[] = {{"tenant", 1, NULL, 0},
+                  {"file", 1, NULL, 0},
+                  {"mailbox", 1, NULL, 0},
+                  {"mailboxes-csv", 1, NULL, 0},
+                  {NULL, 0, NULL, 0}};
     const char *pos[2];
     int npos, rc;
     char err[MV_ERRLEN];
@@ -261,13 +267,23 @@ static int cmd_profile(cli *c, int argc, char **argv)
         if (!opts[1].value) {
             rc = cli_fail(2, "usage: mailvault profile add --tenant T --file F");
         } else if ((rc = load_key(c, key)) == 0 && (json = read_file_bounded(opts[1].value))) {
+            char *csv = NULL;
+            size_t added = 0;
             if (mv_profile_parse(json, 1, &p, err, sizeof err))
                 rc = cli_fail(1, "%s: %s", opts[1].value, err);
+            else if (opts[3].value && !(csv = read_file_bounded(opts[3].value)))
+                rc = 1;
+            else if (csv && p.source != MV_SOURCE_EWS)
+                rc = cli_fail(2, "--mailboxes-csv: only for ews profiles (IMAP mailboxes need "
+                                 "passwords; Graph reads the tenant directory)");
+            else if (csv && mv_profile_import_csv(&p, csv, strlen(csv), &added, err, sizeof err))
+                rc = cli_fail(1, "%s: %s", opts[3].value, err);
             else if (mv_jobs_profile_save(st, key, tenant, &p, err, sizeof err))
                 rc = cli_fail(1, "%s", err);
             else
-                printf("profile %s saved for tenant %s (%zu mailboxes)\n", p.name, tenant,
-                       p.nmailboxes);
+                printf("profile %s saved for tenant %s (%zu mailboxes%s)\n", p.name, tenant,
+                       p.nmailboxes, csv ? ", some from the CSV file" : "");
+            free(csv);
         } else if (!rc) {
             rc = 1;
         }

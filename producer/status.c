@@ -15,7 +15,7 @@ typedef struct mbox_status {
     char mailbox[256];
     char state[16], run[40], worker[128], folder[256], error[512];
     long long messages, total, raw, stored, dedup, heartbeat, started, finished, queued;
-    long long removed, throttled, deleted;
+    long long removed, throttled, deleted, skipped;
     int chunk, attempt;
 } mbox_status;
 
@@ -51,6 +51,7 @@ static int field_cb(void *ud, const char *f, const char *v)
     N("removed", m->removed);
     N("throttled", m->throttled);
     N("deleted_at_source", m->deleted);
+    N("skipped", m->skipped);
     if (strcmp(f, "chunk") == 0) m->chunk = atoi(v);
     if (strcmp(f, "attempt") == 0) m->attempt = atoi(v);
 #undef S
@@ -186,6 +187,7 @@ static void print_json(const status_list *l, const mv_lag *lag, int lag_ok)
         json_object_set_new(o, "removed_at_source", json_integer(m->removed));
         json_object_set_new(o, "throttled", json_integer(m->throttled));
         json_object_set_new(o, "deleted_at_source", json_integer(m->deleted));
+        json_object_set_new(o, "skipped", json_integer(m->skipped));
         json_object_set_new(o, "chunk", json_integer(m->chunk));
         json_object_set_new(o, "attempt", json_integer(m->attempt));
         json_object_set_new(o, "heartbeat_ms", json_integer(m->heartbeat));

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const char *const chunk_counter_fields[CHUNK_NCOUNTERS] = {
     "messages", "total_messages", "bytes_raw", "bytes_stored", "deduplicated"};
@@ -149,4 +150,64 @@ void chunk_counters(const chunk_ctx *c, int64_t incr[CHUNK_NCOUNTERS])
 void chunk_batch_end(chunk_ctx *c)
 {
     mv_segment_free(&c->seg);
+}
+
+int chunk_pause(chunk_ctx *c, int64_t ms)
+{
+    int64_t until = mv_mono_ms() + ms;
+    while (mv_mono_ms() < until) {
+        if (*c->r->stopping) return -1;
+        if (chunk_beat(c, 0)) return -1;
+        int64_t left = until - mv_mono_ms();
+        usleep((useconds_t)(left > 100 ? 100 : left > 0 ? left : 1) * 1000);
+    }
+    return 0;
+}
+
+int folder_list_add(folder_list *l, const char *id, const char *prefix, const char *path, int flag)
+{
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 32;
+        folder_item *nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv) return 1;
+        l->v = nv;
+        l->cap = nc;
+    }
+    folder_item *f = &l->v[l->n];
+    f->id = strdup(id);
+    f->path = prefix ? mv_aprintf("%s/%s", prefix, path) : strdup(path);
+    f->flag = flag;
+    if (!f->id || !f->path) {
+        free(f->id);
+        free(f->path);
+        return 1;
+    }
+    l->n++;
+    return 0;
+}
+
+void folder_list_truncate(folder_list *l, size_t n)
+{
+    while (l->n > n) {
+        l->n--;
+        free(l->v[l->n].id);
+        free(l->v[l->n].path);
+    }
+}
+
+static int cmp_path(const void *a, const void *b)
+{
+    return strcmp(((const folder_item *)a)->path, ((const folder_item *)b)->path);
+}
+
+void folder_list_sort(folder_list *l)
+{
+    if (l->n) qsort(l->v, l->n, sizeof *l->v, cmp_path);
+}
+
+void folder_list_free(folder_list *l)
+{
+    folder_list_truncate(l, 0);
+    free(l->v);
+    memset(l, 0, sizeof *l);
 }

@@ -43,9 +43,31 @@ mv_err imap_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *passw
                             char *err, size_t errlen);
 mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secret, int *more,
                              char *err, size_t errlen);
+mv_err ews_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secret, int *more,
+                           char *err, size_t errlen);
 
 /* Heartbeat + lease renewal, at most once a second unless force. */
 mv_err chunk_beat(chunk_ctx *c, int force);
+/* Sleep ms with heartbeats and the lease kept alive; -1 if the worker stops or the lease is
+ * lost meanwhile (a server's back-off, a throttling wait). */
+int chunk_pause(chunk_ctx *c, int64_t ms);
+
+/* The folders of a mailbox as a source lists them: id, path as indexed, and a flag of the
+ * source's own (EWS: public folder). folder_list_add copies; sort orders by path. */
+typedef struct folder_item {
+    char *id;
+    char *path;
+    int flag;
+} folder_item;
+typedef struct folder_list {
+    folder_item *v;
+    size_t n, cap;
+} folder_list;
+int folder_list_add(folder_list *l, const char *id, const char *prefix, const char *path,
+                    int flag); /* 0, or 1 when out of memory; prefix may be NULL */
+void folder_list_truncate(folder_list *l, size_t n);
+void folder_list_sort(folder_list *l);
+void folder_list_free(folder_list *l);
 
 /* A batch: messages go into c->seg; counters restart. */
 void chunk_batch_begin(chunk_ctx *c, const char *seg_folder, uint32_t generation, uint32_t first,

@@ -14,6 +14,8 @@
  * alive meanwhile); a longer one fails the attempt as transient, and the retry is scheduled
  * no earlier than the server asked. */
 #include "chunk.h"
+#include "gate.h"
+#include "idset.h"
 #include "tokens.h"
 
 #include "mv/archive.h"
@@ -31,16 +33,6 @@
 #define GRAPH_MAX_TRIES 5
 #define GRAPH_BATCH_PARALLEL 4 /* requests of one batch Graph runs at once per mailbox */
 
-typedef struct gfolder {
-    char *id;
-    char *path;
-} gfolder;
-
-typedef struct gfolders {
-    gfolder *v;
-    size_t n, cap;
-} gfolders;
-
 typedef struct gpage {
     char **ids;
     size_t n, cap;
@@ -52,37 +44,7 @@ static int folder_cb(void *ud, const char *id, const char *path, const char *wel
 {
     (void)well_known;
     (void)total;
-    gfolders *f = ud;
-    if (f->n == f->cap) {
-        size_t nc = f->cap ? f->cap * 2 : 16;
-        gfolder *nv = realloc(f->v, nc * sizeof *nv);
-        if (!nv) return 1;
-        f->v = nv;
-        f->cap = nc;
-    }
-    f->v[f->n].id = strdup(id);
-    f->v[f->n].path = strdup(path);
-    if (!f->v[f->n].id || !f->v[f->n].path) {
-        free(f->v[f->n].id);
-        free(f->v[f->n].path);
-        return 1;
-    }
-    f->n++;
-    return 0;
-}
-
-static int cmp_path(const void *a, const void *b)
-{
-    return strcmp(((const gfolder *)a)->path, ((const gfolder *)b)->path);
-}
-
-static void gfolders_free(gfolders *f)
-{
-    for (size_t i = 0; i < f->n; i++) {
-        free(f->v[i].id);
-        free(f->v[i].path);
-    }
-    free(f->v);
+    return folder_list_add(ud, id, NULL, path, 0);
 }
 
 static int delta_cb(void *ud, const char *message_id, int removed, const char *reason)
@@ -116,19 +78,6 @@ static void gpage_free(gpage *pg)
     memset(pg, 0, sizeof *pg);
 }
 
-/* Sleep ms with the lease kept alive; -1 if the worker stops or the lease is lost. */
-static int pause_for(chunk_ctx *c, int64_t ms)
-{
-    int64_t until = mv_mono_ms() + ms;
-    while (mv_mono_ms() < until) {
-        if (*c->r->stopping) return -1;
-        if (chunk_beat(c, 0)) return -1;
-        int64_t left = until - mv_mono_ms();
-        usleep((useconds_t)(left > 100 ? 100 : left > 0 ? left : 1) * 1000);
-    }
-    return 0;
-}
-
 /* After MV_EBUSY: wait out a short Retry-After (renewing the lease); 0 = try again. */
 static int wait_throttled(chunk_ctx *c, mv_graph *g, int tries, char *err, size_t errlen)
 {
@@ -138,49 +87,7 @@ static int wait_throttled(chunk_ctx *c, mv_graph *g, int tries, char *err, size_
     mv_warn("throttled by Graph, waiting", " tenant=%s mailbox=%s retry_after_ms=%lld",
             c->t->tenant, c->t->mailbox, (long long)ms);
     mv_state_status_incr(c->r->st, c->t->tenant, c->t->mailbox, "throttled", 1, err, errlen);
-    return pause_for(c, ms);
-}
-
-/* Microsoft's per-mailbox limits, kept by every worker together through Redis (state.h). */
-typedef struct gate_ud {
-    chunk_ctx *c;
-    char scope[768];
-    char req[37];
-    mv_limit lim;
-} gate_ud;
-
-static mv_err gate_acquire(void *ud, int weight, char *err, size_t errlen)
-{
-    gate_ud *gu = ud;
-    chunk_ctx *c = gu->c;
-    for (;;) {
-        int admitted = 0;
-        int64_t wait = 0;
-        mv_uuid(gu->req);
-        mv_err rc = mv_state_limit_acquire_n(c->r->st, gu->scope, gu->req, &gu->lim, weight,
-                                             &admitted, &wait, err, errlen);
-        if (rc || admitted) return rc;
-        if (wait > GRAPH_MAX_WAIT_MS) { /* the window is spent for longer: give the attempt back */
-            c->retry_after_ms = wait;
-            return mv_seterr(err, errlen, MV_EBUSY,
-                             "request budget of the mailbox spent for %lld ms more (%d requests "
-                             "per %lld s)",
-                             (long long)wait, gu->lim.window_requests,
-                             (long long)(gu->lim.window_ms / 1000));
-        }
-        if (*c->r->stopping) return mv_seterr(err, errlen, MV_ECANCEL, "shutting down");
-        if ((rc = chunk_beat(c, 0))) return mv_seterr(err, errlen, rc, "%s", c->err);
-        int64_t nap = wait > 0 ? (wait < 500 ? wait : 500) : 10;
-        usleep((useconds_t)nap * 1000);
-    }
-}
-
-static void gate_release(void *ud, int weight)
-{
-    gate_ud *gu = ud;
-    char err[MV_ERRLEN];
-    if (mv_state_limit_release_n(gu->c->r->st, gu->scope, gu->req, weight, err, sizeof err))
-        mv_warn("limit release failed (the slot expires by itself)", " error=\"%s\"", err);
+    return chunk_pause(c, ms);
 }
 
 typedef struct mime_ud {
@@ -300,7 +207,7 @@ static mv_err fetch_messages(chunk_ctx *c, mv_graph *g, const char *user, char *
                 return mv_seterr(err, errlen, MV_EBUSY,
                                  "throttled by Graph inside a batch for %lld ms", (long long)wait);
             }
-            if (pause_for(c, wait > 0 ? wait : 1000))
+            if (chunk_pause(c, wait > 0 ? wait : 1000))
                 return mv_seterr(err, errlen, MV_ECANCEL, "shutting down");
         }
         for (size_t j = 0; j < k && !rc; j++) {
@@ -342,49 +249,6 @@ static mv_err read_page(chunk_ctx *c, mv_graph *g, const char *user, const char 
  * the store. The candidates are listed whole before the first DELETE, since Graph pages a
  * listing by $skip. A crash between archiving and deleting leaves the message at the source
  * for the next run's sweep: nothing is deleted that is not archived. */
-typedef struct idset {
-    char **v;
-    size_t n, cap;
-    int sorted, loaded;
-} idset;
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static int idset_add(idset *s, const char *id)
-{
-    if (s->n == s->cap) {
-        size_t nc = s->cap ? s->cap * 2 : 256;
-        char **nv = realloc(s->v, nc * sizeof *nv);
-        if (!nv) return 1;
-        s->v = nv;
-        s->cap = nc;
-    }
-    if (!(s->v[s->n] = strdup(id))) return 1;
-    s->n++;
-    s->sorted = 0;
-    return 0;
-}
-
-static int idset_has(idset *s, const char *id)
-{
-    if (!s->sorted) {
-        qsort(s->v, s->n, sizeof *s->v, cmp_str);
-        s->sorted = 1;
-    }
-    return bsearch(&id, s->v, s->n, sizeof *s->v, cmp_str) != NULL;
-}
-
-static void idset_free(idset *s)
-{
-    for (size_t i = 0; i < s->n; i++)
-        free(s->v[i]);
-    free(s->v);
-    memset(s, 0, sizeof *s);
-}
-
 typedef struct load_ud {
     chunk_ctx *c;
     idset *set;
@@ -410,8 +274,8 @@ static int cand_cb(void *ud, const char *id)
     return delta_cb(cu->out, id, 0, "");
 }
 
-static mv_err sweep_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, idset *archived, char *err,
-                           size_t errlen)
+static mv_err sweep_folder(chunk_ctx *c, mv_graph *g, const folder_item *f, idset *archived,
+                           char *err, size_t errlen)
 {
     const mv_task *t = c->t;
     mv_err rc = MV_OK;
@@ -477,7 +341,7 @@ typedef struct gtask {
     char err[MV_ERRLEN];
 } gtask;
 
-static mv_err maybe_sweep(chunk_ctx *c, mv_graph *g, const gfolder *f, gtask *gt, char *err,
+static mv_err maybe_sweep(chunk_ctx *c, mv_graph *g, const folder_item *f, gtask *gt, char *err,
                           size_t errlen)
 {
     if (!c->profile->delete_enabled || gt->refused) return MV_OK;
@@ -494,7 +358,7 @@ static mv_err maybe_sweep(chunk_ctx *c, mv_graph *g, const gfolder *f, gtask *gt
     return rc;
 }
 
-static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const gfolder *f, gtask *gt, int *more,
+static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const folder_item *f, gtask *gt, int *more,
                           char *err, size_t errlen)
 {
     mv_runner *r = c->r;
@@ -625,7 +489,7 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
     o.timeout_ms = 3600 * 1000;
     o.max_message = (uint64_t)r->cfg->max_message_bytes;
     mv_graph *g = NULL;
-    gfolders fl = {0};
+    folder_list fl = {0};
     gtask gt;
     memset(&gt, 0, sizeof gt);
     gt.batch_size = r->cfg->graph_batch_size;
@@ -638,28 +502,26 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
     c->profile = p;
     mv_err rc = mv_graph_open(&o, &g, err, errlen);
     if (rc) goto out;
-    gate_ud gu;
-    memset(&gu, 0, sizeof gu);
-    gu.c = c;
-    gu.lim.max_concurrent = r->cfg->graph_max_concurrent;
-    gu.lim.window_requests = r->cfg->graph_window_requests;
-    gu.lim.window_ms = (int64_t)r->cfg->graph_window_seconds * 1000;
-    gu.lim.hold_ms = 10 * 60 * 1000; /* a crashed worker's slot frees itself after this */
+    /* Microsoft's per-mailbox limits, kept by every worker together through Redis */
+    worker_gate wg;
+    worker_gate_init(&wg, c);
+    mv_limit lim = {.max_concurrent = r->cfg->graph_max_concurrent,
+                    .window_requests = r->cfg->graph_window_requests,
+                    .window_ms = (int64_t)r->cfg->graph_window_seconds * 1000,
+                    .hold_ms = 10 * 60 * 1000}; /* a crashed worker's slot frees itself */
+    char scope[768];
     if (r->cfg->graph_limit_per_app)
-        snprintf(gu.scope, sizeof gu.scope, "app:%s:%s:%s", p->tenant_id, p->client_id,
-                 c->t->mailbox);
+        snprintf(scope, sizeof scope, "app:%s:%s:%s", p->tenant_id, p->client_id, c->t->mailbox);
     else
-        snprintf(gu.scope, sizeof gu.scope, "mbx:%s:%s", c->t->tenant, c->t->mailbox);
-    if (gu.lim.max_concurrent > 0 || gu.lim.window_requests > 0) {
-        mv_graph_gate gate = {gate_acquire, gate_release, &gu};
-        mv_graph_set_gate(g, &gate);
-    }
+        snprintf(scope, sizeof scope, "mbx:%s:%s", c->t->tenant, c->t->mailbox);
+    worker_gate_add(&wg, scope, &lim, "mailbox");
+    mv_http_gate gate = worker_gate_hook(&wg);
+    if (gate.acquire) mv_graph_set_gate(g, &gate);
     token_cache tc = {c, p->graph_base};
     mv_oauth_source ts = token_cache_source(&tc);
     mv_graph_set_token_source(g, &ts);
     for (int tries = 0;; tries++) {
-        gfolders_free(&fl);
-        memset(&fl, 0, sizeof fl);
+        folder_list_free(&fl);
         rc = mv_graph_list_folders(g, c->t->mailbox, folder_cb, &fl, err, errlen);
         if (rc != MV_EBUSY || wait_throttled(c, g, tries, err, errlen)) break;
     }
@@ -671,7 +533,7 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
         goto out;
     }
     if (rc) goto out;
-    qsort(fl.v, fl.n, sizeof *fl.v, cmp_path);
+    folder_list_sort(&fl);
     for (size_t i = 0; i < fl.n && !*more; i++) {
         if (!mv_profile_folder_selected(p, fl.v[i].path)) continue;
         c->folder = fl.v[i].path;
@@ -690,7 +552,7 @@ out:
                 c->t->tenant, c->t->mailbox, (long long)nb);
         c->retry_after_ms = nb;
     }
-    gfolders_free(&fl);
+    folder_list_free(&fl);
     idset_free(&gt.archived);
     mv_graph_close(g);
     return rc;

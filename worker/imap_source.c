@@ -20,11 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct folder_list {
-    char **names;
-    size_t n, cap;
-} folder_list;
-
 typedef struct imap_batch {
     chunk_ctx *c;
     uint32_t first, last;
@@ -33,31 +28,8 @@ typedef struct imap_batch {
 static int list_cb(void *ud, const char *name, char delim, const char *flags)
 {
     (void)delim;
-    folder_list *fl = ud;
     if (strcasestr(flags, "\\Noselect") || strcasestr(flags, "\\NonExistent")) return 0;
-    if (fl->n == fl->cap) {
-        size_t nc = fl->cap ? fl->cap * 2 : 16;
-        char **nn = realloc(fl->names, nc * sizeof *nn);
-        if (!nn) return 1;
-        fl->names = nn;
-        fl->cap = nc;
-    }
-    fl->names[fl->n] = strdup(name);
-    if (!fl->names[fl->n]) return 1;
-    fl->n++;
-    return 0;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void folder_list_free(folder_list *fl)
-{
-    for (size_t i = 0; i < fl->n; i++)
-        free(fl->names[i]);
-    free(fl->names);
+    return folder_list_add(ud, name, NULL, name, 0);
 }
 
 static int on_body_begin(void *ud, uint64_t size)
@@ -159,10 +131,10 @@ mv_err imap_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *passw
         goto out;
     }
     if ((rc = mv_imap_list(im, list_cb, &fl, err, errlen))) goto out;
-    qsort(fl.names, fl.n, sizeof *fl.names, cmp_str);
+    folder_list_sort(&fl);
 
     for (size_t i = 0; i < fl.n; i++) {
-        const char *folder = fl.names[i];
+        const char *folder = fl.v[i].path;
         if (!mv_profile_folder_selected(p, folder)) continue;
         c->folder = folder;
         if ((rc = chunk_beat(c, 0))) {

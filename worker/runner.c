@@ -158,12 +158,13 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
 
     if ((cause = mv_jobs_profile_load(r->st, t.tenant, t.profile, &p, why, sizeof why)))
         goto failed;
-    if (mv_profile_find_mailbox(&p, t.mailbox) < 0 && !p.directory) {
+    if (mv_profile_find_mailbox(&p, t.mailbox) < 0 && !p.directory &&
+        !(p.public_folders && strcmp(p.pf_archive_as, t.mailbox) == 0)) {
         cause = mv_seterr(why, sizeof why, MV_ENOTFOUND, "mailbox %s is not in profile %s",
                           t.mailbox, t.profile);
         goto failed;
     }
-    const char *slot = p.source == MV_SOURCE_GRAPH ? mv_jobs_graph_slot(&p) : t.mailbox;
+    const char *slot = p.source != MV_SOURCE_IMAP ? mv_jobs_graph_slot(&p) : t.mailbox;
     if ((cause = mv_jobs_credential(r->st, r->master_key, t.tenant, t.profile, slot, &password, why,
                                     sizeof why)))
         goto failed;
@@ -174,6 +175,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     }
     if (p.source == MV_SOURCE_GRAPH)
         cause = graph_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
+    else if (p.source == MV_SOURCE_EWS)
+        cause = ews_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
     else
         cause = imap_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
     retry_after_ms = cc.retry_after_ms;

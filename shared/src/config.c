@@ -71,6 +71,10 @@ static const key_def keys[] = {
     K_INT("graph.window_requests", graph_window_requests, 0, 10000000),
     K_INT("graph.window_seconds", graph_window_seconds, 1, 86400),
     K_INT("graph.batch_size", graph_batch_size, 1, 20),
+    K_INT("ews.max_concurrent", ews_max_concurrent, 0, 64),
+    K_INT("ews.account_max_concurrent", ews_account_max_concurrent, 0, 1000),
+    K_INT("ews.sync_page", ews_sync_page, 1, 512),
+    K_INT("ews.get_batch", ews_get_batch, 1, 50),
     {"graph.limit_scope", offsetof(mv_config, graph_limit_per_app), FIELD_SIZE(graph_limit_per_app),
      KT_SCOPE, 0, 1},
     {"log.level", offsetof(mv_config, log_level), FIELD_SIZE(log_level), KT_LOGLEVEL, 0, 3},
@@ -108,6 +112,10 @@ void mv_config_defaults(mv_config *c)
     c->graph_window_seconds = 600;
     c->graph_batch_size = 20;
     c->graph_limit_per_app = 0;
+    c->ews_max_concurrent = 10;
+    c->ews_account_max_concurrent = 27;
+    c->ews_sync_page = 100;
+    c->ews_get_batch = 10;
 }
 
 static const key_def *find_key(const char *name)

@@ -32,11 +32,19 @@ static int check_other_profile(void *ud, const char *name)
     char perr[MV_ERRLEN];
     if (mv_jobs_profile_load(o->st, o->tenant, name, &q, perr, sizeof perr)) return 0;
     for (size_t i = 0; i < o->p->nmailboxes && !o->rc; i++)
-        if (mv_profile_find_mailbox(&q, o->p->mailboxes[i].login) >= 0)
+        if (mv_profile_find_mailbox(&q, o->p->mailboxes[i].login) >= 0 ||
+            (q.public_folders && strcmp(q.pf_archive_as, o->p->mailboxes[i].login) == 0))
             o->rc = mv_seterr(o->err, o->errlen, MV_EEXIST,
                               "mailboxes[%zu].login: \"%s\" already belongs to profile \"%s\" of "
                               "tenant \"%s\"",
                               i, o->p->mailboxes[i].login, name, o->tenant);
+    if (!o->rc && o->p->public_folders &&
+        (mv_profile_find_mailbox(&q, o->p->pf_archive_as) >= 0 ||
+         (q.public_folders && strcmp(q.pf_archive_as, o->p->pf_archive_as) == 0)))
+        o->rc = mv_seterr(o->err, o->errlen, MV_EEXIST,
+                          "public_folders.archive_as: \"%s\" already belongs to profile \"%s\" of "
+                          "tenant \"%s\"",
+                          o->p->pf_archive_as, name, o->tenant);
     mv_profile_free(&q);
     return o->rc ? 1 : 0;
 }
@@ -76,22 +84,30 @@ mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], c
 {
     if (!mv_state_tenant_exists(st, tenant))
         return mv_seterr(err, errlen, MV_ENOTFOUND, "tenant \"%s\" does not exist", tenant);
+    if (p->source == MV_SOURCE_EWS && !p->nmailboxes && !p->public_folders)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "mailboxes: missing (list them, import them with --mailboxes-csv, or "
+                         "archive public_folders)");
     other_profiles o = {st, tenant, p, MV_OK, err, errlen};
     char lerr[MV_ERRLEN];
     mv_err rc = mv_state_profile_list(st, tenant, check_other_profile, &o, lerr, sizeof lerr);
     if (o.rc) return o.rc;
     if (rc) return mv_seterr(err, errlen, rc, "%s", lerr);
-    if (p->source == MV_SOURCE_GRAPH && p->client_cert_pem) {
-        rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_KEY, p->client_key_pem,
-                          "graph.private_key_file", err, errlen);
+    const char *sec = p->source == MV_SOURCE_EWS ? "ews" : "graph";
+    char field[64];
+    if (p->source != MV_SOURCE_IMAP && p->client_cert_pem) {
+        snprintf(field, sizeof field, "%s.private_key_file", sec);
+        rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_KEY, p->client_key_pem, field,
+                          err, errlen);
         if (rc) return rc;
-    } else if (p->source == MV_SOURCE_GRAPH) {
-        rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_CRED, p->client_secret,
-                          "graph.client_secret", err, errlen);
+    } else if (p->source != MV_SOURCE_IMAP) {
+        int app = p->source == MV_SOURCE_GRAPH || p->ews_auth == MV_EWS_AUTH_OAUTH;
+        snprintf(field, sizeof field, "%s.%s", sec, app ? "client_secret" : "password");
+        rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_CRED, p->client_secret, field,
+                          err, errlen);
         if (rc) return rc;
     }
     for (size_t i = 0; i < p->nmailboxes && p->source == MV_SOURCE_IMAP; i++) {
-        char field[64];
         snprintf(field, sizeof field, "mailboxes[%zu].password", i);
         rc = seal_or_keep(st, key, tenant, p->name, p->mailboxes[i].login, p->mailboxes[i].password,
                           field, err, errlen);
@@ -170,6 +186,36 @@ void mv_jobs_graph_opts(mv_graph_opts *o, const mv_config *c, const mv_profile *
     o->idle_timeout_ms = c->imap_timeout_ms;
 }
 
+void mv_jobs_ews_opts(mv_ews_opts *o, const mv_config *c, const mv_profile *p,
+                      const char *credential)
+{
+    mv_ews_opts_default(o);
+    o->url = p->ews_url;
+    o->auth = p->ews_auth == MV_EWS_AUTH_OAUTH  ? MV_EWS_OAUTH
+              : p->ews_auth == MV_EWS_AUTH_NTLM ? MV_EWS_NTLM
+                                                : MV_EWS_BASIC;
+    if (o->auth == MV_EWS_OAUTH) {
+        o->login_base = p->login_base;
+        o->tenant_id = p->tenant_id;
+        o->client_id = p->client_id;
+        if (p->client_cert_pem) {
+            o->client_key_pem = credential;
+            o->client_cert_pem = p->client_cert_pem;
+        } else {
+            o->client_secret = credential;
+        }
+    } else {
+        o->username = p->ews_username;
+        o->password = credential;
+    }
+    o->server_version = p->ews_server_version;
+    o->impersonate = p->ews_impersonate;
+    o->verify = p->verify;
+    o->ca_file = c->ca_file[0] ? c->ca_file : NULL;
+    o->idle_timeout_ms = c->imap_timeout_ms;
+    o->max_message = (uint64_t)c->max_message_bytes;
+}
+
 typedef struct login_list {
     char **v;
     size_t n, cap;
@@ -214,6 +260,7 @@ static mv_err run_logins(const mv_config *c, mv_state *st, const unsigned char *
 {
     for (size_t i = 0; i < p->nmailboxes; i++)
         if (add_login(l, p->mailboxes[i].login)) return MV_ENOMEM;
+    if (p->public_folders && add_login(l, p->pf_archive_as)) return MV_ENOMEM;
     if (!p->directory) return MV_OK;
     if (!key)
         return mv_seterr(err, errlen, MV_EINVAL,
@@ -283,8 +330,8 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
                                  t.id, "run", run_id, "profile", profile, "chunk", "0", "attempt",
                                  "0", "messages", "0", "bytes_raw", "0", "bytes_stored", "0",
                                  "deduplicated", "0", "removed", "0", "throttled", "0",
-                                 "deleted_at_source", "0", "error", "", "queued_ms", nowtxt,
-                                 "started_ms", "", "finished_ms", "", "folder", "", NULL);
+                                 "deleted_at_source", "0", "skipped", "0", "error", "", "queued_ms",
+                                 nowtxt, "started_ms", "", "finished_ms", "", "folder", "", NULL);
         if (!rc) rc = mv_producer_send(pr, c->topic_tasks, k, buf, len, err, errlen);
         free(buf);
         if (rc) goto out;
@@ -310,6 +357,17 @@ static int count_graph_folder(void *ud, const char *id, const char *path, const 
     (void)id;
     (void)path;
     (void)wk;
+    (void)total;
+    ((folder_count *)ud)->n++;
+    return 0;
+}
+
+static int count_ews_folder(void *ud, const char *id, const char *path, const char *folder_class,
+                            uint64_t total)
+{
+    (void)id;
+    (void)path;
+    (void)folder_class;
     (void)total;
     ((folder_count *)ud)->n++;
     return 0;
@@ -341,6 +399,17 @@ static void verdict(mv_err rc, const char *what, const char *detail, char *out, 
                "consent";
     else if (strstr(detail, "MailboxNotEnabledForRESTAPI"))
         hint = "the user has no Exchange Online mailbox";
+    else if (strstr(detail, "EWS blocked"))
+        hint = "EWS is turned off for the organisation or this mailbox (Exchange Online retires "
+               "EWS: allow it with Set-OrganizationConfig -EwsEnabled $true and "
+               "Set-CASMailbox -EwsEnabled $true, or archive through Graph)";
+    else if (strstr(detail, "ErrorImpersonateUserDenied") ||
+             strstr(detail, "ErrorImpersonationDenied"))
+        hint = "the service account may not impersonate this mailbox (assign the "
+               "ApplicationImpersonation role: New-ManagementRoleAssignment -Role "
+               "ApplicationImpersonation -User <account>)";
+    else if (strstr(detail, "ErrorNonExistentMailbox"))
+        hint = "the mailbox does not exist";
     else if (rc == MV_ENOTFOUND)
         hint = "the mailbox does not exist";
     else if (rc == MV_EAUTH)
@@ -392,6 +461,28 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
                      fc.n);
         }
         mv_graph_close(g);
+    } else if (p.source == MV_SOURCE_EWS) {
+        if (!mb && p.public_folders) mb = p.pf_mailbox;
+        if (!mb) {
+            rc = mv_seterr(err, errlen, MV_EINVAL, "profile has no mailbox to test");
+            goto out;
+        }
+        if ((rc = mv_jobs_credential(st, key, tenant, p.name, mv_jobs_graph_slot(&p), &secret, err,
+                                     errlen)))
+            goto out;
+        mv_ews_opts o;
+        mv_jobs_ews_opts(&o, c, &p, secret);
+        mv_ews *e = NULL;
+        if ((rc = mv_ews_open(&o, &e, err, errlen))) goto out;
+        char what[600];
+        snprintf(what, sizeof what, "mailbox %s at %s", mb, p.ews_url);
+        if ((rc = mv_ews_list_folders(e, mb, MV_EWS_ROOT_MAILBOX, count_ews_folder, &fc, detail,
+                                      sizeof detail)))
+            verdict(rc, what, detail, report, reportlen);
+        else
+            snprintf(report, reportlen, "OK %s: %d folders (Exchange %s)", what, fc.n,
+                     mv_ews_server_version(e));
+        mv_ews_close(e);
     } else {
         if (!mb) {
             rc = mv_seterr(err, errlen, MV_EINVAL, "profile has no mailbox to test");

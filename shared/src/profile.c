@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static mv_err check_keys(json_t *obj, const char *path, const char *const *allowed, char *err,
                          size_t errlen)
@@ -106,33 +107,34 @@ static char *read_pem_file(const char *path, const char *field, char *err, size_
 
 /* A certificate credential: on input "certificate_file" + "private_key_file" (paths, read
  * now; the key becomes a sealed secret), stored as "certificate" (the PEM, public). */
-static mv_err get_cert(json_t *gr, int allow_secrets, mv_profile *p, char *err, size_t errlen)
+static mv_err get_cert(json_t *gr, const char *sec, int allow_secrets, mv_profile *p, char *err,
+                       size_t errlen)
 {
     json_t *cf = json_object_get(gr, "certificate_file");
     json_t *kf = json_object_get(gr, "private_key_file");
     json_t *cp = json_object_get(gr, "certificate");
     if ((cf || kf) && !allow_secrets)
         return mv_seterr(err, errlen, MV_EINVAL,
-                         "graph.private_key_file: a stored profile must not contain secrets");
+                         "%s.private_key_file: a stored profile must not contain secrets", sec);
     if (!cf != !kf)
         return mv_seterr(err, errlen, MV_EINVAL,
-                         "graph.certificate_file and graph.private_key_file go together");
+                         "%s.certificate_file and %s.private_key_file go together", sec, sec);
     if (cf) {
         if (!json_is_string(cf) || !json_is_string(kf))
             return mv_seterr(err, errlen, MV_EINVAL,
-                             "graph.certificate_file, graph.private_key_file: must be paths");
+                             "%s.certificate_file, %s.private_key_file: must be paths", sec, sec);
         if (!(p->client_cert_pem =
-                  read_pem_file(json_string_value(cf), "graph.certificate_file", err, errlen)) ||
+                  read_pem_file(json_string_value(cf), "certificate_file", err, errlen)) ||
             !(p->client_key_pem =
-                  read_pem_file(json_string_value(kf), "graph.private_key_file", err, errlen)))
+                  read_pem_file(json_string_value(kf), "private_key_file", err, errlen)))
             return MV_EINVAL;
         return MV_OK;
     }
     if (cp) {
         if (!json_is_string(cp) || !strstr(json_string_value(cp), "-----BEGIN CERTIFICATE") ||
             strlen(json_string_value(cp)) > PEM_MAX)
-            return mv_seterr(err, errlen, MV_EINVAL,
-                             "graph.certificate: must be a PEM certificate");
+            return mv_seterr(err, errlen, MV_EINVAL, "%s.certificate: must be a PEM certificate",
+                             sec);
         if (!(p->client_cert_pem = strdup(json_string_value(cp)))) return MV_ENOMEM;
     }
     return MV_OK;
@@ -152,10 +154,159 @@ static mv_err check_base_url(const char *field, const char *url, char *err, size
                      "%s: must be an https:// URL (http:// only to a loopback address)", field);
 }
 
+/* A secret on input (client secret, service account password): refused in a stored profile. */
+static mv_err get_secret(json_t *obj, const char *key, const char *sec, int allow_secrets,
+                         char **out, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v) return MV_OK;
+    if (!allow_secrets)
+        return mv_seterr(err, errlen, MV_EINVAL, "%s.%s: a stored profile must not contain secrets",
+                         sec, key);
+    if (!json_is_string(v) || !*json_string_value(v) || strlen(json_string_value(v)) > 4096)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "%s.%s: must be a non-empty string of at most 4096 bytes", sec, key);
+    if (!(*out = strdup(json_string_value(v)))) return MV_ENOMEM;
+    return MV_OK;
+}
+
+static mv_err get_verify(json_t *obj, const char *sec, int *out, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(obj, "verify");
+    if (!v) return MV_OK;
+    if (!json_is_boolean(v))
+        return mv_seterr(err, errlen, MV_EINVAL, "%s.verify: must be true or false", sec);
+    *out = json_is_true(v);
+    return MV_OK;
+}
+
+/* An Entra ID app registration (tenant, client id, national cloud, secret or certificate), as
+ * the graph section has it and the ews section with "auth": "oauth". */
+static mv_err get_app(json_t *obj, const char *sec, int allow_secrets, mv_profile *p, char *err,
+                      size_t errlen)
+{
+    char pre[16];
+    snprintf(pre, sizeof pre, "%s.", sec);
+    mv_err rc;
+    if ((rc = get_str(obj, "tenant_id", pre, 1, p->tenant_id, sizeof p->tenant_id, err, errlen)) ||
+        (rc = get_str(obj, "client_id", pre, 1, p->client_id, sizeof p->client_id, err, errlen)))
+        return rc;
+    for (const char *c = p->tenant_id; *c; c++)
+        if (!(isalnum((unsigned char)*c) || *c == '-' || *c == '.'))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "%s.tenant_id: \"%s\" is not a tenant id or domain", sec,
+                             p->tenant_id);
+    snprintf(p->cloud, sizeof p->cloud, "global");
+    if ((rc = get_str(obj, "cloud", pre, 0, p->cloud, sizeof p->cloud, err, errlen))) return rc;
+    if (strcmp(p->cloud, "global") == 0)
+        snprintf(p->login_base, sizeof p->login_base, "https://login.microsoftonline.com");
+    else if (strcmp(p->cloud, "china") == 0)
+        snprintf(p->login_base, sizeof p->login_base, "https://login.chinacloudapi.cn");
+    else
+        return mv_seterr(err, errlen, MV_EINVAL, "%s.cloud: \"%s\" is not one of global, china",
+                         sec, p->cloud);
+    if ((rc = get_str(obj, "login_base", pre, 0, p->login_base, sizeof p->login_base, err, errlen)))
+        return rc;
+    char field[32];
+    snprintf(field, sizeof field, "%s.login_base", sec);
+    if ((rc = check_base_url(field, p->login_base, err, errlen))) return rc;
+    if ((rc = get_cert(obj, sec, allow_secrets, p, err, errlen))) return rc;
+    return get_secret(obj, "client_secret", sec, allow_secrets, &p->client_secret, err, errlen);
+}
+
+static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err, size_t errlen)
+{
+    static const char *const ews_keys[] = {"url",
+                                           "auth",
+                                           "username",
+                                           "password",
+                                           "impersonation",
+                                           "server_version",
+                                           "verify",
+                                           "tenant_id",
+                                           "client_id",
+                                           "client_secret",
+                                           "cloud",
+                                           "login_base",
+                                           "certificate_file",
+                                           "private_key_file",
+                                           "certificate",
+                                           NULL};
+    mv_err rc;
+    if (!json_is_object(ew)) return mv_seterr(err, errlen, MV_EINVAL, "ews: must be an object");
+    if ((rc = check_keys(ew, "ews.", ews_keys, err, errlen))) return rc;
+    char auth[16] = "basic";
+    if ((rc = get_str(ew, "auth", "ews.", 0, auth, sizeof auth, err, errlen))) return rc;
+    if (strcmp(auth, "basic") == 0)
+        p->ews_auth = MV_EWS_AUTH_BASIC;
+    else if (strcmp(auth, "ntlm") == 0)
+        p->ews_auth = MV_EWS_AUTH_NTLM;
+    else if (strcmp(auth, "oauth") == 0)
+        p->ews_auth = MV_EWS_AUTH_OAUTH;
+    else
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "ews.auth: \"%s\" is not one of basic, ntlm, oauth", auth);
+    static const char *const app_keys[] = {
+        "tenant_id",        "client_id",        "client_secret", "cloud", "login_base",
+        "certificate_file", "private_key_file", "certificate",   NULL};
+    if (p->ews_auth == MV_EWS_AUTH_OAUTH) {
+        if (json_object_get(ew, "username") || json_object_get(ew, "password"))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "ews.username, ews.password: not used with \"auth\": \"oauth\"");
+        if ((rc = get_app(ew, "ews", allow_secrets, p, err, errlen))) return rc;
+        snprintf(p->ews_url, sizeof p->ews_url, "%s",
+                 strcmp(p->cloud, "china") == 0
+                     ? "https://partner.outlook.cn/EWS/Exchange.asmx"
+                     : "https://outlook.office365.com/EWS/Exchange.asmx");
+    } else {
+        for (size_t i = 0; app_keys[i]; i++)
+            if (json_object_get(ew, app_keys[i]))
+                return mv_seterr(err, errlen, MV_EINVAL,
+                                 "ews.%s: only used with \"auth\": \"oauth\"", app_keys[i]);
+        if ((rc = get_str(ew, "username", "ews.", 1, p->ews_username, sizeof p->ews_username, err,
+                          errlen)))
+            return rc;
+        if (mv_has_ctl(p->ews_username) || strchr(p->ews_username, ':'))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "ews.username: no spaces, control characters or ':'");
+        if ((rc = get_secret(ew, "password", "ews", allow_secrets, &p->client_secret, err, errlen)))
+            return rc;
+    }
+    if ((rc = get_str(ew, "url", "ews.", p->ews_auth != MV_EWS_AUTH_OAUTH, p->ews_url,
+                      sizeof p->ews_url, err, errlen)))
+        return rc;
+    if ((rc = check_base_url("ews.url", p->ews_url, err, errlen))) return rc;
+    p->ews_impersonate = 1;
+    json_t *imp = json_object_get(ew, "impersonation");
+    if (imp) {
+        if (!json_is_boolean(imp))
+            return mv_seterr(err, errlen, MV_EINVAL, "ews.impersonation: must be true or false");
+        p->ews_impersonate = json_is_true(imp);
+    }
+    snprintf(p->ews_server_version, sizeof p->ews_server_version, "Exchange2016");
+    if ((rc = get_str(ew, "server_version", "ews.", 0, p->ews_server_version,
+                      sizeof p->ews_server_version, err, errlen)))
+        return rc;
+    static const char *const versions[] = {
+        "Exchange2013", "Exchange2013_SP1", "Exchange2015", "Exchange2016", "V2015_10_05",
+        "V2016_01_06",  "V2016_04_13",      "V2016_07_13",  "V2016_10_10",  "V2017_01_07",
+        "V2017_04_14",  "V2017_07_11",      "V2017_10_09",  "V2018_01_08",  NULL};
+    int known = 0;
+    for (size_t i = 0; versions[i]; i++)
+        known |= strcmp(versions[i], p->ews_server_version) == 0;
+    if (!known)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "ews.server_version: \"%s\" is not an EWS version (Exchange2013 .. "
+                         "Exchange2016, V2015_10_05 .. V2018_01_08)",
+                         p->ews_server_version);
+    return get_verify(ew, "ews", &p->verify, err, errlen);
+}
+
 static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *err, size_t errlen)
 {
-    static const char *const top_keys[] = {"name",      "type",      "server",   "graph", "folders",
-                                           "mailboxes", "directory", "deletion", NULL};
+    static const char *const top_keys[] = {
+        "name",      "type",     "server",          "graph",          "ews", "folders", "mailboxes",
+        "directory", "deletion", "archive_mailbox", "public_folders", NULL};
     static const char *const server_keys[] = {"host", "port", "tls", "verify", NULL};
     static const char *const graph_keys[] = {"tenant_id",
                                              "client_id",
@@ -187,73 +338,39 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
         p->source = MV_SOURCE_IMAP;
     else if (strcmp(p->type, "graph") == 0)
         p->source = MV_SOURCE_GRAPH;
+    else if (strcmp(p->type, "ews") == 0)
+        p->source = MV_SOURCE_EWS;
     else
         return mv_seterr(err, errlen, MV_EINVAL,
-                         "type: \"%s\" is not supported (supported: imap, graph)", p->type);
+                         "type: \"%s\" is not supported (supported: imap, graph, ews)", p->type);
     p->verify = 1;
 
     json_t *srv = json_object_get(root, "server");
     json_t *gr = json_object_get(root, "graph");
-    if (p->source == MV_SOURCE_GRAPH) {
+    json_t *ew = json_object_get(root, "ews");
+    if (ew && p->source != MV_SOURCE_EWS)
+        return mv_seterr(err, errlen, MV_EINVAL, "ews: not used by type %s", p->type);
+    if (p->source == MV_SOURCE_EWS) {
+        if (srv || gr)
+            return mv_seterr(err, errlen, MV_EINVAL, "%s: not used by type ews",
+                             srv ? "server" : "graph");
+        if (!ew) return mv_seterr(err, errlen, MV_EINVAL, "ews: missing");
+        if ((rc = parse_ews(ew, allow_secrets, p, err, errlen))) return rc;
+    } else if (p->source == MV_SOURCE_GRAPH) {
         if (srv) return mv_seterr(err, errlen, MV_EINVAL, "server: not used by type graph");
         if (!gr) return mv_seterr(err, errlen, MV_EINVAL, "graph: missing");
         if (!json_is_object(gr))
             return mv_seterr(err, errlen, MV_EINVAL, "graph: must be an object");
         if ((rc = check_keys(gr, "graph.", graph_keys, err, errlen))) return rc;
-        if ((rc = get_str(gr, "tenant_id", "graph.", 1, p->tenant_id, sizeof p->tenant_id, err,
+        if ((rc = get_app(gr, "graph", allow_secrets, p, err, errlen))) return rc;
+        snprintf(p->graph_base, sizeof p->graph_base, "%s",
+                 strcmp(p->cloud, "china") == 0 ? "https://microsoftgraph.chinacloudapi.cn/v1.0"
+                                                : "https://graph.microsoft.com/v1.0");
+        if ((rc = get_str(gr, "graph_base", "graph.", 0, p->graph_base, sizeof p->graph_base, err,
                           errlen)) ||
-            (rc = get_str(gr, "client_id", "graph.", 1, p->client_id, sizeof p->client_id, err,
-                          errlen)))
-            return rc;
-        for (const char *c = p->tenant_id; *c; c++)
-            if (!(isalnum((unsigned char)*c) || *c == '-' || *c == '.'))
-                return mv_seterr(err, errlen, MV_EINVAL,
-                                 "graph.tenant_id: \"%s\" is not a tenant id or domain",
-                                 p->tenant_id);
-        snprintf(p->cloud, sizeof p->cloud, "global");
-        if ((rc = get_str(gr, "cloud", "graph.", 0, p->cloud, sizeof p->cloud, err, errlen)))
-            return rc;
-        const char *login = NULL, *graph = NULL;
-        if (strcmp(p->cloud, "global") == 0) {
-            login = "https://login.microsoftonline.com";
-            graph = "https://graph.microsoft.com/v1.0";
-        } else if (strcmp(p->cloud, "china") == 0) {
-            login = "https://login.chinacloudapi.cn";
-            graph = "https://microsoftgraph.chinacloudapi.cn/v1.0";
-        } else {
-            return mv_seterr(err, errlen, MV_EINVAL,
-                             "graph.cloud: \"%s\" is not one of global, china", p->cloud);
-        }
-        snprintf(p->login_base, sizeof p->login_base, "%s", login);
-        snprintf(p->graph_base, sizeof p->graph_base, "%s", graph);
-        if ((rc = get_str(gr, "login_base", "graph.", 0, p->login_base, sizeof p->login_base, err,
-                          errlen)) ||
-            (rc = get_str(gr, "graph_base", "graph.", 0, p->graph_base, sizeof p->graph_base, err,
-                          errlen)))
-            return rc;
-        if ((rc = check_base_url("graph.login_base", p->login_base, err, errlen)) ||
             (rc = check_base_url("graph.graph_base", p->graph_base, err, errlen)))
             return rc;
-        json_t *verify = json_object_get(gr, "verify");
-        if (verify) {
-            if (!json_is_boolean(verify))
-                return mv_seterr(err, errlen, MV_EINVAL, "graph.verify: must be true or false");
-            p->verify = json_is_true(verify);
-        }
-        if ((rc = get_cert(gr, allow_secrets, p, err, errlen))) return rc;
-        json_t *sec = json_object_get(gr, "client_secret");
-        if (sec) {
-            if (!allow_secrets)
-                return mv_seterr(err, errlen, MV_EINVAL,
-                                 "graph.client_secret: a stored profile must not contain secrets");
-            if (!json_is_string(sec) || !*json_string_value(sec) ||
-                strlen(json_string_value(sec)) > 4096)
-                return mv_seterr(err, errlen, MV_EINVAL,
-                                 "graph.client_secret: must be a non-empty string of at most "
-                                 "4096 bytes");
-            p->client_secret = strdup(json_string_value(sec));
-            if (!p->client_secret) return MV_ENOMEM;
-        }
+        if ((rc = get_verify(gr, "graph", &p->verify, err, errlen))) return rc;
     } else {
         if (gr) return mv_seterr(err, errlen, MV_EINVAL, "graph: not used by type imap");
         if (!srv) return mv_seterr(err, errlen, MV_EINVAL, "server: missing");
@@ -279,12 +396,7 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
         } else {
             p->port = p->tls == MV_TLS_IMPLICIT ? 993 : 143;
         }
-        json_t *verify = json_object_get(srv, "verify");
-        if (verify) {
-            if (!json_is_boolean(verify))
-                return mv_seterr(err, errlen, MV_EINVAL, "server.verify: must be true or false");
-            p->verify = json_is_true(verify);
-        }
+        if ((rc = get_verify(srv, "server", &p->verify, err, errlen))) return rc;
     }
 
     json_t *folders = json_object_get(root, "folders");
@@ -344,8 +456,55 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
         p->delete_after_days = (int)json_integer_value(d);
     }
 
+    json_t *am = json_object_get(root, "archive_mailbox");
+    if (am) {
+        if (p->source != MV_SOURCE_EWS)
+            return mv_seterr(err, errlen, MV_EINVAL, "archive_mailbox: only for type ews");
+        const char *v = json_is_string(am) ? json_string_value(am) : "";
+        if (strcmp(v, "skip") == 0)
+            p->ews_archive = MV_EWS_ARCHIVE_SKIP;
+        else if (strcmp(v, "include") == 0)
+            p->ews_archive = MV_EWS_ARCHIVE_INCLUDE;
+        else if (strcmp(v, "only") == 0)
+            p->ews_archive = MV_EWS_ARCHIVE_ONLY;
+        else
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "archive_mailbox: must be one of \"skip\", \"include\", \"only\"");
+    }
+    json_t *pf = json_object_get(root, "public_folders");
+    if (pf) {
+        static const char *const pf_keys[] = {"mailbox", "archive_as", "target_folder", NULL};
+        if (p->source != MV_SOURCE_EWS)
+            return mv_seterr(err, errlen, MV_EINVAL, "public_folders: only for type ews");
+        if (!json_is_object(pf))
+            return mv_seterr(err, errlen, MV_EINVAL, "public_folders: must be an object");
+        if ((rc = check_keys(pf, "public_folders.", pf_keys, err, errlen))) return rc;
+        snprintf(p->pf_archive_as, sizeof p->pf_archive_as, "public-folders");
+        snprintf(p->pf_target, sizeof p->pf_target, "Public Folders");
+        if ((rc = get_str(pf, "mailbox", "public_folders.", 1, p->pf_mailbox, sizeof p->pf_mailbox,
+                          err, errlen)) ||
+            (rc = get_str(pf, "archive_as", "public_folders.", 0, p->pf_archive_as,
+                          sizeof p->pf_archive_as, err, errlen)) ||
+            (rc = get_str(pf, "target_folder", "public_folders.", 0, p->pf_target,
+                          sizeof p->pf_target, err, errlen)))
+            return rc;
+        if (!mv_mailbox_valid(p->pf_mailbox) || !mv_mailbox_valid(p->pf_archive_as))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "public_folders.mailbox, public_folders.archive_as: printable ASCII, "
+                             "no spaces, '/' or '|'");
+        int bad = !p->pf_target[0];
+        for (const char *c = p->pf_target; *c; c++)
+            bad |= (unsigned char)*c < 0x20 || *c == 0x7f;
+        if (bad)
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "public_folders.target_folder: a non-empty folder path without "
+                             "control characters");
+        p->public_folders = 1;
+    }
+
     json_t *mbs = json_object_get(root, "mailboxes");
     if (!mbs && p->directory) return MV_OK; /* the mailboxes come from the tenant directory */
+    if (!mbs && p->source == MV_SOURCE_EWS) return MV_OK; /* public folders, or a CSV import */
     if (!mbs) return mv_seterr(err, errlen, MV_EINVAL, "mailboxes: missing");
     if (!json_is_array(mbs) || json_array_size(mbs) == 0)
         return mv_seterr(err, errlen, MV_EINVAL, "mailboxes: must be a non-empty array");
@@ -370,16 +529,19 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
                              "%slogin: \"%s\" is not a valid login (printable ASCII, no spaces, "
                              "'/' or '|')",
                              path, x->login);
+        if (p->public_folders && strcmp(p->pf_archive_as, x->login) == 0)
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "%slogin: \"%s\" is also public_folders.archive_as", path, x->login);
         for (size_t j = 0; j < i; j++)
             if (strcmp(p->mailboxes[j].login, x->login) == 0)
                 return mv_seterr(err, errlen, MV_EINVAL, "%slogin: \"%s\" is listed twice", path,
                                  x->login);
         json_t *pw = json_object_get(mb, "password");
-        if (pw && p->source == MV_SOURCE_GRAPH)
-            return mv_seterr(err, errlen, MV_EINVAL,
-                             "%spassword: type graph uses the app's client secret, not "
-                             "passwords",
-                             path);
+        if (pw && p->source != MV_SOURCE_IMAP)
+            return mv_seterr(
+                err, errlen, MV_EINVAL,
+                "%spassword: type %s uses the %s, not passwords per mailbox", path, p->type,
+                p->source == MV_SOURCE_GRAPH ? "app's client secret" : "service account or app");
         if (pw) {
             if (!allow_secrets)
                 return mv_seterr(err, errlen, MV_EINVAL,
@@ -434,15 +596,27 @@ char *mv_profile_to_json(const mv_profile *p)
     if (!root || !srv || !folders || !mbs) goto out;
     json_object_set_new(root, "name", json_string(p->name));
     json_object_set_new(root, "type", json_string(p->type));
-    if (p->source == MV_SOURCE_GRAPH) {
+    int app = p->source == MV_SOURCE_GRAPH ||
+              (p->source == MV_SOURCE_EWS && p->ews_auth == MV_EWS_AUTH_OAUTH);
+    if (p->source == MV_SOURCE_EWS) {
+        static const char *const auths[] = {"basic", "ntlm", "oauth"};
+        json_object_set_new(srv, "url", json_string(p->ews_url));
+        json_object_set_new(srv, "auth", json_string(auths[p->ews_auth]));
+        if (!app) json_object_set_new(srv, "username", json_string(p->ews_username));
+        json_object_set_new(srv, "impersonation", json_boolean(p->ews_impersonate));
+        json_object_set_new(srv, "server_version", json_string(p->ews_server_version));
+    }
+    if (app) {
         json_object_set_new(srv, "tenant_id", json_string(p->tenant_id));
         json_object_set_new(srv, "client_id", json_string(p->client_id));
         json_object_set_new(srv, "cloud", json_string(p->cloud));
         json_object_set_new(srv, "login_base", json_string(p->login_base));
-        json_object_set_new(srv, "graph_base", json_string(p->graph_base));
+        if (p->source == MV_SOURCE_GRAPH)
+            json_object_set_new(srv, "graph_base", json_string(p->graph_base));
         if (p->client_cert_pem)
             json_object_set_new(srv, "certificate", json_string(p->client_cert_pem));
-    } else {
+    }
+    if (p->source == MV_SOURCE_IMAP) {
         json_object_set_new(srv, "host", json_string(p->host));
         json_object_set_new(srv, "port", json_integer(p->port));
         json_object_set_new(srv, "tls", json_string(mv_tls_mode_name(p->tls)));
@@ -461,6 +635,17 @@ char *mv_profile_to_json(const mv_profile *p)
             json_object_set_new(d, "exclude", patterns_json(p->dir_exclude, p->ndir_exclude));
         json_object_set_new(root, "directory", d);
     }
+    if (p->source == MV_SOURCE_EWS && p->ews_archive != MV_EWS_ARCHIVE_SKIP)
+        json_object_set_new(
+            root, "archive_mailbox",
+            json_string(p->ews_archive == MV_EWS_ARCHIVE_ONLY ? "only" : "include"));
+    if (p->public_folders) {
+        json_t *d = json_object();
+        json_object_set_new(d, "mailbox", json_string(p->pf_mailbox));
+        json_object_set_new(d, "archive_as", json_string(p->pf_archive_as));
+        json_object_set_new(d, "target_folder", json_string(p->pf_target));
+        json_object_set_new(root, "public_folders", d);
+    }
     if (p->delete_enabled) {
         json_t *d = json_object();
         json_object_set_new(d, "older_than_days", json_integer(p->delete_after_days));
@@ -471,9 +656,14 @@ char *mv_profile_to_json(const mv_profile *p)
         json_object_set_new(mb, "login", json_string(p->mailboxes[i].login));
         json_array_append_new(mbs, mb);
     }
-    json_object_set(root, p->source == MV_SOURCE_GRAPH ? "graph" : "server", srv);
+    json_object_set(root,
+                    p->source == MV_SOURCE_GRAPH ? "graph"
+                    : p->source == MV_SOURCE_EWS ? "ews"
+                                                 : "server",
+                    srv);
     json_object_set(root, "folders", folders);
-    if (p->nmailboxes || !p->directory) json_object_set(root, "mailboxes", mbs);
+    if (p->nmailboxes || (!p->directory && !p->public_folders))
+        json_object_set(root, "mailboxes", mbs);
     out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 out:
     json_decref(root);
@@ -552,4 +742,97 @@ void mv_profile_cred_ad(const char *tenant, const char *profile, const char *mai
                         size_t outlen)
 {
     snprintf(out, outlen, "cred:%s:%s:%s", tenant, profile, mailbox);
+}
+
+/* Next CSV field of line (RFC 4180 quoting, "" inside quotes), trimmed; advances *p. */
+static size_t csv_field(const char **p, const char *end, char *out, size_t outlen)
+{
+    const char *s = *p;
+    size_t n = 0;
+    while (s < end && (*s == ' ' || *s == '\t'))
+        s++;
+    if (s < end && *s == '"') {
+        s++;
+        while (s < end) {
+            if (*s == '"' && s + 1 < end && s[1] == '"') {
+                if (n + 1 < outlen) out[n++] = '"';
+                s += 2;
+            } else if (*s == '"') {
+                s++;
+                break;
+            } else {
+                if (n + 1 < outlen) out[n++] = *s;
+                s++;
+            }
+        }
+        while (s < end && *s != ',' && *s != ';')
+            s++;
+    } else {
+        while (s < end && *s != ',' && *s != ';') {
+            if (n + 1 < outlen) out[n++] = *s;
+            s++;
+        }
+        while (n > 0 && (out[n - 1] == ' ' || out[n - 1] == '\t'))
+            n--;
+    }
+    out[n] = '\0';
+    if (s < end) s++; /* the separator */
+    *p = s;
+    return n;
+}
+
+mv_err mv_profile_import_csv(mv_profile *p, const char *csv, size_t len, size_t *added, char *err,
+                             size_t errlen)
+{
+    static const char *const headers[] = {
+        "primarysmtpaddress", "emailaddress", "email", "mail", "login",
+        "userprincipalname",  "smtp",         NULL};
+    const char *s = csv, *end = csv + len;
+    int col = -1; /* the column with the addresses; -1 until the first line decided it */
+    size_t line = 0;
+    *added = 0;
+    if (len >= 3 && (unsigned char)s[0] == 0xEF && (unsigned char)s[1] == 0xBB &&
+        (unsigned char)s[2] == 0xBF)
+        s += 3; /* a UTF-8 byte order mark, as spreadsheet exports write it */
+    while (s < end) {
+        const char *eol = memchr(s, '\n', (size_t)(end - s));
+        const char *le = eol ? eol : end;
+        if (le > s && le[-1] == '\r') le--;
+        line++;
+        char fields[16][256];
+        int nf = 0;
+        const char *q = s;
+        while (q < le && nf < 16)
+            csv_field(&q, le, fields[nf++], sizeof fields[0]);
+        s = eol ? eol + 1 : end;
+        if (nf == 0 || (nf == 1 && !fields[0][0])) continue; /* blank line */
+        if (col < 0) {
+            for (int i = 0; i < nf && col < 0; i++)
+                for (size_t h = 0; headers[h] && col < 0; h++)
+                    if (!strcasecmp(fields[i], headers[h])) col = i;
+            if (col >= 0) continue; /* a header line */
+            col = 0;
+        }
+        if (col >= nf || !fields[col][0])
+            return mv_seterr(err, errlen, MV_EINVAL, "line %zu: no mailbox in column %d", line,
+                             col + 1);
+        const char *login = fields[col];
+        if (!mv_mailbox_valid(login))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "line %zu: \"%s\" is not a valid mailbox (printable ASCII, no "
+                             "spaces, '/' or '|')",
+                             line, login);
+        if (mv_profile_find_mailbox(p, login) >= 0) continue;
+        if (p->nmailboxes >= MV_PROFILE_MAX_MAILBOXES)
+            return mv_seterr(err, errlen, MV_EINVAL, "more than %d mailboxes",
+                             MV_PROFILE_MAX_MAILBOXES);
+        mv_profile_mailbox *nv = realloc(p->mailboxes, (p->nmailboxes + 1) * sizeof *nv);
+        if (!nv) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+        p->mailboxes = nv;
+        memset(&nv[p->nmailboxes], 0, sizeof *nv);
+        snprintf(nv[p->nmailboxes].login, sizeof nv[p->nmailboxes].login, "%s", login);
+        p->nmailboxes++;
+        (*added)++;
+    }
+    return MV_OK;
 }

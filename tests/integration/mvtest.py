@@ -294,3 +294,81 @@ def add_graph_profile(tenant, name, tenant_id, secret, sim_url, logins, **extra)
         json.dump(prof, f)
     cli("profile", "add", "--tenant", tenant, "--file", path)
     os.unlink(path)
+
+
+class EwsSim(GraphSim):
+    """tests/ewssim/ewssim.py on a free port; stopped on exit."""
+
+    def __init__(self, fixtures, *args):
+        self.portfile = os.path.join(fixtures, f"port-{uuid.uuid4().hex[:6]}")
+        log = open(os.path.join(RUN, "log", f"ewssim-{SUFFIX}.log"), "a")
+        self.proc = subprocess.Popen([sys.executable, os.path.join(SRC, "tests", "ewssim", "ewssim.py"),
+                                      "--fixtures", fixtures, "--port", "0", "--port-file", self.portfile,
+                                      *args], stdout=subprocess.DEVNULL, stderr=log)
+        port = wait_for(lambda: os.path.exists(self.portfile) and open(self.portfile).read().strip(),
+                        "the EWS simulator's port", 30)
+        self.url = f"http://127.0.0.1:{int(port)}"
+        self.ews_url = self.url + "/EWS/Exchange.asmx"
+
+    def full_stats(self):
+        import urllib.request
+        return json.loads(urllib.request.urlopen(self.url + "/_sim/stats", timeout=10).read())
+
+
+def ews_message(n, to, subject=None, size=600):
+    body = (f"line of EWS message {n} for {to}\r\n" * (size // 36 + 1))
+    return (f"From: s{n}@example.org\r\nTo: {to}\r\nSubject: {subject or f'ews {n}'}\r\n"
+            f"Message-ID: <ews{n}.{SUFFIX}@example.org>\r\nDate: Mon, 2 Nov 2026 10:{n % 60:02d}:00 +0000\r\n"
+            f"\r\n{body}").encode()
+
+
+def ews_fixture(org, org_json, mailboxes, public=None, base=None):
+    """An ewssim fixture tree. mailboxes = {smtp: {"mail": {folder: n}, "archive": {folder: n},
+    "extra": {relpath: bytes}}}; public = {folder: n}. Returns (fixture_dir, {path: (mailbox, kind)})
+    for every .eml written (kind mail|archive|public)."""
+    fx = base or os.path.join(RUN, f"ews-{org}-{SUFFIX}")
+    os.makedirs(os.path.join(fx, org), exist_ok=True)
+    with open(os.path.join(fx, org, "org.json"), "w") as f:
+        json.dump(org_json, f)
+    files, n = {}, 0
+    for smtp, parts in mailboxes.items():
+        for kind in ("mail", "archive"):
+            for folder, count in (parts.get(kind) or {}).items():
+                d = os.path.join(fx, org, "mailboxes", smtp, kind, folder)
+                os.makedirs(d, exist_ok=True)
+                for _ in range(count):
+                    n += 1
+                    p = os.path.join(d, f"m{n}.eml")
+                    with open(p, "wb") as f:
+                        f.write(ews_message(n, smtp, size=300 + 250 * (n % 9)))
+                    files[p] = (smtp, kind)
+        for rel, data in (parts.get("extra") or {}).items():
+            p = os.path.join(fx, org, "mailboxes", smtp, rel)
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            with open(p, "wb") as f:
+                f.write(data)
+            if rel.endswith(".eml"):
+                files[p] = (smtp, rel.split("/")[0])
+        os.makedirs(os.path.join(fx, org, "mailboxes", smtp, "mail", "Inbox"), exist_ok=True)
+    for folder, count in (public or {}).items():
+        d = os.path.join(fx, org, "public", folder)
+        os.makedirs(d, exist_ok=True)
+        for _ in range(count):
+            n += 1
+            p = os.path.join(d, f"pf{n}.eml")
+            with open(p, "wb") as f:
+                f.write(ews_message(n, "public@corp.example"))
+            files[p] = ("public", "public")
+    return fx, files
+
+
+def add_ews_profile(tenant, name, ews, logins=None, **extra):
+    prof = {"name": name, "type": "ews", "ews": ews, **extra}
+    if logins:
+        prof["mailboxes"] = [{"login": u} for u in logins]
+    path = os.path.join(RUN, f"profile-{tenant}-{name}.json")
+    with open(path, "w") as f:
+        json.dump(prof, f)
+    p = cli("profile", "add", "--tenant", tenant, "--file", path, expect=None)
+    os.unlink(path)
+    return p

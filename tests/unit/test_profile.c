@@ -160,6 +160,91 @@ static void test_deletion_rule(void **state)
                  1, "for type graph only");
 }
 
+/* type ews: service account or OAuth app, impersonation, archive mailbox, public folders; the
+ * password never in a stored profile; the round trip keeps everything else. */
+static void test_ews(void **state)
+{
+    (void)state;
+    char err[MV_ERRLEN];
+    mv_profile p, q;
+    static const char basic[] =
+        "{\"name\":\"exch\",\"type\":\"ews\",\"ews\":{\"url\":\"https://mail.corp.example/EWS/"
+        "Exchange.asmx\",\"username\":\"svc@corp.example\",\"password\":\"pw\"},"
+        "\"archive_mailbox\":\"include\",\"public_folders\":{\"mailbox\":\"pf@corp.example\"},"
+        "\"mailboxes\":[{\"login\":\"a@corp.example\"}]}";
+    assert_int_equal(mv_profile_parse(basic, 1, &p, err, sizeof err), MV_OK);
+    assert_int_equal(p.source, MV_SOURCE_EWS);
+    assert_int_equal(p.ews_auth, MV_EWS_AUTH_BASIC);
+    assert_int_equal(p.ews_impersonate, 1);
+    assert_string_equal(p.ews_server_version, "Exchange2016");
+    assert_int_equal(p.ews_archive, MV_EWS_ARCHIVE_INCLUDE);
+    assert_string_equal(p.client_secret, "pw");
+    assert_int_equal(p.public_folders, 1);
+    assert_string_equal(p.pf_archive_as, "public-folders");
+    assert_string_equal(p.pf_target, "Public Folders");
+    char *js = mv_profile_to_json(&p);
+    assert_null(strstr(js, "\"pw\""));
+    assert_int_equal(mv_profile_parse(js, 0, &q, err, sizeof err), MV_OK);
+    assert_string_equal(q.ews_url, p.ews_url);
+    assert_string_equal(q.ews_username, "svc@corp.example");
+    assert_int_equal(q.ews_archive, MV_EWS_ARCHIVE_INCLUDE);
+    assert_string_equal(q.pf_mailbox, "pf@corp.example");
+    mv_profile_free(&q);
+    free(js);
+    mv_profile_free(&p);
+    /* OAuth: the Exchange Online endpoint by default, no username/password */
+    static const char oauth[] =
+        "{\"name\":\"exo\",\"type\":\"ews\",\"ews\":{\"auth\":\"oauth\",\"tenant_id\":\"t1\","
+        "\"client_id\":\"c1\",\"client_secret\":\"s\"},\"archive_mailbox\":\"only\"}";
+    assert_int_equal(mv_profile_parse(oauth, 1, &p, err, sizeof err), MV_OK);
+    assert_string_equal(p.ews_url, "https://outlook.office365.com/EWS/Exchange.asmx");
+    assert_string_equal(p.login_base, "https://login.microsoftonline.com");
+    assert_int_equal(p.nmailboxes, 0); /* a CSV import may add them */
+    /* the mailbox list from a CSV export, header found, quotes and a BOM handled */
+    static const char csv[] = "\xEF\xBB\xBF\"DisplayName\";\"PrimarySmtpAddress\"\r\n"
+                              "\"Ann, A.\";\"ann@corp.example\"\r\n\r\nBen;ben@corp.example\n"
+                              "Ann again;ann@corp.example\n";
+    size_t added = 0;
+    assert_int_equal(mv_profile_import_csv(&p, csv, strlen(csv), &added, err, sizeof err), MV_OK);
+    assert_int_equal(added, 2);
+    assert_int_equal(p.nmailboxes, 2);
+    assert_string_equal(p.mailboxes[1].login, "ben@corp.example");
+    static const char nohdr[] = "cy@corp.example\nbad address\n";
+    assert_int_equal(mv_profile_import_csv(&p, nohdr, strlen(nohdr), &added, err, sizeof err),
+                     MV_EINVAL);
+    assert_non_null(strstr(err, "line 2"));
+    mv_profile_free(&p);
+    /* errors name the field */
+    expect_error("{\"name\":\"p\",\"type\":\"ews\",\"ews\":{\"url\":\"http://mail.example/EWS\","
+                 "\"username\":\"u\"},\"mailboxes\":[{\"login\":\"a\"}]}",
+                 1, "ews.url: must be an https:// URL");
+    expect_error("{\"name\":\"p\",\"type\":\"ews\",\"ews\":{\"url\":\"https://m/EWS\","
+                 "\"username\":\"u\",\"auth\":\"kerberos\"}}",
+                 1, "ews.auth");
+    expect_error("{\"name\":\"p\",\"type\":\"ews\",\"ews\":{\"url\":\"https://m/EWS\","
+                 "\"username\":\"u\",\"client_id\":\"c\"}}",
+                 1, "ews.client_id: only used with");
+    expect_error("{\"name\":\"p\",\"type\":\"ews\",\"ews\":{\"url\":\"https://m/EWS\","
+                 "\"username\":\"u\",\"password\":\"x\"}}",
+                 0, "ews.password: a stored profile must not contain secrets");
+    expect_error("{\"name\":\"p\",\"type\":\"ews\",\"ews\":{\"url\":\"https://m/EWS\","
+                 "\"username\":\"u\",\"server_version\":\"Exchange2007\"}}",
+                 1, "ews.server_version");
+    expect_error("{\"name\":\"p\",\"type\":\"ews\",\"ews\":{\"url\":\"https://m/EWS\","
+                 "\"username\":\"u\"},\"archive_mailbox\":\"yes\"}",
+                 1, "archive_mailbox: must be one of");
+    expect_error("{\"name\":\"p\",\"type\":\"ews\",\"ews\":{\"url\":\"https://m/EWS\","
+                 "\"username\":\"u\"},\"mailboxes\":[{\"login\":\"a\",\"password\":\"x\"}]}",
+                 1, "mailboxes[0].password");
+    expect_error("{\"name\":\"p\",\"server\":{\"host\":\"h\"},\"archive_mailbox\":\"include\","
+                 "\"mailboxes\":[{\"login\":\"a\"}]}",
+                 1, "archive_mailbox: only for type ews");
+    expect_error("{\"name\":\"p\",\"type\":\"ews\",\"ews\":{\"url\":\"https://m/EWS\","
+                 "\"username\":\"u\"},\"public_folders\":{\"mailbox\":\"pf@x\",\"archive_as\":"
+                 "\"a\"},\"mailboxes\":[{\"login\":\"a\"}]}",
+                 1, "also public_folders.archive_as");
+}
+
 static void test_folder_patterns(void **state)
 {
     (void)state;
@@ -198,6 +283,7 @@ int main(void)
         cmocka_unit_test(test_errors_name_the_field),
         cmocka_unit_test(test_folder_patterns),
         cmocka_unit_test(test_deletion_rule),
+        cmocka_unit_test(test_ews),
         cmocka_unit_test(test_cred_ad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

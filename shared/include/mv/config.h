@@ -35,7 +35,7 @@ typedef struct mv_config {
     int64_t max_message_bytes; /* imap.max_message_bytes default 200 MiB (literal bound) */
     int max_line_bytes;        /* imap.max_line_bytes    default 1 MiB (response line bound) */
     char ca_file[512];         /* tls.ca_file            optional extra CA bundle */
-    int log_level;
+    int log_level;             /* log.level              debug|info|warn|error, default info */
     /* Microsoft Graph: limits every worker keeps per mailbox (shared through Redis) */
     int graph_max_concurrent;  /* graph.max_concurrent  default 4 requests at once, 0 = off */
     int graph_window_requests; /* graph.window_requests default 10000 per window, 0 = off */
@@ -43,7 +43,13 @@ typedef struct mv_config {
     int graph_batch_size;      /* graph.batch_size      messages per $batch download, default
                                 * 20 (Graph's maximum); 1 = one $value request each */
     int graph_limit_per_app;   /* graph.limit_scope     "mailbox" (0, default): per tenant and
-                                  mailbox; "app" (1): per app registration and mailbox */             /* log.level              debug|info|warn|error, default info */
+                                  mailbox; "app" (1): per app registration and mailbox */
+    /* Exchange Web Services: concurrency every worker keeps together (through Redis) */
+    int ews_max_concurrent;         /* ews.max_concurrent          per mailbox, default 10 */
+    int ews_account_max_concurrent; /* ews.account_max_concurrent  per service account or app
+                                     * (Exchange's EWSMaxConcurrency), default 27 */
+    int ews_sync_page;              /* ews.sync_page  SyncFolderItems MaxChangesReturned, 100 */
+    int ews_get_batch;              /* ews.get_batch  items per GetItem request, default 10 */
 } mv_config;
 
 void mv_config_defaults(mv_config *c);

@@ -6,6 +6,7 @@
 #include "mv/common.h"
 #include "mv/config.h"
 #include "mv/crypt.h"
+#include "mv/ews.h"
 #include "mv/graph.h"
 #include "mv/profile.h"
 #include "mv/queue.h"
@@ -36,11 +37,16 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
                                const unsigned char *key, const char *tenant, const char *profile,
                                char run_id[37], int *ntasks, char *err, size_t errlen);
 
-/* The credential slot of a Graph profile (client secret, or certificate key) and the client
+/* The credential slot of a Graph or EWS profile (client secret or service account password, or
+ * the certificate key) and the client
  * options for it; credential is the opened secret or PEM key (kept by the caller). */
 const char *mv_jobs_graph_slot(const mv_profile *p);
 void mv_jobs_graph_opts(mv_graph_opts *o, const mv_config *c, const mv_profile *p,
                         const char *credential);
+/* The EWS client options of an ews profile (the credential slot is mv_jobs_graph_slot's:
+ * the service account's password or the app's secret, or the certificate key). */
+void mv_jobs_ews_opts(mv_ews_opts *o, const mv_config *c, const mv_profile *p,
+                      const char *credential);
 
 /* "Test" a profile: for Graph, get a token and read the folder list of one mailbox (the given
  * one, else the first listed); for IMAP, log in and list folders. *report gets "OK ..." or

@@ -36,16 +36,23 @@ typedef struct mv_profile_mailbox {
     char *password; /* only set when parsed with allow_secrets; wiped by mv_profile_free */
 } mv_profile_mailbox;
 
-typedef enum { MV_SOURCE_IMAP = 0, MV_SOURCE_GRAPH } mv_source_type;
+typedef enum { MV_SOURCE_IMAP = 0, MV_SOURCE_GRAPH, MV_SOURCE_EWS } mv_source_type;
+typedef enum { MV_EWS_AUTH_BASIC = 0, MV_EWS_AUTH_NTLM, MV_EWS_AUTH_OAUTH } mv_ews_auth_mode;
+typedef enum {
+    MV_EWS_ARCHIVE_SKIP = 0, /* the primary mailbox only */
+    MV_EWS_ARCHIVE_INCLUDE,  /* also the in-place archive, under "Archive Mailbox/" */
+    MV_EWS_ARCHIVE_ONLY      /* the in-place archive only */
+} mv_ews_archive_mode;
 
 typedef struct mv_profile {
     char name[64];
-    char type[16]; /* "imap" | "graph" */
+    char type[16]; /* "imap" | "graph" | "ews" */
     mv_source_type source;
-    /* graph */
+    /* graph, and ews with OAuth: the Entra ID app */
     char tenant_id[128];
     char client_id[128];
-    char *client_secret;   /* only with allow_secrets; wiped by mv_profile_free */
+    char *client_secret;   /* only with allow_secrets; wiped by mv_profile_free (for ews
+                            * basic/ntlm: the service account's password) */
     char *client_key_pem;  /* certificate credential's private key: input only, like a secret */
     char *client_cert_pem; /* its certificate (public; stored in the profile) */
     char cloud[16];
@@ -71,6 +78,17 @@ typedef struct mv_profile {
      * default (zeroed profile = delete nothing). */
     int delete_enabled;
     int delete_after_days;
+    /* ews */
+    char ews_url[512];
+    mv_ews_auth_mode ews_auth;
+    char ews_username[256];
+    int ews_impersonate;
+    char ews_server_version[32];
+    mv_ews_archive_mode ews_archive;
+    int public_folders;      /* archive the organisation's public folders too: */
+    char pf_mailbox[256];    /* the mailbox whose identity reaches them */
+    char pf_archive_as[256]; /* the mailbox id they are archived under (a task of its own) */
+    char pf_target[256];     /* folder prefix in the index, default "Public Folders" */
 } mv_profile;
 
 /* Parse and validate. allow_secrets = 1 for user input (password fields kept in memory),
@@ -86,6 +104,12 @@ int mv_profile_folder_selected(const mv_profile *p, const char *folder);
 /* 1 if a directory user (userPrincipalName, licensed flag) is selected by the profile's
  * "directory" section. */
 int mv_profile_directory_selected(const mv_profile *p, const char *login, int licensed);
+/* Add the mailboxes listed in a CSV file (e.g. Exchange's Get-Mailbox | Export-Csv): the
+ * column headed PrimarySmtpAddress / EmailAddress / Email / Mail / Login / UserPrincipalName /
+ * Smtp, or the first column when there is no header line; ',' or ';' separated, RFC 4180
+ * quoting, blank lines ignored, logins already listed kept once. Errors name the line. */
+mv_err mv_profile_import_csv(mv_profile *p, const char *csv, size_t len, size_t *added, char *err,
+                             size_t errlen);
 /* Index of the mailbox with that login, or -1. */
 long mv_profile_find_mailbox(const mv_profile *p, const char *login);
 /* Associated data that binds a sealed credential to its tenant/profile/mailbox. */

@@ -123,12 +123,14 @@ mv_err mv_state_ckpt_commit(mv_state *s, const char *tenant, const char *mailbox
  * from that link is not confirmed; seq counts confirmed batches of this generation (it names
  * the batch's index segment); generation goes up when the source's sync state expired and the
  * folder restarts. Commit is fenced and moves status counters like mv_state_ckpt_commit. */
+#define MV_CURSOR_LINK_MAX 65536
 typedef struct mv_cursor {
     uint32_t generation;
     uint64_t seq;
     int pending;
     uint64_t messages;
-    char link[4096];
+    char link[MV_CURSOR_LINK_MAX]; /* Graph delta links, EWS SyncStates (which grow with the folder)
+                                    */
 } mv_cursor;
 mv_err mv_state_cursor_get(mv_state *s, const char *tenant, const char *mailbox, const char *folder,
                            mv_cursor *cu, char *err, size_t errlen);

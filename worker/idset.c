@@ -1,0 +1,42 @@
+/* idset.c - a set of message ids (sorted array, sorted lazily). See idset.h. */
+#include "idset.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int idset_add(idset *s, const char *id)
+{
+    if (s->n == s->cap) {
+        size_t nc = s->cap ? s->cap * 2 : 256;
+        char **nv = realloc(s->v, nc * sizeof *nv);
+        if (!nv) return 1;
+        s->v = nv;
+        s->cap = nc;
+    }
+    if (!(s->v[s->n] = strdup(id))) return 1;
+    s->n++;
+    s->sorted = 0;
+    return 0;
+}
+
+int idset_has(idset *s, const char *id)
+{
+    if (!s->sorted) {
+        qsort(s->v, s->n, sizeof *s->v, cmp_str);
+        s->sorted = 1;
+    }
+    return bsearch(&id, s->v, s->n, sizeof *s->v, cmp_str) != NULL;
+}
+
+void idset_free(idset *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free(s->v[i]);
+    free(s->v);
+    memset(s, 0, sizeof *s);
+}
