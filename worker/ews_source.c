@@ -60,8 +60,7 @@ typedef struct eroot {
 
 /* The ids of one batch, split into what to fetch and what to skip. */
 typedef struct ebatch {
-    char **ids;
-    size_t n, cap;
+    idlist l;
     uint64_t removed, skipped;
     idset *known; /* public folders: ids the index already holds (not fetched again) */
 } ebatch;
@@ -87,30 +86,10 @@ static int mail_class(const char *cls)
     return 1;
 }
 
-static int batch_add(ebatch *b, const char *id)
-{
-    for (size_t i = 0; i < b->n; i++) /* a change listed twice is fetched once */
-        if (strcmp(b->ids[i], id) == 0) return 0;
-    if (b->n == b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 64;
-        char **nv = realloc(b->ids, nc * sizeof *nv);
-        if (!nv) return 1;
-        b->ids = nv;
-        b->cap = nc;
-    }
-    if (!(b->ids[b->n] = strdup(id))) return 1;
-    b->n++;
-    return 0;
-}
-
 static void batch_free(ebatch *b)
 {
-    for (size_t i = 0; i < b->n; i++)
-        free(b->ids[i]);
-    free(b->ids);
-    idset *k = b->known;
-    memset(b, 0, sizeof *b);
-    b->known = k;
+    idlist_free(&b->l);
+    b->removed = b->skipped = 0;
 }
 
 static int change_cb(void *ud, mv_ews_change kind, const char *item_id, const char *item_class)
@@ -126,7 +105,7 @@ static int change_cb(void *ud, mv_ews_change kind, const char *item_id, const ch
         return 0;
     }
     if (b->known && idset_has(b->known, item_id)) return 0;
-    return batch_add(b, item_id);
+    return idlist_add(&b->l, item_id);
 }
 
 /* After MV_EBUSY: wait out a short back-off (renewing the lease); 0 = try again. */
@@ -262,9 +241,9 @@ static mv_err fetch_items(chunk_ctx *c, mv_ews *e, const char *mailbox, ebatch *
     size_t group = (size_t)c->r->cfg->ews_get_batch;
     if (group > MV_EWS_GET_MAX) group = MV_EWS_GET_MAX;
     mv_err rc = MV_OK;
-    for (size_t i = 0; i < b->n && !rc; i += group) {
-        size_t k = b->n - i < group ? b->n - i : group;
-        rc = fetch_group(c, e, mailbox, b->ids + i, k, &b->skipped, err, errlen);
+    for (size_t i = 0; i < b->l.n && !rc; i += group) {
+        size_t k = b->l.n - i < group ? b->l.n - i : group;
+        rc = fetch_group(c, e, mailbox, b->l.ids + i, k, &b->skipped, err, errlen);
     }
     return rc;
 }
@@ -380,7 +359,7 @@ static mv_err sync_folder(chunk_ctx *c, mv_ews *e, const folder_item *f, etask *
                            sizeof cu->link - 1);
             break;
         }
-        if (b.n == 0) { /* nothing to fetch: move on (removals and skips are counted) */
+        if (b.l.n == 0) { /* nothing to fetch: move on (removals and skips are counted) */
             snprintf(cu->link, sizeof cu->link, "%s", next);
             if (cu->pending) cu->seq++;
             cu->pending = 0;

@@ -34,8 +34,7 @@
 #define GRAPH_BATCH_PARALLEL 4 /* requests of one batch Graph runs at once per mailbox */
 
 typedef struct gpage {
-    char **ids;
-    size_t n, cap;
+    idlist l;
     uint64_t removed;
 } gpage;
 
@@ -55,27 +54,13 @@ static int delta_cb(void *ud, const char *message_id, int removed, const char *r
         pg->removed++;
         return 0;
     }
-    for (size_t i = 0; i < pg->n; i++) /* a page that lists an id twice archives it once */
-        if (strcmp(pg->ids[i], message_id) == 0) return 0;
-    if (pg->n == pg->cap) {
-        size_t nc = pg->cap ? pg->cap * 2 : 64;
-        char **nv = realloc(pg->ids, nc * sizeof *nv);
-        if (!nv) return 1;
-        pg->ids = nv;
-        pg->cap = nc;
-    }
-    pg->ids[pg->n] = strdup(message_id);
-    if (!pg->ids[pg->n]) return 1;
-    pg->n++;
-    return 0;
+    return idlist_add(&pg->l, message_id);
 }
 
 static void gpage_free(gpage *pg)
 {
-    for (size_t i = 0; i < pg->n; i++)
-        free(pg->ids[i]);
-    free(pg->ids);
-    memset(pg, 0, sizeof *pg);
+    idlist_free(&pg->l);
+    pg->removed = 0;
 }
 
 /* After MV_EBUSY: wait out a short Retry-After (renewing the lease); 0 = try again. */
@@ -295,14 +280,14 @@ static mv_err sweep_folder(chunk_ctx *c, mv_graph *g, const folder_item *f, idse
     }
     if (rc == MV_ENOTFOUND) rc = MV_OK; /* the folder went away meanwhile */
     uint64_t deleted = 0;
-    for (size_t i = 0; i < cand.n && !rc; i++) {
+    for (size_t i = 0; i < cand.l.n && !rc; i++) {
         if (*c->r->stopping) break; /* the rest waits for the next run */
         if ((rc = chunk_beat(c, 0))) {
             mv_seterr(err, errlen, rc, "%s", c->err);
             break;
         }
         for (int tries = 0;; tries++) {
-            rc = mv_graph_delete_message(g, t->mailbox, cand.ids[i], err, errlen);
+            rc = mv_graph_delete_message(g, t->mailbox, cand.l.ids[i], err, errlen);
             if (rc != MV_EBUSY || wait_throttled(c, g, tries, err, errlen)) break;
         }
         if (rc == MV_OK)
@@ -404,7 +389,7 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const folder_item *f, gtask
                            sizeof cu.link - 1);
             break;
         }
-        if (pg.n == 0) { /* nothing to fetch: just move on (removals are counted) */
+        if (pg.l.n == 0) { /* nothing to fetch: just move on (removals are counted) */
             snprintf(cu.link, sizeof cu.link, "%s", next);
             /* A pending page redone empty (its messages gone meanwhile) may have left its
              * segment: step over that name so the next page does not replace it. */
@@ -431,7 +416,7 @@ static mv_err sync_folder(chunk_ctx *c, mv_graph *g, const folder_item *f, gtask
             if (rc) break;
         }
         chunk_batch_begin(c, f->path, cu.generation, 0, 0, overwrite);
-        rc = fetch_messages(c, g, t->mailbox, pg.ids, pg.n, &gt->batch_size, err, errlen);
+        rc = fetch_messages(c, g, t->mailbox, pg.l.ids, pg.l.n, &gt->batch_size, err, errlen);
         char name[128];
         if (!rc) {
             mv_segment_name_seq(f->id, cu.generation, cu.seq + 1, name, sizeof name);

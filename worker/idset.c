@@ -40,3 +40,27 @@ void idset_free(idset *s)
     free(s->v);
     memset(s, 0, sizeof *s);
 }
+
+int idlist_add(idlist *l, const char *id)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->ids[i], id) == 0) return 0;
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 64;
+        char **nv = realloc(l->ids, nc * sizeof *nv);
+        if (!nv) return 1;
+        l->ids = nv;
+        l->cap = nc;
+    }
+    if (!(l->ids[l->n] = strdup(id))) return 1;
+    l->n++;
+    return 0;
+}
+
+void idlist_free(idlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->ids[i]);
+    free(l->ids);
+    memset(l, 0, sizeof *l);
+}

@@ -16,4 +16,13 @@ int idset_add(idset *s, const char *id); /* 0, or 1 when out of memory */
 int idset_has(idset *s, const char *id);
 void idset_free(idset *s);
 
+/* The ids of one batch in the order the source gave them, each once (a page that lists an id
+ * twice archives it once). */
+typedef struct idlist {
+    char **ids;
+    size_t n, cap;
+} idlist;
+int idlist_add(idlist *l, const char *id); /* 0, or 1 when out of memory */
+void idlist_free(idlist *l);
+
 #endif

@@ -1,8 +1,10 @@
 /* common.c - status codes, clocks, ids and name validation used by every module. */
 #include "mv/common.h"
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,4 +241,39 @@ void mv_scrub(char *err, size_t errlen, const char *secret)
         memcpy(p, "***", put);
         memmove(p + put, p + sl, rest + 1);
     }
+}
+
+void mv_free_secret(char *s)
+{
+    if (!s) return;
+    OPENSSL_cleanse(s, strlen(s));
+    free(s);
+}
+
+char *mv_path_join(const char *parent, const char *name)
+{
+    size_t pl = parent ? strlen(parent) : 0;
+    size_t nl = strlen(name);
+    if (nl > (SIZE_MAX - pl - 2) / 3) return NULL;
+    char *s = malloc(pl + 1 + 3 * nl + 1);
+    if (!s) return NULL;
+    char *w = s;
+    if (pl) {
+        memcpy(w, parent, pl);
+        w += pl;
+        *w++ = '/';
+    }
+    for (const char *r = name; *r; r++) {
+        if (*r == '%') {
+            memcpy(w, "%25", 3);
+            w += 3;
+        } else if (*r == '/') {
+            memcpy(w, "%2F", 3);
+            w += 3;
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = '\0';
+    return s;
 }

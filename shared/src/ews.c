@@ -93,13 +93,6 @@ static char *xstrdup(const char *s)
     return p;
 }
 
-static void cleanse_free(char *s)
-{
-    if (!s) return;
-    OPENSSL_cleanse(s, strlen(s));
-    free(s);
-}
-
 /* An id, sync state or version we send: 1..max bytes of printable ASCII without space. */
 static int token_ok(const char *s, size_t max)
 {
@@ -176,30 +169,7 @@ static int64_t cap_backoff(int64_t v)
 
 char *mv_ews__path_join(const char *parent, const char *name)
 {
-    size_t pl = parent ? strlen(parent) : 0;
-    size_t nl = strlen(name);
-    if (nl > (SIZE_MAX - pl - 2) / 3) return NULL;
-    char *s = malloc(pl + 1 + 3 * nl + 1);
-    if (!s) return NULL;
-    char *w = s;
-    if (pl) {
-        memcpy(w, parent, pl);
-        w += pl;
-        *w++ = '/';
-    }
-    for (const char *r = name; *r; r++) {
-        if (*r == '%') {
-            memcpy(w, "%25", 3);
-            w += 3;
-        } else if (*r == '/') {
-            memcpy(w, "%2F", 3);
-            w += 3;
-        } else {
-            *w++ = *r;
-        }
-    }
-    *w = '\0';
-    return s;
+    return mv_path_join(parent, name);
 }
 
 /* ------------------------------------------------------------------ libxml2 setup */
@@ -547,19 +517,32 @@ static void info_reset(mv_ews__info *info)
     info->backoff_ms = 0;
 }
 
+/* The common start of a paged Find* answer: the document, its one response message and
+ * its m:RootFolder with the paging attributes. */
+static mv_err paged_answer(const char *body, size_t len, const char *what, xmlDoc **d, xmlNode **rf,
+                           uint32_t *next_offset, int *last, mv_ews__info *info, char *err,
+                           size_t errlen)
+{
+    xmlNode *msg = NULL;
+    *d = NULL;
+    *rf = NULL;
+    *next_offset = 0;
+    *last = 0;
+    info_reset(info);
+    mv_err e = load_xml(body, len, what, d, err, errlen);
+    if (!e) e = response_message(*d, what, info, &msg, err, errlen);
+    if (!e) e = root_folder(msg, what, rf, next_offset, last, err, errlen);
+    return e;
+}
+
 mv_err mv_ews__parse_find_folder(const char *body, size_t len, mv_ews__folder_fn cb, void *ud,
                                  uint32_t *next_offset, int *last, mv_ews__info *info, char *err,
                                  size_t errlen)
 {
     static const char what[] = "FindFolder";
     xmlDoc *d = NULL;
-    xmlNode *msg = NULL, *rf = NULL;
-    *next_offset = 0;
-    *last = 0;
-    info_reset(info);
-    mv_err e = load_xml(body, len, what, &d, err, errlen);
-    if (!e) e = response_message(d, what, info, &msg, err, errlen);
-    if (!e) e = root_folder(msg, what, &rf, next_offset, last, err, errlen);
+    xmlNode *rf = NULL;
+    mv_err e = paged_answer(body, len, what, &d, &rf, next_offset, last, info, err, errlen);
     xmlNode *folders = e ? NULL : child_el(rf, NS_T, "Folders");
     /* pass 0 checks every folder, pass 1 delivers them */
     for (int pass = 0; !e && pass < 2; pass++) {
@@ -626,13 +609,8 @@ mv_err mv_ews__parse_find_item(const char *body, size_t len, mv_ews_item_fn cb, 
 {
     static const char what[] = "FindItem";
     xmlDoc *d = NULL;
-    xmlNode *msg = NULL, *rf = NULL;
-    *next_offset = 0;
-    *last = 0;
-    info_reset(info);
-    mv_err e = load_xml(body, len, what, &d, err, errlen);
-    if (!e) e = response_message(d, what, info, &msg, err, errlen);
-    if (!e) e = root_folder(msg, what, &rf, next_offset, last, err, errlen);
+    xmlNode *rf = NULL;
+    mv_err e = paged_answer(body, len, what, &d, &rf, next_offset, last, info, err, errlen);
     xmlNode *items = e ? NULL : child_el(rf, NS_T, "Items");
     for (int pass = 0; !e && pass < 2; pass++) {
         size_t i = 0;
@@ -1383,7 +1361,7 @@ static mv_err ews_call(mv_ews *e, const call *c, char *err, size_t errlen)
         if (e->oauth) {
             rc = mv_oauth_ensure(e->oauth, e->http, stale, err, errlen);
             if (stale) {
-                cleanse_free(stale);
+                mv_free_secret(stale);
                 stale = NULL;
             }
             if (rc) break;
@@ -2077,7 +2055,7 @@ void mv_ews_close(mv_ews *e)
     mv_oauth_free(e->oauth);
     free(e->url);
     free(e->username);
-    cleanse_free(e->password);
+    mv_free_secret(e->password);
     free(e->server_version_req);
     free(e);
 }

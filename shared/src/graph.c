@@ -132,30 +132,7 @@ int mv_graph__same_origin(const char *base, const char *link)
 
 char *mv_graph__path_join(const char *parent, const char *name)
 {
-    size_t pl = parent ? strlen(parent) : 0;
-    size_t nl = strlen(name);
-    if (nl > (SIZE_MAX - pl - 2) / 3) return NULL;
-    char *s = malloc(pl + 1 + 3 * nl + 1);
-    if (!s) return NULL;
-    char *w = s;
-    if (pl) {
-        memcpy(w, parent, pl);
-        w += pl;
-        *w++ = '/';
-    }
-    for (const char *r = name; *r; r++) {
-        if (*r == '%') {
-            memcpy(w, "%25", 3);
-            w += 3;
-        } else if (*r == '/') {
-            memcpy(w, "%2F", 3);
-            w += 3;
-        } else {
-            *w++ = *r;
-        }
-    }
-    *w = '\0';
-    return s;
+    return mv_path_join(parent, name);
 }
 
 /* ------------------------------------------------------------------ JSON parsing */

@@ -199,13 +199,6 @@ static mv_err transport_error(mv_http *h, CURLcode rc, const char *what, char *e
     return e;
 }
 
-static void cleanse_free(char *s)
-{
-    if (!s) return;
-    OPENSSL_cleanse(s, strlen(s));
-    free(s);
-}
-
 mv_err mv_http_perform(mv_http *h, const mv_http_req *r, char *err, size_t errlen)
 {
     struct curl_slist *hdrs = NULL, *t;
@@ -326,7 +319,7 @@ out:
         if (t->data == authz || (authz && !strcmp(t->data, authz)))
             OPENSSL_cleanse(t->data, strlen(t->data));
     curl_slist_free_all(hdrs);
-    cleanse_free(authz);
+    mv_free_secret(authz);
     h->sink = NULL;
     return e;
 }

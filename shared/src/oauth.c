@@ -23,13 +23,6 @@ struct mv_oauth {
     mv_oauth_source src; /* need == NULL: fetch our own */
 };
 
-static void cleanse_free(char *s)
-{
-    if (!s) return;
-    OPENSSL_cleanse(s, strlen(s));
-    free(s);
-}
-
 mv_err mv_ms__load_object(const char *body, size_t len, const char *what, json_t **out, char *err,
                           size_t errlen)
 {
@@ -277,7 +270,7 @@ mv_err mv_oauth_fetch(mv_oauth *g, mv_http *h, char *err, size_t errlen)
     }
     int64_t secs = 0;
     if ((e = mv_oauth__parse_token(body, blen, &tok, &secs, err, errlen))) goto out;
-    cleanse_free(g->token);
+    mv_free_secret(g->token);
     g->token = tok;
     tok = NULL;
     g->token_exp_ms = mv_now_ms() + secs * 1000;
@@ -286,14 +279,14 @@ nomem:
     e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
 out:
     mv_http_body_wipe(h); /* held the token (or an error echoing the request) */
-    cleanse_free(form);
-    cleanse_free(e_sec);
-    cleanse_free(jwt);
+    mv_free_secret(form);
+    mv_free_secret(e_sec);
+    mv_free_secret(jwt);
     free(e_tenant);
     free(e_cid);
     free(e_scope);
     free(url);
-    cleanse_free(tok);
+    mv_free_secret(tok);
     mv_scrub(err, errlen, g->secret);
     return e;
 }
@@ -311,7 +304,7 @@ int mv_oauth_fresh(const mv_oauth *a)
 
 void mv_oauth_set(mv_oauth *a, const char *token, int64_t expires_ms)
 {
-    cleanse_free(a->token);
+    mv_free_secret(a->token);
     a->token = NULL;
     a->token_exp_ms = 0;
     if (!token || !*token || mv_has_ctl(token)) return; /* unusable in a header: fetch our own */
@@ -400,9 +393,9 @@ fail:
 void mv_oauth_free(mv_oauth *a)
 {
     if (!a) return;
-    cleanse_free(a->token);
-    cleanse_free(a->secret);
-    cleanse_free(a->key_pem);
+    mv_free_secret(a->token);
+    mv_free_secret(a->secret);
+    mv_free_secret(a->key_pem);
     free(a->login_base);
     free(a->tenant);
     free(a->client_id);

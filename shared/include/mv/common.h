@@ -61,6 +61,12 @@ char *mv_aprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void mv_sanitize(char *s);
 /* 1 if s holds a byte <= 0x20 or 0x7f (unusable in a header value such as a token). */
 int mv_has_ctl(const char *s);
+/* Cleanse (OPENSSL_cleanse) and free a NUL-terminated secret; NULL is fine. */
+void mv_free_secret(char *s);
+/* parent + "/" + name for folder paths built from display names: a '/' inside name is written
+ * "%2F" and '%' "%25", so the path splits back unambiguously. parent NULL or "": name alone.
+ * malloc'd; NULL when out of memory. */
+char *mv_path_join(const char *parent, const char *name);
 /* Replace every occurrence of secret in err with "***" (err stays terminated). */
 void mv_scrub(char *err, size_t errlen, const char *secret);
 
