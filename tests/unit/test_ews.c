@@ -16,18 +16,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <libxml/parser.h>
 #include <libxml/xpath.h>
@@ -35,6 +26,7 @@
 
 #include "mv/ews.h"
 #include "../../shared/src/ews_internal.h"
+#include "testsrv.h"
 
 #define PASSWORD "pa55:w&rd<Secret7>"
 #define CLIENT_SECRET "cl1ent-S3cret~value"
@@ -66,225 +58,33 @@
 
 /* ------------------------------------------------------------------ scripted server */
 
-typedef struct hreq {
-    char method[8];
-    char target[512];
-    char auth[256];
-    char anchor[256];
-    char ctype[96];
-    char body[16384];
-} hreq;
+/* What test_ews.c keeps next to the server of testsrv.h: the handler of the test, the canned
+ * SOAP answer and the token count, all guarded by the server's lock. Answers are text/xml. */
+typedef struct srv srv;
+typedef void (*handler_fn)(srv *s, const tsrv_req *q, tsrv_resp *r);
 
-typedef struct hresp {
-    int status;
-    char headers[256]; /* extra header lines, each ending in \r\n */
-    const char *body;
-    size_t len;
-    size_t piece; /* > 0: the body goes out in writes of this many bytes */
-    int chunked;  /* Transfer-Encoding: chunked instead of Content-Length */
-} hresp;
-
-struct srv;
-typedef void (*handler_fn)(struct srv *s, const hreq *q, hresp *r);
-
-#define MAXLOG 32
-#define MAXCONN 8
-
-typedef struct srv {
-    int lfd, port, wake[2];
-    pthread_t th;
+struct srv {
+    tsrv *t;
     handler_fn h;
-    pthread_mutex_t mu;
-    int nreq, ntoken, naccept;
-    hreq log[MAXLOG];
-    char base[64]; /* http://127.0.0.1:PORT */
+    const char *base; /* http://127.0.0.1:PORT */
+    int ntoken;       /* requests to the token endpoint */
     /* handler state */
     int state, token_seq;
     const char *canned; /* h_canned: the answer to every EWS request */
     size_t canned_len;
     int canned_status;
     size_t canned_piece;
+    int canned_chunked; /* Transfer-Encoding: chunked, chunks of canned_piece bytes */
     const char *canned_headers;
     char scratch[4096];
-} srv;
+};
 
-typedef struct conn {
-    int fd;
-    char *in;
-    size_t len, cap;
-} conn;
-
-static void send_all(int fd, const void *p, size_t n)
+static void dispatch(void *ud, const tsrv_req *q, tsrv_resp *r)
 {
-    const char *c = p;
-    while (n > 0) {
-        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-        if (w <= 0) {
-            if (w < 0 && errno == EINTR) continue;
-            return;
-        }
-        c += w;
-        n -= (size_t)w;
-    }
-}
-
-static void hdr_value(const char *hdrs, const char *name, char *out, size_t outlen)
-{
-    out[0] = '\0';
-    size_t nl = strlen(name);
-    for (const char *p = hdrs; p && *p;) {
-        const char *eol = strstr(p, "\r\n");
-        if (!eol) break;
-        if ((size_t)(eol - p) > nl && !strncasecmp(p, name, nl) && p[nl] == ':') {
-            const char *v = p + nl + 1;
-            while (*v == ' ')
-                v++;
-            size_t vl = (size_t)(eol - v);
-            if (vl >= outlen) vl = outlen - 1;
-            memcpy(out, v, vl);
-            out[vl] = '\0';
-            return;
-        }
-        p = eol + 2;
-    }
-}
-
-static void send_piecewise(int fd, const char *p, size_t n, size_t piece)
-{
-    if (!piece) piece = n ? n : 1;
-    for (size_t off = 0; off < n; off += piece)
-        send_all(fd, p + off, n - off < piece ? n - off : piece);
-}
-
-/* Serve every complete request in c->in. */
-static void serve(srv *s, conn *c)
-{
-    for (;;) {
-        char *end = NULL;
-        for (size_t i = 0; i + 4 <= c->len && !end; i++)
-            if (!memcmp(c->in + i, "\r\n\r\n", 4)) end = c->in + i;
-        if (!end) return;
-        size_t hlen = (size_t)(end - c->in) + 4;
-        char hdrs[8192];
-        size_t cp = hlen < sizeof hdrs - 1 ? hlen : sizeof hdrs - 1;
-        memcpy(hdrs, c->in, cp);
-        hdrs[cp] = '\0';
-        char cl[32];
-        hdr_value(strstr(hdrs, "\r\n") + 2, "Content-Length", cl, sizeof cl);
-        size_t blen = cl[0] ? (size_t)strtoul(cl, NULL, 10) : 0;
-        if (c->len < hlen + blen) return;
-
-        hreq q;
-        memset(&q, 0, sizeof q);
-        sscanf(hdrs, "%7s %511s", q.method, q.target);
-        const char *h = strstr(hdrs, "\r\n") + 2;
-        hdr_value(h, "Authorization", q.auth, sizeof q.auth);
-        hdr_value(h, "X-AnchorMailbox", q.anchor, sizeof q.anchor);
-        hdr_value(h, "Content-Type", q.ctype, sizeof q.ctype);
-        size_t bl = blen < sizeof q.body - 1 ? blen : sizeof q.body - 1;
-        memcpy(q.body, c->in + hlen, bl);
-        q.body[bl] = '\0';
-        memmove(c->in, c->in + hlen + blen, c->len - hlen - blen);
-        c->len -= hlen + blen;
-
-        hresp r;
-        memset(&r, 0, sizeof r);
-        r.status = 500;
-        pthread_mutex_lock(&s->mu);
-        if (s->nreq < MAXLOG) s->log[s->nreq] = q;
-        s->nreq++;
-        if (strstr(q.target, "/oauth2/v2.0/token")) s->ntoken++;
-        s->h(s, &q, &r);
-        pthread_mutex_unlock(&s->mu);
-        if (!r.body) r.body = "";
-        if (!r.len) r.len = strlen(r.body);
-        char head[1024];
-        int n;
-        if (r.chunked)
-            n = snprintf(head, sizeof head,
-                         "HTTP/1.1 %d X\r\nContent-Type: text/xml; charset=utf-8\r\n"
-                         "Transfer-Encoding: chunked\r\n%s\r\n",
-                         r.status, r.headers);
-        else
-            n = snprintf(head, sizeof head,
-                         "HTTP/1.1 %d X\r\nContent-Type: text/xml; charset=utf-8\r\n"
-                         "Content-Length: %zu\r\n%s\r\n",
-                         r.status, r.len, r.headers);
-        send_all(c->fd, head, (size_t)n);
-        if (r.chunked) {
-            size_t piece = r.piece ? r.piece : 4096;
-            for (size_t off = 0; off < r.len; off += piece) {
-                size_t k = r.len - off < piece ? r.len - off : piece;
-                char ch[32];
-                int m = snprintf(ch, sizeof ch, "%zx\r\n", k);
-                send_all(c->fd, ch, (size_t)m);
-                send_all(c->fd, r.body + off, k);
-                send_all(c->fd, "\r\n", 2);
-            }
-            send_all(c->fd, "0\r\n\r\n", 5);
-        } else {
-            send_piecewise(c->fd, r.body, r.len, r.piece);
-        }
-    }
-}
-
-static void *srv_main(void *arg)
-{
-    srv *s = arg;
-    conn cs[MAXCONN];
-    int nc = 0;
-    for (;;) {
-        struct pollfd p[MAXCONN + 2];
-        p[0].fd = s->wake[0];
-        p[0].events = POLLIN;
-        p[1].fd = s->lfd;
-        p[1].events = nc < MAXCONN ? POLLIN : 0;
-        for (int i = 0; i < nc; i++) {
-            p[i + 2].fd = cs[i].fd;
-            p[i + 2].events = POLLIN;
-        }
-        if (poll(p, (nfds_t)nc + 2, -1) < 0) {
-            if (errno == EINTR) continue;
-            break;
-        }
-        if (p[0].revents) break;
-        for (int i = nc - 1; i >= 0; i--) {
-            if (!p[i + 2].revents) continue;
-            conn *c = &cs[i];
-            if (c->cap - c->len < 65536) {
-                c->cap = c->cap ? c->cap * 2 : 131072;
-                c->in = realloc(c->in, c->cap);
-            }
-            ssize_t n = recv(c->fd, c->in + c->len, c->cap - c->len, 0);
-            if (n <= 0) {
-                close(c->fd);
-                free(c->in);
-                cs[i] = cs[--nc];
-                continue;
-            }
-            c->len += (size_t)n;
-            serve(s, c);
-        }
-        if (p[1].revents & POLLIN) {
-            int fd = accept(s->lfd, NULL, NULL);
-            if (fd >= 0) {
-                int one = 1;
-                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-                pthread_mutex_lock(&s->mu);
-                s->naccept++;
-                pthread_mutex_unlock(&s->mu);
-                cs[nc].fd = fd;
-                cs[nc].in = NULL;
-                cs[nc].len = cs[nc].cap = 0;
-                nc++;
-            }
-        }
-    }
-    for (int i = 0; i < nc; i++) {
-        close(cs[i].fd);
-        free(cs[i].in);
-    }
-    return NULL;
+    srv *s = ud;
+    if (strstr(q->target, "/oauth2/v2.0/token")) s->ntoken++;
+    r->ctype = "text/xml; charset=utf-8";
+    s->h(s, q, r);
 }
 
 static srv *srv_start(handler_fn h)
@@ -292,63 +92,33 @@ static srv *srv_start(handler_fn h)
     srv *s = calloc(1, sizeof *s);
     assert_non_null(s);
     s->h = h;
-    pthread_mutex_init(&s->mu, NULL);
-    s->lfd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(s->lfd >= 0);
-    int one = 1;
-    setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(s->lfd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t al = sizeof a;
-    assert_int_equal(getsockname(s->lfd, (struct sockaddr *)&a, &al), 0);
-    assert_int_equal(listen(s->lfd, 8), 0);
-    s->port = ntohs(a.sin_port);
-    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
-    assert_int_equal(pipe(s->wake), 0);
-    assert_int_equal(pthread_create(&s->th, NULL, srv_main, s), 0);
+    s->t = tsrv_start(dispatch, s);
+    s->base = tsrv_base(s->t);
     return s;
 }
 
 static void srv_stop(srv *s)
 {
-    assert_int_equal(write(s->wake[1], "x", 1), 1);
-    pthread_join(s->th, NULL);
-    close(s->wake[0]);
-    close(s->wake[1]);
-    close(s->lfd);
-    pthread_mutex_destroy(&s->mu);
+    tsrv_stop(s->t);
     free(s);
 }
 
-static hreq *req_at(srv *s, int i)
+/* Request i (under the lock), in a buffer the next call overwrites. */
+static const tsrv_req *req_at(srv *s, int i)
 {
-    static hreq q;
-    pthread_mutex_lock(&s->mu);
-    assert_true(i < s->nreq && i < MAXLOG);
-    q = s->log[i];
-    pthread_mutex_unlock(&s->mu);
-    return &q;
+    static tsrv_req q;
+    return tsrv_request(s->t, i, &q);
 }
 
-static int count(srv *s, int which)
-{
-    pthread_mutex_lock(&s->mu);
-    int n = which == 0 ? s->nreq : which == 1 ? s->ntoken : s->naccept;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-#define NREQ(s) count((s), 0)
-#define NTOKEN(s) count((s), 1)
+#define NREQ(s) tsrv_nreq((s)->t)
+#define NTOKEN(s) tsrv_read_int((s)->t, &(s)->ntoken)
 
-static int is_token(const hreq *q)
+static int is_token(const tsrv_req *q)
 {
     return !strcmp(q->method, "POST") && !strcmp(q->target, "/login/tenant1/oauth2/v2.0/token");
 }
 
-static void token_answer(srv *s, hresp *r)
+static void token_answer(srv *s, tsrv_resp *r)
 {
     s->token_seq++;
     int n = snprintf(s->scratch, sizeof s->scratch,
@@ -360,7 +130,7 @@ static void token_answer(srv *s, hresp *r)
 }
 
 /* Every EWS request gets s->canned (status, headers, delivery in pieces); tokens are issued. */
-static void h_canned(srv *s, const hreq *q, hresp *r)
+static void h_canned(srv *s, const tsrv_req *q, tsrv_resp *r)
 {
     if (is_token(q)) {
         token_answer(s, r);
@@ -369,19 +139,21 @@ static void h_canned(srv *s, const hreq *q, hresp *r)
     r->status = s->canned_status ? s->canned_status : 200;
     r->body = s->canned;
     r->len = s->canned_len;
-    r->piece = s->canned_piece;
+    r->mode = s->canned_chunked ? TSRV_CHUNKED : TSRV_PIECES; /* one write when piece is 0 */
+    r->n = s->canned_piece;
     if (s->canned_headers) snprintf(r->headers, sizeof r->headers, "%s", s->canned_headers);
 }
 
 static void canned(srv *s, int status, const char *body)
 {
-    pthread_mutex_lock(&s->mu);
+    tsrv_lock(s->t);
     s->canned_status = status;
     s->canned = body;
     s->canned_len = strlen(body);
     s->canned_piece = 0;
+    s->canned_chunked = 0;
     s->canned_headers = NULL;
-    pthread_mutex_unlock(&s->mu);
+    tsrv_unlock(s->t);
 }
 
 /* ------------------------------------------------------------------ client */
@@ -454,7 +226,7 @@ static mv_ews *oauth_client(srv *s)
 
 /* ------------------------------------------------------------------ request checks (XPath) */
 
-static xmlDoc *req_doc(const hreq *q)
+static xmlDoc *req_doc(const tsrv_req *q)
 {
     xmlDoc *d = xmlReadMemory(q->body, (int)strlen(q->body), NULL, NULL,
                               XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
@@ -500,13 +272,13 @@ static int xp_count(xmlDoc *d, const char *expr)
 }
 
 /* What every request carries: SOAP 1.1 envelope, version, anchor, content type, credentials. */
-static void check_common(const hreq *q, xmlDoc *d, int impersonate, const char *auth)
+static void check_common(const tsrv_req *q, xmlDoc *d, int impersonate, const char *auth)
 {
     assert_string_equal(q->method, "POST");
     assert_string_equal(q->target, "/EWS/Exchange.asmx");
-    assert_string_equal(q->ctype, "text/xml; charset=utf-8");
-    assert_string_equal(q->anchor, MAILBOX);
-    assert_string_equal(q->auth, auth);
+    assert_string_equal(TSRV_HEADER(q, "Content-Type"), "text/xml; charset=utf-8");
+    assert_string_equal(TSRV_HEADER(q, "X-AnchorMailbox"), MAILBOX);
+    assert_string_equal(TSRV_HEADER(q, "Authorization"), auth);
     assert_int_equal(xp_count(d, "/s:Envelope/s:Header/t:RequestServerVersion"), 1);
     xp_is(d, "/s:Envelope/s:Header/t:RequestServerVersion/@Version", "Exchange2016");
     assert_int_equal(xp_count(d, "/s:Envelope/s:Body/*"), 1);
@@ -648,7 +420,7 @@ static const char ff_page2[] =
     FF_HEAD("5", "true") FOLDER("Folder", "F-INBOX", "ROOT", "Inbox", FCLASS("IPF.Note"), "42")
         FOLDER("Folder", "F-PCT", "F-SUB", "50% &amp; more", "", "0") FF_TAIL;
 
-static void h_folders(srv *s, const hreq *q, hresp *r)
+static void h_folders(srv *s, const tsrv_req *q, tsrv_resp *r)
 {
     (void)s;
     r->status = 200;
@@ -691,7 +463,7 @@ static void test_folders_deep(void **state)
     assert_int_equal(gl.released, 2);
     assert_int_equal(gl.last_weight, 1);
     for (int i = 0; i < 2; i++) {
-        hreq *q = req_at(s, i);
+        const tsrv_req *q = req_at(s, i);
         xmlDoc *d = req_doc(q);
         check_common(q, d, 1, basic_auth());
         const char *ff = "/s:Envelope/s:Body/m:FindFolder";
@@ -743,7 +515,7 @@ static void test_folders_delegate_archive(void **state)
         MV_OK);
     assert_int_equal(f.n, 1);
     assert_string_equal(f.path[0], "Inbox");
-    hreq *q = req_at(s, 0);
+    const tsrv_req *q = req_at(s, 0);
     xmlDoc *d = req_doc(q);
     check_common(q, d, 0, basic_auth());
     xp_is(d, "//m:ParentFolderIds/t:DistinguishedFolderId/@Id", "archivemsgfolderroot");
@@ -760,7 +532,7 @@ static void test_folders_delegate_archive(void **state)
     "</t:DisplayName><t:TotalCount>1</t:TotalCount><t:ChildFolderCount>" children                  \
     "</t:ChildFolderCount></t:Folder>"
 
-static void h_public(srv *s, const hreq *q, hresp *r)
+static void h_public(srv *s, const tsrv_req *q, tsrv_resp *r)
 {
     (void)s;
     r->status = 200;
@@ -790,7 +562,7 @@ static void test_folders_public(void **state)
     assert_string_equal(find_path(&f, "P-B"), "Team%2FShared");
     assert_string_equal(find_path(&f, "P-A1"), "Projects/2024");
     assert_int_equal(NREQ(s), 2); /* P-B has no children: not asked */
-    hreq *q = req_at(s, 0);
+    const tsrv_req *q = req_at(s, 0);
     xmlDoc *d = req_doc(q);
     check_common(q, d, 0, basic_auth());
     xp_is(d, "/s:Envelope/s:Body/m:FindFolder/@Traversal", "Shallow");
@@ -881,7 +653,7 @@ static void test_sync(void **state)
     assert_string_equal(c.id[5], "I-NEW3");
     assert_string_equal(c.cls[5], "");
 
-    hreq *q = req_at(s, 0);
+    const tsrv_req *q = req_at(s, 0);
     xmlDoc *d = req_doc(q);
     check_common(q, d, 1, basic_auth());
     const char *p = "/s:Envelope/s:Body/m:SyncFolderItems";
@@ -957,7 +729,7 @@ static void test_sync_invalid_state(void **state)
              "</t:Items></m:RootFolder></m:FindItemResponseMessage></"                             \
              "m:ResponseMessages></m:FindItemResponse>" ENV_TAIL
 
-static void h_find(srv *s, const hreq *q, hresp *r)
+static void h_find(srv *s, const tsrv_req *q, tsrv_resp *r)
 {
     (void)s;
     r->status = 200;
@@ -1000,7 +772,7 @@ static void test_find_items(void **state)
     for (int i = 0; i < 3; i++)
         assert_int_equal(c.kind[i], MV_EWS_CREATE);
     for (int i = 0; i < 2; i++) {
-        hreq *q = req_at(s, i);
+        const tsrv_req *q = req_at(s, i);
         xmlDoc *d = req_doc(q);
         check_common(q, d, 1, basic_auth());
         xp_is(d, "/s:Envelope/s:Body/m:FindItem/@Traversal", "Shallow");
@@ -1198,11 +970,11 @@ static void test_get_mime_chunked(void **state)
     built b;
     build_getitem(&b, 5000, 1234);
     srv *s = srv_start(h_canned);
-    pthread_mutex_lock(&s->mu);
+    tsrv_lock(s->t);
     s->canned = b.body;
     s->canned_len = b.len;
     s->canned_piece = 7; /* 7-byte writes: tags and base64 split across pieces */
-    pthread_mutex_unlock(&s->mu);
+    tsrv_unlock(s->t);
     mv_ews *e = client(s, 1, 0, 0);
     gate_log gl = {0};
     mv_http_gate gate = {gate_acquire, gate_release, &gl};
@@ -1220,7 +992,7 @@ static void test_get_mime_chunked(void **state)
     assert_int_equal(gl.last_weight, 3);
     assert_string_equal(mv_ews_server_version(e), "15.2.1544 V2017_07_11");
 
-    hreq *q = req_at(s, 0);
+    const tsrv_req *q = req_at(s, 0);
     xmlDoc *d = req_doc(q);
     check_common(q, d, 1, basic_auth());
     xp_is(d, "/s:Envelope/s:Body/m:GetItem/m:ItemShape/t:BaseShape", "IdOnly");
@@ -1232,9 +1004,10 @@ static void test_get_mime_chunked(void **state)
     xmlFreeDoc(d);
 
     /* chunked transfer encoding in 5-byte chunks */
-    pthread_mutex_lock(&s->mu);
+    tsrv_lock(s->t);
     s->canned_piece = 5;
-    pthread_mutex_unlock(&s->mu);
+    s->canned_chunked = 1;
+    tsrv_unlock(s->t);
     assert_int_equal(mv_ews_get_mime(e, MAILBOX, ids, 3, &gcb, &g, err, sizeof err), MV_OK);
     check_three(&g, &b);
     got_free(&g);
@@ -1287,10 +1060,10 @@ static void test_get_mime_too_large(void **state)
     built b;
     build_getitem(&b, 5000, 1500);
     srv *s = srv_start(h_canned);
-    pthread_mutex_lock(&s->mu);
+    tsrv_lock(s->t);
     s->canned = b.body;
     s->canned_len = b.len;
-    pthread_mutex_unlock(&s->mu);
+    tsrv_unlock(s->t);
     mv_ews *e = client(s, 1, 0, 2000);
     char err[MV_ERRLEN];
     const char *ids[3] = {"ID-0", "ID-1", "ID-2"};
@@ -1372,9 +1145,9 @@ static void test_busy(void **state)
     assert_non_null(strstr(err, "ErrorExceededConnectionCount"));
     /* HTTP 503 with Retry-After */
     canned(s, 503, "<html><body>Service Unavailable</body></html>");
-    pthread_mutex_lock(&s->mu);
+    tsrv_lock(s->t);
     s->canned_headers = "Retry-After: 7\r\n";
-    pthread_mutex_unlock(&s->mu);
+    tsrv_unlock(s->t);
     assert_int_equal(
         mv_ews_find_items(e, MAILBOX, "F", 0, NULL, NULL, &next, &last, err, sizeof err), MV_EBUSY);
     assert_int_equal(mv_ews_backoff_ms(e), 7000);
@@ -1471,14 +1244,14 @@ static void test_errors(void **state)
 
 /* ------------------------------------------------------------------ OAuth */
 
-static void h_oauth(srv *s, const hreq *q, hresp *r)
+static void h_oauth(srv *s, const tsrv_req *q, tsrv_resp *r)
 {
     if (is_token(q)) {
         token_answer(s, r);
         return;
     }
     /* state 0: the first token is refused once; state 1: every token is refused */
-    int refuse = s->state == 1 || !strcmp(q->auth, "Bearer tok1");
+    int refuse = s->state == 1 || !strcmp(TSRV_HEADER(q, "Authorization"), "Bearer tok1");
     if (refuse) {
         r->status = 401;
         r->body = "";
@@ -1504,11 +1277,11 @@ static void test_oauth_refresh(void **state)
     assert_int_equal(rc, MV_OK);
     assert_int_equal(NTOKEN(s), 2); /* the first token, then one refresh */
     assert_int_equal(NREQ(s), 4);
-    hreq *q = req_at(s, 0);
+    const tsrv_req *q = req_at(s, 0);
     assert_true(is_token(q));
     assert_non_null(strstr(q->body, "scope=https%3A%2F%2Foutlook.office365.com%2F.default"));
-    assert_string_equal(req_at(s, 1)->auth, "Bearer tok1");
-    assert_string_equal(req_at(s, 3)->auth, "Bearer tok2");
+    assert_string_equal(TSRV_HEADER(req_at(s, 1), "Authorization"), "Bearer tok1");
+    assert_string_equal(TSRV_HEADER(req_at(s, 3), "Authorization"), "Bearer tok2");
     xmlDoc *d = req_doc(req_at(s, 3));
     check_common(req_at(s, 3), d, 1, "Bearer tok2");
     xmlFreeDoc(d);
@@ -1517,9 +1290,9 @@ static void test_oauth_refresh(void **state)
         mv_ews_find_items(e, MAILBOX, "F", 0, NULL, NULL, &next, &last, err, sizeof err), MV_OK);
     assert_int_equal(NTOKEN(s), 2);
     /* refused again after the refresh: MV_EAUTH, one more token only */
-    pthread_mutex_lock(&s->mu);
+    tsrv_lock(s->t);
     s->state = 1;
-    pthread_mutex_unlock(&s->mu);
+    tsrv_unlock(s->t);
     assert_int_equal(
         mv_ews_find_items(e, MAILBOX, "F", 0, NULL, NULL, &next, &last, err, sizeof err), MV_EAUTH);
     assert_int_equal(NTOKEN(s), 3);
@@ -1679,7 +1452,7 @@ static void test_secrets_not_in_err(void **state)
     got_free(&g);
 }
 
-static void h_badsecret(srv *s, const hreq *q, hresp *r)
+static void h_badsecret(srv *s, const tsrv_req *q, tsrv_resp *r)
 {
     (void)s;
     (void)q;
