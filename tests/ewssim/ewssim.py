@@ -5,7 +5,8 @@ Standard library only.  Serves, from a directory of fixtures (see README.md):
 
   POST /EWS/Exchange.asmx                  SOAP 1.1 EWS operations (FindFolder, GetFolder,
                                            SyncFolderHierarchy, SyncFolderItems, FindItem, GetItem,
-                                           CreateItem, UploadItems, ExportItems, DeleteItem)
+                                           CreateItem, UploadItems, ExportItems, DeleteItem);
+                                           Basic, NTLMv2 ([MS-NLMP], per connection) or Bearer auth
   POST /{tenant}/oauth2/v2.0/token         client-credentials tokens for Microsoft 365 orgs
   /_sim/...                                admin API (not EWS)
 
@@ -554,6 +555,7 @@ class Sim:
         self.meta_cache = LRU(20000)
         self.log = collections.deque(maxlen=2000)
         self.global_stats = collections.Counter()
+        self.callers = {}  # (org, caller name) -> {"in_flight", "max_concurrent", "requests"}
 
     # ---- fixtures
     def all_orgs(self):
@@ -754,7 +756,8 @@ class Ctx:
         self.sim = sim
         self.headers = headers
         self.org = None
-        self.caller = None          # dict: kind basic|app|user, name, rights
+        self.caller = None          # dict: kind account|app|user, auth basic|ntlm|bearer, name, rights
+        self.conn = None            # NtlmConn of the HTTP connection
         self.impersonated = None    # smtp
         self.request_version = None
         self.server_version = None
@@ -945,6 +948,40 @@ def unauthorized(sim, diag=None):
     return Resp(401, hd, b"")
 
 
+def principals(sim, scheme, user):
+    """(org, kind, key, password) for a user name, in the order they are tried: a service account in
+    `accounts`, then a mailbox (by address, alias or UPN) with a `password`, org by org, among the orgs
+    that allow the scheme. `DOMAIN\\user` is matched on `user`."""
+    ulow = user.lower()
+    if "\\" in ulow:
+        ulow = ulow.split("\\", 1)[1]
+    for org in sim.all_orgs():
+        if scheme not in auth_schemes(org):
+            continue
+        acc = org.accounts.get(ulow)
+        if acc is not None and isinstance(acc.get("password"), str):
+            yield org, "account", ulow, acc["password"]
+        smtp = org.aliases.get(ulow)
+        if smtp and org.mailboxes[smtp].get("password") not in (None, ""):
+            yield org, "user", smtp, org.mailboxes[smtp]["password"]
+
+
+def make_caller(org, kind, key, auth):
+    """The caller dict of a principal found by principals(), or None when it is gone from the fixtures."""
+    if kind == "account":
+        acc = org.accounts.get(key)
+        if acc is None:
+            return None
+        return {"kind": "account", "auth": auth, "name": key, "impersonation": bool(acc.get("impersonation")),
+                "scope": [a.lower() for a in acc.get("impersonation_scope", [])] or None,
+                "full_access": acc.get("full_access", []),
+                "mailbox": org.aliases.get(acc.get("mailbox", key).lower())}
+    if key not in org.mailboxes:
+        return None
+    return {"kind": "user", "auth": auth, "name": key, "impersonation": False, "scope": None,
+            "full_access": [], "mailbox": key}
+
+
 def authenticate(sim, ctx):
     """Sets ctx.org / ctx.caller, or raises HttpReply(401)."""
     auth = ctx.headers.get("authorization", "")
@@ -955,26 +992,10 @@ def authenticate(sim, ctx):
             user, _, pw = base64.b64decode(cred.strip()).decode("utf-8").partition(":")
         except Exception:
             raise HttpReply(unauthorized(sim))
-        ulow = user.lower()
-        if "\\" in ulow:
-            ulow = ulow.split("\\", 1)[1]
-        for org in sim.all_orgs():
-            if "Basic" not in auth_schemes(org):
-                continue
-            acc = org.accounts.get(ulow)
-            if acc is not None and acc.get("password") == pw:
+        for org, kind, key, password in principals(sim, "Basic", user):
+            if password == pw:
                 ctx.org = org
-                ctx.caller = {"kind": "basic", "name": ulow, "impersonation": bool(acc.get("impersonation")),
-                              "scope": [a.lower() for a in acc.get("impersonation_scope", [])] or None,
-                              "full_access": acc.get("full_access", []),
-                              "mailbox": org.aliases.get(acc.get("mailbox", ulow).lower())}
-                return
-            smtp = org.aliases.get(ulow)
-            if smtp and org.mailboxes[smtp].get("password") not in (None, "") and \
-                    org.mailboxes[smtp]["password"] == pw:
-                ctx.org = org
-                ctx.caller = {"kind": "user", "name": smtp, "impersonation": False, "scope": None,
-                              "full_access": [], "mailbox": smtp}
+                ctx.caller = make_caller(org, kind, key, "basic")
                 return
         sim.global_stats["auth_failures"] += 1
         raise HttpReply(unauthorized(sim))
@@ -996,12 +1017,345 @@ def authenticate(sim, ctx):
             raise HttpReply(unauthorized(sim, '2000008;reason="The token contains no permissions, or '
                                               'permissions can not be understood.";error_category="invalid_grant"'))
         ctx.org = org
-        ctx.caller = {"kind": "app", "name": info["client_id"], "impersonation": True, "scope": None,
-                      "full_access": ["*"], "mailbox": None}
+        ctx.caller = {"kind": "app", "auth": "bearer", "name": info["client_id"], "impersonation": True,
+                      "scope": None, "full_access": ["*"], "mailbox": None}
         return
-    if scheme in ("ntlm", "negotiate"):
-        sim.global_stats["ntlm_attempts"] += 1
+    if scheme == "ntlm":
+        ntlm_auth(sim, ctx, cred)
+        return
+    if scheme == "negotiate":
+        # SPNEGO (RFC 4178) tokens are not implemented
+        sim.global_stats["negotiate_attempts"] += 1
+        raise HttpReply(unauthorized(sim))
+    conn = ctx.conn
+    if not auth and conn is not None and conn.identity is not None:
+        # NTLM authenticated this connection earlier: IIS keeps that identity for the connection's
+        # later requests, which carry no Authorization header
+        org = sim.org(conn.identity[0])
+        caller = make_caller(org, conn.identity[1], conn.identity[2], "ntlm") if org is not None else None
+        if caller is not None and "NTLM" in auth_schemes(org):
+            sim.global_stats["ntlm_connection_reuse"] += 1
+            ctx.org, ctx.caller = org, caller
+            return
+        conn.identity = None
     raise HttpReply(unauthorized(sim))
+
+
+# --------------------------------------------------------------------------- NTLM ([MS-NLMP])
+#
+# The server side of NTLM over HTTP (connection-oriented, [MS-NLMP] 1.3.1.1 and 3.2.5.1), NTLMv2
+# only. Message layouts: NEGOTIATE_MESSAGE 2.2.1.1, CHALLENGE_MESSAGE 2.2.1.2, AUTHENTICATE_MESSAGE
+# 2.2.1.3, AV_PAIR 2.2.2.1, NEGOTIATE flags 2.2.2.5, NTLMv2_CLIENT_CHALLENGE 2.2.2.7, NTLMv2_RESPONSE
+# 2.2.2.8, VERSION 2.2.2.10. Server behaviour: 3.2.5.1.1 (NEGOTIATE -> CHALLENGE) and 3.2.5.1.2
+# (AUTHENTICATE: NTOWFv2 and the NTLMv2 response of 3.3.2, KXKEY 3.4.5.1, MIC).
+
+NTLMSSP_SIG = b"NTLMSSP\0"
+NTLM_UNICODE = 0x00000001
+NTLM_OEM = 0x00000002
+NTLM_REQUEST_TARGET = 0x00000004
+NTLM_SIGN = 0x00000010
+NTLM_SEAL = 0x00000020
+NTLM_LM_KEY = 0x00000080
+NTLM_NTLM = 0x00000200
+NTLM_ANONYMOUS = 0x00000800
+NTLM_ALWAYS_SIGN = 0x00008000
+NTLM_TARGET_TYPE_DOMAIN = 0x00010000
+NTLM_EXTENDED_SESSIONSECURITY = 0x00080000
+NTLM_TARGET_INFO = 0x00800000
+NTLM_VERSION = 0x02000000
+NTLM_128 = 0x20000000
+NTLM_KEY_EXCH = 0x40000000
+NTLM_56 = 0x80000000
+# Flags the server returns when the client asks for them (3.2.5.1.1: the CHALLENGE_MESSAGE carries
+# the negotiated features); TARGET_INFO and NTLM are always set, UNICODE/OEM chosen below.
+NTLM_MIRRORED = (NTLM_SIGN | NTLM_SEAL | NTLM_ALWAYS_SIGN | NTLM_EXTENDED_SESSIONSECURITY | NTLM_VERSION |
+                 NTLM_128 | NTLM_KEY_EXCH | NTLM_56)
+AV_EOL, AV_NB_COMPUTER, AV_NB_DOMAIN, AV_DNS_COMPUTER, AV_DNS_DOMAIN, AV_DNS_TREE, AV_FLAGS, AV_TIMESTAMP = range(8)
+AV_FLAG_MIC = 0x00000002
+# Windows Server 2019 (10.0.17763), NTLMSSP_REVISION_W2K3 (0x0F): the VERSION structure (2.2.2.10).
+NTLM_SERVER_VERSION = struct.pack("<BBHBBBB", 10, 0, 17763, 0, 0, 0, 0x0F)
+# MSV1_0_MAX_NTLM3_LIFE: Windows refuses an NTLMv2 response whose timestamp is further off than this.
+NTLM_MAX_LIFE = 1800
+FILETIME_EPOCH = 11644473600   # seconds from 1601-01-01 to 1970-01-01
+
+
+def _rol(x, n):
+    x &= 0xffffffff
+    return ((x << n) | (x >> (32 - n))) & 0xffffffff
+
+
+def md4(data):
+    """MD4 (RFC 1320), in Python: OpenSSL 3 no longer offers it through hashlib by default."""
+    msg = bytearray(data)
+    bits = len(data) * 8
+    msg.append(0x80)
+    msg.extend(b"\0" * ((56 - len(msg) % 64) % 64))
+    msg += struct.pack("<Q", bits & 0xffffffffffffffff)
+    h = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476]
+    r2 = (0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)
+    r3 = (0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15)
+    for off in range(0, len(msg), 64):
+        x = struct.unpack_from("<16I", msg, off)
+        a, b, c, d = h
+        # each step updates the first register; rotating (a,b,c,d) -> (d,a',b,c) gives the
+        # RFC's [abcd] [dabc] [cdab] [bcda] order, and four steps restore it
+        for i in range(16):
+            a, b, c, d = d, _rol(a + ((b & c) | (~b & d)) + x[i], (3, 7, 11, 19)[i % 4]), b, c
+        for i in range(16):
+            a, b, c, d = d, _rol(a + ((b & c) | (b & d) | (c & d)) + x[r2[i]] + 0x5A827999,
+                                 (3, 5, 9, 13)[i % 4]), b, c
+        for i in range(16):
+            a, b, c, d = d, _rol(a + (b ^ c ^ d) + x[r3[i]] + 0x6ED9EBA1, (3, 9, 11, 15)[i % 4]), b, c
+        h = [(v + w) & 0xffffffff for v, w in zip(h, (a, b, c, d))]
+    return struct.pack("<4I", *h)
+
+
+def rc4(key, data):
+    """RC4 (RC4K of [MS-NLMP] 6), for the key exchange."""
+    s = list(range(256))
+    j = 0
+    for i in range(256):
+        j = (j + s[i] + key[i % len(key)]) & 0xff
+        s[i], s[j] = s[j], s[i]
+    out = bytearray()
+    i = j = 0
+    for ch in data:
+        i = (i + 1) & 0xff
+        j = (j + s[i]) & 0xff
+        s[i], s[j] = s[j], s[i]
+        out.append(ch ^ s[(s[i] + s[j]) & 0xff])
+    return bytes(out)
+
+
+def hmac_md5(key, data):
+    return hmac.new(key, data, "md5").digest()
+
+
+def nt_hash(password):
+    """NTOWFv1: MD4(UNICODE(Passwd))."""
+    return md4(password.encode("utf-16-le", "surrogatepass"))
+
+
+def ntowfv2(password, user, domain):
+    """NTOWFv2 (3.3.2): HMAC_MD5(MD4(UNICODE(Passwd)), UNICODE(ConcatenationOf(Uppercase(User), UserDom)))."""
+    return hmac_md5(nt_hash(password), (user.upper() + domain).encode("utf-16-le", "surrogatepass"))
+
+
+def filetime(ts):
+    return int((ts + FILETIME_EPOCH) * 10000000)
+
+
+def av_pairs_pack(pairs):
+    out = bytearray()
+    for av_id, value in pairs:
+        out += struct.pack("<HH", av_id, len(value)) + value
+    return bytes(out + struct.pack("<HH", AV_EOL, 0))
+
+
+def av_pairs_parse(data):
+    """AV_PAIR list (2.2.2.1) -> {AvId: value}; raises ValueError when it runs off the end."""
+    out = {}
+    pos = 0
+    while True:
+        if pos + 4 > len(data):
+            raise ValueError("AV_PAIR list without MsvAvEOL")
+        av_id, n = struct.unpack_from("<HH", data, pos)
+        if av_id == AV_EOL:
+            return out
+        if pos + 4 + n > len(data):
+            raise ValueError("AV_PAIR runs past the end")
+        out.setdefault(av_id, data[pos + 4: pos + 4 + n])
+        pos += 4 + n
+
+
+def _field(msg, off):
+    """A (Len, MaxLen, BufferOffset) payload field of an NTLM message."""
+    n, _, at = struct.unpack_from("<HHI", msg, off)
+    if n and at + n > len(msg):
+        raise ValueError("payload field out of range")
+    return msg[at: at + n]
+
+
+class NtlmConn:
+    """NTLM state of one HTTP connection (NTLM authenticates the connection, not the request)."""
+    __slots__ = ("negotiate", "challenge", "server_challenge", "identity")
+
+    def __init__(self):
+        self.negotiate = self.challenge = self.server_challenge = None
+        self.identity = None        # (org name, principal kind, principal key) after a good AUTHENTICATE
+
+
+def ntlm_names(sim):
+    a = sim.args
+    nb_domain = (a.ntlm_domain or "EWSSIM").upper()
+    dns_domain = (a.ntlm_dns_domain or nb_domain.lower() + ".local").lower()
+    nb_computer = (a.ntlm_computer or "EXCH01").upper()
+    return nb_domain, nb_computer, dns_domain, nb_computer.lower() + "." + dns_domain
+
+
+def ntlm_challenge(sim, conn, negotiate):
+    """NEGOTIATE_MESSAGE -> CHALLENGE_MESSAGE (3.2.5.1.1), remembered on the connection."""
+    if len(negotiate) < 16 or negotiate[:8] != NTLMSSP_SIG or struct.unpack_from("<I", negotiate, 8)[0] != 1:
+        raise ValueError("not an NTLM NEGOTIATE_MESSAGE")
+    cflags = struct.unpack_from("<I", negotiate, 12)[0]
+    flags = NTLM_NTLM | NTLM_TARGET_INFO | (cflags & NTLM_MIRRORED)
+    if cflags & NTLM_UNICODE:
+        flags |= NTLM_UNICODE
+    elif cflags & NTLM_OEM:
+        flags |= NTLM_OEM
+    else:
+        raise ValueError("NEGOTIATE_MESSAGE asks for neither Unicode nor OEM strings")
+    if flags & NTLM_EXTENDED_SESSIONSECURITY == 0 and cflags & NTLM_LM_KEY:
+        flags |= NTLM_LM_KEY    # only without extended session security (2.2.2.5, flag G)
+    nb_domain, nb_computer, dns_domain, dns_computer = ntlm_names(sim)
+    target = b""
+    if cflags & NTLM_REQUEST_TARGET:
+        flags |= NTLM_REQUEST_TARGET | NTLM_TARGET_TYPE_DOMAIN
+        target = nb_domain.encode("utf-16-le") if flags & NTLM_UNICODE else nb_domain.encode("ascii")
+
+    def u(s):
+        return s.encode("utf-16-le")     # AV_PAIR strings are always Unicode
+    info = av_pairs_pack([(AV_NB_DOMAIN, u(nb_domain)), (AV_NB_COMPUTER, u(nb_computer)),
+                          (AV_DNS_DOMAIN, u(dns_domain)), (AV_DNS_COMPUTER, u(dns_computer)),
+                          (AV_DNS_TREE, u(dns_domain)),
+                          (AV_TIMESTAMP, struct.pack("<Q", filetime(time.time())))])
+    server_challenge = os.urandom(8)
+    head = 56
+    msg = (NTLMSSP_SIG + struct.pack("<I", 2) + struct.pack("<HHI", len(target), len(target), head) +
+           struct.pack("<I", flags) + server_challenge + b"\0" * 8 +
+           struct.pack("<HHI", len(info), len(info), head + len(target)) +
+           (NTLM_SERVER_VERSION if flags & NTLM_VERSION else b"\0" * 8) + target + info)
+    conn.negotiate, conn.challenge, conn.server_challenge = bytes(negotiate), msg, server_challenge
+    conn.identity = None
+    return msg
+
+
+class NtlmReject(Exception):
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def ntlm_verify(sim, conn, auth):
+    """AUTHENTICATE_MESSAGE -> (org, kind, key) of the principal, or raises NtlmReject (3.2.5.1.2)."""
+    negotiate, challenge, server_challenge = conn.negotiate, conn.challenge, conn.server_challenge
+    conn.negotiate = conn.challenge = conn.server_challenge = None    # a challenge is used once
+    if challenge is None:
+        raise NtlmReject("no_challenge")
+    try:
+        if len(auth) < 64 or auth[:8] != NTLMSSP_SIG or struct.unpack_from("<I", auth, 8)[0] != 3:
+            raise ValueError("not an AUTHENTICATE_MESSAGE")
+        lm, nt = _field(auth, 12), _field(auth, 20)
+        b_domain, b_user = _field(auth, 28), _field(auth, 36)
+        enc_key = _field(auth, 52)
+        flags = struct.unpack_from("<I", auth, 60)[0]
+        enc = "utf-16-le" if flags & NTLM_UNICODE else "latin-1"
+        domain, user = b_domain.decode(enc), b_user.decode(enc)
+    except (ValueError, struct.error, UnicodeDecodeError):
+        raise NtlmReject("malformed")
+    if not user and not nt and lm in (b"", b"\0"):
+        raise NtlmReject("anonymous")                  # the ANONYMOUS user has no mailbox
+    if len(nt) <= 24:
+        raise NtlmReject("ntlmv1")                     # NTLMv1 (24 bytes) or LM only: refused
+    proof, blob = nt[:16], nt[16:]
+    if len(blob) < 28 + 4 or blob[0] != 1 or blob[1] != 1:
+        raise NtlmReject("malformed")
+    try:
+        blob_av = av_pairs_parse(blob[28:])
+    except ValueError:
+        raise NtlmReject("malformed")
+    found = None
+    for org, kind, key, password in principals(sim, "NTLM", user):
+        nth = nt_hash(password)
+        # "NTLM servers SHOULD support NTLM clients which incorrectly use NIL for the UserDom"
+        for dom in ((domain, "") if domain else ("",)):
+            rk = hmac_md5(nth, (user.upper() + dom).encode("utf-16-le", "surrogatepass"))
+            if hmac.compare_digest(hmac_md5(rk, server_challenge + blob), proof):
+                found = (org, kind, key, rk)
+                break
+        if found:
+            break
+    if found is None:
+        raise NtlmReject("bad_response")
+    org, kind, key, rk = found
+    ts = struct.unpack_from("<Q", blob, 8)[0] / 10000000.0 - FILETIME_EPOCH
+    if abs(time.time() - ts) > NTLM_MAX_LIFE:
+        raise NtlmReject("stale")
+    flags_av = blob_av.get(AV_FLAGS)
+    if flags_av and len(flags_av) == 4 and struct.unpack("<I", flags_av)[0] & AV_FLAG_MIC:
+        # KXKEY for NTLMv2 is the SessionBaseKey (3.4.5.1); the exported key comes through RC4 with
+        # KEY_EXCH when signing or sealing was negotiated (3.2.5.1.2)
+        kek = hmac_md5(rk, proof)
+        if flags & NTLM_KEY_EXCH and flags & (NTLM_SIGN | NTLM_SEAL):
+            if len(enc_key) != 16:
+                raise NtlmReject("malformed")
+            exported = rc4(kek, enc_key)
+        else:
+            exported = kek
+        if len(auth) < 88:
+            raise NtlmReject("malformed")
+        mic = auth[72:88]
+        zeroed = auth[:72] + b"\0" * 16 + auth[88:]
+        if not hmac.compare_digest(hmac_md5(exported, negotiate + challenge + zeroed), mic):
+            raise NtlmReject("bad_mic")
+    return org, kind, key
+
+
+def ntlm_auth(sim, ctx, cred):
+    """Authorization: NTLM <base64>: answers a NEGOTIATE_MESSAGE with 401 + CHALLENGE_MESSAGE, checks an
+    AUTHENTICATE_MESSAGE and remembers the identity on the connection."""
+    conn = ctx.conn
+    try:
+        raw = base64.b64decode(cred.strip(), validate=True)
+    except (ValueError, TypeError):
+        raw = b""
+    mtype = struct.unpack_from("<I", raw, 8)[0] if len(raw) >= 12 and raw[:8] == NTLMSSP_SIG else 0
+    if conn is None or mtype not in (1, 3):
+        sim.global_stats["ntlm_failed"] += 1
+        sim.global_stats["ntlm_reject_malformed"] += 1
+        sim.global_stats["auth_failures"] += 1
+        raise HttpReply(unauthorized(sim))
+    if not any("NTLM" in auth_schemes(o) for o in sim.all_orgs()):
+        # no org enables NTLM (IIS with the provider off): no challenge
+        sim.global_stats["ntlm_failed"] += 1
+        sim.global_stats["ntlm_reject_disabled"] += 1
+        raise HttpReply(unauthorized(sim))
+    if mtype == 1:
+        sim.global_stats["ntlm_attempts"] += 1
+        try:
+            msg = ntlm_challenge(sim, conn, raw)
+        except (ValueError, struct.error):
+            sim.global_stats["ntlm_failed"] += 1
+            sim.global_stats["ntlm_reject_malformed"] += 1
+            sim.global_stats["auth_failures"] += 1
+            raise HttpReply(unauthorized(sim))
+        # IIS answers with a small HTML page; the connection stays open for the AUTHENTICATE_MESSAGE
+        raise HttpReply(Resp(401, {"_www": ["NTLM " + base64.b64encode(msg).decode("ascii")],
+                                   "Content-Type": "text/html"}, NTLM_401_BODY))
+    try:
+        org, kind, key = ntlm_verify(sim, conn, raw)
+    except NtlmReject as r:
+        conn.identity = None
+        sim.global_stats["ntlm_failed"] += 1
+        sim.global_stats["ntlm_reject_" + r.reason] += 1
+        sim.global_stats["auth_failures"] += 1
+        if sim.args.verbose:
+            sys.stderr.write(f"ewssim: NTLM AUTHENTICATE rejected: {r.reason}\n")
+        raise HttpReply(unauthorized(sim))
+    sim.global_stats["ntlm_ok"] += 1
+    conn.identity = (org.name, kind, key)
+    ctx.org = org
+    ctx.caller = make_caller(org, kind, key, "ntlm")
+
+
+NTLM_401_BODY = (b'<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
+                 b'"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\r\n<html xmlns="http://www.w3.org/1999/'
+                 b'xhtml">\r\n<head>\r\n<meta http-equiv="Content-Type" content="text/html; charset=iso-8859-1"/>\r\n'
+                 b'<title>401 - Unauthorized: Access is denied due to invalid credentials.</title>\r\n</head>\r\n'
+                 b'<body>\r\n<div id="header"><h1>Server Error</h1></div>\r\n<div id="content">\r\n'
+                 b'<h2>401 - Unauthorized: Access is denied due to invalid credentials.</h2>\r\n'
+                 b'<h3>You do not have permission to view this directory or page using the credentials that '
+                 b'you supplied.</h3>\r\n</div>\r\n</body>\r\n</html>\r\n')
 
 
 def can_access(ctx, smtp):
@@ -1764,8 +2118,9 @@ def busy_values(ms):
     return [("BackOffMilliseconds", str(int(ms)))]
 
 
-def handle_ews(sim, headers, body):
+def handle_ews(sim, headers, body, conn=None):
     ctx = Ctx(sim, headers)
+    ctx.conn = conn
     authenticate(sim, ctx)
     org = ctx.org
     ctx.server_version = dict(SERVER_VERSIONS["m365" if org.kind == "m365" else "onprem"])
@@ -1826,8 +2181,8 @@ def handle_ews(sim, headers, body):
         else:
             st.anchor_mailbox_missing += 1
     sim.log.append({"t": round(time.time(), 3), "org": org.name, "op": op, "mailbox": ctx.target,
-                    "caller": ctx.caller["name"], "anchor": anchor, "impersonation": ctx.impersonated,
-                    "version": ctx.request_version})
+                    "caller": ctx.caller["name"], "auth": ctx.caller["auth"], "anchor": anchor,
+                    "impersonation": ctx.impersonated, "version": ctx.request_version})
     # EWS turned off for the org or mailbox: Exchange Online answers a bare 403.
     if not sim.ews_enabled(org, ctx.target):
         with sim.lock:
@@ -1864,7 +2219,15 @@ def handle_ews(sim, headers, body):
             raise HttpReply(soap_resp(ctx, resp))
     # per-mailbox concurrency (EWSMaxConcurrency)
     limit = int(org.conf.get("max_concurrency", sim.args.max_concurrency))
+    cst = None
     with sim.lock:
+        # what one caller (service account, app) has in flight across all mailboxes: observed
+        # only, so tests can check a client's per-account limit
+        cname = (ctx.caller or {}).get("name") or "_anonymous"
+        cst = sim.callers.setdefault((org.name, cname), {"in_flight": 0, "max_concurrent": 0, "requests": 0})
+        cst["requests"] += 1
+        cst["in_flight"] += 1
+        cst["max_concurrent"] = max(cst["max_concurrent"], cst["in_flight"])
         if limit > 0 and st.in_flight >= limit:
             st.throttled_by_limit += 1
             throttled = True
@@ -1874,6 +2237,8 @@ def handle_ews(sim, headers, body):
             if st.in_flight > st.max_concurrent:
                 st.max_concurrent = st.in_flight
     if throttled:
+        with sim.lock:
+            cst["in_flight"] -= 1
         if sim.args.concurrency_error == "ErrorServerBusy":
             raise Fault("ErrorServerBusy", values=busy_values(sim.args.concurrency_backoff_ms))
         raise Fault("ErrorExceededConnectionCount", values=[
@@ -1887,6 +2252,7 @@ def handle_ews(sim, headers, body):
             released[0] = True
             with sim.lock:
                 st.in_flight -= 1
+                cst["in_flight"] -= 1
     try:
         if sim.args.latency_ms:
             time.sleep(sim.args.latency_ms / 1000.0)
@@ -1929,6 +2295,8 @@ def handle_admin(sim, method, path, body):
                               "concurrency_error": sim.args.concurrency_error},
                    "ews_overrides": [{"org": k[0], "mailbox": k[1], "enabled": v}
                                      for k, v in sim.ews_override.items()],
+                   "callers": {o: {n: dict(v) for (o2, n), v in sorted(sim.callers.items()) if o2 == o}
+                               for o in sorted({k[0] for k in sim.callers})},
                    "tokens": len(sim.tokens), "sync_epoch": sim.sync_epoch})
     if path == "/_sim/log" and method == "GET":
         return js(list(sim.log))
@@ -1939,6 +2307,8 @@ def handle_admin(sim, method, path, body):
                 st.__init__()
                 st.in_flight = inflight
             sim.global_stats.clear()
+            for c in sim.callers.values():
+                c["max_concurrent"], c["requests"] = c["in_flight"], 0
             sim.log.clear()
         return Resp(204)
     if path == "/_sim/expire-tokens" and method == "POST":
@@ -2005,6 +2375,12 @@ def handle_admin(sim, method, path, body):
 class Handler(SimHandler):
     server_version = "Microsoft-IIS/10.0"
 
+    def setup(self):
+        super().setup()
+        # BaseHTTPRequestHandler serves every request of one connection with this one instance
+        # (handle() loops over handle_one_request), so NTLM's per-connection state lives here
+        self.ntlm = NtlmConn()
+
     def handle_method(self, method):
         self._handle(method)
 
@@ -2023,7 +2399,7 @@ class Handler(SimHandler):
                 else:
                     sim.global_stats["ews_requests"] += 1
                     try:
-                        resp = handle_ews(sim, headers, body)
+                        resp = handle_ews(sim, headers, body, self.ntlm)
                     except Fault as f:
                         resp = fault_resp(f)
                     except HttpReply as r:
@@ -2093,6 +2469,9 @@ def main(argv=None):
                     choices=["ErrorExceededConnectionCount", "ErrorServerBusy"])
     ap.add_argument("--concurrency-backoff-ms", type=int, default=1000)
     ap.add_argument("--sync-secret", default="", help="key material for SyncState HMACs")
+    ap.add_argument("--ntlm-domain", default="EWSSIM", help="NTLM: NetBIOS domain name (TargetName)")
+    ap.add_argument("--ntlm-dns-domain", default=None, help="NTLM: DNS domain name (default <domain>.local)")
+    ap.add_argument("--ntlm-computer", default="EXCH01", help="NTLM: NetBIOS computer name")
     args = simcommon.parse_args(ap, argv)
     return serve(args, Sim(args), Handler, "ewssim")
 

@@ -5,10 +5,12 @@ Run (inside a venv with tests/ewssim/requirements.txt):
 """
 
 import base64
+import hmac
 import http.client
 import json
 import os
 import signal
+import struct
 import socket
 import subprocess
 import sys
@@ -20,13 +22,14 @@ import urllib.request
 import xml.etree.ElementTree as ET
 
 import pytest
+import spnego
 
 # exchangelib's OAuth2 session (requests-oauthlib) refuses plain-http token URLs unless told otherwise.
 os.environ.setdefault("OAUTHLIB_INSECURE_TRANSPORT", "1")
 
 from exchangelib import (  # noqa: E402
-    BASIC, IMPERSONATION, OAUTH2, Account, Build, Configuration, Credentials, FailFast, FaultTolerance,
-    Identity, Message, OAuth2Credentials, Version,
+    BASIC, DELEGATE, IMPERSONATION, NTLM, OAUTH2, Account, Build, Configuration, Credentials, FailFast,
+    FaultTolerance, Identity, Message, OAuth2Credentials, Version,
 )
 from exchangelib.errors import (  # noqa: E402
     ErrorFolderNotFound, ErrorImpersonateUserDenied, ErrorInvalidOperation,
@@ -44,6 +47,7 @@ E = "http://schemas.microsoft.com/exchange/services/2006/errors"
 NS = {"s": SOAP, "m": M, "t": T, "e": E}
 
 ALICE, BOB = "alice@corp.example", "bob@corp.example"
+BOB_PW = "bob-pässword"
 SVC, SVC_PW = "svc@corp.example", "svc-pass"
 NOIMP, NOIMP_PW = "noimp@corp.example", "noimp-pass"
 TENANT = "5d7e4a3b-0000-4000-8000-0000000000c1"
@@ -101,6 +105,7 @@ def make_fixtures(root):
     big = eml(42, subject="Big", body=("y" * 998 + "\r\n") * 2000)   # ~2 MB, streamed in chunks
     write(os.path.join(a, "mail", "Inbox", "Projects", "big.eml"), big)
     b = os.path.join(corp, "mailboxes", BOB)
+    write_json(os.path.join(b, "mailbox.json"), {"password": BOB_PW})
     write(os.path.join(b, "mail", "Inbox", "b1.eml"), eml(60, to=BOB))
     write(os.path.join(b, "mail", "Inbox", "b2.eml"), eml(61, to=BOB))
     write(os.path.join(corp, "public", "Announcements", "pa1.eml"), eml(70, subject="Public 1"))
@@ -200,11 +205,11 @@ class Sim:
         return st, json.loads(b)
 
     # ---- exchangelib
-    def account(self, smtp=ALICE, user=SVC, pw=SVC_PW, retry=None):
-        cfg = Configuration(service_endpoint=self.endpoint, credentials=Credentials(user, pw), auth_type=BASIC,
+    def account(self, smtp=ALICE, user=SVC, pw=SVC_PW, retry=None, auth_type=BASIC, access_type=IMPERSONATION):
+        cfg = Configuration(service_endpoint=self.endpoint, credentials=Credentials(user, pw), auth_type=auth_type,
                             version=Version(build=Build(15, 2, 1544, 4), api_version="Exchange2016"),
                             retry_policy=retry or FailFast())
-        acc = Account(smtp, config=cfg, autodiscover=False, access_type=IMPERSONATION)
+        acc = Account(smtp, config=cfg, autodiscover=False, access_type=access_type)
         # exchangelib caches one Protocol per endpoint+credentials; make this account's policy the active one
         acc.protocol.config.retry_policy = retry or FailFast()
         return acc
@@ -890,3 +895,272 @@ def test_sigterm_exits_cleanly(sim):
     assert sim.proc.wait(5) == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", sim.port), timeout=1).close()
+
+
+# --------------------------------------------------------------------------- NTLM ([MS-NLMP], NTLMv2)
+
+NTLM_UNICODE, NTLM_OEM, NTLM_REQUEST_TARGET, NTLM_NTLM = 0x1, 0x2, 0x4, 0x200
+NTLM_ALWAYS_SIGN, NTLM_TARGET_TYPE_DOMAIN, NTLM_ESS, NTLM_TARGET_INFO = 0x8000, 0x10000, 0x80000, 0x800000
+FILETIME_EPOCH = 11644473600
+XML_CT = "text/xml; charset=utf-8"
+INBOX_OF_ALICE = (f'<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="{SOAP}" xmlns:m="{M}" '
+                  f'xmlns:t="{T}"><soap:Header><t:RequestServerVersion Version="Exchange2016"/>'
+                  f'{imp(ALICE)}</soap:Header><soap:Body><m:GetFolder><m:FolderShape><t:BaseShape>Default'
+                  f'</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/>'
+                  f'</m:FolderIds></m:GetFolder></soap:Body></soap:Envelope>').encode()
+
+
+class KeepAlive:
+    """One HTTP/1.1 connection: NTLM authenticates connections, so every step must use the same one."""
+
+    def __init__(self, sim):
+        self.c = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=30)
+        self.sock = None
+
+    def post(self, authz=None, body=INBOX_OF_ALICE):
+        h = {"Content-Type": XML_CT}
+        if authz:
+            h["Authorization"] = authz
+        self.c.request("POST", "/EWS/Exchange.asmx", body=body, headers=h)
+        r = self.c.getresponse()
+        data = r.read()
+        assert not r.will_close, "the simulator closed the connection"
+        if self.sock is None:
+            self.sock = self.c.sock
+        assert self.c.sock is self.sock, "http.client had to open a new connection"
+        return r, data
+
+    def close(self):
+        self.c.close()
+
+
+def b64s(data):
+    return base64.b64encode(data).decode()
+
+
+def ntlm_token(r):
+    """The NTLM message of a 401's single `WWW-Authenticate: NTLM <base64>` header."""
+    www = r.headers.get_all("WWW-Authenticate")
+    assert len(www) == 1 and www[0].startswith("NTLM "), www
+    return base64.b64decode(www[0][5:])
+
+
+def parse_challenge(msg):
+    """CHALLENGE_MESSAGE ([MS-NLMP] 2.2.1.2) -> dict; AV_PAIRs (2.2.2.1) as an ordered list."""
+    assert msg[:8] == b"NTLMSSP\0"
+    mtype, tlen, _, toff, flags = struct.unpack_from("<IHHII", msg, 8)
+    ilen, _, ioff = struct.unpack_from("<HHI", msg, 40)
+    assert toff + tlen <= len(msg) and ioff + ilen <= len(msg)
+    info, pairs, pos = msg[ioff:ioff + ilen], [], 0
+    while True:
+        av_id, n = struct.unpack_from("<HH", info, pos)
+        pairs.append((av_id, info[pos + 4:pos + 4 + n]))
+        pos += 4 + n
+        if av_id == 0:
+            break
+    assert pos == len(info), "bytes after MsvAvEOL"
+    return {"type": mtype, "flags": flags, "server_challenge": msg[24:32], "target": msg[toff:toff + tlen],
+            "info": info, "pairs": pairs}
+
+
+def ntlm_client(user=SVC, pw=SVC_PW):
+    return spnego.client(user, pw, hostname="127.0.0.1", service="HTTP", protocol="ntlm")
+
+
+def hand_negotiate():
+    """A minimal NEGOTIATE_MESSAGE (2.2.1.1) as libcurl sends it: 32 bytes, no Version."""
+    flags = NTLM_UNICODE | NTLM_REQUEST_TARGET | NTLM_NTLM | NTLM_ALWAYS_SIGN | NTLM_ESS
+    return b"NTLMSSP\0" + struct.pack("<II", 1, flags) + struct.pack("<HHIHHI", 0, 0, 32, 0, 0, 32)
+
+
+def hand_authenticate(ch, user, domain, password, *, hash_domain=None, when=None, lm=b"\0" * 24, nt=None):
+    """An AUTHENTICATE_MESSAGE (2.2.1.3) with an NTLMv2 response (3.3.2) built here, independently of the
+    simulator: NT hash from pyspnego's own MD4, HMAC-MD5 from the standard library, no MIC."""
+    from spnego._ntlm_raw.crypto import ntowfv1
+    if nt is None:
+        key = hmac.new(ntowfv1(password), (user.upper() + (domain if hash_domain is None else hash_domain))
+                       .encode("utf-16-le"), "md5").digest()
+        ts = int(((time.time() if when is None else when) + FILETIME_EPOCH) * 10000000)
+        blob = b"\x01\x01" + b"\0" * 6 + struct.pack("<Q", ts) + os.urandom(8) + b"\0" * 4 + ch["info"] + b"\0" * 4
+        nt = hmac.new(key, ch["server_challenge"] + blob, "md5").digest() + blob
+    flags = NTLM_UNICODE | NTLM_NTLM | NTLM_ALWAYS_SIGN | NTLM_ESS | NTLM_TARGET_INFO
+    fields = [lm, nt, domain.encode("utf-16-le"), user.encode("utf-16-le"), "TESTHOST".encode("utf-16-le"), b""]
+    head, pos, payload = bytearray(b"NTLMSSP\0" + struct.pack("<I", 3)), 64, b""
+    for f in fields:
+        head += struct.pack("<HHI", len(f), len(f), pos)
+        pos += len(f)
+        payload += f
+    return bytes(head + struct.pack("<I", flags) + payload)
+
+
+def test_ntlm_crypto_known_answers():
+    """The simulator's MD4 against RFC 1320's test suite, and NTOWFv2 / NTProofStr / SessionBaseKey against
+    the worked NTLMv2 example of [MS-NLMP] 4.2.4 (user "User", domain "Domain", password "Password")."""
+    sys.path.insert(0, HERE)
+    try:
+        import ewssim
+    finally:
+        sys.path.remove(HERE)
+    for msg, digest in [(b"", "31d6cfe0d16ae931b73c59d7e0c089c0"), (b"a", "bde52cb31de33e46245e05fbdbd6fb24"),
+                        (b"abc", "a448017aaf21d8525fc10ae87aa6729d"),
+                        (b"message digest", "d9130a8164549fe818874806e1c7014b"),
+                        (b"abcdefghijklmnopqrstuvwxyz", "d79e1c308aa5bbcdeea8ed63df412da9"),
+                        (b"1234567890" * 8, "e33b4ddc9c38f2199c3e7b164fcc0536")]:
+        assert ewssim.md4(msg).hex() == digest
+    assert ewssim.nt_hash("Password").hex() == "a4f49c406510bdcab6824ee7c30fd852"
+    key = ewssim.ntowfv2("Password", "User", "Domain")
+    assert key.hex() == "0c868a403bfd7a93a3001ef22ef02e3f"
+    info = (struct.pack("<HH", 2, 12) + "Domain".encode("utf-16-le") + struct.pack("<HH", 1, 12) +
+            "Server".encode("utf-16-le") + b"\0" * 4)
+    temp = b"\x01\x01" + b"\0" * 6 + b"\0" * 8 + b"\xaa" * 8 + b"\0" * 4 + info + b"\0" * 4
+    proof = ewssim.hmac_md5(key, bytes.fromhex("0123456789abcdef") + temp)
+    assert proof.hex() == "68cd0ab851e51c96aabc927bebef6a1c"
+    assert ewssim.hmac_md5(key, proof).hex() == "8de40ccadbc14a82f15cb0ad0de95ca3"
+    assert ewssim.rc4(b"Key", b"Plaintext").hex() == "bbf316e8d940af0ad3"
+
+
+def test_ntlm_with_exchangelib(sim):
+    # a service account with impersonation, over requests_ntlm/pyspnego (NTLMv2 with a MIC)
+    alice = sim.account(ALICE, auth_type=NTLM)
+    assert alice.inbox.total_count == 5
+    fetched = list(alice.fetch(list(alice.inbox.all().only("id", "changekey")),
+                               only_fields=["mime_content", "subject"]))
+    assert len(fetched) == 5
+    for m in fetched:
+        with open(os.path.join(sim.alice_mail, "Inbox", f"m{int(m.subject.split()[-1])}.eml"), "rb") as fh:
+            assert m.mime_content == fh.read()
+    # a mailbox logging on with its own (non-ASCII) password: UTF-16LE in the NT hash
+    bob = sim.account(BOB, user=BOB, pw=BOB_PW, auth_type=NTLM, access_type=DELEGATE)
+    assert sorted(m.subject for m in bob.inbox.all()) == ["Message 60", "Message 61"]
+    g = sim.stats()["global"]
+    assert g["ntlm_attempts"] >= 2 and g["ntlm_ok"] == g["ntlm_attempts"] and "ntlm_failed" not in g
+    # requests after the handshake ride on the authenticated connection without an Authorization header
+    assert g["ntlm_connection_reuse"] >= 1
+    log = sim.admin("GET", "log")
+    assert {e["auth"] for e in log} == {"ntlm"}
+    assert {e["caller"] for e in log} == {SVC, BOB}
+
+
+def test_ntlm_wrong_password_with_exchangelib(sim):
+    with pytest.raises(UnauthorizedError):
+        sim.account(ALICE, pw="wrong", auth_type=NTLM).inbox.refresh()
+    g = sim.stats()["global"]
+    assert g["ntlm_reject_bad_response"] >= 1 and g["ntlm_failed"] >= 1 and "ntlm_ok" not in g
+
+
+def test_ntlm_raw_handshake_challenge_fields_and_connection_identity(sim):
+    c = KeepAlive(sim)
+    r, _ = c.post()
+    assert r.status == 401 and "NTLM" in r.headers.get_all("WWW-Authenticate")
+    cli = ntlm_client()
+    t1 = cli.step()
+    assert t1[:8] == b"NTLMSSP\0" and struct.unpack_from("<I", t1, 8)[0] == 1
+    cflags = struct.unpack_from("<I", t1, 12)[0]
+    # NEGOTIATE -> 401 with the CHALLENGE_MESSAGE, a body with Content-Length, the connection kept open
+    r, body = c.post("NTLM " + b64s(t1))
+    assert r.status == 401 and body and int(r.headers["Content-Length"]) == len(body)
+    t2 = ntlm_token(r)
+    ch = parse_challenge(t2)
+    assert ch["type"] == 2 and len(ch["server_challenge"]) == 8 and ch["server_challenge"] != b"\0" * 8
+    flags = ch["flags"]
+    assert flags & (NTLM_UNICODE | NTLM_NTLM | NTLM_REQUEST_TARGET | NTLM_ESS | NTLM_TARGET_INFO) == \
+        NTLM_UNICODE | NTLM_NTLM | NTLM_REQUEST_TARGET | NTLM_ESS | NTLM_TARGET_INFO
+    assert flags & NTLM_OEM == 0                         # Unicode chosen when the client offers both
+    assert flags & ~(cflags | NTLM_TARGET_INFO | NTLM_TARGET_TYPE_DOMAIN) == 0   # nothing the client did not ask
+    assert ch["target"] == "EWSSIM".encode("utf-16-le") and flags & NTLM_TARGET_TYPE_DOMAIN
+    ids = [i for i, _ in ch["pairs"]]
+    values = dict(ch["pairs"])
+    assert ids[-1] == 0 and values[0] == b"" and {1, 2, 3, 4, 7} <= set(ids)
+    assert values[2].decode("utf-16-le") == "EWSSIM" and values[1].decode("utf-16-le") == "EXCH01"
+    assert values[4].decode("utf-16-le") == "ewssim.local"
+    assert values[3].decode("utf-16-le") == "exch01.ewssim.local"
+    assert abs(struct.unpack("<Q", values[7])[0] / 1e7 - FILETIME_EPOCH - time.time()) < 300
+    # AUTHENTICATE -> the request itself is answered
+    t3 = cli.step(t2)
+    assert struct.unpack_from("<I", t3, 8)[0] == 3
+    r, body = c.post("NTLM " + b64s(t3))
+    assert r.status == 200
+    assert messages(ET.fromstring(body), "GetFolder")[0].get("ResponseClass") == "Success"
+    # the connection is authenticated: later requests on it need no header
+    for _ in range(2):
+        r, body = c.post()
+        assert r.status == 200 and messages(ET.fromstring(body), "GetFolder")[0].findtext(
+            "m:Folders/t:Folder/t:TotalCount", namespaces=NS) == "5"
+    # a challenge is good once: a replayed AUTHENTICATE_MESSAGE fails and unauthenticates the connection
+    r, _ = c.post("NTLM " + b64s(t3))
+    assert r.status == 401
+    r, _ = c.post()
+    assert r.status == 401
+    c.close()
+    # a new connection starts unauthenticated
+    c2 = KeepAlive(sim)
+    r, _ = c2.post()
+    assert r.status == 401
+    c2.close()
+    g = sim.stats()["global"]
+    assert (g["ntlm_attempts"], g["ntlm_ok"], g["ntlm_connection_reuse"], g["ntlm_reject_no_challenge"]) == \
+        (1, 1, 2, 1)
+
+
+def test_ntlm_mic_is_checked_and_challenges_are_fresh(sim):
+    c = KeepAlive(sim)
+    cli = ntlm_client()
+    r, _ = c.post("NTLM " + b64s(cli.step()))
+    t2 = ntlm_token(r)
+    t3 = bytearray(cli.step(t2))
+    # pyspnego sets MsvAvFlags bit 0x2 (the challenge has MsvAvTimestamp) and puts the MIC at offset 72
+    t3[72] ^= 0x01
+    r, _ = c.post("NTLM " + b64s(bytes(t3)))
+    assert r.status == 401
+    # a new handshake on the same connection gets a new server challenge and succeeds
+    cli = ntlm_client()
+    r, _ = c.post("NTLM " + b64s(cli.step()))
+    t2b = ntlm_token(r)
+    assert parse_challenge(t2b)["server_challenge"] != parse_challenge(t2)["server_challenge"]
+    r, _ = c.post("NTLM " + b64s(cli.step(t2b)))
+    assert r.status == 200
+    c.close()
+    g = sim.stats()["global"]
+    assert g["ntlm_reject_bad_mic"] == 1 and g["ntlm_ok"] == 1
+
+
+def test_ntlm_rejects_ntlmv1(sim, monkeypatch):
+    # pyspnego with LmCompatibilityLevel 1 sends LM + NTLMv1 (24-byte) responses: right password, refused
+    monkeypatch.setenv("LM_COMPAT_LEVEL", "1")
+    c = KeepAlive(sim)
+    cli = ntlm_client()
+    r, _ = c.post("NTLM " + b64s(cli.step()))
+    t3 = cli.step(ntlm_token(r))
+    assert struct.unpack_from("<H", t3, 20)[0] == 24            # NtChallengeResponseLen: NTLMv1
+    r, _ = c.post("NTLM " + b64s(t3))
+    assert r.status == 401
+    c.close()
+    g = sim.stats()["global"]
+    assert g["ntlm_reject_ntlmv1"] == 1 and "ntlm_ok" not in g
+
+
+def test_ntlm_hand_built_exchange(sim):
+    def attempt(**kw):
+        c = KeepAlive(sim)
+        r, _ = c.post("NTLM " + b64s(hand_negotiate()))
+        assert r.status == 401
+        ch = parse_challenge(ntlm_token(r))
+        args = dict(user=SVC, domain="CORP", password=SVC_PW)
+        args.update(kw)
+        r, body = c.post("NTLM " + b64s(hand_authenticate(ch, **args)))
+        c.close()
+        return r.status
+    assert attempt() == 200                                       # NTLMv2 with the domain the client sent
+    assert attempt(user=SVC.upper()) == 200                       # user names match case-insensitively
+    assert attempt(hash_domain="") == 200                         # "clients which incorrectly use NIL for UserDom"
+    assert attempt(password="wrong") == 401
+    assert attempt(hash_domain="OTHER") == 401
+    assert attempt(when=time.time() - 7200) == 401                # older than MSV1_0_MAX_NTLM3_LIFE (30 min)
+    assert attempt(nt=b"") == 401                                 # LM only
+    assert attempt(user="", domain="", nt=b"", lm=b"\0") == 401   # anonymous
+    assert attempt(user="nobody@corp.example") == 401
+    g = sim.stats()["global"]
+    assert g["ntlm_ok"] == 3
+    assert (g["ntlm_reject_bad_response"], g["ntlm_reject_stale"], g["ntlm_reject_ntlmv1"],
+            g["ntlm_reject_anonymous"]) == (3, 1, 1, 1)
+    assert g["ntlm_failed"] == 6
