@@ -26,6 +26,7 @@ int idset_add(idset *s, const char *id)
 
 int idset_has(idset *s, const char *id)
 {
+    if (s->n == 0) return 0; /* qsort/bsearch must not see a NULL array */
     if (!s->sorted) {
         qsort(s->v, s->n, sizeof *s->v, cmp_str);
         s->sorted = 1;

@@ -1586,7 +1586,7 @@ static int fentry_cmp(const void *a, const void *b)
 
 static fentry *find_by_id(fentry **sorted, size_t n, const char *id)
 {
-    if (!*id) return NULL;
+    if (!*id || !n) return NULL;
     fentry key = {.id = (char *)id}, *kp = &key;
     fentry **r = bsearch(&kp, sorted, n, sizeof *sorted, fentry_cmp);
     return r ? *r : NULL;
