@@ -47,9 +47,15 @@ static const char usage_text[] =
     "  profile rm --tenant T NAME            remove a profile\n"
     "Jobs:\n"
     "  run --tenant T --profile P [--wait] [--timeout S]\n"
-    "                                        enqueue one archive task per mailbox; --wait\n"
+    "                                        enqueue one task per mailbox (one for an export\n"
+    "                                        profile); --wait\n"
     "                                        shows progress until the run ends (exit 1 if a\n"
     "                                        mailbox failed)\n"
+    "  export --tenant T --file F [--wait] [--timeout S]\n"
+    "                                        save an export profile (type export: a mailbox's\n"
+    "                                        archive into a directory of .eml files, optionally\n"
+    "                                        signed) and run it; re-running writes only what\n"
+    "                                        is missing\n"
     "  status [--tenant T] [--watch] [--json] progress per tenant and mailbox, and the\n"
     "                                        consumer lag (exit 1 if a mailbox failed)\n"
     "Archive:\n"
@@ -280,6 +286,8 @@ static int cmd_profile(cli *c, int argc, char **argv)
                 rc = cli_fail(1, "%s: %s", opts[3].value, err);
             else if (mv_jobs_profile_save(st, key, tenant, &p, err, sizeof err))
                 rc = cli_fail(1, "%s", err);
+            else if (p.source == MV_SOURCE_EXPORT)
+                printf("export profile %s saved for tenant %s\n", p.name, tenant);
             else
                 printf("profile %s saved for tenant %s (%zu mailboxes%s)\n", p.name, tenant,
                        p.nmailboxes, csv ? ", some from the CSV file" : "");
@@ -392,6 +400,48 @@ int cmd_run(cli *c, int argc, char **argv)
     mv_state_close(st);
     mv_crypt_wipe(key, sizeof key);
     return rc;
+}
+
+/* export = profile add (type "export") + run: the export profile stays in the catalog and can
+ * be run again ("update existing export": only missing files are written). */
+static int cmd_export(cli *c, int argc, char **argv)
+{
+    opt opts[] = {{"tenant", 1, NULL, 0},
+                  {"file", 1, NULL, 0},
+                  {"wait", 0, NULL, 0},
+                  {"timeout", 1, NULL, 0},
+                  {NULL, 0, NULL, 0}};
+    const char *pos[1];
+    int npos, rc;
+    char err[MV_ERRLEN];
+    if ((rc = parse_opts(argc, argv, opts, pos, 0, &npos))) return rc;
+    if ((rc = need_tenant(opts[0].value))) return rc;
+    if (!opts[1].value || !strcmp(opts[1].value, "-"))
+        return cli_fail(2, "usage: mailvault export --tenant T --file F [--wait] [--timeout S]");
+    char *json = read_file_bounded(opts[1].value);
+    if (!json) return 1;
+    mv_profile p;
+    if (mv_profile_parse(json, 1, &p, err, sizeof err)) {
+        free(json);
+        return cli_fail(1, "%s: %s", opts[1].value, err);
+    }
+    free(json);
+    char name[64];
+    snprintf(name, sizeof name, "%s", p.name);
+    int is_export = p.source == MV_SOURCE_EXPORT;
+    mv_profile_free(&p);
+    if (!is_export)
+        return cli_fail(2, "%s: not an export profile (\"type\": \"export\")", opts[1].value);
+    char *add[] = {"add", "--tenant", (char *)opts[0].value, "--file", (char *)opts[1].value};
+    if ((rc = cmd_profile(c, 5, add))) return rc;
+    char *run[8] = {"--tenant", (char *)opts[0].value, "--profile", name};
+    int n = 4;
+    if (opts[2].set) run[n++] = "--wait";
+    if (opts[3].value) {
+        run[n++] = "--timeout";
+        run[n++] = (char *)opts[3].value;
+    }
+    return cmd_run(c, n, run);
 }
 
 static int print_object(void *ud, const void *data, size_t len)
@@ -587,6 +637,8 @@ int main(int argc, char **argv)
             rc = cmd_profile(&c, nargs, args);
         else if (strcmp(cmd, "run") == 0)
             rc = cmd_run(&c, nargs, args);
+        else if (strcmp(cmd, "export") == 0)
+            rc = cmd_export(&c, nargs, args);
         else if (strcmp(cmd, "status") == 0)
             rc = cmd_status(&c, nargs, args);
         else if (strcmp(cmd, "get") == 0)

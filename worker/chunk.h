@@ -45,6 +45,10 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
                              char *err, size_t errlen);
 mv_err ews_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secret, int *more,
                            char *err, size_t errlen);
+/* Not a source: an export profile's task (export_dir.c); sign_key is the profile's signing
+ * key (PEM) or NULL. */
+mv_err export_run(chunk_ctx *c, const mv_profile *p, const char *sign_key, int *more, char *err,
+                  size_t errlen);
 
 /* Heartbeat + lease renewal, at most once a second unless force. */
 mv_err chunk_beat(chunk_ctx *c, int force);

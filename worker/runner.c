@@ -158,15 +158,25 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
 
     if ((cause = mv_jobs_profile_load(r->st, t.tenant, t.profile, &p, why, sizeof why)))
         goto failed;
-    if (mv_profile_find_mailbox(&p, t.mailbox) < 0 && !p.directory &&
-        !(p.public_folders && strcmp(p.pf_archive_as, t.mailbox) == 0)) {
+    char export_id[256] = "";
+    if (p.source == MV_SOURCE_EXPORT) mv_jobs_export_task_mailbox(&p, export_id, sizeof export_id);
+    if ((t.kind == MV_TASK_EXPORT) != (p.source == MV_SOURCE_EXPORT) ||
+        (p.source == MV_SOURCE_EXPORT && strcmp(t.mailbox, export_id) != 0)) {
+        cause = mv_seterr(why, sizeof why, MV_EINVAL, "task %s (%s) does not match profile %s",
+                          t.mailbox, mv_task_kind_name(t.kind), t.profile);
+        goto failed;
+    }
+    if (p.source != MV_SOURCE_EXPORT && mv_profile_find_mailbox(&p, t.mailbox) < 0 &&
+        !p.directory && !(p.public_folders && strcmp(p.pf_archive_as, t.mailbox) == 0)) {
         cause = mv_seterr(why, sizeof why, MV_ENOTFOUND, "mailbox %s is not in profile %s",
                           t.mailbox, t.profile);
         goto failed;
     }
-    const char *slot = p.source != MV_SOURCE_IMAP ? mv_jobs_graph_slot(&p) : t.mailbox;
-    if ((cause = mv_jobs_credential(r->st, r->master_key, t.tenant, t.profile, slot, &password, why,
-                                    sizeof why)))
+    const char *slot = p.source == MV_SOURCE_EXPORT ? (p.exp_sign ? MV_PROFILE_APP_KEY : NULL)
+                       : p.source != MV_SOURCE_IMAP ? mv_jobs_graph_slot(&p)
+                                                    : t.mailbox;
+    if (slot && (cause = mv_jobs_credential(r->st, r->master_key, t.tenant, t.profile, slot,
+                                            &password, why, sizeof why)))
         goto failed;
     chunk_ctx cc;
     if ((cause = chunk_init(&cc, r, &t, token))) {
@@ -177,6 +187,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         cause = graph_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
     else if (p.source == MV_SOURCE_EWS)
         cause = ews_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
+    else if (p.source == MV_SOURCE_EXPORT)
+        cause = export_run(&cc, &p, password, &more, why, sizeof why);
     else
         cause = imap_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
     retry_after_ms = cc.retry_after_ms;

@@ -4,6 +4,7 @@
  * sealing, and between opening a credential in a worker and the IMAP login. Neither a Kafka
  * message nor the stored profile JSON ever holds one. */
 #include "mv/jobs.h"
+#include "mv/sign.h"
 
 #include "mv/graph.h"
 #include "mv/imap.h"
@@ -12,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct other_profiles {
     mv_state *st;
@@ -79,6 +82,44 @@ static mv_err seal_or_keep(mv_state *st, const unsigned char key[MV_KEY_LEN], co
     return rc;
 }
 
+/* An export profile: a signing export gets a key pair once (the private key sealed in the
+ * profile's key slot, kept when the profile is replaced); the stored JSON carries the public
+ * key, so operators can compare it with the one written next to each export. */
+static mv_err export_save(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
+                          const mv_profile *p, char *err, size_t errlen)
+{
+    mv_profile q = *p; /* shallow: only exp_public_key is set here, and freed here */
+    char *priv = NULL, *pub = NULL;
+    mv_err rc = MV_OK;
+    if (p->exp_sign) {
+        rc = mv_jobs_credential(st, key, tenant, p->name, MV_PROFILE_APP_KEY, &priv, err, errlen);
+        if (rc == MV_ENOTFOUND) {
+            char *gen = NULL;
+            if ((rc = mv_sign_keygen(&gen, &pub, err, errlen))) goto out;
+            rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_KEY, gen,
+                              "export signing key", err, errlen);
+            mv_free_secret(gen);
+            if (rc) goto out;
+        } else if (rc) {
+            goto out;
+        } else if ((rc = mv_sign_pubkey(priv, &pub, err, errlen))) {
+            goto out;
+        }
+        q.exp_public_key = pub;
+    }
+    char *json = mv_profile_to_json(&q);
+    if (!json) {
+        rc = mv_seterr(err, errlen, MV_ENOMEM, "cannot serialise profile");
+        goto out;
+    }
+    rc = mv_state_profile_put(st, tenant, p->name, json, err, errlen);
+    free(json);
+out:
+    mv_free_secret(priv);
+    free(pub);
+    return rc;
+}
+
 mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
                             const mv_profile *p, char *err, size_t errlen)
 {
@@ -95,6 +136,7 @@ mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], c
     if (rc) return mv_seterr(err, errlen, rc, "%s", lerr);
     const char *sec = p->source == MV_SOURCE_EWS ? "ews" : "graph";
     char field[64];
+    if (p->source == MV_SOURCE_EXPORT) return export_save(st, key, tenant, p, err, errlen);
     if (p->source != MV_SOURCE_IMAP && p->client_cert_pem) {
         snprintf(field, sizeof field, "%s.private_key_file", sec);
         rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_KEY, p->client_key_pem, field,
@@ -186,6 +228,11 @@ void mv_jobs_graph_opts(mv_graph_opts *o, const mv_config *c, const mv_profile *
     o->idle_timeout_ms = c->imap_timeout_ms;
 }
 
+void mv_jobs_export_task_mailbox(const mv_profile *p, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "export:%s", p->name);
+}
+
 void mv_jobs_ews_opts(mv_ews_opts *o, const mv_config *c, const mv_profile *p,
                       const char *credential)
 {
@@ -261,6 +308,11 @@ static mv_err run_logins(const mv_config *c, mv_state *st, const unsigned char *
     for (size_t i = 0; i < p->nmailboxes; i++)
         if (add_login(l, p->mailboxes[i].login)) return MV_ENOMEM;
     if (p->public_folders && add_login(l, p->pf_archive_as)) return MV_ENOMEM;
+    if (p->source == MV_SOURCE_EXPORT) {
+        char id[256];
+        mv_jobs_export_task_mailbox(p, id, sizeof id);
+        if (add_login(l, id)) return MV_ENOMEM;
+    }
     if (!p->directory) return MV_OK;
     if (!key)
         return mv_seterr(err, errlen, MV_EINVAL,
@@ -313,7 +365,7 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
         mv_task t;
         memset(&t, 0, sizeof t);
         t.version = MV_TASK_VERSION;
-        t.kind = MV_TASK_ARCHIVE;
+        t.kind = p.source == MV_SOURCE_EXPORT ? MV_TASK_EXPORT : MV_TASK_ARCHIVE;
         mv_uuid(t.id);
         snprintf(t.tenant, sizeof t.tenant, "%s", tenant);
         snprintf(t.profile, sizeof t.profile, "%s", profile);
@@ -461,6 +513,24 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
                      fc.n);
         }
         mv_graph_close(g);
+    } else if (p.source == MV_SOURCE_EXPORT) {
+        /* the destination must be a writable directory, or creatable below one */
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s", p.exp_path);
+        struct stat sb;
+        while (stat(dir, &sb) != 0 && strrchr(dir, '/') && strrchr(dir, '/') != dir)
+            *strrchr(dir, '/') = '\0';
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0) {
+            rc = MV_EIO;
+            snprintf(report, reportlen, "FAILED destination %s: %s is not a writable directory",
+                     p.exp_path, dir);
+        } else {
+            snprintf(report, reportlen,
+                     "OK export of %s%s%s to %s (%s layout%s): destination "
+                     "writable",
+                     p.exp_mailbox, p.exp_folder[0] ? " folder " : "", p.exp_folder, p.exp_path,
+                     p.exp_flat ? "flat" : "tree", p.exp_sign ? ", signed" : "");
+        }
     } else if (p.source == MV_SOURCE_EWS) {
         if (!mb && p.public_folders) mb = p.pf_mailbox;
         if (!mb) {

@@ -302,11 +302,75 @@ static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err,
     return get_verify(ew, "ews", &p->verify, err, errlen);
 }
 
+/* An export profile: which archive (and folder subtree) goes where. */
+static mv_err parse_export(json_t *ex, mv_profile *p, char *err, size_t errlen)
+{
+    static const char *const ex_keys[] = {"mailbox", "folder", "destination", "public_key", NULL};
+    static const char *const dst_keys[] = {"type", "path", "layout", "sign", NULL};
+    mv_err rc;
+    if (!json_is_object(ex)) return mv_seterr(err, errlen, MV_EINVAL, "export: must be an object");
+    if ((rc = check_keys(ex, "export.", ex_keys, err, errlen))) return rc;
+    if ((rc = get_str(ex, "mailbox", "export.", 1, p->exp_mailbox, sizeof p->exp_mailbox, err,
+                      errlen)))
+        return rc;
+    if (!mv_mailbox_valid(p->exp_mailbox))
+        return mv_seterr(err, errlen, MV_EINVAL, "export.mailbox: \"%s\" is not a valid mailbox id",
+                         p->exp_mailbox);
+    if ((rc =
+             get_str(ex, "folder", "export.", 0, p->exp_folder, sizeof p->exp_folder, err, errlen)))
+        return rc;
+    for (const char *c = p->exp_folder; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            return mv_seterr(err, errlen, MV_EINVAL, "export.folder: control characters");
+    json_t *d = json_object_get(ex, "destination");
+    if (!d) return mv_seterr(err, errlen, MV_EINVAL, "export.destination: missing");
+    if (!json_is_object(d))
+        return mv_seterr(err, errlen, MV_EINVAL, "export.destination: must be an object");
+    if ((rc = check_keys(d, "export.destination.", dst_keys, err, errlen))) return rc;
+    char type[16] = "";
+    if ((rc = get_str(d, "type", "export.destination.", 1, type, sizeof type, err, errlen)))
+        return rc;
+    if (strcmp(type, "directory") != 0)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "export.destination.type: \"%s\" is not supported (supported: "
+                         "directory)",
+                         type);
+    if ((rc = get_str(d, "path", "export.destination.", 1, p->exp_path, sizeof p->exp_path, err,
+                      errlen)))
+        return rc;
+    if (p->exp_path[0] != '/')
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "export.destination.path: must be an absolute path");
+    for (const char *c = p->exp_path; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            return mv_seterr(err, errlen, MV_EINVAL, "export.destination.path: control characters");
+    char layout[16] = "tree";
+    if ((rc = get_str(d, "layout", "export.destination.", 0, layout, sizeof layout, err, errlen)))
+        return rc;
+    if (strcmp(layout, "tree") && strcmp(layout, "flat"))
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "export.destination.layout: must be \"tree\" or \"flat\"");
+    p->exp_flat = strcmp(layout, "flat") == 0;
+    json_t *sign = json_object_get(d, "sign");
+    if (sign && !json_is_boolean(sign))
+        return mv_seterr(err, errlen, MV_EINVAL, "export.destination.sign: must be true or false");
+    p->exp_sign = sign && json_is_true(sign);
+    json_t *pk = json_object_get(ex, "public_key"); /* written by profile add, not by users */
+    if (pk) {
+        if (!json_is_string(pk) || !strstr(json_string_value(pk), "-----BEGIN PUBLIC KEY") ||
+            strlen(json_string_value(pk)) > PEM_MAX)
+            return mv_seterr(err, errlen, MV_EINVAL, "export.public_key: must be a PEM public key");
+        if (!(p->exp_public_key = strdup(json_string_value(pk)))) return MV_ENOMEM;
+    }
+    return MV_OK;
+}
+
 static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *err, size_t errlen)
 {
     static const char *const top_keys[] = {
-        "name",      "type",     "server",          "graph",          "ews", "folders", "mailboxes",
-        "directory", "deletion", "archive_mailbox", "public_folders", NULL};
+        "name",           "type",      "server",    "graph",    "ews",
+        "folders",        "mailboxes", "directory", "deletion", "archive_mailbox",
+        "public_folders", "export",    NULL};
     static const char *const server_keys[] = {"host", "port", "tls", "verify", NULL};
     static const char *const graph_keys[] = {"tenant_id",
                                              "client_id",
@@ -340,10 +404,27 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
         p->source = MV_SOURCE_GRAPH;
     else if (strcmp(p->type, "ews") == 0)
         p->source = MV_SOURCE_EWS;
+    else if (strcmp(p->type, "export") == 0)
+        p->source = MV_SOURCE_EXPORT;
     else
         return mv_seterr(err, errlen, MV_EINVAL,
-                         "type: \"%s\" is not supported (supported: imap, graph, ews)", p->type);
+                         "type: \"%s\" is not supported (supported: imap, graph, ews, export)",
+                         p->type);
     p->verify = 1;
+    json_t *ex = json_object_get(root, "export");
+    if (ex && p->source != MV_SOURCE_EXPORT)
+        return mv_seterr(err, errlen, MV_EINVAL, "export: not used by type %s", p->type);
+    if (p->source == MV_SOURCE_EXPORT) {
+        static const char *const only[] = {"server",   "graph",           "ews",
+                                           "folders",  "mailboxes",       "directory",
+                                           "deletion", "archive_mailbox", "public_folders",
+                                           NULL};
+        for (size_t i = 0; only[i]; i++)
+            if (json_object_get(root, only[i]))
+                return mv_seterr(err, errlen, MV_EINVAL, "%s: not used by type export", only[i]);
+        if (!ex) return mv_seterr(err, errlen, MV_EINVAL, "export: missing");
+        return parse_export(ex, p, err, errlen);
+    }
 
     json_t *srv = json_object_get(root, "server");
     json_t *gr = json_object_get(root, "graph");
@@ -596,6 +677,21 @@ char *mv_profile_to_json(const mv_profile *p)
     if (!root || !srv || !folders || !mbs) goto out;
     json_object_set_new(root, "name", json_string(p->name));
     json_object_set_new(root, "type", json_string(p->type));
+    if (p->source == MV_SOURCE_EXPORT) {
+        json_t *ex = json_object(), *d = json_object();
+        json_object_set_new(ex, "mailbox", json_string(p->exp_mailbox));
+        if (p->exp_folder[0]) json_object_set_new(ex, "folder", json_string(p->exp_folder));
+        json_object_set_new(d, "type", json_string("directory"));
+        json_object_set_new(d, "path", json_string(p->exp_path));
+        json_object_set_new(d, "layout", json_string(p->exp_flat ? "flat" : "tree"));
+        json_object_set_new(d, "sign", json_boolean(p->exp_sign));
+        json_object_set_new(ex, "destination", d);
+        if (p->exp_public_key)
+            json_object_set_new(ex, "public_key", json_string(p->exp_public_key));
+        json_object_set_new(root, "export", ex);
+        out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        goto out;
+    }
     int app = p->source == MV_SOURCE_GRAPH ||
               (p->source == MV_SOURCE_EWS && p->ews_auth == MV_EWS_AUTH_OAUTH);
     if (p->source == MV_SOURCE_EWS) {
@@ -704,6 +800,7 @@ void mv_profile_free(mv_profile *p)
         free(p->client_key_pem);
     }
     free(p->client_cert_pem);
+    free(p->exp_public_key);
     memset(p, 0, sizeof *p);
 }
 

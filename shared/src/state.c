@@ -1453,3 +1453,45 @@ mv_err mv_state_delay_pump(mv_state *s, int64_t now_ms, int max,
     freeReplyObject(r);
     return e;
 }
+
+/* ---- sets of strings per tenant (mv:<ns>:{t}:{name}) ----------------------------------- */
+
+static mv_err set_key(char *key, const char *tenant, const char *ns, const char *name, char *err,
+                      size_t errlen)
+{
+    mv_err e = st_check(tenant, NULL, NULL, err, errlen);
+    if (!e && (!mv_name_valid(ns) || !mv_name_valid(name)))
+        e = mv_seterr(err, errlen, MV_EINVAL, "set: bad namespace or name");
+    if (!e) e = st_key(key, err, errlen, "mv:%s:%s:%s", ns, tenant, name);
+    return e;
+}
+
+mv_err mv_state_set_add(mv_state *s, const char *tenant, const char *ns, const char *name,
+                        const char *member, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    mv_err e = set_key(key, tenant, ns, name, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "SADD");
+    sa_str(&a, key);
+    sa_str(&a, member);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+mv_err mv_state_set_member(mv_state *s, const char *tenant, const char *ns, const char *name,
+                           const char *member, int *is_member, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    long long v = 0;
+    *is_member = 0;
+    mv_err e = set_key(key, tenant, ns, name, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "SISMEMBER");
+    sa_str(&a, key);
+    sa_str(&a, member);
+    e = st_int(s, 1, &a, &v, err, errlen);
+    if (!e) *is_member = v == 1;
+    return e;
+}

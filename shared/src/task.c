@@ -28,6 +28,8 @@ const char *mv_task_kind_name(mv_task_kind k)
     switch (k) {
     case MV_TASK_ARCHIVE:
         return "archive";
+    case MV_TASK_EXPORT:
+        return "export";
     }
     return "unknown";
 }
@@ -59,7 +61,7 @@ static mv_err task_check(const mv_task *t, char *err, size_t errlen)
     if (!printable_ascii(t->run_id))
         return mv_seterr(err, errlen, MV_EINVAL,
                          "task field \"r\": must be printable ASCII (at most 36 characters)");
-    if (t->kind != MV_TASK_ARCHIVE)
+    if (t->kind != MV_TASK_ARCHIVE && t->kind != MV_TASK_EXPORT)
         return mv_seterr(err, errlen, MV_EINVAL, "task field \"k\": unknown task kind %d",
                          (int)t->kind);
     if (!mv_name_valid(t->tenant))
@@ -233,10 +235,13 @@ static mv_err decode_field(field_id f, const msgpack_object *o, mv_task *t, char
             return mv_seterr(err, errlen, MV_EINVAL, "task field \"k\": unknown task kind");
         mv_err rc = get_str(o, name, kind, sizeof kind, err, errlen);
         if (rc != MV_OK) return rc;
-        if (strcmp(kind, "archive") != 0)
+        if (strcmp(kind, "archive") == 0)
+            t->kind = MV_TASK_ARCHIVE;
+        else if (strcmp(kind, "export") == 0)
+            t->kind = MV_TASK_EXPORT;
+        else
             return mv_seterr(err, errlen, MV_EINVAL, "task field \"k\": unknown task kind \"%s\"",
                              printable_ascii(kind) ? kind : "?");
-        t->kind = MV_TASK_ARCHIVE;
         return MV_OK;
     }
     case F_T:

@@ -245,6 +245,47 @@ static void test_ews(void **state)
                  1, "also public_folders.archive_as");
 }
 
+/* type export: a mailbox's archive (optionally one folder subtree) into a directory. */
+static void test_export(void **state)
+{
+    (void)state;
+    char err[MV_ERRLEN];
+    mv_profile p, q;
+    static const char doc[] = "{\"name\":\"e1\",\"type\":\"export\",\"export\":{\"mailbox\":"
+                              "\"a@x\",\"folder\":\"Inbox\",\"destination\":{\"type\":"
+                              "\"directory\",\"path\":\"/srv/e1\",\"sign\":true}}}";
+    assert_int_equal(mv_profile_parse(doc, 1, &p, err, sizeof err), MV_OK);
+    assert_int_equal(p.source, MV_SOURCE_EXPORT);
+    assert_string_equal(p.exp_mailbox, "a@x");
+    assert_string_equal(p.exp_folder, "Inbox");
+    assert_string_equal(p.exp_path, "/srv/e1");
+    assert_int_equal(p.exp_flat, 0);
+    assert_int_equal(p.exp_sign, 1);
+    char *js = mv_profile_to_json(&p);
+    assert_int_equal(mv_profile_parse(js, 0, &q, err, sizeof err), MV_OK);
+    assert_string_equal(q.exp_path, "/srv/e1");
+    assert_int_equal(q.exp_sign, 1);
+    mv_profile_free(&q);
+    free(js);
+    mv_profile_free(&p);
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"directory\",\"path\":\"relative/dir\"}}}",
+                 1, "export.destination.path: must be an absolute path");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"imap\",\"path\":\"/x\"}}}",
+                 1, "export.destination.type");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"directory\",\"path\":\"/x\",\"layout\":\"deep\"}}}",
+                 1, "export.destination.layout");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"destination\":{}}}", 1,
+                 "export.mailbox: missing");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"mailboxes\":[],\"export\":{}}", 1,
+                 "mailboxes: not used by type export");
+    expect_error("{\"name\":\"e\",\"server\":{\"host\":\"h\"},\"export\":{},"
+                 "\"mailboxes\":[{\"login\":\"a\"}]}",
+                 1, "export: not used by type imap");
+}
+
 static void test_folder_patterns(void **state)
 {
     (void)state;
@@ -284,6 +325,7 @@ int main(void)
         cmocka_unit_test(test_folder_patterns),
         cmocka_unit_test(test_deletion_rule),
         cmocka_unit_test(test_ews),
+        cmocka_unit_test(test_export),
         cmocka_unit_test(test_cred_ad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -139,6 +139,14 @@ static void test_round_trip_full(void **state)
     assert_int_equal(mv_task_decode(buf, len, &b, err, sizeof err), MV_OK);
     assert_task_equal(&a, &b);
     free(buf);
+    /* an export task travels the same way */
+    a.kind = MV_TASK_EXPORT;
+    strcpy(a.mailbox, "export:erin-all");
+    assert_int_equal(mv_task_encode(&a, &buf, &len, err, sizeof err), MV_OK);
+    assert_int_equal(mv_task_decode(buf, len, &b, err, sizeof err), MV_OK);
+    assert_task_equal(&a, &b);
+    assert_int_equal(b.kind, MV_TASK_EXPORT);
+    free(buf);
 }
 
 static void test_round_trip_no_error_omits_e(void **state)
@@ -743,6 +751,7 @@ static void test_key_and_kind_name(void **state)
     assert_string_equal(small, "acme-");
     mv_task_key(&a, small, 0); /* no write, no crash */
     assert_string_equal(mv_task_kind_name(MV_TASK_ARCHIVE), "archive");
+    assert_string_equal(mv_task_kind_name(MV_TASK_EXPORT), "export");
     assert_string_equal(mv_task_kind_name((mv_task_kind)99), "unknown");
 }
 

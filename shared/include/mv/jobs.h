@@ -48,6 +48,9 @@ void mv_jobs_graph_opts(mv_graph_opts *o, const mv_config *c, const mv_profile *
 void mv_jobs_ews_opts(mv_ews_opts *o, const mv_config *c, const mv_profile *p,
                       const char *credential);
 
+/* The mailbox id of an export profile's task (its lease and status): "export:<profile>". */
+void mv_jobs_export_task_mailbox(const mv_profile *p, char *out, size_t outlen);
+
 /* "Test" a profile: for Graph, get a token and read the folder list of one mailbox (the given
  * one, else the first listed); for IMAP, log in and list folders. *report gets "OK ..." or
  * "FAILED <step>: <what to fix> (<server's words>)". Returns MV_OK only if the check passed;

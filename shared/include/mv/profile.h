@@ -36,7 +36,12 @@ typedef struct mv_profile_mailbox {
     char *password; /* only set when parsed with allow_secrets; wiped by mv_profile_free */
 } mv_profile_mailbox;
 
-typedef enum { MV_SOURCE_IMAP = 0, MV_SOURCE_GRAPH, MV_SOURCE_EWS } mv_source_type;
+typedef enum {
+    MV_SOURCE_IMAP = 0,
+    MV_SOURCE_GRAPH,
+    MV_SOURCE_EWS,
+    MV_SOURCE_EXPORT /* not a source: an export of the archive (exports.md) */
+} mv_source_type;
 typedef enum { MV_EWS_AUTH_BASIC = 0, MV_EWS_AUTH_NTLM, MV_EWS_AUTH_OAUTH } mv_ews_auth_mode;
 typedef enum {
     MV_EWS_ARCHIVE_SKIP = 0, /* the primary mailbox only */
@@ -46,7 +51,7 @@ typedef enum {
 
 typedef struct mv_profile {
     char name[64];
-    char type[16]; /* "imap" | "graph" | "ews" */
+    char type[16]; /* "imap" | "graph" | "ews" | "export" */
     mv_source_type source;
     /* graph, and ews with OAuth: the Entra ID app */
     char tenant_id[128];
@@ -89,6 +94,14 @@ typedef struct mv_profile {
     char pf_mailbox[256];    /* the mailbox whose identity reaches them */
     char pf_archive_as[256]; /* the mailbox id they are archived under (a task of its own) */
     char pf_target[256];     /* folder prefix in the index, default "Public Folders" */
+    /* export: the archive of exp_mailbox (only exp_folder and its subfolders if set) into a
+     * directory of .eml files; signed with the profile's key when exp_sign */
+    char exp_mailbox[256];
+    char exp_folder[1024];
+    char exp_path[1024];
+    int exp_flat;
+    int exp_sign;
+    char *exp_public_key; /* PEM, made by profile add when exp_sign */
 } mv_profile;
 
 /* Parse and validate. allow_secrets = 1 for user input (password fields kept in memory),

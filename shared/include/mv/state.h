@@ -186,6 +186,14 @@ mv_err mv_state_limit_acquire_n(mv_state *s, const char *scope, const char *requ
 mv_err mv_state_limit_release_n(mv_state *s, const char *scope, const char *request_id, int n,
                                 char *err, size_t errlen);
 
+/* ---- sets of strings per tenant: mv:<ns>:{t}:{name} (ns and name valid names) ----
+ * Exports record here what each destination received (ns "export", name the destination's
+ * id, members the files' paths). */
+mv_err mv_state_set_add(mv_state *s, const char *tenant, const char *ns, const char *name,
+                        const char *member, char *err, size_t errlen);
+mv_err mv_state_set_member(mv_state *s, const char *tenant, const char *ns, const char *name,
+                           const char *member, int *is_member, char *err, size_t errlen);
+
 /* ---- delayed tasks (retries with backoff) ---- */
 mv_err mv_state_delay_add(mv_state *s, const void *payload, size_t len, int64_t due_ms, char *err,
                           size_t errlen);

@@ -2,7 +2,7 @@
  *
  * Value: a msgpack map with string keys (see docs/formats.md):
  *   "v"  uint  schema version (1)          "id" str  task id (uuid)
- *   "k"  str   kind ("archive")            "t"  str  tenant
+ *   "k"  str   kind ("archive", "export")  "t"  str  tenant
  *   "p"  str   profile                      "m"  str  mailbox (login / address)
  *   "r"  str   run id (uuid of the "run now" or schedule firing)
  *   "a"  uint  attempt (0 = first)          "c"  uint chunk number (0 = first)
@@ -19,7 +19,7 @@
 
 #define MV_TASK_VERSION 1
 
-typedef enum { MV_TASK_ARCHIVE = 1 } mv_task_kind;
+typedef enum { MV_TASK_ARCHIVE = 1, MV_TASK_EXPORT = 2 } mv_task_kind;
 
 typedef struct mv_task {
     uint32_t version;
