@@ -79,9 +79,12 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=7):
     check(shown["export"]["public_key"] == open(os.path.join(dest, "signing-key.pub.pem")).read(),
           "the public key next to the export is the profile's")
 
-    # again: nothing to write, nothing touched
+    # again: nothing to write, nothing touched; a crashed run's temporary file is cleaned up
     mtimes = {rel: os.stat(p).st_mtime_ns for rel, p in files.items()}
+    stale = os.path.join(os.path.dirname(files[sorted(files)[0]]), ".mv-tmp-" + "0" * 64 + ".eml")
+    open(stale, "wb").write(b"half a message")
     run(t, "erin-all")
+    check(not os.path.exists(stale), "a temporary file left by a crash is removed")
     st = {m["mailbox"]: m for m in status(t)["mailboxes"]}["export:erin-all"]
     check(st["messages"] == 0 and st["deduplicated"] == len(want), f"a second run writes nothing ({st['messages']})")
     check(all(os.stat(files[rel]).st_mtime_ns == m for rel, m in mtimes.items()), "no file was rewritten")
