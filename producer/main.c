@@ -8,6 +8,7 @@
 #include "mv/index.h"
 #include "mv/jobs.h"
 #include "mv/log.h"
+#include "mv/search.h"
 #include "mv/profile.h"
 #include "mv/queue.h"
 #include "mv/store.h"
@@ -59,7 +60,10 @@ static const char usage_text[] =
     "  status [--tenant T] [--watch] [--json] progress per tenant and mailbox, and the\n"
     "                                        consumer lag (exit 1 if a mailbox failed)\n"
     "Archive:\n"
-    "  ls --tenant T [--mailbox M] [--json]  list archived messages from the index\n"
+    "  ls --tenant T [--mailbox M] [--json]  list archived messages from the index; search\n"
+    "     [--folder F] [--from S] [--to S]   with a folder (and its subfolders), substrings\n"
+    "     [--subject S] [--after YYYY-MM-DD] of From/To/Subject (any case) and a received\n"
+    "     [--before YYYY-MM-DD]              date range (UTC days)\n"
     "  get --tenant T HASH                   write a stored message to stdout, byte-exact\n"
     "  verify [--tenant T]                   re-read every object and check its hash\n"
     "\n"
@@ -520,6 +524,7 @@ static int cmd_verify(cli *c, int argc, char **argv)
 typedef struct ls_ctx {
     cli *c;
     mv_store *s;
+    mv_search q;
     const char *tenant;
     const char *mailbox;
     unsigned long long count;
@@ -529,6 +534,7 @@ typedef struct ls_ctx {
 static int ls_record(void *ud, const mv_segment *seg, const mv_index_rec *r)
 {
     ls_ctx *x = ud;
+    if (!mv_search_match(&x->q, seg->folder, r)) return 0;
     if (x->c->json) {
         json_t *o = json_pack(
             "{s:s,s:s,s:I,s:s,s:I,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "mailbox", x->mailbox,
@@ -562,13 +568,32 @@ static int ls_mailbox(void *ud, const char *mailbox)
 
 static int cmd_ls(cli *c, int argc, char **argv)
 {
-    opt opts[] = {{"tenant", 1, NULL, 0}, {"mailbox", 1, NULL, 0}, {NULL, 0, NULL, 0}};
+    opt opts[] = {{"tenant", 1, NULL, 0}, {"mailbox", 1, NULL, 0}, {"folder", 1, NULL, 0},
+                  {"from", 1, NULL, 0},   {"to", 1, NULL, 0},      {"subject", 1, NULL, 0},
+                  {"after", 1, NULL, 0},  {"before", 1, NULL, 0},  {NULL, 0, NULL, 0}};
     const char *pos[1];
     int npos, rc;
     char err[MV_ERRLEN];
     if ((rc = parse_opts(argc, argv, opts, pos, 0, &npos))) return rc;
     if ((rc = need_tenant(opts[0].value))) return rc;
     ls_ctx x = {.c = c, .tenant = opts[0].value};
+    struct {
+        char *dst;
+        size_t n;
+        const char *v, *name;
+    } txt[] = {{x.q.folder, sizeof x.q.folder, opts[2].value, "--folder"},
+               {x.q.from, sizeof x.q.from, opts[3].value, "--from"},
+               {x.q.to, sizeof x.q.to, opts[4].value, "--to"},
+               {x.q.subject, sizeof x.q.subject, opts[5].value, "--subject"}};
+    for (size_t i = 0; i < sizeof txt / sizeof *txt; i++)
+        if (txt[i].v) {
+            if (strlen(txt[i].v) >= txt[i].n)
+                return cli_fail(2, "%s: longer than %zu bytes", txt[i].name, txt[i].n - 1);
+            snprintf(txt[i].dst, txt[i].n, "%s", txt[i].v);
+        }
+    if ((opts[6].value && mv_search_date(opts[6].value, &x.q.after_ms, err, sizeof err)) ||
+        (opts[7].value && mv_search_date(opts[7].value, &x.q.before_ms, err, sizeof err)))
+        return cli_fail(2, "--after/--before: %s", err);
     if (mv_store_open(c->cfg.store_root, 0, c->cfg.zstd_level, &x.s, err, sizeof err))
         return cli_fail(1, "%s", err);
     if (!c->json) printf("MAILBOX\tFOLDER\tUID\tSIZE\tSHA256\tSUBJECT\n");

@@ -22,6 +22,7 @@
 
 #include "mv/archive.h"
 #include "mv/log.h"
+#include "mv/search.h"
 #include "mv/sign.h"
 #include "mv/store.h"
 
@@ -78,16 +79,10 @@ static void dir_of(const char *folder, char *out, size_t outlen)
     out[o] = '\0';
 }
 
-static int in_scope(const char *folder, const char *want)
-{
-    size_t n = strlen(want);
-    return !*want || (!strncmp(folder, want, n) && (folder[n] == '\0' || folder[n] == '/'));
-}
-
 static int collect(void *ud, const mv_segment *seg, const mv_index_rec *rec)
 {
     xlist *l = ud;
-    if (!in_scope(seg->folder, l->p->exp_folder)) return 0;
+    if (!mv_search_match(&l->p->exp_search, seg->folder, rec)) return 0;
     char dir[2048] = "";
     if (!l->p->exp_flat) dir_of(seg->folder, dir, sizeof dir);
     char *rel = mv_aprintf("%s%s.eml", dir, rec->hash);

@@ -305,7 +305,9 @@ static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err,
 /* An export profile: which archive (and folder subtree) goes where. */
 static mv_err parse_export(json_t *ex, mv_profile *p, char *err, size_t errlen)
 {
-    static const char *const ex_keys[] = {"mailbox", "folder", "destination", "public_key", NULL};
+    static const char *const ex_keys[] = {"mailbox",     "folder",     "search",
+                                          "destination", "public_key", NULL};
+    static const char *const q_keys[] = {"from", "to", "subject", "after", "before", NULL};
     static const char *const dst_keys[] = {"type", "path", "layout", "sign", NULL};
     mv_err rc;
     if (!json_is_object(ex)) return mv_seterr(err, errlen, MV_EINVAL, "export: must be an object");
@@ -322,6 +324,35 @@ static mv_err parse_export(json_t *ex, mv_profile *p, char *err, size_t errlen)
     for (const char *c = p->exp_folder; *c; c++)
         if ((unsigned char)*c < 0x20 || *c == 0x7f)
             return mv_seterr(err, errlen, MV_EINVAL, "export.folder: control characters");
+    snprintf(p->exp_search.folder, sizeof p->exp_search.folder, "%s", p->exp_folder);
+    json_t *q = json_object_get(ex, "search");
+    if (q) {
+        if (!json_is_object(q))
+            return mv_seterr(err, errlen, MV_EINVAL, "export.search: must be an object");
+        if ((rc = check_keys(q, "export.search.", q_keys, err, errlen)) ||
+            (rc = get_str(q, "from", "export.search.", 0, p->exp_search.from,
+                          sizeof p->exp_search.from, err, errlen)) ||
+            (rc = get_str(q, "to", "export.search.", 0, p->exp_search.to, sizeof p->exp_search.to,
+                          err, errlen)) ||
+            (rc = get_str(q, "subject", "export.search.", 0, p->exp_search.subject,
+                          sizeof p->exp_search.subject, err, errlen)) ||
+            (rc = get_str(q, "after", "export.search.", 0, p->exp_after, sizeof p->exp_after, err,
+                          errlen)) ||
+            (rc = get_str(q, "before", "export.search.", 0, p->exp_before, sizeof p->exp_before,
+                          err, errlen)))
+            return rc;
+        char derr[MV_ERRLEN];
+        if (p->exp_after[0] &&
+            mv_search_date(p->exp_after, &p->exp_search.after_ms, derr, sizeof derr))
+            return mv_seterr(err, errlen, MV_EINVAL, "export.search.after: %s", derr);
+        if (p->exp_before[0] &&
+            mv_search_date(p->exp_before, &p->exp_search.before_ms, derr, sizeof derr))
+            return mv_seterr(err, errlen, MV_EINVAL, "export.search.before: %s", derr);
+        if (p->exp_search.after_ms && p->exp_search.before_ms &&
+            p->exp_search.after_ms >= p->exp_search.before_ms)
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "export.search: \"after\" must be earlier than \"before\"");
+    }
     json_t *d = json_object_get(ex, "destination");
     if (!d) return mv_seterr(err, errlen, MV_EINVAL, "export.destination: missing");
     if (!json_is_object(d))
@@ -681,6 +712,16 @@ char *mv_profile_to_json(const mv_profile *p)
         json_t *ex = json_object(), *d = json_object();
         json_object_set_new(ex, "mailbox", json_string(p->exp_mailbox));
         if (p->exp_folder[0]) json_object_set_new(ex, "folder", json_string(p->exp_folder));
+        const mv_search *q = &p->exp_search;
+        if (q->from[0] || q->to[0] || q->subject[0] || p->exp_after[0] || p->exp_before[0]) {
+            json_t *qs = json_object();
+            if (q->from[0]) json_object_set_new(qs, "from", json_string(q->from));
+            if (q->to[0]) json_object_set_new(qs, "to", json_string(q->to));
+            if (q->subject[0]) json_object_set_new(qs, "subject", json_string(q->subject));
+            if (p->exp_after[0]) json_object_set_new(qs, "after", json_string(p->exp_after));
+            if (p->exp_before[0]) json_object_set_new(qs, "before", json_string(p->exp_before));
+            json_object_set_new(ex, "search", qs);
+        }
         json_object_set_new(d, "type", json_string("directory"));
         json_object_set_new(d, "path", json_string(p->exp_path));
         json_object_set_new(d, "layout", json_string(p->exp_flat ? "flat" : "tree"));

@@ -9,6 +9,7 @@ again (only those) and the new manifest verifies. A flat export of one folder ho
 folder. A destination that cannot be created fails the task with a clear error."""
 import hashlib
 import subprocess
+import time
 
 from mvtest import *
 
@@ -113,6 +114,40 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=7):
     check(all(os.path.dirname(r) == "" for r in ff) and {os.path.basename(r)[:-4] for r in ff} == sent,
           f"the flat export holds just Sent's messages ({len(ff)} of {len(sent)})")
     check(not os.path.exists(os.path.join(flat, "MANIFEST")), "unsigned unless asked")
+
+    # a saved search: subject substring and a received-date range, as ls finds them too
+    import email.utils
+    recs_full = [json.loads(l) for l in cli("ls", "--tenant", t, "--mailbox", user, "--json").stdout.splitlines()]
+
+    def rtime(r):
+        if r["internaldate"] > 0:
+            return r["internaldate"]
+        try:
+            return int(email.utils.parsedate_to_datetime(r["date"]).timestamp())
+        except (TypeError, ValueError):
+            return 0
+    word = sorted({w for r in recs_full for w in r["subject"].split() if len(w) > 3})[0][:4].upper()
+    days = sorted({time.strftime("%Y-%m-%d", time.gmtime(rtime(r))) for r in recs_full if rtime(r)})
+    after = days[0]
+    import calendar
+    before_ts = calendar.timegm(time.strptime(days[-1], "%Y-%m-%d")) + 86400
+    before = time.strftime("%Y-%m-%d", time.gmtime(before_ts))
+    lo = calendar.timegm(time.strptime(after, "%Y-%m-%d"))
+    match = {(r["folder"], r["hash"]) for r in recs_full
+             if word.lower() in r["subject"].lower() and rtime(r) and lo <= rtime(r) < before_ts}
+    check(0 < len(match) < len(want), f"the search selects some messages, not all ({len(match)} of {len(want)})")
+    found = [json.loads(l) for l in cli("ls", "--tenant", t, "--mailbox", user, "--json", "--subject", word,
+                                        "--after", after, "--before", before).stdout.splitlines()]
+    check({(r["folder"], r["hash"]) for r in found} == match, f"ls finds exactly the matching messages ({len(found)})")
+    sdir = dest + "-search"
+    cli("export", "--tenant", t, "--wait", "--file",
+        export_profile("erin-search", sdir, search={"subject": word, "after": after, "before": before}))
+    got = {(os.path.dirname(r), os.path.basename(r)[:-4]) for r in files_under(sdir)}
+    check(got == match, f"the export holds exactly the search's messages ({len(got)})")
+    shown = json.loads(cli("profile", "show", "--tenant", t, "erin-search").stdout)
+    check(shown["export"]["search"] == {"subject": word, "after": after, "before": before}, "the search is saved with the profile")
+    p = cli("ls", "--tenant", t, "--after", "2024-02-30", expect=2)
+    check("not a date" in p.stderr, f"a bad date is refused: {p.stderr.strip()}")
 
     # a destination that cannot exist
     bad = export_profile("erin-bad", "/etc/hostname/export")

@@ -23,6 +23,7 @@
 
 #include "mv/common.h"
 #include "mv/imap.h"
+#include "mv/search.h"
 
 #define MV_PROFILE_MAX_MAILBOXES 100000
 #define MV_PROFILE_MAX_PATTERNS 256
@@ -101,7 +102,9 @@ typedef struct mv_profile {
     char exp_path[1024];
     int exp_flat;
     int exp_sign;
-    char *exp_public_key; /* PEM, made by profile add when exp_sign */
+    char *exp_public_key;               /* PEM, made by profile add when exp_sign */
+    mv_search exp_search;               /* "search": the saved query (its folder is exp_folder) */
+    char exp_after[16], exp_before[16]; /* as given, YYYY-MM-DD */
 } mv_profile;
 
 /* Parse and validate. allow_secrets = 1 for user input (password fields kept in memory),
