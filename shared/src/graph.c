@@ -769,22 +769,23 @@ static mv_err walk_pages(mv_graph *g, char *url, const char *what, const char *p
     return e;
 }
 
-typedef struct users_pud {
-    mv_graph_user_fn cb;
+/* The caller's callback of a listing, whatever its type (restored in the page adapter). */
+typedef struct page_cb {
+    void (*fn)(void);
     void *ud;
-} users_pud;
+} page_cb;
 
 static mv_err users_page(void *pud, const char *body, size_t len, char **next, char *err,
                          size_t errlen)
 {
-    users_pud *u = pud;
-    return mv_graph__parse_users(body, len, u->cb, u->ud, next, err, errlen);
+    page_cb *u = pud;
+    return mv_graph__parse_users(body, len, (mv_graph_user_fn)u->fn, u->ud, next, err, errlen);
 }
 
 mv_err mv_graph_list_users(mv_graph *g, mv_graph_user_fn cb, void *ud, char *err, size_t errlen)
 {
     if (err && errlen) err[0] = '\0';
-    users_pud u = {cb, ud};
+    page_cb u = {(void (*)(void))cb, ud};
     return walk_pages(
         g,
         mv_aprintf("%s/users?$select=id,userPrincipalName,mail,assignedLicenses&$top=999",
@@ -1039,16 +1040,11 @@ out:
     return e;
 }
 
-typedef struct ids_pud {
-    mv_graph_id_fn cb;
-    void *ud;
-} ids_pud;
-
 static mv_err ids_page(void *pud, const char *body, size_t len, char **next, char *err,
                        size_t errlen)
 {
-    ids_pud *p = pud;
-    return mv_graph__parse_idlist(body, len, p->cb, p->ud, next, err, errlen);
+    page_cb *p = pud;
+    return mv_graph__parse_idlist(body, len, (mv_graph_id_fn)p->fn, p->ud, next, err, errlen);
 }
 
 mv_err mv_graph_list_received_before(mv_graph *g, const char *user, const char *folder_id,
@@ -1072,7 +1068,7 @@ mv_err mv_graph_list_received_before(mv_graph *g, const char *user, const char *
                          g->graph_base, ue, fe, iso, g->o.page_size);
     free(ue);
     free(fe);
-    ids_pud p = {cb, ud};
+    page_cb p = {(void (*)(void))cb, ud};
     return walk_pages(g, url, "message list", "IdType=\"ImmutableId\"", ids_page, &p, err, errlen);
 }
 
