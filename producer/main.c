@@ -57,6 +57,9 @@ static const char usage_text[] =
     "                                        archive into a directory of .eml files, optionally\n"
     "                                        signed) and run it; re-running writes only what\n"
     "                                        is missing\n"
+    "  cancel --tenant T [--profile P | --mailbox M]\n"
+    "                                        stop the current run of those mailboxes (all of\n"
+    "                                        the tenant's by default): what is archived stays\n"
     "  status [--tenant T] [--watch] [--json] progress per tenant and mailbox, and the\n"
     "                                        consumer lag (exit 1 if a mailbox failed)\n"
     "Archive:\n"
@@ -664,6 +667,8 @@ int main(int argc, char **argv)
             rc = cmd_run(&c, nargs, args);
         else if (strcmp(cmd, "export") == 0)
             rc = cmd_export(&c, nargs, args);
+        else if (strcmp(cmd, "cancel") == 0)
+            rc = cmd_cancel(&c, nargs, args);
         else if (strcmp(cmd, "status") == 0)
             rc = cmd_status(&c, nargs, args);
         else if (strcmp(cmd, "get") == 0)

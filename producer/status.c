@@ -13,7 +13,7 @@
 typedef struct mbox_status {
     char tenant[64];
     char mailbox[256];
-    char state[16], run[40], worker[128], folder[256], error[512];
+    char state[16], run[40], worker[128], folder[256], error[512], profile[64];
     long long messages, total, raw, stored, dedup, heartbeat, started, finished, queued;
     long long removed, throttled, deleted, skipped;
     int chunk, attempt;
@@ -39,6 +39,7 @@ static int field_cb(void *ud, const char *f, const char *v)
     S("worker", m->worker);
     S("folder", m->folder);
     S("error", m->error);
+    S("profile", m->profile);
     N("messages", m->messages);
     N("total_messages", m->total);
     N("bytes_raw", m->raw);
@@ -130,7 +131,8 @@ static void print_table(const status_list *l, const mv_lag *lag, int lag_ok, FIL
                 raw += l->v[j].raw;
                 stored += l->v[j].stored;
                 throttled += l->v[j].throttled;
-                done += strcmp(l->v[j].state, "done") == 0;
+                done +=
+                    strcmp(l->v[j].state, "done") == 0 || strcmp(l->v[j].state, "cancelled") == 0;
                 failed += strcmp(l->v[j].state, "failed") == 0;
             }
             active = n - done - failed;
@@ -262,20 +264,21 @@ int cli_wait_run(cli *c, mv_state *st, const char *tenant, const char *run_id, i
     int64_t start = mv_mono_ms(), last_line = 0;
     for (;;) {
         if ((rc = collect(st, tenant, &l))) break;
-        int total = 0, done = 0, failed = 0;
+        int total = 0, done = 0, failed = 0, cancelled = 0;
         long long msgs = 0, raw = 0;
         for (size_t i = 0; i < l.n; i++) {
             if (strcmp(l.v[i].run, run_id) != 0) continue;
             total++;
             done += strcmp(l.v[i].state, "done") == 0;
             failed += strcmp(l.v[i].state, "failed") == 0;
+            cancelled += strcmp(l.v[i].state, "cancelled") == 0;
             msgs += l.v[i].messages;
             raw += l.v[i].raw;
         }
         int64_t now = mv_mono_ms();
         char r[32];
         human(raw, r, sizeof r);
-        int finished = total > 0 && done + failed == total;
+        int finished = total > 0 && done + failed + cancelled == total;
         if (tty || finished || now - last_line >= 5000) {
             fprintf(stderr, "%s[%5.1fs] %d/%d mailboxes done, %d failed, %lld messages, %s%s",
                     tty ? "\r" : "", (double)(now - start) / 1000, done, total, failed, msgs, r,
@@ -287,7 +290,8 @@ int cli_wait_run(cli *c, mv_state *st, const char *tenant, const char *run_id, i
                 if (strcmp(l.v[i].run, run_id) == 0 && strcmp(l.v[i].state, "failed") == 0)
                     fprintf(stderr, "mailvault: mailbox %s failed: %s\n", l.v[i].mailbox,
                             l.v[i].error);
-            rc = failed ? 1 : 0;
+            if (cancelled) fprintf(stderr, "mailvault: %d mailbox(es) cancelled\n", cancelled);
+            rc = failed || cancelled ? 1 : 0;
             break;
         }
         if (timeout_s && now - start > (int64_t)timeout_s * 1000) {
@@ -298,5 +302,47 @@ int cli_wait_run(cli *c, mv_state *st, const char *tenant, const char *run_id, i
         usleep(200 * 1000);
     }
     free(l.v);
+    return rc;
+}
+
+/* Cancel the current run of a tenant's mailboxes: all of them, one profile's, or one mailbox.
+ * Workers see it with their next heartbeat (within about a second): what is archived stays,
+ * the task ends "cancelled", and queued continuations or retries of that run are dropped. */
+int cmd_cancel(cli *c, int argc, char **argv)
+{
+    const char *tenant = NULL, *profile = NULL, *mailbox = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char **dst = !strcmp(argv[i], "--tenant")    ? &tenant
+                           : !strcmp(argv[i], "--profile") ? &profile
+                           : !strcmp(argv[i], "--mailbox") ? &mailbox
+                                                           : NULL;
+        if (!dst || i + 1 >= argc)
+            return cli_fail(2, "usage: mailvault cancel --tenant T [--profile P | --mailbox M]");
+        *dst = argv[++i];
+    }
+    if (!tenant) return cli_fail(2, "--tenant is required");
+    mv_state *st = cli_state(c);
+    if (!st) return 1;
+    status_list l = {0};
+    int rc = collect(st, tenant, &l), n = 0;
+    char err[MV_ERRLEN];
+    for (size_t i = 0; !rc && i < l.n; i++) {
+        const mbox_status *m = &l.v[i];
+        if (mailbox && strcmp(m->mailbox, mailbox)) continue;
+        if (profile && strcmp(m->profile, profile)) continue;
+        if (strcmp(m->state, "queued") && strcmp(m->state, "running") &&
+            strcmp(m->state, "retrying"))
+            continue;
+        if (mv_state_cancel_set(st, tenant, m->mailbox, m->run, err, sizeof err)) {
+            rc = cli_fail(1, "%s", err);
+            break;
+        }
+        n++;
+    }
+    if (!rc && !n) rc = cli_fail(1, "nothing to cancel: no queued or running task matches");
+    if (!rc)
+        printf("cancel requested for %d mailbox%s of tenant %s\n", n, n == 1 ? "" : "es", tenant);
+    free(l.v);
+    mv_state_close(st);
     return rc;
 }

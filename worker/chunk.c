@@ -54,6 +54,15 @@ mv_err chunk_beat(chunk_ctx *c, int force)
     mv_err rc = mv_state_lease_renew(r->st, c->t->tenant, c->t->mailbox, r->worker_id, c->token,
                                      r->cfg->lease_ttl_ms, c->err, sizeof c->err);
     if (rc) return rc;
+    char cancel[37];
+    if ((rc = mv_state_cancel_get(r->st, c->t->tenant, c->t->mailbox, cancel, c->err,
+                                  sizeof c->err)))
+        return rc;
+    if (cancel[0] && strcmp(cancel, c->t->run_id) == 0) {
+        c->cancelled = 1;
+        snprintf(c->err, sizeof c->err, "cancelled by the operator");
+        return MV_ECANCEL;
+    }
     return mv_state_status_set(r->st, c->t->tenant, c->t->mailbox, c->err, sizeof c->err,
                                "heartbeat_ms", hb, "folder", c->folder, NULL);
 }

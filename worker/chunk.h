@@ -24,6 +24,7 @@ typedef struct chunk_ctx {
     uint64_t budget;        /* messages this chunk may still archive */
     int64_t deadline;       /* monotonic ms when the chunk's time is up */
     int64_t retry_after_ms; /* a source asked for at least this delay before a retry */
+    int cancelled;          /* the operator cancelled this task's run (chunk_beat saw it) */
     const mv_profile *profile;
     mv_err failed;
     char err[MV_ERRLEN];
@@ -50,7 +51,8 @@ mv_err ews_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secret
 mv_err export_run(chunk_ctx *c, const mv_profile *p, const char *sign_key, int *more, char *err,
                   size_t errlen);
 
-/* Heartbeat + lease renewal, at most once a second unless force. */
+/* Heartbeat + lease renewal, at most once a second unless force; MV_ECANCEL (and
+ * c->cancelled) when the operator cancelled the task's run. */
 mv_err chunk_beat(chunk_ctx *c, int force);
 /* Sleep ms with heartbeats and the lease kept alive; -1 if the worker stops or the lease is
  * lost meanwhile (a server's back-off, a throttling wait). */

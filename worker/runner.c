@@ -101,6 +101,20 @@ static mv_err acquire_lease(mv_runner *r, const mv_task *t, uint64_t *token, cha
     }
 }
 
+/* The operator cancelled the run: the mailbox ends "cancelled", no retry, no continuation. */
+static mv_err record_cancelled(mv_runner *r, const mv_task *t, mv_run_outcome *outcome, char *err,
+                               size_t errlen)
+{
+    char now[32];
+    snprintf(now, sizeof now, "%lld", (long long)mv_now_ms());
+    mv_info("task cancelled by the operator", " tenant=%s mailbox=%s task=%s run=%s", t->tenant,
+            t->mailbox, t->id, t->run_id);
+    *outcome = MV_RUN_DONE;
+    return mv_state_status_set(r->st, t->tenant, t->mailbox, err, errlen, "state", "cancelled",
+                               "finished_ms", now, "heartbeat_ms", now, "error",
+                               "cancelled by the operator", "folder", "", NULL);
+}
+
 mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_outcome *outcome,
                          char *err, size_t errlen)
 {
@@ -178,6 +192,12 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     if (slot && (cause = mv_jobs_credential(r->st, r->master_key, t.tenant, t.profile, slot,
                                             &password, why, sizeof why)))
         goto failed;
+    char cancel[37];
+    if ((rc = mv_state_cancel_get(r->st, t.tenant, t.mailbox, cancel, err, errlen))) goto out;
+    if (cancel[0] && strcmp(cancel, t.run_id) == 0) { /* cancelled while it was queued */
+        rc = record_cancelled(r, &t, outcome, err, errlen);
+        goto out;
+    }
     chunk_ctx cc;
     if ((cause = chunk_init(&cc, r, &t, token))) {
         mv_seterr(why, sizeof why, cause, "out of memory");
@@ -192,7 +212,12 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     else
         cause = imap_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
     retry_after_ms = cc.retry_after_ms;
+    int cancelled = cc.cancelled;
     chunk_free(&cc);
+    if (cancelled) { /* what is recorded stays recorded; the run goes no further */
+        rc = record_cancelled(r, &t, outcome, err, errlen);
+        goto out;
+    }
     if (cause && *r->stopping && (cause == MV_ECANCEL || cause == MV_EBUSY)) {
         /* interrupted by shutdown while waiting (limiter, throttling): what is recorded
          * stays recorded and pending work is redone, so this is a continuation, not a

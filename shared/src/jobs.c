@@ -378,6 +378,7 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
         char k[512], nowtxt[32];
         mv_task_key(&t, k, sizeof k);
         snprintf(nowtxt, sizeof nowtxt, "%lld", (long long)now);
+        if ((rc = mv_state_cancel_clear(st, tenant, t.mailbox, err, errlen))) goto out;
         rc = mv_state_status_set(st, tenant, t.mailbox, err, errlen, "state", "queued", "task",
                                  t.id, "run", run_id, "profile", profile, "chunk", "0", "attempt",
                                  "0", "messages", "0", "bytes_raw", "0", "bytes_stored", "0",

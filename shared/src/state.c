@@ -1495,3 +1495,53 @@ mv_err mv_state_set_member(mv_state *s, const char *tenant, const char *ns, cons
     if (!e) *is_member = v == 1;
     return e;
 }
+
+/* ---- cancellation ---------------------------------------------------------------------- */
+
+static mv_err cancel_key(char *key, const char *tenant, const char *mailbox, char *err,
+                         size_t errlen)
+{
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:cancel:%s:%s", tenant, mailbox);
+    return e;
+}
+
+mv_err mv_state_cancel_set(mv_state *s, const char *tenant, const char *mailbox, const char *run_id,
+                           char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    mv_err e = cancel_key(key, tenant, mailbox, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "SET");
+    sa_str(&a, key);
+    sa_str(&a, run_id);
+    sa_str(&a, "EX");
+    sa_str(&a, "604800");
+    return st_ok(s, 1, &a, err, errlen);
+}
+
+mv_err mv_state_cancel_get(mv_state *s, const char *tenant, const char *mailbox, char run_id[37],
+                           char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], *v = NULL;
+    run_id[0] = '\0';
+    mv_err e = cancel_key(key, tenant, mailbox, err, errlen);
+    if (!e) e = st_get_copy(s, key, &v, NULL, err, errlen);
+    if (e == MV_ENOTFOUND) return MV_OK;
+    if (!e) snprintf(run_id, 37, "%s", v);
+    free(v);
+    return e;
+}
+
+mv_err mv_state_cancel_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,
+                             size_t errlen)
+{
+    char key[ST_KEYLEN];
+    mv_err e = cancel_key(key, tenant, mailbox, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "DEL");
+    sa_str(&a, key);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}

@@ -194,6 +194,17 @@ mv_err mv_state_set_add(mv_state *s, const char *tenant, const char *ns, const c
 mv_err mv_state_set_member(mv_state *s, const char *tenant, const char *ns, const char *name,
                            const char *member, int *is_member, char *err, size_t errlen);
 
+/* ---- cancellation ----
+ * mv:cancel:{t}:{mailbox} = the run id whose tasks of that mailbox must stop (set by
+ * `mailvault cancel`, expires after 7 days, cleared when a new run of the mailbox is queued).
+ * Workers look at it with every heartbeat; get gives "" when nothing is cancelled. */
+mv_err mv_state_cancel_set(mv_state *s, const char *tenant, const char *mailbox, const char *run_id,
+                           char *err, size_t errlen);
+mv_err mv_state_cancel_get(mv_state *s, const char *tenant, const char *mailbox, char run_id[37],
+                           char *err, size_t errlen);
+mv_err mv_state_cancel_clear(mv_state *s, const char *tenant, const char *mailbox, char *err,
+                             size_t errlen);
+
 /* ---- delayed tasks (retries with backoff) ---- */
 mv_err mv_state_delay_add(mv_state *s, const void *payload, size_t len, int64_t due_ms, char *err,
                           size_t errlen);
