@@ -50,6 +50,9 @@ mv_err ews_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secret
  * key (PEM) or NULL. */
 mv_err export_run(chunk_ctx *c, const mv_profile *p, const char *sign_key, int *more, char *err,
                   size_t errlen);
+/* An export profile with an IMAP destination (export_imap.c); password opens it. */
+mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, int *more,
+                       char *err, size_t errlen);
 
 /* Heartbeat + lease renewal, at most once a second unless force; MV_ECANCEL (and
  * c->cancelled) when the operator cancelled the task's run. */

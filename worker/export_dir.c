@@ -19,6 +19,7 @@
  * -signature MANIFEST.sig MANIFEST` (docs/exports.md). */
 #define _XOPEN_SOURCE 700 /* nftw */
 #include "chunk.h"
+#include "export.h"
 
 #include "mv/archive.h"
 #include "mv/log.h"
@@ -38,86 +39,6 @@
 #include <openssl/evp.h>
 
 #define TMP_PREFIX ".mv-tmp-"
-
-typedef struct xfile {
-    char *rel; /* path below the destination */
-    char hash[65];
-    uint64_t size;
-} xfile;
-
-typedef struct xlist {
-    xfile *v;
-    size_t n, cap;
-    const mv_profile *p;
-    int failed;
-} xlist;
-
-/* A folder path of the index as a relative directory: components kept ("%2F" stays), but
- * "." and ".." and control bytes can never escape or confuse the destination. */
-static void dir_of(const char *folder, char *out, size_t outlen)
-{
-    size_t o = 0;
-    const char *c = folder;
-    while (*c && o + 4 < outlen) {
-        const char *end = strchr(c, '/');
-        size_t n = end ? (size_t)(end - c) : strlen(c);
-        if (n == 0) { /* an empty component: skip */
-        } else if ((n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.')) {
-            for (size_t i = 0; i < n && o + 4 < outlen; i++) {
-                memcpy(out + o, "%2E", 3);
-                o += 3;
-            }
-            out[o++] = '/';
-        } else {
-            for (size_t i = 0; i < n && o + 2 < outlen; i++)
-                out[o++] = ((unsigned char)c[i] < 0x20 || c[i] == 0x7f) ? '_' : c[i];
-            out[o++] = '/';
-        }
-        c += n;
-        if (*c == '/') c++;
-    }
-    out[o] = '\0';
-}
-
-static int collect(void *ud, const mv_segment *seg, const mv_index_rec *rec)
-{
-    xlist *l = ud;
-    if (!mv_search_match(&l->p->exp_search, seg->folder, rec)) return 0;
-    char dir[2048] = "";
-    if (!l->p->exp_flat) dir_of(seg->folder, dir, sizeof dir);
-    char *rel = mv_aprintf("%s%s.eml", dir, rec->hash);
-    if (!rel) goto nomem;
-    if (l->n == l->cap) {
-        size_t nc = l->cap ? l->cap * 2 : 256;
-        xfile *nv = realloc(l->v, nc * sizeof *nv);
-        if (!nv) {
-            free(rel);
-            goto nomem;
-        }
-        l->v = nv;
-        l->cap = nc;
-    }
-    l->v[l->n].rel = rel;
-    memcpy(l->v[l->n].hash, rec->hash, sizeof l->v[l->n].hash);
-    l->v[l->n].size = rec->size;
-    l->n++;
-    return 0;
-nomem:
-    l->failed = 1;
-    return 1;
-}
-
-static int cmp_rel(const void *a, const void *b)
-{
-    return strcmp(((const xfile *)a)->rel, ((const xfile *)b)->rel);
-}
-
-static void xlist_free(xlist *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->v[i].rel);
-    free(l->v);
-}
 
 static mv_err mkdirs(const char *path, char *err, size_t errlen)
 {
@@ -307,24 +228,14 @@ mv_err export_run(chunk_ctx *c, const mv_profile *p, const char *sign_key, int *
 {
     const mv_task *t = c->t;
     mv_runner *r = c->r;
-    xlist l = {.p = p};
+    xlist l = {0};
     uint64_t written = 0, kept = 0, restored = 0, bytes = 0;
     *more = 0;
     c->profile = p;
     mv_err rc = mkdirs(p->exp_path, err, errlen);
     if (rc) goto out;
     if (t->chunk == 0) nftw(p->exp_path, rm_tmp, 16, FTW_PHYS); /* a crashed run's leftovers */
-    if ((rc = mv_archive_list(r->store, t->tenant, p->exp_mailbox, collect, &l, err, errlen)))
-        goto out;
-    if (l.failed) {
-        rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory listing the archive");
-        goto out;
-    }
-    if (l.n == 0) {
-        mv_warn("nothing to export", " tenant=%s export=%s mailbox=%s folder=\"%s\"", t->tenant,
-                p->name, p->exp_mailbox, p->exp_folder);
-    }
-    qsort(l.v, l.n, sizeof *l.v, cmp_rel);
+    if ((rc = export_list(c, p, &l, err, errlen))) goto out;
     char dest[64];
     {
         unsigned char d[32];
@@ -369,14 +280,8 @@ mv_err export_run(chunk_ctx *c, const mv_profile *p, const char *sign_key, int *
         }
     }
     if (!rc && !*more && p->exp_sign) rc = sign_export(c, p, &l, sign_key, err, errlen);
-out:;
-    char serr[MV_ERRLEN];
-    const char *fields[] = {"messages", "bytes_raw", "deduplicated", "total_messages"};
-    int64_t incr[] = {(int64_t)written, (int64_t)bytes, (int64_t)kept, (int64_t)written};
-    for (size_t k = 0; k < sizeof incr / sizeof *incr; k++)
-        if (incr[k] && mv_state_status_incr(r->st, t->tenant, t->mailbox, fields[k], incr[k], serr,
-                                            sizeof serr))
-            mv_warn("cannot count export progress", " error=\"%s\"", serr);
+out:
+    export_count(c, written, bytes, kept);
     mv_info(*more ? "export chunk done" : "export done",
             " tenant=%s export=%s written=%llu kept=%llu restored=%llu", t->tenant, p->name,
             (unsigned long long)written, (unsigned long long)kept, (unsigned long long)restored);

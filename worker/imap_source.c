@@ -14,6 +14,7 @@
 #include "chunk.h"
 
 #include "mv/imap.h"
+#include "mv/jobs.h"
 #include "mv/log.h"
 
 #include <stdio.h>
@@ -105,15 +106,7 @@ mv_err imap_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *passw
     mv_runner *r = c->r;
     const mv_task *t = c->t;
     mv_imap_opts o;
-    mv_imap_opts_default(&o);
-    o.host = p->host;
-    o.port = p->port;
-    o.tls = p->tls;
-    o.verify = p->verify;
-    o.ca_file = r->cfg->ca_file[0] ? r->cfg->ca_file : NULL;
-    o.timeout_ms = r->cfg->imap_timeout_ms;
-    o.max_line = (size_t)r->cfg->max_line_bytes;
-    o.max_literal = (uint64_t)r->cfg->max_message_bytes;
+    mv_jobs_imap_opts(&o, r->cfg, p);
     mv_imap *im = NULL;
     folder_list fl = {0};
     imap_batch b = {c, 0, 0};

@@ -115,6 +115,10 @@ struct mv_imap {
     int collect;
     uint32_t *uids;
     size_t nuids, capuids;
+
+    /* APPEND in progress (between append_begin and append_end) */
+    int appending;
+    uint64_t app_left; /* literal bytes still to send */
 };
 
 /* ------------------------------------------------------------------ errors and buffers */
@@ -1176,7 +1180,7 @@ static mv_err read_response(mv_imap *c, const mv_imap_fetch_cb *cb, void *ud, in
     return MV_OK;
 }
 
-enum { RUN_PLAIN = 0, RUN_LOGIN = 1 };
+enum { RUN_PLAIN = 0, RUN_LOGIN = 1, RUN_APPEND = 2 };
 
 /* Read responses until the tagged answer to tag (or, with want_cont, a "+" continuation).
  * Tagged NO/BAD map to an error and leave the connection usable; anything else that fails
@@ -1210,6 +1214,22 @@ static mv_err run_until(mv_imap *c, const char *tag, const mv_imap_fetch_cb *cb,
             return fail(c, MV_EPROTO, "%s: server answered OK before the continuation", what);
         }
         mv_err r = MV_ESERVER;
+        if (mode == RUN_APPEND) {
+            const char *why = "";
+            if (strcmp(c->rstatus, "NO") == 0) {
+                if (!strcasecmp(c->code, "TRYCREATE")) {
+                    r = MV_ENOTFOUND;
+                    why = "the destination does not exist: ";
+                } else if (!strcasecmp(c->code, "OVERQUOTA") || !strcasecmp(c->code, "LIMIT")) {
+                    r = MV_ETOOBIG;
+                    why = "the destination is full: ";
+                } else if (!strcasecmp(c->code, "NOPERM") || !strcasecmp(c->code, "READ-ONLY")) {
+                    r = MV_EAUTH;
+                    why = "the destination is read-only: ";
+                }
+            }
+            return fail(c, r, "IMAP %s failed: %s%s %s", what, why, c->rstatus, text);
+        }
         if (strcmp(c->rstatus, "NO") == 0) {
             if (!strcasecmp(c->code, "THROTTLED") || !strcasecmp(c->code, "UNAVAILABLE") ||
                 !strcasecmp(c->code, "LIMIT") || !strcasecmp(c->code, "INUSE"))
@@ -1250,6 +1270,8 @@ static mv_err send_all(mv_imap *c, const void *data, size_t len)
 static mv_err cmd_begin(mv_imap *c, sbuf *b)
 {
     if (c->broken) return fail(c, MV_ENET, "connection unusable after an earlier error");
+    if (c->appending)
+        return fail(c, MV_EINVAL, "an APPEND is in progress on this connection (call append_end)");
     snprintf(c->tag, sizeof c->tag, "A%u", ++c->tagno);
     sb_clear(b);
     mv_err e = sb_put(c, b, c->tag, strlen(c->tag));
@@ -1259,6 +1281,13 @@ static mv_err cmd_begin(mv_imap *c, sbuf *b)
 static mv_err cmd_text(mv_imap *c, sbuf *b, const char *s)
 {
     return sb_put(c, b, s, strlen(s));
+}
+
+/* 1 if a literal of len bytes may be sent non-synchronising ({len+}, RFC 7888). */
+static int use_nonsync(const mv_imap *c, uint64_t len)
+{
+    if (c->o.no_literal_plus) return 0;
+    return mv_imap_has_cap(c, "LITERAL+") || (mv_imap_has_cap(c, "LITERAL-") && len <= 4096);
 }
 
 /* Append s as a quoted string, or as a literal when it holds 8-bit bytes. With a
@@ -1282,7 +1311,7 @@ static mv_err cmd_astring(mv_imap *c, sbuf *b, const char *s, const char *what, 
         }
         return sb_putc(c, b, '"');
     }
-    int nonsync = mv_imap_has_cap(c, "LITERAL+");
+    int nonsync = use_nonsync(c, len);
     char hdr[32];
     snprintf(hdr, sizeof hdr, "{%zu%s}\r\n", len, nonsync ? "+" : "");
     if ((e = cmd_text(c, b, hdr))) return e;
@@ -1688,6 +1717,7 @@ void mv_imap_close(mv_imap *c)
 {
     if (!c) return;
     set_ctx(c, NULL, 0);
+    if (c->appending) c->broken = 1; /* inside a literal: LOGOUT would become message bytes */
     if (!c->broken && c->rd) {
         int t = c->o.timeout_ms;
         if (t <= 0 || t > LOGOUT_TIMEOUT_MS) c->o.timeout_ms = LOGOUT_TIMEOUT_MS;
@@ -1695,4 +1725,385 @@ void mv_imap_close(mv_imap *c)
         c->o.timeout_ms = t;
     }
     imap_free(c);
+}
+
+/* ------------------------------------------------------------------ write operations */
+
+/* Value of a "NAME=number" capability; 1 if present with a number. */
+static int cap_number(const mv_imap *c, const char *name, uint64_t *v)
+{
+    if (!c->caps) return 0;
+    size_t n = strlen(name);
+    for (const char *p = c->caps; *p;) {
+        const char *sp = strchr(p, ' ');
+        size_t k = sp ? (size_t)(sp - p) : strlen(p);
+        char num[24];
+        if (k > n + 1 && k - n - 1 < sizeof num && p[n] == '=' && strncasecmp(p, name, n) == 0) {
+            snprintf(num, sizeof num, "%.*s", (int)(k - n - 1), p + n + 1);
+            if (parse_u64(num, UINT64_MAX, v) == 0) return 1;
+        }
+        if (!sp) break;
+        p = sp + 1;
+    }
+    return 0;
+}
+
+typedef struct delim_seen {
+    int seen;
+    char delim;
+} delim_seen;
+
+static int delim_cb(void *ud, const char *name, char delim, const char *flags)
+{
+    delim_seen *d = ud;
+    (void)name, (void)flags;
+    if (!d->seen) {
+        d->seen = 1;
+        d->delim = delim;
+    }
+    return 0;
+}
+
+/* LIST "" <pattern>, responses to cb. */
+static mv_err list_pattern(mv_imap *c, const char *pattern, mv_imap_list_fn cb, void *ud)
+{
+    sbuf b = {0};
+    c->list_cb = cb;
+    c->list_ud = ud;
+    c->list_stop = 0;
+    mv_err e = cmd_begin(c, &b);
+    if (!e) e = cmd_text(c, &b, "LIST \"\" ");
+    if (!e) e = cmd_astring(c, &b, pattern, "LIST", RUN_PLAIN);
+    if (!e) e = cmd_finish(c, &b, "LIST", RUN_PLAIN, NULL, NULL);
+    sb_free(&b, 0);
+    c->list_cb = NULL;
+    c->list_ud = NULL;
+    return e;
+}
+
+mv_err mv_imap_delimiter(mv_imap *c, char *delim, char *err, size_t errlen)
+{
+    if (!c || !delim) return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_delimiter: NULL argument");
+    set_ctx(c, err, errlen);
+    delim_seen d = {0, 0};
+    mv_err e = list_pattern(c, "", delim_cb, &d);
+    if (e) return e;
+    if (!d.seen)
+        mv_debug("imap LIST \"\" \"\" returned no data; assuming a flat namespace", "%s", "");
+    *delim = d.seen ? d.delim : '\0';
+    return MV_OK;
+}
+
+typedef struct name_seen {
+    const char *name;
+    int found;
+} name_seen;
+
+static int has_flag(const char *flags, const char *flag)
+{
+    size_t n = strlen(flag);
+    for (const char *p = flags; *p;) {
+        const char *sp = strchr(p, ' ');
+        size_t k = sp ? (size_t)(sp - p) : strlen(p);
+        if (k == n && strncasecmp(p, flag, n) == 0) return 1;
+        if (!sp) break;
+        p = sp + 1;
+    }
+    return 0;
+}
+
+static int name_cb(void *ud, const char *name, char delim, const char *flags)
+{
+    name_seen *s = ud;
+    (void)delim;
+    int same = strcmp(name, s->name) == 0 ||
+               (strcasecmp(name, "INBOX") == 0 && strcasecmp(s->name, "INBOX") == 0);
+    if (same && !has_flag(flags, "\\NonExistent")) s->found = 1;
+    return 0;
+}
+
+mv_err mv_imap_create(mv_imap *c, const char *mailbox, char *err, size_t errlen)
+{
+    if (!c || !mailbox) return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_create: NULL argument");
+    set_ctx(c, err, errlen);
+    if (!mailbox[0]) return fail(c, MV_EINVAL, "CREATE: empty mailbox name");
+    c->rstatus[0] = '\0';
+    sbuf b = {0};
+    mv_err e = cmd_begin(c, &b);
+    if (!e) e = cmd_text(c, &b, "CREATE ");
+    if (!e) e = cmd_astring(c, &b, mailbox, "CREATE", RUN_PLAIN);
+    if (!e) e = cmd_finish(c, &b, "CREATE", RUN_PLAIN, NULL, NULL);
+    sb_free(&b, 0);
+    if (!e || c->broken || strcmp(c->rstatus, "NO") != 0) return e;
+    if (strcasecmp(c->code, "ALREADYEXISTS") == 0) {
+        if (err && errlen) err[0] = '\0';
+        return MV_OK;
+    }
+    /* servers without RFC 5530 codes: the mailbox exists if LIST shows it */
+    char saved[MV_ERRLEN];
+    snprintf(saved, sizeof saved, "%s", err ? err : "");
+    name_seen s = {mailbox, 0};
+    mv_err le = list_pattern(c, mailbox, name_cb, &s);
+    if (le && c->broken) return le;
+    if (!le && s.found) {
+        mv_debug("imap CREATE refused but the mailbox exists", "%s", "");
+        if (err && errlen) err[0] = '\0';
+        return MV_OK;
+    }
+    if (err && errlen) snprintf(err, errlen, "%s", saved);
+    return e;
+}
+
+mv_err mv_imap_search_header(mv_imap *c, const char *field, const char *value, size_t *count,
+                             char *err, size_t errlen)
+{
+    if (!c || !field || !value || !count)
+        return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_search_header: NULL argument");
+    *count = 0;
+    set_ctx(c, err, errlen);
+    if (!field[0]) return fail(c, MV_EINVAL, "UID SEARCH: empty header field name");
+    int eight = 0;
+    for (const char *p = field; *p; p++)
+        eight |= (unsigned char)*p >= 0x80;
+    for (const char *p = value; *p; p++)
+        eight |= (unsigned char)*p >= 0x80;
+    sbuf b = {0};
+    mv_err e = cmd_begin(c, &b);
+    if (!e) e = cmd_text(c, &b, eight ? "UID SEARCH CHARSET UTF-8 HEADER " : "UID SEARCH HEADER ");
+    if (!e) e = cmd_astring(c, &b, field, "UID SEARCH", RUN_PLAIN);
+    if (!e) e = sb_putc(c, &b, ' ');
+    if (!e) e = cmd_astring(c, &b, value, "UID SEARCH", RUN_PLAIN);
+    if (!e) {
+        c->collect = 1;
+        c->nuids = 0;
+        e = cmd_finish(c, &b, "UID SEARCH", RUN_PLAIN, NULL, NULL);
+        c->collect = 0;
+    }
+    sb_free(&b, 0);
+    if (!e) {
+        size_t k = 0;
+        if (c->nuids > 1) qsort(c->uids, c->nuids, sizeof *c->uids, cmp_u32);
+        for (size_t i = 0; i < c->nuids; i++)
+            if (k == 0 || c->uids[k - 1] != c->uids[i]) c->uids[k++] = c->uids[i];
+        *count = k;
+    }
+    c->nuids = 0;
+    return e;
+}
+
+/* flag-keyword / "\" atom (RFC 3501 flag): atom chars without list-wildcards, quoted-specials
+ * and resp-specials. */
+static int flag_valid(const char *f, size_t n)
+{
+    size_t i = n && f[0] == '\\' ? 1 : 0;
+    if (i == n) return 0;
+    for (; i < n; i++) {
+        unsigned char ch = (unsigned char)f[i];
+        if (ch >= 0x80 || !is_atom_ch(ch) || ch == '%' || ch == '*' || ch == ']' || ch == '\\')
+            return 0;
+    }
+    return 1;
+}
+
+/* The flags of an APPEND: \Recent dropped, invalid flags dropped with a warning. */
+static mv_err put_append_flags(mv_imap *c, sbuf *b, const char *flags)
+{
+    mv_err e = sb_putc(c, b, '(');
+    int first = 1;
+    for (const char *p = flags; !e && *p;) {
+        if (*p == ' ') {
+            p++;
+            continue;
+        }
+        size_t n = 0;
+        while (p[n] && p[n] != ' ')
+            n++;
+        if (n == 7 && strncasecmp(p, "\\Recent", 7) == 0) {
+            /* not allowed in APPEND */
+        } else if (!flag_valid(p, n)) {
+            char shown[48];
+            snprintf(shown, sizeof shown, "%.*s", n > 40 ? 40 : (int)n, p);
+            mv_sanitize(shown);
+            for (char *q = shown; *q; q++) /* keep the log line's quoting intact */
+                if (*q == '"' || *q == '\\') *q = '?';
+            mv_warn("imap APPEND: dropping an invalid flag", " flag=\"%s\"", shown);
+        } else {
+            if (!first) e = sb_putc(c, b, ' ');
+            if (!e) e = sb_put(c, b, p, n);
+            first = 0;
+        }
+        p += n;
+    }
+    return e ? e : sb_putc(c, b, ')');
+}
+
+mv_err mv_imap_append_begin(mv_imap *c, const char *mailbox, const char *flags,
+                            int64_t internaldate, uint64_t size, char *err, size_t errlen)
+{
+    if (!c || !mailbox)
+        return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_append_begin: NULL argument");
+    set_ctx(c, err, errlen);
+    if (c->appending)
+        return fail(c, MV_EINVAL, "APPEND: another APPEND is in progress on this connection");
+    if (!mailbox[0]) return fail(c, MV_EINVAL, "APPEND: empty mailbox name");
+    uint64_t limit = 0;
+    if (cap_number(c, "APPENDLIMIT", &limit) && size > limit)
+        return fail(c, MV_ETOOBIG,
+                    "APPEND: message of %" PRIu64
+                    " bytes exceeds the server's APPENDLIMIT (%" PRIu64 " bytes)",
+                    size, limit);
+    char date[48] = "";
+    if (internaldate != 0) {
+        static const char mon[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+        time_t t = (time_t)internaldate;
+        struct tm tm;
+        if ((int64_t)t != internaldate || !gmtime_r(&t, &tm) || tm.tm_year < 1 - 1900 ||
+            tm.tm_year > 9999 - 1900)
+            return fail(c, MV_EINVAL, "APPEND: INTERNALDATE %" PRId64 " out of range",
+                        internaldate);
+        snprintf(date, sizeof date, " \"%02d-%s-%04d %02d:%02d:%02d +0000\"", tm.tm_mday,
+                 mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    }
+    int nonsync = use_nonsync(c, size);
+    char hdr[48];
+    snprintf(hdr, sizeof hdr, " {%" PRIu64 "%s}\r\n", size, nonsync ? "+" : "");
+    sbuf b = {0};
+    mv_err e = cmd_begin(c, &b);
+    if (!e) e = cmd_text(c, &b, "APPEND ");
+    if (!e) e = cmd_astring(c, &b, mailbox, "APPEND", RUN_APPEND);
+    if (!e) e = sb_putc(c, &b, ' ');
+    if (!e) e = put_append_flags(c, &b, flags ? flags : "");
+    if (!e) e = cmd_text(c, &b, date);
+    if (!e) e = cmd_text(c, &b, hdr);
+    if (!e) e = send_all(c, b.p, b.len);
+    if (!e && !nonsync) e = run_until(c, c->tag, NULL, NULL, 1, "APPEND", RUN_APPEND);
+    sb_free(&b, 0);
+    if (e) return e;
+    c->appending = 1;
+    c->app_left = size;
+    return MV_OK;
+}
+
+mv_err mv_imap_append_data(mv_imap *c, const void *p, size_t n, char *err, size_t errlen)
+{
+    if (!c || (!p && n))
+        return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_append_data: NULL argument");
+    set_ctx(c, err, errlen);
+    if (!c->appending) return fail(c, MV_EINVAL, "APPEND: no APPEND in progress");
+    if ((uint64_t)n > c->app_left) {
+        c->appending = 0;
+        c->broken = 1; /* the literal cannot be taken back */
+        return fail(c, MV_EINVAL,
+                    "APPEND: %zu bytes given but only %" PRIu64
+                    " left of the announced message size; connection abandoned",
+                    n, c->app_left);
+    }
+    mv_err e = send_all(c, p, n);
+    if (e) {
+        c->appending = 0; /* send_all marked the connection broken */
+        return e;
+    }
+    c->app_left -= n;
+    return MV_OK;
+}
+
+mv_err mv_imap_append_end(mv_imap *c, char *err, size_t errlen)
+{
+    if (!c) return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_append_end: NULL argument");
+    set_ctx(c, err, errlen);
+    if (!c->appending) return fail(c, MV_EINVAL, "APPEND: no APPEND in progress");
+    c->appending = 0;
+    if (c->app_left) {
+        c->broken = 1;
+        return fail(c, MV_EINVAL,
+                    "APPEND: message ended %" PRIu64
+                    " bytes short of its announced size; connection abandoned",
+                    c->app_left);
+    }
+    mv_err e = send_all(c, "\r\n", 2);
+    if (!e) e = run_until(c, c->tag, NULL, NULL, 0, "APPEND", RUN_APPEND);
+    return e;
+}
+
+int mv_imap_utf7_encode(const char *utf8, char *out, size_t outlen)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+    if (!out || outlen == 0) return -1;
+    out[0] = '\0';
+    if (!utf8) return -1;
+    const unsigned char *s = (const unsigned char *)utf8;
+    size_t o = 0;
+    int inb64 = 0, nbits = 0;
+    uint32_t bits = 0;
+#define U7PUT(ch)                                                                                  \
+    do {                                                                                           \
+        if (o + 1 >= outlen) goto bad;                                                             \
+        out[o++] = (char)(ch);                                                                     \
+    } while (0)
+    while (*s) {
+        unsigned char ch = *s;
+        if (ch >= 0x20 && ch <= 0x7e) {
+            if (inb64) {
+                if (nbits) U7PUT(b64[(bits << (6 - nbits)) & 0x3f]);
+                U7PUT('-');
+                inb64 = 0, nbits = 0, bits = 0;
+            }
+            U7PUT(ch);
+            if (ch == '&') U7PUT('-');
+            s++;
+            continue;
+        }
+        uint32_t cp, min = 0;
+        int n;
+        if (ch < 0x80)
+            cp = ch, n = 1;
+        else if ((ch & 0xe0) == 0xc0)
+            cp = ch & 0x1fu, n = 2, min = 0x80;
+        else if ((ch & 0xf0) == 0xe0)
+            cp = ch & 0x0fu, n = 3, min = 0x800;
+        else if ((ch & 0xf8) == 0xf0)
+            cp = ch & 0x07u, n = 4, min = 0x10000;
+        else
+            goto bad;
+        for (int i = 1; i < n; i++) { /* a NUL fails this test: no read past the end */
+            if ((s[i] & 0xc0) != 0x80) goto bad;
+            cp = (cp << 6) | (s[i] & 0x3fu);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) goto bad;
+        s += n;
+        if (!inb64) {
+            U7PUT('&');
+            inb64 = 1;
+        }
+        uint32_t units[2];
+        int nu = 1;
+        if (cp >= 0x10000) {
+            cp -= 0x10000;
+            units[0] = 0xd800 + (cp >> 10);
+            units[1] = 0xdc00 + (cp & 0x3ff);
+            nu = 2;
+        } else {
+            units[0] = cp;
+        }
+        for (int u = 0; u < nu; u++) {
+            bits = (bits << 16) | units[u];
+            nbits += 16;
+            while (nbits >= 6) {
+                U7PUT(b64[(bits >> (nbits - 6)) & 0x3f]);
+                nbits -= 6;
+            }
+            bits &= (1u << nbits) - 1;
+        }
+    }
+    if (inb64) {
+        if (nbits) U7PUT(b64[(bits << (6 - nbits)) & 0x3f]);
+        U7PUT('-');
+    }
+#undef U7PUT
+    out[o] = '\0';
+    return 0;
+bad:
+    out[0] = '\0';
+    return -1;
 }

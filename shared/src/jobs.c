@@ -91,6 +91,10 @@ static mv_err export_save(mv_state *st, const unsigned char key[MV_KEY_LEN], con
     mv_profile q = *p; /* shallow: only exp_public_key is set here, and freed here */
     char *priv = NULL, *pub = NULL;
     mv_err rc = MV_OK;
+    if (p->exp_imap &&
+        (rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_CRED, p->client_secret,
+                           "export.destination.password", err, errlen)))
+        return rc;
     if (p->exp_sign) {
         rc = mv_jobs_credential(st, key, tenant, p->name, MV_PROFILE_APP_KEY, &priv, err, errlen);
         if (rc == MV_ENOTFOUND) {
@@ -226,6 +230,20 @@ void mv_jobs_graph_opts(mv_graph_opts *o, const mv_config *c, const mv_profile *
     o->verify = p->verify;
     o->ca_file = c->ca_file[0] ? c->ca_file : NULL;
     o->idle_timeout_ms = c->imap_timeout_ms;
+}
+
+void mv_jobs_imap_opts(mv_imap_opts *o, const mv_config *c, const mv_profile *p)
+{
+    mv_imap_opts_default(o);
+    o->host = p->host;
+    o->port = p->port;
+    o->tls = p->tls;
+    o->verify = p->verify;
+    o->ca_file = c->ca_file[0] ? c->ca_file : NULL;
+    o->timeout_ms = c->imap_timeout_ms;
+    o->max_line = (size_t)c->max_line_bytes;
+    o->max_literal = (uint64_t)c->max_message_bytes;
+    o->no_literal_plus = p->source == MV_SOURCE_EXPORT && !p->exp_literal_plus;
 }
 
 void mv_jobs_export_task_mailbox(const mv_profile *p, char *out, size_t outlen)
@@ -514,6 +532,23 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
                      fc.n);
         }
         mv_graph_close(g);
+    } else if (p.source == MV_SOURCE_EXPORT && p.exp_imap) {
+        if ((rc = mv_jobs_credential(st, key, tenant, p.name, MV_PROFILE_APP_CRED, &secret, err,
+                                     errlen)))
+            goto out;
+        mv_imap_opts o;
+        mv_jobs_imap_opts(&o, c, &p);
+        mv_imap *im = NULL;
+        char what[600];
+        snprintf(what, sizeof what, "export destination %s at %s:%d", p.exp_login, p.host, p.port);
+        if ((rc = mv_imap_connect(&o, &im, detail, sizeof detail)) ||
+            (rc = mv_imap_login(im, p.exp_login, secret, detail, sizeof detail)) ||
+            (rc = mv_imap_list(im, count_imap_folder, &fc, detail, sizeof detail)))
+            verdict(rc, what, detail, report, reportlen);
+        else
+            snprintf(report, reportlen, "OK %s: logged in, %d folders%s", what, fc.n,
+                     mv_imap_has_cap(im, "LITERAL+") ? ", LITERAL+" : "");
+        mv_imap_close(im);
     } else if (p.source == MV_SOURCE_EXPORT) {
         /* the destination must be a writable directory, or creatable below one */
         char dir[1024];
@@ -561,13 +596,7 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
         }
         if ((rc = mv_jobs_credential(st, key, tenant, p.name, mb, &secret, err, errlen))) goto out;
         mv_imap_opts o;
-        mv_imap_opts_default(&o);
-        o.host = p.host;
-        o.port = p.port;
-        o.tls = p.tls;
-        o.verify = p.verify;
-        o.ca_file = c->ca_file[0] ? c->ca_file : NULL;
-        o.timeout_ms = c->imap_timeout_ms;
+        mv_jobs_imap_opts(&o, c, &p);
         mv_imap *im = NULL;
         char what[300];
         snprintf(what, sizeof what, "mailbox %s at %s:%d", mb, p.host, p.port);

@@ -302,13 +302,67 @@ static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err,
     return get_verify(ew, "ews", &p->verify, err, errlen);
 }
 
+/* An IMAP mailbox as an export destination (any server; APPEND). */
+static mv_err parse_export_imap(json_t *d, int allow_secrets, mv_profile *p, char *err,
+                                size_t errlen)
+{
+    static const char pre[] = "export.destination.";
+    mv_err rc;
+    p->exp_imap = 1;
+    if (json_object_get(d, "path") || json_object_get(d, "sign"))
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "export.destination.path, .sign: only for type directory");
+    if ((rc = get_str(d, "host", pre, 1, p->host, sizeof p->host, err, errlen)) ||
+        (rc = get_str(d, "login", pre, 1, p->exp_login, sizeof p->exp_login, err, errlen)))
+        return rc;
+    if (!mv_mailbox_valid(p->exp_login))
+        return mv_seterr(err, errlen, MV_EINVAL, "export.destination.login: not a valid login");
+    char tls[32] = "implicit";
+    if ((rc = get_str(d, "tls", pre, 0, tls, sizeof tls, err, errlen))) return rc;
+    int m = mv_tls_mode_parse(tls);
+    if (m < 0)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "export.destination.tls: \"%s\" is not one of none, starttls, implicit",
+                         tls);
+    p->tls = (mv_tls_mode)m;
+    json_t *port = json_object_get(d, "port");
+    if (port && (!json_is_integer(port) || json_integer_value(port) < 1 ||
+                 json_integer_value(port) > 65535))
+        return mv_seterr(err, errlen, MV_EINVAL, "export.destination.port: must be 1..65535");
+    p->port = port ? (int)json_integer_value(port) : p->tls == MV_TLS_IMPLICIT ? 993 : 143;
+    if ((rc = get_verify(d, "export.destination", &p->verify, err, errlen))) return rc;
+    snprintf(p->exp_root, sizeof p->exp_root, "Archive Export");
+    if ((rc = get_str(d, "root", pre, 0, p->exp_root, sizeof p->exp_root, err, errlen))) return rc;
+    for (const char *c = p->exp_root; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            return mv_seterr(err, errlen, MV_EINVAL, "export.destination.root: control characters");
+    char layout[16] = "tree";
+    if ((rc = get_str(d, "layout", pre, 0, layout, sizeof layout, err, errlen))) return rc;
+    if (strcmp(layout, "tree") && strcmp(layout, "flat"))
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "export.destination.layout: must be \"tree\" or \"flat\"");
+    p->exp_flat = strcmp(layout, "flat") == 0;
+    p->exp_literal_plus = 1;
+    json_t *lp = json_object_get(d, "literal_plus");
+    if (lp) {
+        if (!json_is_boolean(lp))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "export.destination.literal_plus: must be true or false");
+        p->exp_literal_plus = json_is_true(lp);
+    }
+    return get_secret(d, "password", "export.destination", allow_secrets, &p->client_secret, err,
+                      errlen);
+}
+
 /* An export profile: which archive (and folder subtree) goes where. */
-static mv_err parse_export(json_t *ex, mv_profile *p, char *err, size_t errlen)
+static mv_err parse_export(json_t *ex, int allow_secrets, mv_profile *p, char *err, size_t errlen)
 {
     static const char *const ex_keys[] = {"mailbox",     "folder",     "search",
                                           "destination", "public_key", NULL};
     static const char *const q_keys[] = {"from", "to", "subject", "after", "before", NULL};
-    static const char *const dst_keys[] = {"type", "path", "layout", "sign", NULL};
+    static const char *const dst_keys[] = {"type", "path",         "layout", "sign",  "host",
+                                           "port", "tls",          "verify", "login", "password",
+                                           "root", "literal_plus", NULL};
     mv_err rc;
     if (!json_is_object(ex)) return mv_seterr(err, errlen, MV_EINVAL, "export: must be an object");
     if ((rc = check_keys(ex, "export.", ex_keys, err, errlen))) return rc;
@@ -361,11 +415,18 @@ static mv_err parse_export(json_t *ex, mv_profile *p, char *err, size_t errlen)
     char type[16] = "";
     if ((rc = get_str(d, "type", "export.destination.", 1, type, sizeof type, err, errlen)))
         return rc;
+    if (strcmp(type, "imap") == 0) return parse_export_imap(d, allow_secrets, p, err, errlen);
     if (strcmp(type, "directory") != 0)
         return mv_seterr(err, errlen, MV_EINVAL,
                          "export.destination.type: \"%s\" is not supported (supported: "
-                         "directory)",
+                         "directory, imap)",
                          type);
+    static const char *const imap_only[] = {"host",     "port", "tls",          "verify", "login",
+                                            "password", "root", "literal_plus", NULL};
+    for (size_t i = 0; imap_only[i]; i++)
+        if (json_object_get(d, imap_only[i]))
+            return mv_seterr(err, errlen, MV_EINVAL, "export.destination.%s: only for type imap",
+                             imap_only[i]);
     if ((rc = get_str(d, "path", "export.destination.", 1, p->exp_path, sizeof p->exp_path, err,
                       errlen)))
         return rc;
@@ -454,7 +515,7 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
             if (json_object_get(root, only[i]))
                 return mv_seterr(err, errlen, MV_EINVAL, "%s: not used by type export", only[i]);
         if (!ex) return mv_seterr(err, errlen, MV_EINVAL, "export: missing");
-        return parse_export(ex, p, err, errlen);
+        return parse_export(ex, allow_secrets, p, err, errlen);
     }
 
     json_t *srv = json_object_get(root, "server");
@@ -722,10 +783,22 @@ char *mv_profile_to_json(const mv_profile *p)
             if (p->exp_before[0]) json_object_set_new(qs, "before", json_string(p->exp_before));
             json_object_set_new(ex, "search", qs);
         }
-        json_object_set_new(d, "type", json_string("directory"));
-        json_object_set_new(d, "path", json_string(p->exp_path));
-        json_object_set_new(d, "layout", json_string(p->exp_flat ? "flat" : "tree"));
-        json_object_set_new(d, "sign", json_boolean(p->exp_sign));
+        if (p->exp_imap) {
+            json_object_set_new(d, "type", json_string("imap"));
+            json_object_set_new(d, "host", json_string(p->host));
+            json_object_set_new(d, "port", json_integer(p->port));
+            json_object_set_new(d, "tls", json_string(mv_tls_mode_name(p->tls)));
+            json_object_set_new(d, "verify", json_boolean(p->verify));
+            json_object_set_new(d, "login", json_string(p->exp_login));
+            json_object_set_new(d, "root", json_string(p->exp_root));
+            json_object_set_new(d, "layout", json_string(p->exp_flat ? "flat" : "tree"));
+            json_object_set_new(d, "literal_plus", json_boolean(p->exp_literal_plus));
+        } else {
+            json_object_set_new(d, "type", json_string("directory"));
+            json_object_set_new(d, "path", json_string(p->exp_path));
+            json_object_set_new(d, "layout", json_string(p->exp_flat ? "flat" : "tree"));
+            json_object_set_new(d, "sign", json_boolean(p->exp_sign));
+        }
         json_object_set_new(ex, "destination", d);
         if (p->exp_public_key)
             json_object_set_new(ex, "public_key", json_string(p->exp_public_key));

@@ -1,7 +1,8 @@
 /* fuzz_imap.c - libFuzzer target for the IMAP response parser.
  *
  * Input layout: byte 0 selects the command whose response path is driven (raw tagged read,
- * LIST, UID SEARCH, EXAMINE, UID FETCH, LOGIN) and the bounds; byte 1 the read size of the
+ * LIST, UID SEARCH, EXAMINE, UID FETCH, LOGIN, LIST "" "", CREATE, UID SEARCH HEADER, APPEND
+ * plus the modified UTF-7 encoder over the input) and the bounds; byte 1 the read size of the
  * memory transport (1..16 bytes per read, or everything), so that every token can be split
  * across reads. The rest is what the "server" sends. After the first command a second raw
  * read and mv_imap_close (LOGOUT) run over whatever is left, exercising the broken-connection
@@ -92,7 +93,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint32_t *uids = NULL;
     size_t n = 0;
     mv_imap_mailbox mb;
-    switch (mode % 6) {
+    char delim = 0, u7[64], in[24];
+    switch (mode % 10) {
     case 0:
         mv_imap_read_until_tagged(c, "A1", &cb, NULL, err, sizeof err);
         break;
@@ -115,6 +117,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err) == MV_OK)
             mv_imap_login(c, "user", "p\xc3\xa4ss", err, sizeof err);
         break;
+    case 6:
+        mv_imap_delimiter(c, &delim, err, sizeof err);
+        break;
+    case 7:
+        mv_imap_create(c, (mode & 16) ? "Export/Caf\xc3\xa9" : "Export", err, sizeof err);
+        break;
+    case 8:
+        mv_imap_search_header(c, "Message-ID", (mode & 16) ? "\xc3\xa9" : "<a@b>", &n, err,
+                              sizeof err);
+        break;
+    case 9: {
+        size_t k = size - 2 < sizeof in - 1 ? size - 2 : sizeof in - 1;
+        memcpy(in, data + 2, k);
+        in[k] = '\0';
+        size_t cap = (size_t)(mode >> 4) * 4 + 1; /* 1..61: the too-small path too */
+        if (mv_imap_utf7_encode(in, u7, cap) == 0 && strlen(u7) >= cap) abort();
+        if (mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err) != MV_OK) break;
+        if (mv_imap_append_begin(c, "Dest", "\\Seen \\Recent", 1, 4, err, sizeof err) != MV_OK)
+            break;
+        if (mv_imap_append_data(c, "abcd", (mode & 16) ? 3 : 4, err, sizeof err) != MV_OK) break;
+        mv_imap_append_end(c, err, sizeof err);
+        break;
+    }
     }
     if (strlen(err) >= sizeof err) abort();
     mv_imap_read_until_tagged(c, "A9", &cb, NULL, err, sizeof err);

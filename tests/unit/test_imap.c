@@ -1117,6 +1117,404 @@ static void test_tls(void **state)
     SSL_CTX_free(ctx);
 }
 
+/* ------------------------------------------------------------------ write operations */
+
+/* One byte per read, so m->pos shows exactly how far the client has read. */
+static mv_imap *mk_lp(mem_io *m, const char *script, int no_literal_plus)
+{
+    memset(m, 0, sizeof *m);
+    m->data = script;
+    m->len = strlen(script);
+    m->chunk = 1;
+    mv_imap_opts o;
+    mv_imap_opts_default(&o);
+    o.timeout_ms = 1000;
+    o.no_literal_plus = no_literal_plus;
+    mv_imap *c = NULL;
+    assert_int_equal(mv_imap_from_io(&o, mem_read, mem_write, m, &c), MV_OK);
+    return c;
+}
+
+/* position in the script just after the first occurrence of marker */
+static size_t after(const mem_io *m, const char *marker)
+{
+    const char *p = strstr(m->data, marker);
+    assert_non_null(p);
+    return (size_t)(p - m->data) + strlen(marker);
+}
+
+static void test_append_literal_plus(void **state)
+{
+    (void)state;
+    mem_io m;
+    char err[MV_ERRLEN];
+    mv_imap *c = mk_lp(&m,
+                       "* CAPABILITY IMAP4rev1 LITERAL+\r\nA0 OK\r\n"
+                       "A1 OK [APPENDUID 1 5] Append completed\r\n"
+                       "* 3 EXISTS\r\nA2 OK done\r\n",
+                       0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    /* 837596665 = 17-Jul-1996 02:44:25 -0700; \Recent dropped in any case */
+    assert_int_equal(mv_imap_append_begin(c, "Export/Inbox", "\\Seen \\recent  $Label1 \\Flagged",
+                                          837596665, 11, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(m.pos, after(&m, "A0 OK\r\n")); /* nothing awaited */
+    assert_int_equal(mv_imap_append_data(c, "Hello\r\n", 7, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "Worl", 4, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "", 0, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_OK);
+    assert_string_equal(m.out, "A1 APPEND \"Export/Inbox\" (\\Seen $Label1 \\Flagged) "
+                               "\"17-Jul-1996 09:44:25 +0000\" {11+}\r\nHello\r\nWorl\r\n");
+
+    /* no flags (NULL), no date, one-digit day, empty-ish message */
+    m.outlen = 0;
+    assert_int_equal(mv_imap_append_begin(c, "A", NULL, 0, 2, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "x\n", 2, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_OK);
+    assert_string_equal(m.out, "A2 APPEND \"A\" () {2+}\r\nx\n\r\n");
+    done(c);
+
+    c = mk_lp(&m, "* CAPABILITY IMAP4rev1 LITERAL+\r\nA0 OK\r\nA1 OK\r\n", 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "A", "\\Recent", 86400, 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "y", 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_OK);
+    assert_string_equal(m.out, "A1 APPEND \"A\" () \"02-Jan-1970 00:00:00 +0000\" {1+}\r\ny\r\n");
+    done(c);
+
+    /* LITERAL- allows {n+} up to 4096 bytes only */
+    c = mk_lp(&m, "* CAPABILITY IMAP4rev1 LITERAL-\r\nA0 OK\r\nA1 OK\r\n+ go\r\nA2 OK\r\n", 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "A", "", 0, 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "y", 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_OK);
+    static char big[5000];
+    memset(big, 'b', sizeof big);
+    assert_int_equal(mv_imap_append_begin(c, "A", "", 0, sizeof big, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, big, sizeof big, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_OK);
+    assert_memory_equal(m.out, "A1 APPEND \"A\" () {1+}\r\ny\r\nA2 APPEND \"A\" () {5000}\r\nbbb",
+                        50);
+    done(c);
+}
+
+static void test_append_sync(void **state)
+{
+    (void)state;
+    mem_io m;
+    char err[MV_ERRLEN];
+    /* no LITERAL+: waits for "+" (untagged data before it is fine) */
+    mv_imap *c = mk_lp(&m,
+                       "* CAPABILITY IMAP4rev1\r\nA0 OK\r\n"
+                       "* 2 EXISTS\r\n+ Ready for literal data\r\nA1 OK Append completed\r\n",
+                       0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "INBOX", "\\Seen", 0, 5, err, sizeof err), MV_OK);
+    assert_int_equal(m.pos, after(&m, "literal data\r\n"));
+    assert_string_equal(m.out, "A1 APPEND \"INBOX\" (\\Seen) {5}\r\n");
+    assert_int_equal(mv_imap_append_data(c, "hello", 5, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_OK);
+    assert_string_equal(m.out, "A1 APPEND \"INBOX\" (\\Seen) {5}\r\nhello\r\n");
+    done(c);
+
+    /* no_literal_plus: synchronising even though LITERAL+ is offered */
+    c = mk_lp(&m, "* CAPABILITY IMAP4rev1 LITERAL+\r\nA0 OK\r\n+ go\r\nA1 OK\r\n", 1);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "INBOX", "", 0, 3, err, sizeof err), MV_OK);
+    assert_string_equal(m.out, "A1 APPEND \"INBOX\" () {3}\r\n");
+    assert_int_equal(mv_imap_append_data(c, "abc", 3, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_OK);
+    assert_string_equal(m.out, "A1 APPEND \"INBOX\" () {3}\r\nabc\r\n");
+    done(c);
+
+    /* a tagged NO instead of "+" fails begin; the connection stays usable */
+    c = mk_lp(&m,
+              "* CAPABILITY IMAP4rev1\r\nA0 OK\r\n"
+              "A1 NO [TRYCREATE] Mailbox doesn't exist: Export\r\n"
+              "A2 OK Create completed\r\n",
+              0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "Export", "", 0, 3, err, sizeof err), MV_ENOTFOUND);
+    assert_non_null(strstr(err, "APPEND"));
+    assert_non_null(strstr(err, "TRYCREATE"));
+    assert_int_equal(mv_imap_append_data(c, "abc", 3, err, sizeof err), MV_EINVAL);
+    assert_int_equal(mv_imap_create(c, "Export", err, sizeof err), MV_OK);
+    done(c);
+
+    /* OK instead of "+" is a protocol error */
+    c = mk_lp(&m, "* CAPABILITY IMAP4rev1\r\nA0 OK\r\nA1 OK what\r\n", 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "X", "", 0, 3, err, sizeof err), MV_EPROTO);
+    assert_int_equal(mv_imap_create(c, "X", err, sizeof err), MV_ENET);
+    done(c);
+}
+
+static void test_append_errors(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *answer;
+        mv_err want;
+        const char *text;
+    } cases[] = {
+        {"A1 NO [TRYCREATE] no such mailbox\r\n", MV_ENOTFOUND, "does not exist"},
+        {"A1 NO [OVERQUOTA] Quota exceeded (mailbox for user is full)\r\n", MV_ETOOBIG,
+         "the destination is full"},
+        {"A1 NO [LIMIT] too many messages\r\n", MV_ETOOBIG, "the destination is full"},
+        {"A1 NO [NOPERM] Permission denied\r\n", MV_EAUTH, "the destination is read-only"},
+        {"A1 NO [READ-ONLY] read-only\r\n", MV_EAUTH, "the destination is read-only"},
+        {"A1 NO [THROTTLED] slow down\r\n", MV_ESERVER, "slow down"},
+        {"A1 NO Message rejected\r\n", MV_ESERVER, "Message rejected"},
+        {"A1 BAD [TRYCREATE] Invalid arguments\r\n", MV_ESERVER, "Invalid arguments"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char script[256];
+        snprintf(script, sizeof script, "* CAPABILITY IMAP4rev1 LITERAL+\r\nA0 OK\r\n%sA2 OK\r\n",
+                 cases[i].answer);
+        mem_io m;
+        char err[MV_ERRLEN];
+        mv_imap *c = mk_lp(&m, script, 0);
+        assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+        assert_int_equal(mv_imap_append_begin(c, "Dest", "", 0, 2, err, sizeof err), MV_OK);
+        assert_int_equal(mv_imap_append_data(c, "ab", 2, err, sizeof err), MV_OK);
+        assert_int_equal(mv_imap_append_end(c, err, sizeof err), cases[i].want);
+        assert_non_null(strstr(err, "APPEND"));
+        assert_non_null(strstr(err, cases[i].text));
+        /* a tagged NO/BAD leaves the connection usable */
+        assert_int_equal(mv_imap_create(c, "Dest", err, sizeof err), MV_OK);
+        done(c);
+    }
+
+    /* APPENDLIMIT is checked before anything is sent */
+    mem_io m;
+    char err[MV_ERRLEN];
+    mv_imap *c = mk_lp(&m, "* CAPABILITY IMAP4rev1 LITERAL+ APPENDLIMIT=100\r\nA0 OK\r\n", 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "Dest", "", 0, 101, err, sizeof err), MV_ETOOBIG);
+    assert_non_null(strstr(err, "APPENDLIMIT"));
+    assert_int_equal(m.outlen, 0);
+    done(c);
+}
+
+static void test_append_misuse(void **state)
+{
+    (void)state;
+    mem_io m;
+    char err[MV_ERRLEN];
+    const char *script = "* CAPABILITY IMAP4rev1 LITERAL+\r\nA0 OK\r\nA1 OK\r\n";
+
+    /* more bytes than announced: refused before sending, connection abandoned */
+    mv_imap *c = mk_lp(&m, script, 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "Dest", "", 0, 4, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "abc", 3, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "de", 2, err, sizeof err), MV_EINVAL);
+    assert_non_null(strstr(err, "APPEND"));
+    assert_string_equal(m.out, "A1 APPEND \"Dest\" () {4+}\r\nabc");
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_EINVAL);
+    assert_int_equal(mv_imap_create(c, "X", err, sizeof err), MV_ENET);
+    done(c);
+    assert_string_equal(m.out, "A1 APPEND \"Dest\" () {4+}\r\nabc"); /* no LOGOUT */
+
+    /* fewer bytes than announced */
+    c = mk_lp(&m, script, 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "Dest", "", 0, 4, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "abc", 3, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_EINVAL);
+    assert_non_null(strstr(err, "short"));
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_EINVAL);
+    done(c);
+    assert_string_equal(m.out, "A1 APPEND \"Dest\" () {4+}\r\nabc");
+
+    /* one APPEND at a time, no other command in between, no LOGOUT inside the literal */
+    c = mk_lp(&m, script, 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "a", 1, err, sizeof err), MV_EINVAL);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_EINVAL);
+    assert_int_equal(mv_imap_append_begin(c, "", "", 0, 4, err, sizeof err), MV_EINVAL);
+    assert_int_equal(mv_imap_append_begin(c, "a\r\nb", "", 0, 4, err, sizeof err), MV_EINVAL);
+    m.outlen = 0;
+    m.out[0] = '\0';
+    assert_int_equal(mv_imap_append_begin(c, "Dest", "", 0, 4, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "Dest", "", 0, 4, err, sizeof err), MV_EINVAL);
+    assert_int_equal(mv_imap_create(c, "X", err, sizeof err), MV_EINVAL);
+    assert_non_null(strstr(err, "APPEND is in progress"));
+    size_t n = 0;
+    assert_int_equal(mv_imap_search_header(c, "Message-ID", "<x>", &n, err, sizeof err), MV_EINVAL);
+    done(c);
+    assert_string_equal(m.out, "A2 APPEND \"Dest\" () {4+}\r\n");
+
+    /* invalid flags are dropped, valid ones kept */
+    c = mk_lp(&m, script, 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(
+        mv_imap_append_begin(c, "Dest", "\\Seen (bad) a\"b \\* ok \\ x]y", 0, 0, err, sizeof err),
+        MV_OK);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_OK);
+    assert_string_equal(m.out, "A1 APPEND \"Dest\" (\\Seen ok) {0+}\r\n\r\n");
+    done(c);
+}
+
+static void test_create(void **state)
+{
+    (void)state;
+    mem_io m;
+    char err[MV_ERRLEN];
+    mv_imap *c = mk(&m,
+                    "A1 OK Create completed\r\n"
+                    "A2 NO [ALREADYEXISTS] Mailbox already exists\r\n"
+                    "A3 NO Mailbox exists.\r\n* LIST (\\HasNoChildren) \"/\" \"Export/Inbox\"\r\n"
+                    "A4 OK\r\n"
+                    "A5 NO [NOPERM] Permission denied\r\n* LIST (\\NonExistent) \"/\" \"Other\"\r\n"
+                    "A6 OK\r\n"
+                    "A7 BAD Bad name\r\n",
+                    0, 0, 0, 0);
+    assert_int_equal(mv_imap_create(c, "Export", err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_create(c, "Export", err, sizeof err), MV_OK);
+    assert_string_equal(err, "");
+    assert_int_equal(mv_imap_create(c, "Export/Inbox", err, sizeof err), MV_OK);
+    assert_string_equal(err, "");
+    assert_int_equal(mv_imap_create(c, "Other", err, sizeof err), MV_ESERVER);
+    assert_non_null(strstr(err, "CREATE"));
+    assert_non_null(strstr(err, "Permission denied"));
+    assert_int_equal(mv_imap_create(c, "Bad", err, sizeof err), MV_ESERVER);
+    assert_non_null(strstr(err, "Bad name"));
+    assert_string_equal(m.out, "A1 CREATE \"Export\"\r\nA2 CREATE \"Export\"\r\n"
+                               "A3 CREATE \"Export/Inbox\"\r\nA4 LIST \"\" \"Export/Inbox\"\r\n"
+                               "A5 CREATE \"Other\"\r\nA6 LIST \"\" \"Other\"\r\n"
+                               "A7 CREATE \"Bad\"\r\n");
+    assert_int_equal(mv_imap_create(c, "", err, sizeof err), MV_EINVAL);
+    done(c);
+}
+
+static void test_search_header(void **state)
+{
+    (void)state;
+    mem_io m;
+    char err[MV_ERRLEN];
+    size_t n = 99;
+    mv_imap *c = mk(&m,
+                    "* SEARCH 9 4 9\r\nA1 OK Search completed\r\n"
+                    "* SEARCH\r\nA2 OK\r\n"
+                    "A3 OK no untagged SEARCH at all\r\n"
+                    "+ go\r\n* SEARCH 7 (MODSEQ 5)\r\nA4 OK\r\n"
+                    "A5 NO [BADCHARSET (US-ASCII)] nope\r\n",
+                    0, 0, 0, 0);
+    assert_int_equal(mv_imap_search_header(c, "Message-ID", "<a\"b@x>", &n, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(mv_imap_search_header(c, "Message-ID", "<none@x>", &n, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(n, 0);
+    n = 5;
+    assert_int_equal(mv_imap_search_header(c, "Message-ID", "<none@x>", &n, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(n, 0);
+    /* 8-bit value: CHARSET UTF-8 and a (synchronising) literal */
+    assert_int_equal(mv_imap_search_header(c, "Subject",
+                                           "Gr\xc3\xbc\xc3\x9f"
+                                           "e",
+                                           &n, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(mv_imap_search_header(c, "Message-ID", "<z>", &n, err, sizeof err),
+                     MV_ESERVER);
+    assert_non_null(strstr(err, "UID SEARCH"));
+    assert_string_equal(m.out, "A1 UID SEARCH HEADER \"Message-ID\" \"<a\\\"b@x>\"\r\n"
+                               "A2 UID SEARCH HEADER \"Message-ID\" \"<none@x>\"\r\n"
+                               "A3 UID SEARCH HEADER \"Message-ID\" \"<none@x>\"\r\n"
+                               "A4 UID SEARCH CHARSET UTF-8 HEADER \"Subject\" {7}\r\n"
+                               "Gr\xc3\xbc\xc3\x9f"
+                               "e\r\n"
+                               "A5 UID SEARCH HEADER \"Message-ID\" \"<z>\"\r\n");
+    assert_int_equal(mv_imap_search_header(c, "", "x", &n, err, sizeof err), MV_EINVAL);
+    assert_int_equal(mv_imap_search_header(c, "Message-ID", "a\nb", &n, err, sizeof err),
+                     MV_EINVAL);
+    done(c);
+
+    /* a malformed SEARCH breaks the connection */
+    c = mk(&m, "* SEARCH 1 x\r\nA1 OK\r\n", 0, 0, 0, 0);
+    assert_int_equal(mv_imap_search_header(c, "Message-ID", "<a>", &n, err, sizeof err), MV_EPROTO);
+    assert_int_equal(n, 0);
+    assert_int_equal(mv_imap_search_header(c, "Message-ID", "<a>", &n, err, sizeof err), MV_ENET);
+    done(c);
+}
+
+static void test_delimiter(void **state)
+{
+    (void)state;
+    mem_io m;
+    char err[MV_ERRLEN];
+    char d = 'x';
+    mv_imap *c = mk(&m,
+                    "* LIST (\\Noselect) \"/\" \"\"\r\nA1 OK List completed\r\n"
+                    "* LIST (\\Noselect) NIL \"\"\r\nA2 OK\r\n"
+                    "* LIST (\\Noselect) \".\" \"\"\r\nA3 OK\r\n"
+                    "A4 OK nothing\r\n"
+                    "* LIST (\\Noselect) \"ab\" \"\"\r\nA5 OK\r\n",
+                    0, 0, 0, 0);
+    assert_int_equal(mv_imap_delimiter(c, &d, err, sizeof err), MV_OK);
+    assert_int_equal(d, '/');
+    assert_int_equal(mv_imap_delimiter(c, &d, err, sizeof err), MV_OK);
+    assert_int_equal(d, '\0');
+    assert_int_equal(mv_imap_delimiter(c, &d, err, sizeof err), MV_OK);
+    assert_int_equal(d, '.');
+    d = 'x';
+    assert_int_equal(mv_imap_delimiter(c, &d, err, sizeof err), MV_OK);
+    assert_int_equal(d, '\0');
+    assert_int_equal(mv_imap_delimiter(c, &d, err, sizeof err), MV_EPROTO);
+    assert_memory_equal(m.out, "A1 LIST \"\" \"\"\r\nA2 LIST \"\" \"\"\r\n", 30);
+    done(c);
+}
+
+static void test_utf7(void **state)
+{
+    (void)state;
+    char out[128];
+    assert_int_equal(mv_imap_utf7_encode("~peter/mail/\xe5\x8f\xb0\xe5\x8c\x97/"
+                                         "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e",
+                                         out, sizeof out),
+                     0);
+    assert_string_equal(out, "~peter/mail/&U,BTFw-/&ZeVnLIqe-");
+    assert_int_equal(mv_imap_utf7_encode("&", out, sizeof out), 0);
+    assert_string_equal(out, "&-");
+    assert_int_equal(mv_imap_utf7_encode("Tom & Jerry", out, sizeof out), 0);
+    assert_string_equal(out, "Tom &- Jerry");
+    assert_int_equal(mv_imap_utf7_encode("Entw\xc3\xbcrfe", out, sizeof out), 0);
+    assert_string_equal(out, "Entw&APw-rfe");
+    assert_int_equal(mv_imap_utf7_encode("\xf0\x9f\x98\x80", out, sizeof out), 0); /* U+1F600 */
+    assert_string_equal(out, "&2D3eAA-");
+    assert_int_equal(mv_imap_utf7_encode("a\x01", out, sizeof out), 0); /* control: encoded */
+    assert_string_equal(out, "a&AAE-");
+    assert_int_equal(mv_imap_utf7_encode("", out, sizeof out), 0);
+    assert_string_equal(out, "");
+    /* invalid UTF-8 */
+    static const char *bad[] = {"\xff",
+                                "a\xc3",
+                                "\xc3(",
+                                "\xc0\xaf",
+                                "\xe0\x80\xaf",
+                                "\xed\xa0\x80",
+                                "\xf4\x90\x80\x80",
+                                "\x80",
+                                "\xf8\x88\x80\x80\x80"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        strcpy(out, "junk");
+        assert_int_equal(mv_imap_utf7_encode(bad[i], out, sizeof out), -1);
+        assert_string_equal(out, "");
+    }
+    /* out too small, exactly big enough */
+    assert_int_equal(mv_imap_utf7_encode("abc", out, 3), -1);
+    assert_int_equal(mv_imap_utf7_encode("abc", out, 4), 0);
+    assert_string_equal(out, "abc");
+    assert_int_equal(mv_imap_utf7_encode("\xc3\xbc", out, 5), -1); /* "&APw-" needs 6 */
+    assert_int_equal(mv_imap_utf7_encode("\xc3\xbc", out, 6), 0);
+    assert_int_equal(mv_imap_utf7_encode("&", out, 2), -1);
+    assert_int_equal(mv_imap_utf7_encode("x", out, 0), -1);
+    assert_int_equal(mv_imap_utf7_encode(NULL, out, sizeof out), -1);
+}
+
 static void test_opts(void **state)
 {
     (void)state;
@@ -1133,6 +1531,7 @@ static void test_opts(void **state)
     assert_int_equal(mv_tls_mode_parse(NULL), -1);
     assert_string_equal(mv_tls_mode_name(MV_TLS_STARTTLS), "starttls");
     assert_int_equal(mv_imap_has_cap(NULL, "X"), 0);
+    assert_int_equal(o.no_literal_plus, 0);
     mv_imap_close(NULL);
 }
 
@@ -1160,6 +1559,14 @@ int main(void)
         cmocka_unit_test(test_socket_session),
         cmocka_unit_test(test_socket_timeouts),
         cmocka_unit_test(test_tls),
+        cmocka_unit_test(test_append_literal_plus),
+        cmocka_unit_test(test_append_sync),
+        cmocka_unit_test(test_append_errors),
+        cmocka_unit_test(test_append_misuse),
+        cmocka_unit_test(test_create),
+        cmocka_unit_test(test_search_header),
+        cmocka_unit_test(test_delimiter),
+        cmocka_unit_test(test_utf7),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

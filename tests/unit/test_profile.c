@@ -268,11 +268,35 @@ static void test_export(void **state)
     mv_profile_free(&q);
     free(js);
     mv_profile_free(&p);
+    /* an IMAP destination: its password is a secret, never stored */
+    static const char im[] =
+        "{\"name\":\"e2\",\"type\":\"export\",\"export\":{\"mailbox\":\"a@x\","
+        "\"destination\":{\"type\":\"imap\",\"host\":\"mail.example\",\"login\":\"b@x\","
+        "\"password\":\"pw9\",\"layout\":\"flat\",\"literal_plus\":false}}}";
+    assert_int_equal(mv_profile_parse(im, 1, &p, err, sizeof err), MV_OK);
+    assert_int_equal(p.exp_imap, 1);
+    assert_int_equal(p.port, 993);
+    assert_string_equal(p.exp_root, "Archive Export");
+    assert_int_equal(p.exp_literal_plus, 0);
+    assert_string_equal(p.client_secret, "pw9");
+    js = mv_profile_to_json(&p);
+    assert_null(strstr(js, "pw9"));
+    assert_int_equal(mv_profile_parse(js, 0, &q, err, sizeof err), MV_OK);
+    assert_int_equal(q.exp_imap, 1);
+    assert_int_equal(q.exp_flat, 1);
+    assert_string_equal(q.exp_login, "b@x");
+    mv_profile_free(&q);
+    free(js);
+    mv_profile_free(&p);
+    expect_error(im, 0, "export.destination.password: a stored profile must not contain secrets");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"directory\",\"path\":\"/x\",\"host\":\"h\"}}}",
+                 1, "export.destination.host: only for type imap");
     expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
                  "\"destination\":{\"type\":\"directory\",\"path\":\"relative/dir\"}}}",
                  1, "export.destination.path: must be an absolute path");
     expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
-                 "\"destination\":{\"type\":\"imap\",\"path\":\"/x\"}}}",
+                 "\"destination\":{\"type\":\"pop3\",\"path\":\"/x\"}}}",
                  1, "export.destination.type");
     expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
                  "\"destination\":{\"type\":\"directory\",\"path\":\"/x\",\"layout\":\"deep\"}}}",

@@ -26,6 +26,8 @@ typedef struct mv_imap_opts {
     int timeout_ms;       /* per read/write/connect */
     size_t max_line;      /* bound on one response line (excluding literals) */
     uint64_t max_literal; /* bound on one literal (message size) */
+    int no_literal_plus;  /* 1 = synchronising literals even when the server offers LITERAL+
+                           * (for tests and servers whose LITERAL+ misbehaves); default 0 */
 } mv_imap_opts;
 
 void mv_imap_opts_default(mv_imap_opts *o); /* verify=1, timeout 60 s, 1 MiB, 200 MiB */
@@ -86,6 +88,48 @@ typedef struct mv_imap_fetch_cb {
 /* UID FETCH first:last (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]). last = 0 means '*'. */
 mv_err mv_imap_fetch_range(mv_imap *c, uint32_t first, uint32_t last, const mv_imap_fetch_cb *cb,
                            void *ud, char *err, size_t errlen);
+
+/* ---- write operations (restoring an export into a mailbox) ---- */
+
+/* The hierarchy delimiter of the personal namespace, from LIST "" "" ('\0' when the server
+ * answers NIL, i.e. the namespace is flat). */
+mv_err mv_imap_delimiter(mv_imap *c, char *delim, char *err, size_t errlen);
+
+/* CREATE mailbox (a name already encoded for the wire, see mv_imap_utf7_encode). A mailbox
+ * that already exists is success: NO [ALREADYEXISTS], or any NO when LIST shows that the name
+ * exists. Other refusals: MV_ESERVER with the server's text. */
+mv_err mv_imap_create(mv_imap *c, const char *mailbox, char *err, size_t errlen);
+
+/* UID SEARCH HEADER <field> <value> in the mailbox selected/examined last; *count = number of
+ * distinct UIDs found (0 for "* SEARCH" without UIDs). A value with 8-bit bytes is sent as a
+ * literal with CHARSET UTF-8. */
+mv_err mv_imap_search_header(mv_imap *c, const char *field, const char *value, size_t *count,
+                             char *err, size_t errlen);
+
+/* APPEND, streamed. begin sends `TAG APPEND <mailbox> (<flags>) "<date>" {<size>}`: flags is
+ * the raw flag list text (e.g. "\\Seen \\Flagged", may be "" or NULL; \Recent is dropped, it
+ * is not allowed in APPEND, and flags that are not valid IMAP flags are dropped with a
+ * warning), internaldate the INTERNALDATE in seconds since the epoch (0 = omit), sent as
+ * "dd-Mon-yyyy hh:mm:ss +0000". With LITERAL+ (or LITERAL- and size <= 4096) and not
+ * opts.no_literal_plus the literal is non-synchronising and nothing is awaited; otherwise
+ * begin waits for the "+" continuation (a tagged NO instead fails begin with the
+ * error mapped as below). data sends the next bytes of the message; end sends the final CRLF
+ * and reads the tagged answer. The bytes given to data must total exactly size: more (from
+ * data) or fewer (at end) is MV_EINVAL, and the connection is then unusable (the literal can
+ * not be taken back). A size above the server's APPENDLIMIT fails begin with MV_ETOOBIG.
+ * Errors: NO [TRYCREATE] -> MV_ENOTFOUND; NO [OVERQUOTA] or [LIMIT] -> MV_ETOOBIG with "the
+ * destination is full" in err; NO [NOPERM] or [READ-ONLY] -> MV_EAUTH with "the destination
+ * is read-only"; other NO/BAD -> MV_ESERVER; transport failures as elsewhere. One APPEND at a
+ * time per connection, and no other command between begin and end. */
+mv_err mv_imap_append_begin(mv_imap *c, const char *mailbox, const char *flags,
+                            int64_t internaldate, uint64_t size, char *err, size_t errlen);
+mv_err mv_imap_append_data(mv_imap *c, const void *p, size_t n, char *err, size_t errlen);
+mv_err mv_imap_append_end(mv_imap *c, char *err, size_t errlen);
+
+/* A mailbox name from UTF-8 into IMAP's modified UTF-7 (RFC 3501 section 5.1.3) in out
+ * (NUL-terminated); 0, or -1 if utf8 is not valid UTF-8 (overlong forms and surrogates
+ * included) or out is too small. Printable ASCII stays as is, '&' becomes "&-". */
+int mv_imap_utf7_encode(const char *utf8, char *out, size_t outlen);
 
 /* LOGOUT (best effort) and free. NULL is fine. */
 void mv_imap_close(mv_imap *c);

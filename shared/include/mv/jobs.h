@@ -8,6 +8,7 @@
 #include "mv/crypt.h"
 #include "mv/ews.h"
 #include "mv/graph.h"
+#include "mv/imap.h"
 #include "mv/profile.h"
 #include "mv/queue.h"
 #include "mv/state.h"
@@ -48,6 +49,9 @@ void mv_jobs_graph_opts(mv_graph_opts *o, const mv_config *c, const mv_profile *
 void mv_jobs_ews_opts(mv_ews_opts *o, const mv_config *c, const mv_profile *p,
                       const char *credential);
 
+/* The IMAP client options of an imap profile's server, or an export profile's IMAP
+ * destination (bounds from the configuration). */
+void mv_jobs_imap_opts(mv_imap_opts *o, const mv_config *c, const mv_profile *p);
 /* The mailbox id of an export profile's task (its lease and status): "export:<profile>". */
 void mv_jobs_export_task_mailbox(const mv_profile *p, char *out, size_t outlen);
 

@@ -105,6 +105,11 @@ typedef struct mv_profile {
     char *exp_public_key;               /* PEM, made by profile add when exp_sign */
     mv_search exp_search;               /* "search": the saved query (its folder is exp_folder) */
     char exp_after[16], exp_before[16]; /* as given, YYYY-MM-DD */
+    int exp_imap;                       /* destination type imap (host, port, tls, verify above; the
+                                         * password in client_secret on input, sealed like a secret) */
+    char exp_login[256];
+    char exp_root[256];   /* the folder everything goes under, default "Archive Export" */
+    int exp_literal_plus; /* use LITERAL+ when the server offers it (default) */
 } mv_profile;
 
 /* Parse and validate. allow_secrets = 1 for user input (password fields kept in memory),

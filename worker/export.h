@@ -1,0 +1,33 @@
+/* export.h - shared by the export destinations (export_dir.c, export_imap.c). */
+#ifndef MV_WORKER_EXPORT_H
+#define MV_WORKER_EXPORT_H
+
+#include "chunk.h"
+
+/* One message of an export. rel is the sort key and identity at the destination: the file's
+ * path below the directory (directory), or "<folder>\t<sha256>" (imap). */
+typedef struct xfile {
+    char *rel;
+    char *folder; /* the index's folder path */
+    char *msgid;  /* Message-ID header, or NULL */
+    char hash[65];
+    uint64_t size;
+    int64_t idate;   /* INTERNALDATE (seconds), 0 if unknown */
+    char flags[256]; /* IMAP flags as archived */
+} xfile;
+
+typedef struct xlist {
+    xfile *v;
+    size_t n, cap;
+    const mv_profile *p;
+    int failed;
+} xlist;
+
+/* The profile's selection, sorted by rel (equal rels are adjacent: the same message listed in
+ * two segments). */
+mv_err export_list(chunk_ctx *c, const mv_profile *p, xlist *l, char *err, size_t errlen);
+void xlist_free(xlist *l);
+/* Move the export's status counters: files/messages written, their bytes, those kept. */
+void export_count(chunk_ctx *c, uint64_t written, uint64_t bytes, uint64_t kept);
+
+#endif

@@ -1,0 +1,125 @@
+/* export_list.c - what an export selects: the records of a mailbox's archive that match the
+ * profile's folder and search, one entry per (folder, message), sorted. See export.h. */
+#include "export.h"
+
+#include "mv/archive.h"
+#include "mv/log.h"
+#include "mv/search.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A folder path of the index as a relative directory: components kept ("%2F" stays), but
+ * "." and ".." and control bytes can never escape or confuse the destination. */
+static void dir_of(const char *folder, char *out, size_t outlen)
+{
+    size_t o = 0;
+    const char *c = folder;
+    while (*c && o + 4 < outlen) {
+        const char *end = strchr(c, '/');
+        size_t n = end ? (size_t)(end - c) : strlen(c);
+        if (n == 0) { /* an empty component: skip */
+        } else if ((n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.')) {
+            for (size_t i = 0; i < n && o + 4 < outlen; i++) {
+                memcpy(out + o, "%2E", 3);
+                o += 3;
+            }
+            out[o++] = '/';
+        } else {
+            for (size_t i = 0; i < n && o + 2 < outlen; i++)
+                out[o++] = ((unsigned char)c[i] < 0x20 || c[i] == 0x7f) ? '_' : c[i];
+            out[o++] = '/';
+        }
+        c += n;
+        if (*c == '/') c++;
+    }
+    out[o] = '\0';
+}
+
+static int collect(void *ud, const mv_segment *seg, const mv_index_rec *rec)
+{
+    xlist *l = ud;
+    if (!mv_search_match(&l->p->exp_search, seg->folder, rec)) return 0;
+    char dir[2048] = "";
+    char *rel;
+    if (l->p->exp_imap) { /* grouped by folder, one entry per (folder, message) */
+        rel = mv_aprintf("%s\t%s", seg->folder, rec->hash);
+    } else {
+        if (!l->p->exp_flat) dir_of(seg->folder, dir, sizeof dir);
+        rel = mv_aprintf("%s%s.eml", dir, rec->hash);
+    }
+    if (!rel) goto nomem;
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 256;
+        xfile *nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv) {
+            free(rel);
+            goto nomem;
+        }
+        l->v = nv;
+        l->cap = nc;
+    }
+    xfile *f = &l->v[l->n];
+    memset(f, 0, sizeof *f);
+    f->rel = rel;
+    memcpy(f->hash, rec->hash, sizeof f->hash);
+    f->size = rec->size;
+    f->idate = rec->internaldate;
+    snprintf(f->flags, sizeof f->flags, "%s", rec->flags);
+    f->folder = strdup(seg->folder);
+    f->msgid = rec->msgid[0] ? strdup(rec->msgid) : NULL;
+    if (!f->folder || (rec->msgid[0] && !f->msgid)) {
+        free(f->folder);
+        free(f->msgid);
+        free(rel);
+        goto nomem;
+    }
+    l->n++;
+    return 0;
+nomem:
+    l->failed = 1;
+    return 1;
+}
+
+static int cmp_rel(const void *a, const void *b)
+{
+    return strcmp(((const xfile *)a)->rel, ((const xfile *)b)->rel);
+}
+
+void xlist_free(xlist *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->v[i].rel);
+        free(l->v[i].folder);
+        free(l->v[i].msgid);
+    }
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+mv_err export_list(chunk_ctx *c, const mv_profile *p, xlist *l, char *err, size_t errlen)
+{
+    memset(l, 0, sizeof *l);
+    l->p = p;
+    mv_err rc = mv_archive_list(c->r->store, c->t->tenant, p->exp_mailbox, collect, l, err, errlen);
+    if (!rc && l->failed)
+        rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory listing the archive");
+    if (rc) return rc;
+    if (l->n == 0)
+        mv_warn("nothing to export", " tenant=%s export=%s mailbox=%s folder=\"%s\"", c->t->tenant,
+                p->name, p->exp_mailbox, p->exp_folder);
+    if (l->n) qsort(l->v, l->n, sizeof *l->v, cmp_rel);
+    return MV_OK;
+}
+
+void export_count(chunk_ctx *c, uint64_t written, uint64_t bytes, uint64_t kept)
+{
+    char serr[MV_ERRLEN];
+    const char *fields[] = {"messages", "bytes_raw", "deduplicated", "total_messages"};
+    int64_t incr[] = {(int64_t)written, (int64_t)bytes, (int64_t)kept, (int64_t)written};
+    for (size_t k = 0; k < sizeof incr / sizeof *incr; k++)
+        if (incr[k] && mv_state_status_incr(c->r->st, c->t->tenant, c->t->mailbox, fields[k],
+                                            incr[k], serr, sizeof serr))
+            mv_warn("cannot count export progress", " error=\"%s\"", serr);
+}
