@@ -15,8 +15,10 @@
  * in modified UTF-7. */
 #include "chunk.h"
 #include "export.h"
+#include "tokens.h"
 
 #include "mv/imap.h"
+#include "mv/jobs.h"
 #include "mv/log.h"
 #include "mv/store.h"
 
@@ -81,16 +83,11 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
     mv_err rc = export_list(c, p, &l, err, errlen);
     if (rc) goto out;
     mv_imap_opts o;
-    mv_imap_opts_default(&o);
-    o.host = p->host;
-    o.port = p->port;
-    o.tls = p->tls;
-    o.verify = p->verify;
-    o.ca_file = r->cfg->ca_file[0] ? r->cfg->ca_file : NULL;
-    o.timeout_ms = r->cfg->imap_timeout_ms;
-    o.no_literal_plus = !p->exp_literal_plus;
+    mv_jobs_imap_opts(&o, r->cfg, p);
+    token_cache tc = {c, p->host}; /* m365: the cluster's token for Exchange Online */
+    mv_oauth_source ts = token_cache_source(&tc);
     if ((rc = mv_imap_connect(&o, &im, err, errlen)) ||
-        (rc = mv_imap_login(im, p->exp_login, password ? password : "", err, errlen)))
+        (rc = mv_jobs_export_login(r->cfg, p, password, &ts, im, err, errlen)))
         goto out;
     char delim = '\0';
     if ((rc = mv_imap_delimiter(im, &delim, err, errlen))) goto out;

@@ -186,9 +186,7 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
                           t.mailbox, t.profile);
         goto failed;
     }
-    const char *slot = p.source == MV_SOURCE_EXPORT ? (p.exp_imap   ? MV_PROFILE_APP_CRED
-                                                       : p.exp_sign ? MV_PROFILE_APP_KEY
-                                                                    : NULL)
+    const char *slot = p.source == MV_SOURCE_EXPORT ? mv_jobs_export_slot(&p)
                        : p.source != MV_SOURCE_IMAP ? mv_jobs_graph_slot(&p)
                                                     : t.mailbox;
     if (slot && (cause = mv_jobs_credential(r->st, r->master_key, t.tenant, t.profile, slot,

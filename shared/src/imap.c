@@ -116,6 +116,9 @@ struct mv_imap {
     uint32_t *uids;
     size_t nuids, capuids;
 
+    /* SASL: the server's error challenge (XOAUTH2's JSON status), decoded and sanitised */
+    char challenge[160];
+
     /* APPEND in progress (between append_begin and append_end) */
     int appending;
     uint64_t app_left; /* literal bytes still to send */
@@ -1182,6 +1185,26 @@ static mv_err read_response(mv_imap *c, const mv_imap_fetch_cb *cb, void *ud, in
 
 enum { RUN_PLAIN = 0, RUN_LOGIN = 1, RUN_APPEND = 2 };
 
+static mv_err send_all(mv_imap *c, const void *data, size_t len);
+
+/* Keep the text of a "+" (base64) decoded, printable ASCII only, bounded. */
+static void keep_challenge(mv_imap *c)
+{
+    const char *t = sb_str(&c->text);
+    unsigned char dec[sizeof c->challenge];
+    size_t n = 0, o = 0;
+    mv_b64dec st;
+    mv_b64dec_init(&st);
+    size_t len = strlen(t);
+    if (len > 4 * (sizeof dec / 3) - 4) len = 4 * (sizeof dec / 3) - 4; /* bounded; a prefix */
+    len -= len % 4;
+    if (mv_b64dec_update(&st, t, len, dec, &n) != 0) n = 0;
+    for (size_t i = 0; i < n && o + 1 < sizeof c->challenge; i++)
+        c->challenge[o++] = dec[i] >= 0x20 && dec[i] < 0x7f ? (char)dec[i] : '?';
+    if (!o) c->challenge[o++] = '-'; /* empty or not base64: still marks "challenged" */
+    c->challenge[o] = '\0';
+}
+
 /* Read responses until the tagged answer to tag (or, with want_cont, a "+" continuation).
  * Tagged NO/BAD map to an error and leave the connection usable; anything else that fails
  * marks it broken. */
@@ -1199,6 +1222,15 @@ static mv_err run_until(mv_imap *c, const char *tag, const mv_imap_fetch_cb *cb,
         if (kind == R_UNTAGGED) continue;
         if (kind == R_CONT) {
             if (want_cont) return MV_OK;
+            if (mode == RUN_LOGIN && !c->challenge[0]) {
+                /* a challenge after the whole SASL response is the server's error report
+                 * (XOAUTH2: base64 JSON status, RFC 7628 3.2.2): kept for the error,
+                 * answered with an empty response, then comes the tagged NO */
+                keep_challenge(c);
+                mv_err e2 = send_all(c, "\r\n", 2);
+                if (e2) return e2;
+                continue;
+            }
             c->broken = 1;
             return fail(c, MV_EPROTO, "unexpected continuation request during %s", what);
         }
@@ -1239,6 +1271,9 @@ static mv_err run_until(mv_imap *c, const char *tag, const mv_imap_fetch_cb *cb,
             else if (mode == RUN_LOGIN)
                 r = MV_EAUTH;
         }
+        if (mode == RUN_LOGIN && c->challenge[0])
+            return fail(c, r, "IMAP %s failed: %s %s (server's challenge: %s)", what, c->rstatus,
+                        text, c->challenge);
         return fail(c, r, "IMAP %s failed: %s %s", what, c->rstatus, text);
     }
 }
@@ -1531,45 +1566,52 @@ mv_err mv_imap_connect(const mv_imap_opts *o, mv_imap **out, char *err, size_t e
     return MV_OK;
 }
 
+/* AUTHENTICATE mech with an initial response (raw, base64-encoded here): in the command with
+ * SASL-IR (RFC 4959), else after the server's empty challenge. */
+static mv_err sasl_ir(mv_imap *c, const char *mech, const unsigned char *raw, size_t rl)
+{
+    size_t bl = 4 * ((rl + 2) / 3) + 1;
+    unsigned char *b64 = rl <= INT_MAX ? malloc(bl) : NULL;
+    char what[48];
+    snprintf(what, sizeof what, "AUTHENTICATE %s", mech);
+    sbuf b = {0};
+    mv_err e = MV_OK;
+    c->challenge[0] = '\0';
+    if (!b64) return fail(c, MV_ENOMEM, "out of memory");
+    EVP_EncodeBlock(b64, raw, (int)rl);
+    if ((e = sb_reserve(c, &b, bl + 64)) || (e = cmd_begin(c, &b)) || (e = cmd_text(c, &b, what)))
+        goto out;
+    if (mv_imap_has_cap(c, "SASL-IR")) {
+        if ((e = sb_putc(c, &b, ' ')) || (e = cmd_text(c, &b, (char *)b64))) goto out;
+        e = cmd_finish(c, &b, what, RUN_LOGIN, NULL, NULL);
+        goto out;
+    }
+    if ((e = sb_put(c, &b, "\r\n", 2)) || (e = send_all(c, b.p, b.len)) ||
+        (e = run_until(c, c->tag, NULL, NULL, 1, what, RUN_LOGIN)))
+        goto out;
+    OPENSSL_cleanse(b.p, b.cap);
+    sb_clear(&b);
+    if ((e = cmd_text(c, &b, (char *)b64)) || (e = cmd_finish(c, &b, what, RUN_LOGIN, NULL, NULL)))
+        goto out;
+out:
+    OPENSSL_cleanse(b64, bl);
+    free(b64);
+    sb_free(&b, 1);
+    return e;
+}
+
 static mv_err login_plain(mv_imap *c, const char *user, const char *pass)
 {
     size_t ul = strlen(user), pl = strlen(pass), rl = ul + pl + 2;
-    size_t bl = 4 * ((rl + 2) / 3) + 1;
     unsigned char *raw = malloc(rl);
-    unsigned char *b64 = malloc(bl);
-    sbuf b = {0};
-    mv_err e = MV_OK;
-    if (!raw || !b64 || rl > INT_MAX) {
-        e = fail(c, MV_ENOMEM, "out of memory");
-        goto out;
-    }
+    if (!raw) return fail(c, MV_ENOMEM, "out of memory");
     raw[0] = '\0'; /* authzid empty, authcid, password (RFC 4616) */
     memcpy(raw + 1, user, ul);
     raw[1 + ul] = '\0';
     memcpy(raw + 2 + ul, pass, pl);
-    EVP_EncodeBlock(b64, raw, (int)rl);
-    if ((e = sb_reserve(c, &b, bl + 64)) || (e = cmd_begin(c, &b)) ||
-        (e = cmd_text(c, &b, "AUTHENTICATE PLAIN")))
-        goto out;
-    if (mv_imap_has_cap(c, "SASL-IR")) {
-        if ((e = sb_putc(c, &b, ' ')) || (e = cmd_text(c, &b, (char *)b64))) goto out;
-        e = cmd_finish(c, &b, "AUTHENTICATE PLAIN", RUN_LOGIN, NULL, NULL);
-        goto out;
-    }
-    if ((e = sb_put(c, &b, "\r\n", 2)) || (e = send_all(c, b.p, b.len)) ||
-        (e = run_until(c, c->tag, NULL, NULL, 1, "AUTHENTICATE PLAIN", RUN_LOGIN)))
-        goto out;
-    OPENSSL_cleanse(b.p, b.cap);
-    sb_clear(&b);
-    if ((e = cmd_text(c, &b, (char *)b64)) ||
-        (e = cmd_finish(c, &b, "AUTHENTICATE PLAIN", RUN_LOGIN, NULL, NULL)))
-        goto out;
-out:
-    if (raw) OPENSSL_cleanse(raw, rl);
-    if (b64) OPENSSL_cleanse(b64, bl);
+    mv_err e = sasl_ir(c, "PLAIN", raw, rl);
+    OPENSSL_cleanse(raw, rl);
     free(raw);
-    free(b64);
-    sb_free(&b, 1);
     return e;
 }
 
@@ -1586,6 +1628,15 @@ static mv_err login_login(mv_imap *c, const char *user, const char *pass)
     if (!e) e = cmd_finish(c, &b, "LOGIN", RUN_LOGIN, NULL, NULL);
     sb_free(&b, 1);
     return e;
+}
+
+/* Capabilities usually change after authentication: ask again unless the server said them. */
+static mv_err after_login(mv_imap *c, unsigned gen)
+{
+    if (gen != c->caps_gen) return MV_OK;
+    free(c->caps);
+    c->caps = NULL;
+    return simple_cmd(c, "CAPABILITY", "CAPABILITY");
 }
 
 mv_err mv_imap_login(mv_imap *c, const char *user, const char *pass, char *err, size_t errlen)
@@ -1607,13 +1658,31 @@ mv_err mv_imap_login(mv_imap *c, const char *user, const char *pass, char *err, 
         mv_debug("imap authenticating", " mech=%s", "LOGIN");
         e = login_login(c, user, pass);
     }
-    if (e) return e;
-    if (gen == c->caps_gen) { /* capabilities usually change after login */
-        free(c->caps);
-        c->caps = NULL;
-        e = simple_cmd(c, "CAPABILITY", "CAPABILITY");
-    }
-    return e;
+    return e ? e : after_login(c, gen);
+}
+
+mv_err mv_imap_xoauth2(mv_imap *c, const char *user, const char *token, char *err, size_t errlen)
+{
+    if (!c || !user || !token)
+        return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_xoauth2: NULL argument");
+    set_ctx(c, err, errlen);
+    if (!user[0] || mv_has_ctl(user) || !token[0] || mv_has_ctl(token))
+        return fail(c, MV_EINVAL, "AUTHENTICATE XOAUTH2: empty user or token, or control bytes");
+    if (!mv_imap_has_cap(c, "AUTH=XOAUTH2"))
+        return fail(c, MV_EAUTH, "the server does not offer AUTHENTICATE XOAUTH2");
+    unsigned gen = c->caps_gen;
+    /* "user=" user ^A "auth=Bearer " token ^A ^A */
+    char *raw = mv_aprintf("user=%s\001auth=Bearer %s\001\001", user, token);
+    if (!raw) return fail(c, MV_ENOMEM, "out of memory");
+    mv_debug("imap authenticating", " mech=%s", "XOAUTH2");
+    mv_err e = sasl_ir(c, "XOAUTH2", (const unsigned char *)raw, strlen(raw));
+    mv_free_secret(raw);
+    return e ? e : after_login(c, gen);
+}
+
+const char *mv_imap_challenge(const mv_imap *c)
+{
+    return c && c->challenge[0] && strcmp(c->challenge, "-") ? c->challenge : NULL;
 }
 
 static int list_nop(void *ud, const char *name, char delim, const char *flags)

@@ -91,10 +91,15 @@ static mv_err export_save(mv_state *st, const unsigned char key[MV_KEY_LEN], con
     mv_profile q = *p; /* shallow: only exp_public_key is set here, and freed here */
     char *priv = NULL, *pub = NULL;
     mv_err rc = MV_OK;
-    if (p->exp_imap &&
-        (rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_CRED, p->client_secret,
-                           "export.destination.password", err, errlen)))
-        return rc;
+    if (p->exp_m365 && p->client_cert_pem)
+        rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_KEY, p->client_key_pem,
+                          "export.destination.private_key_file", err, errlen);
+    else if (p->exp_imap)
+        rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_CRED, p->client_secret,
+                          p->exp_m365 ? "export.destination.client_secret"
+                                      : "export.destination.password",
+                          err, errlen);
+    if (rc) return rc;
     if (p->exp_sign) {
         rc = mv_jobs_credential(st, key, tenant, p->name, MV_PROFILE_APP_KEY, &priv, err, errlen);
         if (rc == MV_ENOTFOUND) {
@@ -213,6 +218,12 @@ const char *mv_jobs_graph_slot(const mv_profile *p)
     return p->client_cert_pem ? MV_PROFILE_APP_KEY : MV_PROFILE_APP_CRED;
 }
 
+const char *mv_jobs_export_slot(const mv_profile *p)
+{
+    if (p->exp_m365) return mv_jobs_graph_slot(p);
+    return p->exp_imap ? MV_PROFILE_APP_CRED : p->exp_sign ? MV_PROFILE_APP_KEY : NULL;
+}
+
 void mv_jobs_graph_opts(mv_graph_opts *o, const mv_config *c, const mv_profile *p,
                         const char *credential)
 {
@@ -244,6 +255,69 @@ void mv_jobs_imap_opts(mv_imap_opts *o, const mv_config *c, const mv_profile *p)
     o->max_line = (size_t)c->max_line_bytes;
     o->max_literal = (uint64_t)c->max_message_bytes;
     o->no_literal_plus = p->source == MV_SOURCE_EXPORT && !p->exp_literal_plus;
+}
+
+/* Exchange Online's resource for IMAP tokens, per national cloud. */
+static const char *outlook_scope(const mv_profile *p)
+{
+    return strcmp(p->cloud, "china") == 0 ? "https://partner.outlook.cn/.default"
+                                          : "https://outlook.office365.com/.default";
+}
+
+mv_err mv_jobs_export_login(const mv_config *c, const mv_profile *p, const char *credential,
+                            const mv_oauth_source *src, mv_imap *im, char *err, size_t errlen)
+{
+    if (!p->exp_m365)
+        return mv_imap_login(im, p->exp_login, credential ? credential : "", err, errlen);
+    int cert = p->client_cert_pem != NULL;
+    mv_oauth_opts ao = {.login_base = p->login_base,
+                        .tenant_id = p->tenant_id,
+                        .client_id = p->client_id,
+                        .client_secret = cert ? NULL : credential,
+                        .client_key_pem = cert ? credential : NULL,
+                        .client_cert_pem = p->client_cert_pem,
+                        .scope = outlook_scope(p)};
+    mv_oauth *a = NULL;
+    mv_http *h = NULL;
+    char *stale = NULL;
+    mv_http_opts ho;
+    mv_http_opts_default(&ho);
+    ho.ca_file = c->ca_file[0] ? c->ca_file : NULL;
+    ho.verify = p->verify;
+    ho.timeout_ms = 60000;
+    char detail[MV_ERRLEN];
+    mv_err rc = mv_oauth_new(&ao, &a, err, errlen);
+    if (!rc) rc = mv_http_open(&ho, &h, err, errlen);
+    if (rc) goto out;
+    if (src) mv_oauth_set_source(a, src);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if ((rc = mv_oauth_ensure(a, h, stale, detail, sizeof detail))) {
+            mv_seterr(err, errlen, rc, "token for Exchange Online (%s): %s", ao.scope, detail);
+            goto out;
+        }
+        const char *tok = mv_oauth_token(a, NULL);
+        rc = mv_imap_xoauth2(im, p->exp_login, tok, detail, sizeof detail);
+        if (rc != MV_EAUTH) break;
+        free(stale); /* refused: maybe a revoked cached token; once more with a new one */
+        stale = mv_oauth_drop(a);
+    }
+    if (rc == MV_EAUTH)
+        mv_seterr(
+            err, errlen, rc,
+            "Microsoft 365 refused the app's token for mailbox %s (%s). The token was issued, "
+            "so the app's service principal lacks FullAccess on that mailbox (or the "
+            "IMAP.AccessAsApp permission). Fix in Exchange Online PowerShell: "
+            "Add-MailboxPermission -Identity %s -User <service principal id of app %s> "
+            "-AccessRights FullAccess; check with Get-MailboxPermission -Identity %s "
+            "(and Get-ServicePrincipal for the app's registration in Exchange)",
+            p->exp_login, detail, p->exp_login, p->client_id, p->exp_login);
+    else if (rc)
+        mv_seterr(err, errlen, rc, "%s", detail);
+out:
+    free(stale);
+    mv_http_close(h);
+    mv_oauth_free(a);
+    return rc;
 }
 
 void mv_jobs_export_task_mailbox(const mv_profile *p, char *out, size_t outlen)
@@ -468,6 +542,8 @@ static void verdict(mv_err rc, const char *what, const char *detail, char *out, 
     else if (strstr(detail, "ErrorAccessDenied") || strstr(detail, "Authorization_RequestDenied"))
         hint = "the app lacks an application permission (Mail.Read, User.Read.All) or admin "
                "consent";
+    else if (strstr(detail, "lacks FullAccess"))
+        hint = "the app may not open this mailbox";
     else if (strstr(detail, "MailboxNotEnabledForRESTAPI"))
         hint = "the user has no Exchange Online mailbox";
     else if (strstr(detail, "EWS blocked"))
@@ -533,7 +609,7 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
         }
         mv_graph_close(g);
     } else if (p.source == MV_SOURCE_EXPORT && p.exp_imap) {
-        if ((rc = mv_jobs_credential(st, key, tenant, p.name, MV_PROFILE_APP_CRED, &secret, err,
+        if ((rc = mv_jobs_credential(st, key, tenant, p.name, mv_jobs_export_slot(&p), &secret, err,
                                      errlen)))
             goto out;
         mv_imap_opts o;
@@ -542,7 +618,7 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
         char what[600];
         snprintf(what, sizeof what, "export destination %s at %s:%d", p.exp_login, p.host, p.port);
         if ((rc = mv_imap_connect(&o, &im, detail, sizeof detail)) ||
-            (rc = mv_imap_login(im, p.exp_login, secret, detail, sizeof detail)) ||
+            (rc = mv_jobs_export_login(c, &p, secret, NULL, im, detail, sizeof detail)) ||
             (rc = mv_imap_list(im, count_imap_folder, &fc, detail, sizeof detail)))
             verdict(rc, what, detail, report, reportlen);
         else

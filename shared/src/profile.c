@@ -17,19 +17,36 @@
 #include <string.h>
 #include <strings.h>
 
-static mv_err check_keys(json_t *obj, const char *path, const char *const *allowed, char *err,
-                         size_t errlen)
+/* The keys of an Entra ID app registration (get_app). */
+static const char *const APP_KEYS[] = {
+    "tenant_id",        "client_id",        "client_secret", "cloud", "login_base",
+    "certificate_file", "private_key_file", "certificate",   NULL};
+
+static int key_in(const char *k, const char *const *list)
+{
+    for (size_t i = 0; list && list[i]; i++)
+        if (strcmp(k, list[i]) == 0) return 1;
+    return 0;
+}
+
+/* Every key of obj must be in allowed (or, with app set, in APP_KEYS). */
+static mv_err check_keys_app(json_t *obj, const char *path, const char *const *allowed, int app,
+                             char *err, size_t errlen)
 {
     const char *k;
     json_t *v;
     json_object_foreach(obj, k, v)
     {
-        int ok = 0;
-        for (size_t i = 0; allowed[i]; i++)
-            if (strcmp(k, allowed[i]) == 0) ok = 1;
-        if (!ok) return mv_seterr(err, errlen, MV_EINVAL, "%s%s: unknown field", path, k);
+        if (!key_in(k, allowed) && !(app && key_in(k, APP_KEYS)))
+            return mv_seterr(err, errlen, MV_EINVAL, "%s%s: unknown field", path, k);
     }
     return MV_OK;
+}
+
+static mv_err check_keys(json_t *obj, const char *path, const char *const *allowed, char *err,
+                         size_t errlen)
+{
+    return check_keys_app(obj, path, allowed, 0, err, errlen);
 }
 
 static mv_err get_str(json_t *obj, const char *key, const char *path, int required, char *out,
@@ -185,7 +202,7 @@ static mv_err get_verify(json_t *obj, const char *sec, int *out, char *err, size
 static mv_err get_app(json_t *obj, const char *sec, int allow_secrets, mv_profile *p, char *err,
                       size_t errlen)
 {
-    char pre[16];
+    char pre[32];
     snprintf(pre, sizeof pre, "%s.", sec);
     mv_err rc;
     if ((rc = get_str(obj, "tenant_id", pre, 1, p->tenant_id, sizeof p->tenant_id, err, errlen)) ||
@@ -207,7 +224,7 @@ static mv_err get_app(json_t *obj, const char *sec, int allow_secrets, mv_profil
                          sec, p->cloud);
     if ((rc = get_str(obj, "login_base", pre, 0, p->login_base, sizeof p->login_base, err, errlen)))
         return rc;
-    char field[32];
+    char field[64];
     snprintf(field, sizeof field, "%s.login_base", sec);
     if ((rc = check_base_url(field, p->login_base, err, errlen))) return rc;
     if ((rc = get_cert(obj, sec, allow_secrets, p, err, errlen))) return rc;
@@ -216,25 +233,11 @@ static mv_err get_app(json_t *obj, const char *sec, int allow_secrets, mv_profil
 
 static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err, size_t errlen)
 {
-    static const char *const ews_keys[] = {"url",
-                                           "auth",
-                                           "username",
-                                           "password",
-                                           "impersonation",
-                                           "server_version",
-                                           "verify",
-                                           "tenant_id",
-                                           "client_id",
-                                           "client_secret",
-                                           "cloud",
-                                           "login_base",
-                                           "certificate_file",
-                                           "private_key_file",
-                                           "certificate",
-                                           NULL};
+    static const char *const ews_keys[] = {
+        "url", "auth", "username", "password", "impersonation", "server_version", "verify", NULL};
     mv_err rc;
     if (!json_is_object(ew)) return mv_seterr(err, errlen, MV_EINVAL, "ews: must be an object");
-    if ((rc = check_keys(ew, "ews.", ews_keys, err, errlen))) return rc;
+    if ((rc = check_keys_app(ew, "ews.", ews_keys, 1, err, errlen))) return rc;
     char auth[16] = "basic";
     if ((rc = get_str(ew, "auth", "ews.", 0, auth, sizeof auth, err, errlen))) return rc;
     if (strcmp(auth, "basic") == 0)
@@ -246,9 +249,6 @@ static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err,
     else
         return mv_seterr(err, errlen, MV_EINVAL,
                          "ews.auth: \"%s\" is not one of basic, ntlm, oauth", auth);
-    static const char *const app_keys[] = {
-        "tenant_id",        "client_id",        "client_secret", "cloud", "login_base",
-        "certificate_file", "private_key_file", "certificate",   NULL};
     if (p->ews_auth == MV_EWS_AUTH_OAUTH) {
         if (json_object_get(ew, "username") || json_object_get(ew, "password"))
             return mv_seterr(err, errlen, MV_EINVAL,
@@ -259,10 +259,10 @@ static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err,
                      ? "https://partner.outlook.cn/EWS/Exchange.asmx"
                      : "https://outlook.office365.com/EWS/Exchange.asmx");
     } else {
-        for (size_t i = 0; app_keys[i]; i++)
-            if (json_object_get(ew, app_keys[i]))
+        for (size_t i = 0; APP_KEYS[i]; i++)
+            if (json_object_get(ew, APP_KEYS[i]))
                 return mv_seterr(err, errlen, MV_EINVAL,
-                                 "ews.%s: only used with \"auth\": \"oauth\"", app_keys[i]);
+                                 "ews.%s: only used with \"auth\": \"oauth\"", APP_KEYS[i]);
         if ((rc = get_str(ew, "username", "ews.", 1, p->ews_username, sizeof p->ews_username, err,
                           errlen)))
             return rc;
@@ -302,21 +302,49 @@ static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err,
     return get_verify(ew, "ews", &p->verify, err, errlen);
 }
 
-/* An IMAP mailbox as an export destination (any server; APPEND). */
-static mv_err parse_export_imap(json_t *d, int allow_secrets, mv_profile *p, char *err,
+/* An IMAP mailbox as an export destination: any server (type imap: login and password), or a
+ * Microsoft 365 mailbox (type m365: the tenant's app registration, AUTHENTICATE XOAUTH2 with a
+ * token for Exchange Online; host outlook.office365.com unless given). */
+static mv_err parse_export_imap(json_t *d, int m365, int allow_secrets, mv_profile *p, char *err,
                                 size_t errlen)
 {
     static const char pre[] = "export.destination.";
     mv_err rc;
     p->exp_imap = 1;
+    p->exp_m365 = m365;
     if (json_object_get(d, "path") || json_object_get(d, "sign"))
         return mv_seterr(err, errlen, MV_EINVAL,
                          "export.destination.path, .sign: only for type directory");
-    if ((rc = get_str(d, "host", pre, 1, p->host, sizeof p->host, err, errlen)) ||
-        (rc = get_str(d, "login", pre, 1, p->exp_login, sizeof p->exp_login, err, errlen)))
-        return rc;
-    if (!mv_mailbox_valid(p->exp_login))
-        return mv_seterr(err, errlen, MV_EINVAL, "export.destination.login: not a valid login");
+    if (m365) {
+        if (json_object_get(d, "login") || json_object_get(d, "password"))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "export.destination.login, .password: not used by type m365 (it "
+                             "signs in as the app: tenant_id, client_id, client_secret or "
+                             "certificate; the target is \"mailbox\")");
+        if ((rc = get_app(d, "export.destination", allow_secrets, p, err, errlen)) ||
+            (rc = get_str(d, "mailbox", pre, 1, p->exp_login, sizeof p->exp_login, err, errlen)))
+            return rc;
+        if (!mv_mailbox_valid(p->exp_login) || !strchr(p->exp_login, '@'))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "export.destination.mailbox: \"%s\" is not a mailbox address",
+                             p->exp_login);
+        snprintf(p->host, sizeof p->host, "%s",
+                 strcmp(p->cloud, "china") == 0 ? "partner.outlook.cn" : "outlook.office365.com");
+        if ((rc = get_str(d, "host", pre, 0, p->host, sizeof p->host, err, errlen))) return rc;
+    } else {
+        for (size_t i = 0; APP_KEYS[i]; i++)
+            if (json_object_get(d, APP_KEYS[i]))
+                return mv_seterr(err, errlen, MV_EINVAL,
+                                 "export.destination.%s: only for type m365", APP_KEYS[i]);
+        if (json_object_get(d, "mailbox"))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "export.destination.mailbox: only for type m365 (type imap: login)");
+        if ((rc = get_str(d, "host", pre, 1, p->host, sizeof p->host, err, errlen)) ||
+            (rc = get_str(d, "login", pre, 1, p->exp_login, sizeof p->exp_login, err, errlen)))
+            return rc;
+        if (!mv_mailbox_valid(p->exp_login))
+            return mv_seterr(err, errlen, MV_EINVAL, "export.destination.login: not a valid login");
+    }
     char tls[32] = "implicit";
     if ((rc = get_str(d, "tls", pre, 0, tls, sizeof tls, err, errlen))) return rc;
     int m = mv_tls_mode_parse(tls);
@@ -350,6 +378,7 @@ static mv_err parse_export_imap(json_t *d, int allow_secrets, mv_profile *p, cha
                              "export.destination.literal_plus: must be true or false");
         p->exp_literal_plus = json_is_true(lp);
     }
+    if (m365) return MV_OK;
     return get_secret(d, "password", "export.destination", allow_secrets, &p->client_secret, err,
                       errlen);
 }
@@ -360,9 +389,9 @@ static mv_err parse_export(json_t *ex, int allow_secrets, mv_profile *p, char *e
     static const char *const ex_keys[] = {"mailbox",     "folder",     "search",
                                           "destination", "public_key", NULL};
     static const char *const q_keys[] = {"from", "to", "subject", "after", "before", NULL};
-    static const char *const dst_keys[] = {"type", "path",         "layout", "sign",  "host",
-                                           "port", "tls",          "verify", "login", "password",
-                                           "root", "literal_plus", NULL};
+    static const char *const dst_keys[] = {"type", "path",         "layout",  "sign",  "host",
+                                           "port", "tls",          "verify",  "login", "password",
+                                           "root", "literal_plus", "mailbox", NULL};
     mv_err rc;
     if (!json_is_object(ex)) return mv_seterr(err, errlen, MV_EINVAL, "export: must be an object");
     if ((rc = check_keys(ex, "export.", ex_keys, err, errlen))) return rc;
@@ -411,22 +440,26 @@ static mv_err parse_export(json_t *ex, int allow_secrets, mv_profile *p, char *e
     if (!d) return mv_seterr(err, errlen, MV_EINVAL, "export.destination: missing");
     if (!json_is_object(d))
         return mv_seterr(err, errlen, MV_EINVAL, "export.destination: must be an object");
-    if ((rc = check_keys(d, "export.destination.", dst_keys, err, errlen))) return rc;
+    if ((rc = check_keys_app(d, "export.destination.", dst_keys, 1, err, errlen))) return rc;
     char type[16] = "";
     if ((rc = get_str(d, "type", "export.destination.", 1, type, sizeof type, err, errlen)))
         return rc;
-    if (strcmp(type, "imap") == 0) return parse_export_imap(d, allow_secrets, p, err, errlen);
+    if (strcmp(type, "imap") == 0 || strcmp(type, "m365") == 0)
+        return parse_export_imap(d, strcmp(type, "m365") == 0, allow_secrets, p, err, errlen);
     if (strcmp(type, "directory") != 0)
         return mv_seterr(err, errlen, MV_EINVAL,
                          "export.destination.type: \"%s\" is not supported (supported: "
-                         "directory, imap)",
+                         "directory, imap, m365)",
                          type);
-    static const char *const imap_only[] = {"host",     "port", "tls",          "verify", "login",
-                                            "password", "root", "literal_plus", NULL};
-    for (size_t i = 0; imap_only[i]; i++)
-        if (json_object_get(d, imap_only[i]))
-            return mv_seterr(err, errlen, MV_EINVAL, "export.destination.%s: only for type imap",
-                             imap_only[i]);
+    static const char *const dir_keys[] = {"type", "path", "layout", "sign", NULL};
+    const char *k;
+    json_t *v;
+    json_object_foreach(d, k, v)
+    {
+        if (!key_in(k, dir_keys))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "export.destination.%s: not used by type directory", k);
+    }
     if ((rc = get_str(d, "path", "export.destination.", 1, p->exp_path, sizeof p->exp_path, err,
                       errlen)))
         return rc;
@@ -783,13 +816,24 @@ char *mv_profile_to_json(const mv_profile *p)
             if (p->exp_before[0]) json_object_set_new(qs, "before", json_string(p->exp_before));
             json_object_set_new(ex, "search", qs);
         }
-        if (p->exp_imap) {
+        if (p->exp_m365) {
+            json_object_set_new(d, "type", json_string("m365"));
+            json_object_set_new(d, "mailbox", json_string(p->exp_login));
+            json_object_set_new(d, "tenant_id", json_string(p->tenant_id));
+            json_object_set_new(d, "client_id", json_string(p->client_id));
+            json_object_set_new(d, "cloud", json_string(p->cloud));
+            json_object_set_new(d, "login_base", json_string(p->login_base));
+            if (p->client_cert_pem)
+                json_object_set_new(d, "certificate", json_string(p->client_cert_pem));
+        } else if (p->exp_imap) {
             json_object_set_new(d, "type", json_string("imap"));
+            json_object_set_new(d, "login", json_string(p->exp_login));
+        }
+        if (p->exp_imap) {
             json_object_set_new(d, "host", json_string(p->host));
             json_object_set_new(d, "port", json_integer(p->port));
             json_object_set_new(d, "tls", json_string(mv_tls_mode_name(p->tls)));
             json_object_set_new(d, "verify", json_boolean(p->verify));
-            json_object_set_new(d, "login", json_string(p->exp_login));
             json_object_set_new(d, "root", json_string(p->exp_root));
             json_object_set_new(d, "layout", json_string(p->exp_flat ? "flat" : "tree"));
             json_object_set_new(d, "literal_plus", json_boolean(p->exp_literal_plus));

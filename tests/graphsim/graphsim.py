@@ -39,6 +39,9 @@ from simcommon import LRU, SimHandler, http_date, iso, read_head, serve  # noqa:
 JSON_CT = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 ERR_CT = "application/json"
 
+# Exchange Online's resources: tokens for them are for IMAP (XOAUTH2), not for Graph
+OUTLOOK_RESOURCES = {"https://outlook.office365.com", "https://partner.outlook.cn"}
+
 WELL_KNOWN = {
     # directory name -> (wellKnownName, displayName)
     "Inbox": ("inbox", "Inbox"),
@@ -474,7 +477,9 @@ class Sim:
         self.args = args
         self.fixtures = os.path.abspath(args.fixtures)
         self.lock = threading.Lock()
-        self.tokens = {}        # token -> dict(tenant, client_id, exp, roles)
+        self.tokens = {}        # token -> dict(tenant, client_id, aud, exp, roles)
+        self.full_access = {}   # (tenant, client_id) -> mailboxes the app has FullAccess on
+        self.introspections = 0
         self.mailboxes = {}     # (tenant, user id) -> Mailbox
         self.tenant_cache = {}  # tenant -> (sig, data)
         self.stats = {}         # (tenant, key) -> KeyStats
@@ -617,16 +622,43 @@ class Sim:
         return None
 
     # ---- tokens
-    def issue_token(self, tenant, client_id, roles):
+    def issue_token(self, tenant, client_id, roles, aud="https://graph.microsoft.com"):
         ttl = self.args.token_ttl
-        tok = simcommon.mint_token("graphsim", "https://graph.microsoft.com", tenant, client_id, roles, ttl)
+        tok = simcommon.mint_token("graphsim", aud, tenant, client_id, roles, ttl)
         with self.lock:
-            self.tokens[tok] = {"tenant": tenant, "client_id": client_id,
+            self.tokens[tok] = {"tenant": tenant, "client_id": client_id, "aud": aud,
                                 "exp": time.time() + ttl, "roles": set(roles)}
             if len(self.tokens) > 100000:
                 now_f = time.time()
                 self.tokens = {k: v for k, v in self.tokens.items() if v["exp"] > now_f}
         return tok, ttl
+
+    # ---- FullAccess grants (Exchange Online mailbox permissions of the app's service principal)
+    def load_grants(self, tid, tdata):
+        cid = tdata["app"].get("client_id", "")
+        with self.lock:
+            if (tid, cid) not in self.full_access:
+                self.full_access[(tid, cid)] = {m.lower() for m in tdata["app"].get("full_access", [])}
+
+    def write_grants(self, tid, cid):
+        """The grants as a Dovecot passwd-file, DIR/<client_id>: one line per mailbox the app
+        may open (any password: the token was checked by the oauth2 passdb before)."""
+        if not self.args.grants_dir:
+            return
+        with self.lock:
+            lines = "".join(f"{m}::::::nopassword\n" for m in sorted(self.full_access.get((tid, cid), ())))
+        os.makedirs(self.args.grants_dir, exist_ok=True)
+        path = os.path.join(self.args.grants_dir, cid)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(lines)
+        os.replace(path + ".tmp", path)
+
+    def write_all_grants(self):
+        for tid in sorted(os.listdir(self.fixtures)):
+            tdata = self.tenant(tid)
+            if tdata is not None:
+                self.load_grants(tid, tdata)
+                self.write_grants(tid, tdata["app"].get("client_id", ""))
 
     # ---- delta state
     def put_state(self, store, value):
@@ -789,8 +821,35 @@ def handle_token(sim, ctx, tenant_id):
         assertion=lambda a, c, form: check_client_assertion(sim, ctx, a, tenant_id, c, form))
     if bad:
         return bad if isinstance(bad, Resp) else Resp(*bad)
-    tok, ttl = sim.issue_token(tenant_id, cid, list(app.get("permissions", [])))
+    form = dict(parse_qsl(ctx.body.decode("utf-8", "replace"), keep_blank_values=True))
+    aud = form.get("scope", "").split()[0][:-len("/.default")]
+    if aud in OUTLOOK_RESOURCES:  # Exchange Online's own permissions (IMAP.AccessAsApp, ...)
+        roles = list(app.get("exchange_permissions", []))
+    else:
+        roles = list(app.get("permissions", []))
+    tok, ttl = sim.issue_token(tenant_id, cid, roles, aud)
     return Resp(*simcommon.token_answer(tok, ttl))
+
+
+def handle_introspect(sim, ctx):
+    """Token introspection (RFC 7662) for the Dovecot that stands in for Exchange Online's IMAP
+    server: POST token=... -> {"active": true, ...} for a live token issued for Exchange Online
+    (aud https://outlook.office365.com), else {"active": false}. "scope" carries the token's
+    roles (IMAP.AccessAsApp), "username" the app as <client_id>@<tenant>; the FullAccess check
+    on the mailbox is the grants file (--grants-dir), since introspection does not see it."""
+    if ctx.method != "POST":
+        return Resp(405, {"Content-Type": "application/json", "Allow": "POST"},
+                    jdump({"error": "invalid_request"}))
+    form = dict(parse_qsl(ctx.body.decode("utf-8", "replace"), keep_blank_values=True))
+    info = sim.tokens.get(form.get("token", ""))
+    with sim.lock:
+        sim.introspections += 1
+    if info is None or info["exp"] <= time.time() or info.get("aud") not in OUTLOOK_RESOURCES:
+        return Resp(200, {"Content-Type": "application/json"}, jdump({"active": False}))
+    return Resp(200, {"Content-Type": "application/json"}, jdump({
+        "active": True, "token_type": "Bearer", "client_id": info["client_id"],
+        "username": f"{info['client_id']}@{info['tenant']}", "scope": " ".join(sorted(info["roles"])),
+        "aud": info["aud"], "tid": info["tenant"], "exp": int(info["exp"])}))
 
 
 # --------------------------------------------------------------------------- graph routing
@@ -826,6 +885,8 @@ def authenticate(sim, ctx):
         if tok.count(".") != 2:
             raise GraphError(401, "InvalidAuthenticationToken",
                              "IDX14100: JWT is not well formed, there are no dots (.).", www)
+        raise GraphError(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.", www)
+    if info.get("aud") in OUTLOOK_RESOURCES:
         raise GraphError(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.", www)
     if info["exp"] <= time.time():
         raise GraphError(401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.", www)
@@ -1426,13 +1487,33 @@ def handle_admin(sim, ctx):
             "deleted": [{"tenant": k[0], "mailbox": k[1], "messages": v} for k, v in sorted(sim.deleted.items())],
             "batches": {t: {"batches": n, "requests": sim.batch_inner[t]} for t, n in sim.batches.items()},
             "delta_states": len(sim.snapshots), "delta_rounds": len(sim.rounds),
-            "tokens": len(sim.tokens)}))
+            "tokens": len(sim.tokens), "introspections": sim.introspections}))
     if p == "/_sim/reset-stats" and m == "POST":
         with sim.lock:
             for st in sim.stats.values():
                 inflight = st.in_flight
                 st.__init__()
                 st.in_flight = inflight
+        return Resp(204)
+    if p == "/_sim/full-access" and m in ("POST", "DELETE"):
+        # grant (POST) or remove (DELETE) the app's FullAccess on a mailbox:
+        # {"tenant": "...", "mailbox": "..."}
+        try:
+            spec = json.loads(ctx.body or b"{}")
+            tdata = sim.tenant(spec["tenant"])
+            if tdata is None:
+                raise ValueError("unknown tenant")
+            cid = tdata["app"]["client_id"]
+            sim.load_grants(spec["tenant"], tdata)
+            with sim.lock:
+                g = sim.full_access[(spec["tenant"], cid)]
+                if m == "POST":
+                    g.add(spec["mailbox"].lower())
+                else:
+                    g.discard(spec["mailbox"].lower())
+            sim.write_grants(spec["tenant"], cid)
+        except (ValueError, KeyError, TypeError) as e:
+            return Resp(400, {"Content-Type": "application/json"}, jdump({"error": str(e)}))
         return Resp(204)
     if p == "/_sim/expire-tokens" and m == "POST":
         with sim.lock:
@@ -1562,6 +1643,8 @@ class Handler(SimHandler):
             if f["kind"] == "status":
                 return fault_resp(sim, ctx, f)
             time.sleep(f["delay_ms"] / 1000.0)
+        if path == "/oauth2/introspect":
+            return handle_introspect(sim, ctx)
         m = re.match(r"^/([^/]+)/oauth2/v2\.0/token/?$", path)
         if m:
             return handle_token(sim, ctx, unquote(m.group(1)))
@@ -1610,8 +1693,12 @@ def main(argv=None):
     ap.add_argument("--max-delta-states", type=int, default=20000)
     ap.add_argument("--stats-by-app", action="store_true",
                     help="key stats/limits by client_id|mailbox instead of mailbox")
+    ap.add_argument("--grants-dir", default="",
+                    help="write each app's FullAccess grants here as Dovecot passwd-files")
     args = simcommon.parse_args(ap, argv)
-    return serve(args, Sim(args), Handler, "graphsim")
+    sim = Sim(args)
+    sim.write_all_grants()
+    return serve(args, sim, Handler, "graphsim")
 
 
 if __name__ == "__main__":

@@ -249,7 +249,22 @@ def graph_fixture(tenant_id, secret, mailboxes, base=None):
     return fx, files
 
 
-class GraphSim:
+class Background:
+    """A server process of a scenario (self.proc), stopped with SIGTERM on exit."""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class GraphSim(Background):
     """tests/graphsim/graphsim.py on a free port; stopped on exit."""
 
     def __init__(self, fixtures, *args):
@@ -269,19 +284,11 @@ class GraphSim:
         return json.loads(urllib.request.urlopen(req, timeout=10).read() or b"{}")
 
     def stats(self):
+        return self.admin_stats()["stats"]
+
+    def admin_stats(self):
         import urllib.request
-        return json.loads(urllib.request.urlopen(self.url + "/_sim/stats", timeout=10).read())["stats"]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+        return json.loads(urllib.request.urlopen(self.url + "/_sim/stats", timeout=10).read())
 
 
 def add_graph_profile(tenant, name, tenant_id, secret, sim_url, logins, **extra):
@@ -372,3 +379,106 @@ def add_ews_profile(tenant, name, ews, logins=None, **extra):
     p = cli("profile", "add", "--tenant", tenant, "--file", path, expect=None)
     os.unlink(path)
     return p
+
+
+class OAuthDovecot(Background):
+    """A Dovecot of its own standing in for Exchange Online's IMAP server: it accepts only
+    AUTHENTICATE XOAUTH2, validates each token with its oauth2 passdb through the Graph
+    simulator's introspection URL (active, scope IMAP.AccessAsApp), then lets the app into a
+    mailbox only if the simulator's grants file for that app lists it (FullAccess). Mail lives
+    under its own directory; stopped on exit."""
+
+    def __init__(self, sim_url, grants_dir):
+        import socket
+        self.dir = os.path.join(RUN, f"oauth-dovecot-{SUFFIX}")
+        for sub in ("run", "mail", "log"):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        subprocess.run(["chown", "vmail:vmail", os.path.join(self.dir, "mail")], check=True)
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        d = self.dir
+        with open(os.path.join(d, "oauth2.conf"), "w") as f:
+            f.write(f"""introspection_mode = post
+introspection_url = {sim_url}/oauth2/introspect
+username_attribute = username
+# an app token names the app, not the mailbox: the mailbox check is the grants passdb below
+username_format = app-token
+active_attribute = active
+active_value = true
+scope = IMAP.AccessAsApp
+pass_attrs = mv_app=%{{oauth2:client_id}}
+""")
+        with open(os.path.join(d, "dovecot.conf"), "w") as f:
+            f.write(f"""protocols = imap
+listen = 127.0.0.1
+base_dir = {d}/run
+state_dir = {d}/run/state
+instance_name = mv-oauth-{SUFFIX}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = xoauth2
+log_path = {d}/log/dovecot.log
+mail_location = maildir:{d}/mail/%u
+default_login_user = dovenull
+default_internal_user = root
+default_internal_group = root
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  chroot =
+}}
+service anvil {{
+  chroot =
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2
+  args = {d}/oauth2.conf
+  result_success = continue-ok
+}}
+passdb {{
+  driver = passwd-file
+  mechanisms = xoauth2
+  args = username_format=%Lu {grants_dir}/%{{passdb:mv_app}}
+  skip = unauthenticated
+  result_failure = return-fail
+  result_internalfail = return-fail
+}}
+userdb {{
+  driver = static
+  args = uid=vmail gid=vmail home={d}/mail/%u allow_all_users=yes
+}}
+""")
+        self.proc = subprocess.Popen(["dovecot", "-c", os.path.join(d, "dovecot.conf"), "-F"],
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(d, "log", "stderr.log"), "a"))
+
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                if self.proc.poll() is not None:
+                    fail(f"dovecot (oauth2) exited: see {d}/log")
+                return False
+        wait_for(up, "the oauth2 Dovecot's port", 30)
+
+    def login(self, token, user):
+        """An imaplib connection authenticated with XOAUTH2 (raises on refusal)."""
+        c = imaplib.IMAP4("127.0.0.1", self.port)
+        c.authenticate("XOAUTH2", lambda _: f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
+        return c
+
+
+def entra_token(sim_url, tenant_id, client_id, secret, scope):
+    """A client-credentials token from the simulator's token endpoint (an independent client)."""
+    import urllib.parse
+    import urllib.request
+    form = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": client_id,
+                                   "client_secret": secret, "scope": scope}).encode()
+    url = f"{sim_url}/{tenant_id}/oauth2/v2.0/token"
+    return json.loads(urllib.request.urlopen(url, form, timeout=10).read())["access_token"]

@@ -582,17 +582,23 @@ static void test_examine(void **state)
     done(c);
 }
 
+/* A client whose server has sent its greeting and capabilities (tag A0) from script. */
+static mv_imap *mk_caps(mem_io *m, const char *script)
+{
+    char err[MV_ERRLEN];
+    mv_imap *c = mk(m, script, 0, 0, 0, 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    return c;
+}
+
 static void test_login_plain(void **state)
 {
     (void)state;
     mem_io m;
     char err[MV_ERRLEN];
     /* SASL-IR: initial response on the command line */
-    mv_imap *c = mk(&m,
-                    "* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR\r\nA0 OK\r\n"
-                    "A1 OK [CAPABILITY IMAP4rev1 CONDSTORE] Logged in\r\n",
-                    0, 0, 0, 0);
-    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    mv_imap *c = mk_caps(&m, "* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR\r\nA0 OK\r\n"
+                             "A1 OK [CAPABILITY IMAP4rev1 CONDSTORE] Logged in\r\n");
     assert_int_equal(mv_imap_login(c, "user", "pass", err, sizeof err), MV_OK);
     assert_string_equal(m.out, "A1 AUTHENTICATE PLAIN AHVzZXIAcGFzcw==\r\n");
     assert_int_equal(mv_imap_has_cap(c, "CONDSTORE"), 1);
@@ -600,25 +606,65 @@ static void test_login_plain(void **state)
     done(c);
 
     /* no SASL-IR: empty continuation, then the response; caps re-fetched after login */
-    c = mk(&m,
-           "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nA0 OK\r\n"
-           "+ \r\nA1 OK Logged in\r\n* CAPABILITY IMAP4rev1 IDLE\r\nA2 OK\r\n",
-           0, 0, 0, 0);
-    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    c = mk_caps(&m, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nA0 OK\r\n"
+                    "+ \r\nA1 OK Logged in\r\n* CAPABILITY IMAP4rev1 IDLE\r\nA2 OK\r\n");
     assert_int_equal(mv_imap_login(c, "user", "pass", err, sizeof err), MV_OK);
     assert_string_equal(m.out, "A1 AUTHENTICATE PLAIN\r\nAHVzZXIAcGFzcw==\r\nA2 CAPABILITY\r\n");
     assert_int_equal(mv_imap_has_cap(c, "IDLE"), 1);
     done(c);
 
     /* refused: MV_EAUTH with the server's text, never the password */
-    c = mk(&m,
-           "* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR\r\nA0 OK\r\n"
-           "A1 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n",
-           0, 0, 0, 0);
-    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    c = mk_caps(&m, "* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR\r\nA0 OK\r\n"
+                    "A1 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n");
     assert_int_equal(mv_imap_login(c, "user", "s3cr3t-pw", err, sizeof err), MV_EAUTH);
     assert_non_null(strstr(err, "Invalid credentials"));
     assert_null(strstr(err, "s3cr3t"));
+    done(c);
+}
+
+static void test_xoauth2(void **state)
+{
+    (void)state;
+    mem_io m;
+    char err[MV_ERRLEN];
+    /* SASL-IR: "user=" mailbox ^A "auth=Bearer " token ^A ^A, base64, on the command line */
+    mv_imap *c = mk_caps(&m, "* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR\r\nA0 OK\r\n"
+                             "A1 OK [CAPABILITY IMAP4rev1 MULTIAPPEND] Logged in\r\n");
+    assert_int_equal(mv_imap_xoauth2(c, "a@b.com", "tok.en-1", err, sizeof err), MV_OK);
+    assert_string_equal(
+        m.out, "A1 AUTHENTICATE XOAUTH2 dXNlcj1hQGIuY29tAWF1dGg9QmVhcmVyIHRvay5lbi0xAQE=\r\n");
+    assert_null(mv_imap_challenge(c));
+    done(c);
+
+    /* refused: the error challenge is answered with an empty line, kept for the error; the
+     * token is never in it */
+    c = mk_caps(
+        &m, "* CAPABILITY IMAP4rev1 AUTH=XOAUTH2\r\nA0 OK\r\n"
+            "+ \r\n+ eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIiwic2NvcGUiOiJtYWlsIn0=\r\nA1 NO "
+            "[AUTHENTICATIONFAILED] Authentication failed.\r\n");
+    assert_int_equal(mv_imap_xoauth2(c, "a@b.com", "tok.en-1", err, sizeof err), MV_EAUTH);
+    assert_string_equal(
+        m.out,
+        "A1 AUTHENTICATE XOAUTH2\r\ndXNlcj1hQGIuY29tAWF1dGg9QmVhcmVyIHRvay5lbi0xAQE=\r\n\r\n");
+    assert_non_null(strstr(err, "AUTHENTICATIONFAILED"));
+    assert_non_null(strstr(err, "\"status\":\"401\""));
+    assert_string_equal(mv_imap_challenge(c),
+                        "{\"status\":\"401\",\"schemes\":\"bearer\",\"scope\":\"mail\"}");
+    assert_null(strstr(err, "tok.en"));
+    done(c);
+
+    /* not offered, or a token with control bytes: refused before anything is sent */
+    c = mk_caps(&m, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nA0 OK\r\n");
+    assert_int_equal(mv_imap_xoauth2(c, "a@b.com", "t", err, sizeof err), MV_EAUTH);
+    assert_int_equal(mv_imap_xoauth2(c, "a@b.com", "t\x01x", err, sizeof err), MV_EINVAL);
+    assert_string_equal(m.out, "");
+    done(c);
+
+    /* a second challenge is a protocol error, not a loop */
+    c = mk(&m, "* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR\r\nA0 OK\r\n+ e30=\r\n+ e30=\r\n", 0, 0,
+           0, 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_xoauth2(c, "a@b.com", "tok", err, sizeof err), MV_EPROTO);
     done(c);
 }
 
@@ -1553,6 +1599,7 @@ int main(void)
         cmocka_unit_test(test_internaldate_zones),
         cmocka_unit_test(test_examine),
         cmocka_unit_test(test_login_plain),
+        cmocka_unit_test(test_xoauth2),
         cmocka_unit_test(test_login_login),
         cmocka_unit_test(test_fetch_range_and_abort),
         cmocka_unit_test(test_malformed),

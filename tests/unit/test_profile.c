@@ -246,6 +246,17 @@ static void test_ews(void **state)
 }
 
 /* type export: a mailbox's archive (optionally one folder subtree) into a directory. */
+/* p as stored (JSON, without the secret) and parsed back into q. */
+static void reparse(const mv_profile *p, mv_profile *q, const char *secret)
+{
+    char err[MV_ERRLEN];
+    char *js = mv_profile_to_json(p);
+    assert_non_null(js);
+    assert_null(strstr(js, secret));
+    assert_int_equal(mv_profile_parse(js, 0, q, err, sizeof err), MV_OK);
+    free(js);
+}
+
 static void test_export(void **state)
 {
     (void)state;
@@ -279,19 +290,49 @@ static void test_export(void **state)
     assert_string_equal(p.exp_root, "Archive Export");
     assert_int_equal(p.exp_literal_plus, 0);
     assert_string_equal(p.client_secret, "pw9");
-    js = mv_profile_to_json(&p);
-    assert_null(strstr(js, "pw9"));
-    assert_int_equal(mv_profile_parse(js, 0, &q, err, sizeof err), MV_OK);
+    reparse(&p, &q, "pw9");
     assert_int_equal(q.exp_imap, 1);
     assert_int_equal(q.exp_flat, 1);
     assert_string_equal(q.exp_login, "b@x");
     mv_profile_free(&q);
-    free(js);
     mv_profile_free(&p);
     expect_error(im, 0, "export.destination.password: a stored profile must not contain secrets");
     expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
                  "\"destination\":{\"type\":\"directory\",\"path\":\"/x\",\"host\":\"h\"}}}",
-                 1, "export.destination.host: only for type imap");
+                 1, "export.destination.host: not used by type directory");
+    /* a Microsoft 365 mailbox: the app's secret, never stored; Exchange Online by default */
+    static const char m3[] =
+        "{\"name\":\"e3\",\"type\":\"export\",\"export\":{\"mailbox\":\"a@x\","
+        "\"destination\":{\"type\":\"m365\",\"mailbox\":\"b@contoso.com\",\"tenant_id\":"
+        "\"contoso.onmicrosoft.com\",\"client_id\":\"c1\",\"client_secret\":\"sec7\"}}}";
+    assert_int_equal(mv_profile_parse(m3, 1, &p, err, sizeof err), MV_OK);
+    assert_int_equal(p.exp_imap, 1);
+    assert_int_equal(p.exp_m365, 1);
+    assert_string_equal(p.host, "outlook.office365.com");
+    assert_int_equal(p.port, 993);
+    assert_int_equal(p.tls, MV_TLS_IMPLICIT);
+    assert_string_equal(p.exp_login, "b@contoso.com");
+    assert_string_equal(p.client_secret, "sec7");
+    reparse(&p, &q, "sec7");
+    assert_int_equal(q.exp_m365, 1);
+    assert_string_equal(q.exp_login, "b@contoso.com");
+    assert_string_equal(q.client_id, "c1");
+    assert_string_equal(q.login_base, "https://login.microsoftonline.com");
+    mv_profile_free(&q);
+    mv_profile_free(&p);
+    expect_error(m3, 0, "export.destination.client_secret: a stored profile must not contain");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"m365\",\"mailbox\":\"b@x\",\"login\":\"b\","
+                 "\"tenant_id\":\"t\",\"client_id\":\"c\"}}}",
+                 1, "export.destination.login, .password: not used by type m365");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"m365\",\"mailbox\":\"nobody\","
+                 "\"tenant_id\":\"t\",\"client_id\":\"c\",\"client_secret\":\"s\"}}}",
+                 1, "export.destination.mailbox: \"nobody\" is not a mailbox address");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"imap\",\"host\":\"h\",\"login\":\"b\","
+                 "\"client_id\":\"c\"}}}",
+                 1, "export.destination.client_id: only for type m365");
     expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
                  "\"destination\":{\"type\":\"directory\",\"path\":\"relative/dir\"}}}",
                  1, "export.destination.path: must be an absolute path");

@@ -41,6 +41,12 @@ mv_err mv_imap_connect(const mv_imap_opts *o, mv_imap **out, char *err, size_t e
  * by us over a non-TLS connection only if the server says LOGINDISABLED). A NO answer gives
  * MV_EAUTH with the server's text in err. The password never appears in err or logs. */
 mv_err mv_imap_login(mv_imap *c, const char *user, const char *pass, char *err, size_t errlen);
+/* AUTHENTICATE XOAUTH2 (Microsoft 365, Google): user is the mailbox, token an OAuth 2.0 access
+ * token. A refusal is MV_EAUTH with the server's text and its error challenge (the JSON status
+ * XOAUTH2 servers send before the NO) in err; the token never appears there. */
+mv_err mv_imap_xoauth2(mv_imap *c, const char *user, const char *token, char *err, size_t errlen);
+/* The error challenge of the last refused AUTHENTICATE, decoded (NULL if there was none). */
+const char *mv_imap_challenge(const mv_imap *c);
 /* 1 if the server advertised the capability (case-insensitive, e.g. "CONDSTORE"). */
 int mv_imap_has_cap(const mv_imap *c, const char *cap);
 

@@ -9,6 +9,7 @@
 #include "mv/ews.h"
 #include "mv/graph.h"
 #include "mv/imap.h"
+#include "mv/oauth.h"
 #include "mv/profile.h"
 #include "mv/queue.h"
 #include "mv/state.h"
@@ -52,6 +53,15 @@ void mv_jobs_ews_opts(mv_ews_opts *o, const mv_config *c, const mv_profile *p,
 /* The IMAP client options of an imap profile's server, or an export profile's IMAP
  * destination (bounds from the configuration). */
 void mv_jobs_imap_opts(mv_imap_opts *o, const mv_config *c, const mv_profile *p);
+/* The credential slot an export profile's task needs: the destination's password or app
+ * secret/certificate key, or the signing key; NULL if none. */
+const char *mv_jobs_export_slot(const mv_profile *p);
+/* Sign in to an export profile's IMAP destination on im: LOGIN/PLAIN with the password (type
+ * imap), or AUTHENTICATE XOAUTH2 as the app with a token for Exchange Online (type m365; from
+ * src, e.g. the worker's cluster-wide cache, else fetched). A token that was issued and then
+ * refused is reported as the mailbox permission it is (FullAccess), with the fix. */
+mv_err mv_jobs_export_login(const mv_config *c, const mv_profile *p, const char *credential,
+                            const mv_oauth_source *src, mv_imap *im, char *err, size_t errlen);
 /* The mailbox id of an export profile's task (its lease and status): "export:<profile>". */
 void mv_jobs_export_task_mailbox(const mv_profile *p, char *out, size_t outlen);
 
