@@ -94,6 +94,7 @@ def main():
     ap.add_argument("--mean-kb", type=float, default=75.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--duplicates", type=int, default=0, help="copy this many messages into a second folder")
+    ap.add_argument("--quota", default="", help="a new user's storage quota (Dovecot syntax, e.g. 200K)")
     a = ap.parse_args()
 
     passwd = os.path.join(a.run, "dovecot", "passwd")
@@ -101,7 +102,8 @@ def main():
     added = not any(l.split(":", 1)[0] == a.user for l in lines)
     if added:
         with open(passwd, "a") as f:
-            f.write(f"{a.user}:{{PLAIN}}{a.password}\n")
+            extra = f"::::::userdb_quota_rule=*:storage={a.quota}" if a.quota else ""
+            f.write(f"{a.user}:{{PLAIN}}{a.password}{extra}\n")
         # Dovecot re-reads a passwd-file when its mtime changes; two appends within one second
         # would keep the mtime it already saw, so move it forward explicitly.
         st = os.stat(passwd)

@@ -127,7 +127,7 @@ start_dovecot() {
         chmod 755 /var/tmp/mailvault-mail
         ln -sfn "$mail" "$run/mail"
     fi
-    touch "$run/dovecot/passwd"
+    touch "$run/dovecot/passwd" "$run/dovecot/acl"
     chown vmail:vmail "$mail"
     make_certs "$run"
     cat >"$run/dovecot/dovecot.conf" <<CONF
@@ -161,6 +161,14 @@ service imap-login {
 }
 service anvil {
   chroot =
+}
+# quota: unlimited unless a user's passwd line sets userdb_quota_rule (seed.py --quota);
+# acl: the owner has every right except where $run/dovecot/acl says otherwise
+# (tests restrict a folder to make a read-only destination)
+mail_plugins = \$mail_plugins quota acl
+plugin {
+  quota = maildir:User quota
+  acl = vfile:$run/dovecot/acl
 }
 passdb {
   driver = passwd-file

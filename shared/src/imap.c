@@ -1900,8 +1900,9 @@ mv_err mv_imap_create(mv_imap *c, const char *mailbox, char *err, size_t errlen)
     sbuf b = {0};
     mv_err e = cmd_begin(c, &b);
     if (!e) e = cmd_text(c, &b, "CREATE ");
-    if (!e) e = cmd_astring(c, &b, mailbox, "CREATE", RUN_PLAIN);
-    if (!e) e = cmd_finish(c, &b, "CREATE", RUN_PLAIN, NULL, NULL);
+    /* refusals read like APPEND's: a full or read-only destination is named as such */
+    if (!e) e = cmd_astring(c, &b, mailbox, "CREATE", RUN_APPEND);
+    if (!e) e = cmd_finish(c, &b, "CREATE", RUN_APPEND, NULL, NULL);
     sb_free(&b, 0);
     if (!e || c->broken || strcmp(c->rstatus, "NO") != 0) return e;
     if (strcasecmp(c->code, "ALREADYEXISTS") == 0) {

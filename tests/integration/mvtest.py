@@ -73,10 +73,12 @@ def cli_bytes(*args):
     return p.stdout
 
 
-def seed(user, password, messages, folders="INBOX,Sent,Archive", seed=1, mean_kb=20, duplicates=0):
+def seed(user, password, messages, folders="INBOX,Sent,Archive", seed=1, mean_kb=20, duplicates=0,
+         quota=""):
     subprocess.run([sys.executable, SEED, "--run", RUN, "--user", user, "--password", password,
                     "--messages", str(messages), "--folders", folders, "--seed", str(seed),
-                    "--mean-kb", str(mean_kb), "--duplicates", str(duplicates)], check=True)
+                    "--mean-kb", str(mean_kb), "--duplicates", str(duplicates), "--quota", quota],
+                   check=True)
 
 
 def add_tenant(name):
