@@ -70,6 +70,82 @@ static mv_err target_of(const mv_profile *p, const char *folder, char delim, cha
     return MV_OK;
 }
 
+#define BATCH_BYTES (32u << 20) /* at most this much in one MULTIAPPEND */
+
+/* Messages for one destination folder, sent as one APPEND (MULTIAPPEND when offered: the
+ * server keeps all or none) once the batch is full, the folder changes or the chunk ends. */
+typedef struct batch {
+    mv_imap *im;
+    chunk_ctx *c;
+    const char *dest;   /* the destination's id (its record in Redis) */
+    const char *target; /* the folder, wire-encoded */
+    int multi;
+    const xfile **v;
+    size_t n;
+    uint64_t bytes;
+    uint64_t written, sent_bytes; /* totals of the flushed batches */
+    uint64_t commands;            /* APPEND commands they took */
+} batch;
+
+/* 1 if the batch already holds this message (same Message-ID, or same bytes): one copy per
+ * folder, as the destination search would say once the batch is stored. */
+static int queued(const batch *b, const xfile *f)
+{
+    for (size_t i = 0; i < b->n; i++)
+        if (!strcmp(b->v[i]->hash, f->hash) ||
+            (f->msgid && b->v[i]->msgid && !strcmp(b->v[i]->msgid, f->msgid)))
+            return 1;
+    return 0;
+}
+
+/* Stream one message's bytes from the store into the APPEND in progress. */
+static mv_err send_one(batch *b, const xfile *f, char *err, size_t errlen)
+{
+    mv_runner *r = b->c->r;
+    asink a = {b->im, b->c, 0, MV_OK, ""};
+    mv_err rc = mv_store_get(r->store, b->c->t->tenant, f->hash, append_piece, &a, err, errlen);
+    if (a.failed) rc = mv_seterr(err, errlen, a.failed, "%s", a.err);
+    if (!rc && a.sent != f->size)
+        rc = mv_seterr(err, errlen, MV_ECORRUPT, "object %s has %llu bytes, the index says %llu",
+                       f->hash, (unsigned long long)a.sent, (unsigned long long)f->size);
+    return rc;
+}
+
+/* Send the queued messages (one APPEND with all of them, or one APPEND each without
+ * MULTIAPPEND), then record them as received by this destination. A half-sent APPEND leaves
+ * the connection unusable: the attempt ends with the error. */
+static mv_err flush(batch *b, char *err, size_t errlen)
+{
+    mv_runner *r = b->c->r;
+    mv_err rc = MV_OK;
+    size_t done = 0;
+    while (done < b->n && !rc) {
+        size_t upto = b->multi ? b->n : done + 1;
+        const xfile *f = b->v[done];
+        rc = mv_imap_append_begin(b->im, b->target, f->flags, f->idate, f->size, err, errlen);
+        b->commands++;
+        for (size_t i = done; i < upto && !rc; i++) {
+            f = b->v[i];
+            if (i > done) rc = mv_imap_append_next(b->im, f->flags, f->idate, f->size, err, errlen);
+            if (!rc) rc = send_one(b, f, err, errlen);
+        }
+        if (!rc) rc = mv_imap_append_end(b->im, err, errlen);
+        for (size_t i = done; i < upto && !rc; i++) {
+            char member[2400];
+            snprintf(member, sizeof member, "%s\t%s", b->target, b->v[i]->hash);
+            if ((rc = mv_state_set_add(r->st, b->c->t->tenant, "export", b->dest, member, err,
+                                       errlen)))
+                break;
+            b->written++;
+            b->sent_bytes += b->v[i]->size;
+        }
+        done = upto;
+    }
+    b->n = 0;
+    b->bytes = 0;
+    return rc;
+}
+
 mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, int *more,
                        char *err, size_t errlen)
 {
@@ -77,7 +153,7 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
     mv_runner *r = c->r;
     xlist l = {0};
     mv_imap *im = NULL;
-    uint64_t written = 0, kept = 0, bytes = 0;
+    uint64_t written = 0, kept = 0, bytes = 0, appends = 0;
     *more = 0;
     c->profile = p;
     mv_err rc = export_list(c, p, &l, err, errlen);
@@ -103,6 +179,14 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
     }
     char cur[2048] = "";
     int64_t deadline = mv_mono_ms() + (int64_t)r->cfg->chunk_seconds * 1000;
+    batch b = {.im = im,
+               .c = c,
+               .dest = dest,
+               .multi = p->exp_multiappend && mv_imap_has_cap(im, "MULTIAPPEND")};
+    if (!(b.v = calloc((size_t)r->cfg->export_append_batch, sizeof *b.v))) {
+        rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+        goto out;
+    }
     for (size_t i = 0; i < l.n && !rc; i++) {
         const xfile *f = &l.v[i];
         if (i && !strcmp(f->rel, l.v[i - 1].rel)) continue; /* listed in two segments */
@@ -115,48 +199,47 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
                             errlen)))
             break;
         if (strcmp(target, cur) != 0) { /* a new destination folder: make sure it exists */
+            if ((rc = flush(&b, err, errlen))) break;
             mv_imap_mailbox info;
             if ((rc = mv_imap_create(im, target, err, errlen)) ||
                 (rc = mv_imap_examine(im, target, &info, err, errlen)))
                 break;
             snprintf(cur, sizeof cur, "%s", target);
+            b.target = cur;
         }
-        char member[2400];
-        snprintf(member, sizeof member, "%s\t%s", target, f->hash);
-        int present = 0;
-        if (f->msgid) {
+        int present = queued(&b, f);
+        if (!present && f->msgid) {
             size_t count = 0;
             if ((rc = mv_imap_search_header(im, "Message-ID", f->msgid, &count, err, errlen)))
                 break;
             present = count > 0;
-        } else if ((rc = mv_state_set_member(r->st, t->tenant, "export", dest, member, &present,
-                                             err, errlen))) {
-            break;
+        } else if (!present) {
+            char member[2400];
+            snprintf(member, sizeof member, "%s\t%s", target, f->hash);
+            if ((rc = mv_state_set_member(r->st, t->tenant, "export", dest, member, &present, err,
+                                          errlen)))
+                break;
         }
         if (present) {
             kept++;
             continue;
         }
-        if (written >= (uint64_t)r->cfg->chunk_messages || mv_mono_ms() > deadline ||
+        if (b.written + b.n >= (uint64_t)r->cfg->chunk_messages || mv_mono_ms() > deadline ||
             *r->stopping) {
             *more = 1;
             break;
         }
-        if ((rc = mv_imap_append_begin(im, target, f->flags, f->idate, f->size, err, errlen)))
+        if ((b.n == (size_t)r->cfg->export_append_batch || b.bytes + f->size > BATCH_BYTES) &&
+            (rc = flush(&b, err, errlen)))
             break;
-        asink a = {im, c, 0, MV_OK, ""};
-        rc = mv_store_get(r->store, t->tenant, f->hash, append_piece, &a, err, errlen);
-        if (a.failed) rc = mv_seterr(err, errlen, a.failed, "%s", a.err);
-        if (!rc && a.sent != f->size)
-            rc =
-                mv_seterr(err, errlen, MV_ECORRUPT, "object %s has %llu bytes, the index says %llu",
-                          f->hash, (unsigned long long)a.sent, (unsigned long long)f->size);
-        if (!rc) rc = mv_imap_append_end(im, err, errlen);
-        if (rc) break; /* a half-sent APPEND leaves the connection unusable: the attempt ends */
-        if ((rc = mv_state_set_add(r->st, t->tenant, "export", dest, member, err, errlen))) break;
-        written++;
-        bytes += f->size;
+        b.v[b.n++] = f;
+        b.bytes += f->size;
     }
+    if (!rc) rc = flush(&b, err, errlen); /* what was queued goes out, also before a pause */
+    written = b.written;
+    bytes = b.sent_bytes;
+    appends = b.commands;
+    free(b.v);
     if (rc == MV_ETOOBIG || (rc == MV_EAUTH && strstr(err, "read-only"))) {
         char tmp[MV_ERRLEN];
         snprintf(tmp, sizeof tmp, "%s", err);
@@ -165,8 +248,9 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
 out:
     export_count(c, written, bytes, kept);
     mv_info(*more ? "export chunk done" : "export done",
-            " tenant=%s export=%s destination=imap written=%llu kept=%llu", t->tenant, p->name,
-            (unsigned long long)written, (unsigned long long)kept);
+            " tenant=%s export=%s destination=imap written=%llu kept=%llu appends=%llu", t->tenant,
+            p->name, (unsigned long long)written, (unsigned long long)kept,
+            (unsigned long long)appends);
     mv_imap_close(im);
     xlist_free(&l);
     return rc;

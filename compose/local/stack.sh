@@ -166,6 +166,9 @@ service anvil {
 # acl: the owner has every right except where $run/dovecot/acl says otherwise
 # (tests restrict a folder to make a read-only destination)
 mail_plugins = \$mail_plugins quota acl
+protocol imap {
+  mail_plugins = \$mail_plugins imap_quota
+}
 plugin {
   quota = maildir:User quota
   acl = vfile:$run/dovecot/acl

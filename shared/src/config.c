@@ -75,6 +75,7 @@ static const key_def keys[] = {
     K_INT("ews.account_max_concurrent", ews_account_max_concurrent, 0, 1000),
     K_INT("ews.sync_page", ews_sync_page, 1, 512),
     K_INT("ews.get_batch", ews_get_batch, 1, 50),
+    K_INT("export.append_batch", export_append_batch, 1, 500),
     {"graph.limit_scope", offsetof(mv_config, graph_limit_per_app), FIELD_SIZE(graph_limit_per_app),
      KT_SCOPE, 0, 1},
     {"log.level", offsetof(mv_config, log_level), FIELD_SIZE(log_level), KT_LOGLEVEL, 0, 3},
@@ -116,6 +117,7 @@ void mv_config_defaults(mv_config *c)
     c->ews_account_max_concurrent = 27;
     c->ews_sync_page = 100;
     c->ews_get_batch = 10;
+    c->export_append_batch = 50;
 }
 
 static const key_def *find_key(const char *name)

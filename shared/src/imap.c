@@ -2007,15 +2007,11 @@ static mv_err put_append_flags(mv_imap *c, sbuf *b, const char *flags)
     return e ? e : sb_putc(c, b, ')');
 }
 
-mv_err mv_imap_append_begin(mv_imap *c, const char *mailbox, const char *flags,
-                            int64_t internaldate, uint64_t size, char *err, size_t errlen)
+/* One message's part of an APPEND: " (flags) "date" {size[+]}\r\n" (the leading space is the
+ * caller's); *nonsync says whether the literal may follow without the server's "+". */
+static mv_err append_message_opts(mv_imap *c, sbuf *b, const char *flags, int64_t internaldate,
+                                  uint64_t size, int *nonsync)
 {
-    if (!c || !mailbox)
-        return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_append_begin: NULL argument");
-    set_ctx(c, err, errlen);
-    if (c->appending)
-        return fail(c, MV_EINVAL, "APPEND: another APPEND is in progress on this connection");
-    if (!mailbox[0]) return fail(c, MV_EINVAL, "APPEND: empty mailbox name");
     uint64_t limit = 0;
     if (cap_number(c, "APPENDLIMIT", &limit) && size > limit)
         return fail(c, MV_ETOOBIG,
@@ -2035,22 +2031,66 @@ mv_err mv_imap_append_begin(mv_imap *c, const char *mailbox, const char *flags,
         snprintf(date, sizeof date, " \"%02d-%s-%04d %02d:%02d:%02d +0000\"", tm.tm_mday,
                  mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
     }
-    int nonsync = use_nonsync(c, size);
+    *nonsync = use_nonsync(c, size);
     char hdr[48];
-    snprintf(hdr, sizeof hdr, " {%" PRIu64 "%s}\r\n", size, nonsync ? "+" : "");
+    snprintf(hdr, sizeof hdr, " {%" PRIu64 "%s}\r\n", size, *nonsync ? "+" : "");
+    mv_err e = put_append_flags(c, b, flags ? flags : "");
+    if (!e) e = cmd_text(c, b, date);
+    if (!e) e = cmd_text(c, b, hdr);
+    return e;
+}
+
+mv_err mv_imap_append_begin(mv_imap *c, const char *mailbox, const char *flags,
+                            int64_t internaldate, uint64_t size, char *err, size_t errlen)
+{
+    if (!c || !mailbox)
+        return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_append_begin: NULL argument");
+    set_ctx(c, err, errlen);
+    if (c->appending)
+        return fail(c, MV_EINVAL, "APPEND: another APPEND is in progress on this connection");
+    if (!mailbox[0]) return fail(c, MV_EINVAL, "APPEND: empty mailbox name");
+    int nonsync = 0;
     sbuf b = {0};
     mv_err e = cmd_begin(c, &b);
     if (!e) e = cmd_text(c, &b, "APPEND ");
     if (!e) e = cmd_astring(c, &b, mailbox, "APPEND", RUN_APPEND);
     if (!e) e = sb_putc(c, &b, ' ');
-    if (!e) e = put_append_flags(c, &b, flags ? flags : "");
-    if (!e) e = cmd_text(c, &b, date);
-    if (!e) e = cmd_text(c, &b, hdr);
+    if (!e) e = append_message_opts(c, &b, flags, internaldate, size, &nonsync);
     if (!e) e = send_all(c, b.p, b.len);
     if (!e && !nonsync) e = run_until(c, c->tag, NULL, NULL, 1, "APPEND", RUN_APPEND);
     sb_free(&b, 0);
     if (e) return e;
     c->appending = 1;
+    c->app_left = size;
+    return MV_OK;
+}
+
+mv_err mv_imap_append_next(mv_imap *c, const char *flags, int64_t internaldate, uint64_t size,
+                           char *err, size_t errlen)
+{
+    if (!c) return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_append_next: NULL argument");
+    set_ctx(c, err, errlen);
+    if (!c->appending) return fail(c, MV_EINVAL, "APPEND: no APPEND in progress");
+    if (c->app_left)
+        return fail(c, MV_EINVAL, "APPEND: %" PRIu64 " bytes of the previous message not sent",
+                    c->app_left);
+    if (!mv_imap_has_cap(c, "MULTIAPPEND"))
+        return fail(c, MV_EINVAL, "APPEND: the server does not offer MULTIAPPEND");
+    int nonsync = 0;
+    sbuf b = {0};
+    mv_err e = sb_putc(c, &b, ' ');
+    if (!e) e = append_message_opts(c, &b, flags, internaldate, size, &nonsync);
+    if (e) { /* nothing sent: the command can still be finished */
+        sb_free(&b, 0);
+        return e;
+    }
+    e = send_all(c, b.p, b.len);
+    if (!e && !nonsync) e = run_until(c, c->tag, NULL, NULL, 1, "APPEND", RUN_APPEND);
+    sb_free(&b, 0);
+    if (e) {
+        c->appending = 0; /* refused instead of "+": the command is over (or the link broken) */
+        return e;
+    }
     c->app_left = size;
     return MV_OK;
 }

@@ -622,8 +622,9 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
             (rc = mv_imap_list(im, count_imap_folder, &fc, detail, sizeof detail)))
             verdict(rc, what, detail, report, reportlen);
         else
-            snprintf(report, reportlen, "OK %s: logged in, %d folders%s", what, fc.n,
-                     mv_imap_has_cap(im, "LITERAL+") ? ", LITERAL+" : "");
+            snprintf(report, reportlen, "OK %s: logged in, %d folders%s%s", what, fc.n,
+                     mv_imap_has_cap(im, "LITERAL+") ? ", LITERAL+" : "",
+                     mv_imap_has_cap(im, "MULTIAPPEND") ? ", MULTIAPPEND" : "");
         mv_imap_close(im);
     } else if (p.source == MV_SOURCE_EXPORT) {
         /* the destination must be a writable directory, or creatable below one */

@@ -378,6 +378,14 @@ static mv_err parse_export_imap(json_t *d, int m365, int allow_secrets, mv_profi
                              "export.destination.literal_plus: must be true or false");
         p->exp_literal_plus = json_is_true(lp);
     }
+    p->exp_multiappend = 1;
+    json_t *ma = json_object_get(d, "multiappend");
+    if (ma) {
+        if (!json_is_boolean(ma))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "export.destination.multiappend: must be true or false");
+        p->exp_multiappend = json_is_true(ma);
+    }
     if (m365) return MV_OK;
     return get_secret(d, "password", "export.destination", allow_secrets, &p->client_secret, err,
                       errlen);
@@ -389,9 +397,9 @@ static mv_err parse_export(json_t *ex, int allow_secrets, mv_profile *p, char *e
     static const char *const ex_keys[] = {"mailbox",     "folder",     "search",
                                           "destination", "public_key", NULL};
     static const char *const q_keys[] = {"from", "to", "subject", "after", "before", NULL};
-    static const char *const dst_keys[] = {"type", "path",         "layout",  "sign",  "host",
-                                           "port", "tls",          "verify",  "login", "password",
-                                           "root", "literal_plus", "mailbox", NULL};
+    static const char *const dst_keys[] = {
+        "type",  "path",     "layout", "sign",         "host",        "port",    "tls", "verify",
+        "login", "password", "root",   "literal_plus", "multiappend", "mailbox", NULL};
     mv_err rc;
     if (!json_is_object(ex)) return mv_seterr(err, errlen, MV_EINVAL, "export: must be an object");
     if ((rc = check_keys(ex, "export.", ex_keys, err, errlen))) return rc;
@@ -837,6 +845,7 @@ char *mv_profile_to_json(const mv_profile *p)
             json_object_set_new(d, "root", json_string(p->exp_root));
             json_object_set_new(d, "layout", json_string(p->exp_flat ? "flat" : "tree"));
             json_object_set_new(d, "literal_plus", json_boolean(p->exp_literal_plus));
+            json_object_set_new(d, "multiappend", json_boolean(p->exp_multiappend));
         } else {
             json_object_set_new(d, "type", json_string("directory"));
             json_object_set_new(d, "path", json_string(p->exp_path));

@@ -4,9 +4,10 @@ duplicated.
 A mailbox archived from Dovecot is exported into another Dovecot user under a root folder with
 its folder structure (APPEND with LITERAL+, as Dovecot offers it): every message arrives byte
 for byte in the right folder with its INTERNALDATE and \\Seen flag; a second run appends
-nothing; a message deleted at the destination by hand is appended again, once. A flat export
-with synchronising literals (LITERAL+ not used) puts each distinct message into one folder
-once. A wrong destination password fails clearly."""
+nothing; a message deleted at the destination by hand is appended again, once. Messages go in
+MULTIAPPEND batches (Dovecot offers it). A flat export with synchronising literals and one
+APPEND per message (LITERAL+ and MULTIAPPEND not used) puts each distinct message into one
+folder once. A wrong destination password fails clearly."""
 import hashlib
 import imaplib
 
@@ -66,6 +67,17 @@ def source_view():
     return out
 
 
+def appends(ws, export):
+    """(messages written, APPEND commands) of an export, summed over its chunks' log lines."""
+    w = a = 0
+    for path in ws.logs:
+        for line in open(path):
+            if "destination=imap" in line and f"export={export} " in line:
+                w += int(line.split("written=")[1].split()[0])
+                a += int(line.split("appends=")[1].split()[0])
+    return w, a
+
+
 def export_profile(name, user, password, **dest):
     doc = {"name": name, "type": "export",
            "export": {"mailbox": src, "destination": {"type": "imap", "host": "127.0.0.1", "port": IMAP_PORT,
@@ -75,7 +87,7 @@ def export_profile(name, user, password, **dest):
     return f
 
 
-with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
+with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9) as ws:
     run(t, "imap")
     want = source_view()
     check(len(want) > 20, f"the source has {len(want)} (folder, message) pairs")
@@ -83,7 +95,8 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
     f = export_profile("to-dora", dst1, "pw-d1", root="Restored")
     cli("profile", "add", "--tenant", t, "--file", f)
     test = cli("profile", "test", "--tenant", t, "to-dora").stdout
-    check(test.startswith("OK") and "LITERAL+" in test, f"profile test logs in: {test.strip()}")
+    check(test.startswith("OK") and "LITERAL+" in test and "MULTIAPPEND" in test,
+          f"profile test logs in: {test.strip()}")
     run(t, "to-dora")
     got, n = mailbox_view(dst1, "pw-d1", "Restored")
     check(n == len(want), f"one message per (folder, message) ({n} of {len(want)})")
@@ -92,6 +105,8 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
     m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-dora"]
     check(m["state"] == "done" and m["messages"] == len(want) and m["chunk"] >= 3,
           f"appended in chunks ({m['messages']} messages, {m['chunk'] + 1} chunks)")
+    w, a = appends(ws, "to-dora")
+    check(w == len(want) and a < w, f"in MULTIAPPEND batches: {w} messages in {a} APPEND commands")
 
     run(t, "to-dora")
     got2, n2 = mailbox_view(dst1, "pw-d1", "Restored")
@@ -116,12 +131,15 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
     check(n4 == n and set(got4) == set(want), f"it was appended again, once ({n4})")
 
     # flat, synchronising literals
-    f = export_profile("to-flo", dst2, "pw-d2", root="Flat", layout="flat", literal_plus=False)
+    f = export_profile("to-flo", dst2, "pw-d2", root="Flat", layout="flat", literal_plus=False,
+                       multiappend=False)
     cli("export", "--tenant", t, "--file", f, "--wait")
     got5, n5 = mailbox_view(dst2, "pw-d2", "Flat")
     distinct = {h for _, h in want}
     check({h for _, h in got5} == distinct and n5 == len(distinct),
           f"flat: each distinct message once in one folder ({n5} of {len(distinct)})")
+    w, a = appends(ws, "to-flo")
+    check(w == a == len(distinct), f"without MULTIAPPEND one APPEND per message ({a} for {w})")
 
     # a wrong password
     f = export_profile("to-nowhere", dst2, "wrong")

@@ -55,7 +55,7 @@ def set_quota(user, rule):
     os.utime(passwd, (st.st_atime, max(time.time(), st.st_mtime + 1.0)))
 
 
-with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=50):
+with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=50, MAILVAULT_EXPORT_APPEND_BATCH=2):
     run(t, "imap")
     archived = {hashlib.sha256(raw).hexdigest() for raw in imap_messages(src, "pw-s").values()}
     check(len(archived) == 16, f"{len(archived)} distinct messages archived")
@@ -73,8 +73,14 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=50):
           f"what arrived ({len(got)} of {len(archived)}) is whole, once each")
 
     set_quota(full, "100M")
-    wait_for(lambda: cli("profile", "test", "--tenant", t, "to-full", expect=None).returncode == 0,
-             "Dovecot to read the raised quota", 30)
+
+    def raised():
+        c = imaplib.IMAP4("127.0.0.1", IMAP_PORT)
+        c.login(full, "pw-f")
+        typ, data = c.getquotaroot("INBOX")
+        c.logout()
+        return typ == "OK" and b"STORAGE" in data[1][0] and int(data[1][0].split()[-1].rstrip(b")")) >= 102400
+    wait_for(raised, "Dovecot to read the raised quota (GETQUOTAROOT)", 30)
     run(t, "to-full")
     got2 = hashes(full, "pw-f", "Restored")
     m = state_of("to-full")

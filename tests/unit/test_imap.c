@@ -1244,6 +1244,59 @@ static void test_append_literal_plus(void **state)
     done(c);
 }
 
+static void test_multiappend(void **state)
+{
+    (void)state;
+    mem_io m;
+    char err[MV_ERRLEN];
+    /* LITERAL+: three messages in one command, one tagged answer */
+    mv_imap *c = mk_lp(&m,
+                       "* CAPABILITY IMAP4rev1 LITERAL+ MULTIAPPEND\r\nA0 OK\r\n"
+                       "A1 OK [APPENDUID 7 10:12] Append completed\r\n",
+                       0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "Box", "\\Seen", 86400, 2, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "a\n", 2, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_next(c, NULL, 0, 3, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "bb\n", 3, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_next(c, "\\Flagged", 172800, 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "c", 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_OK);
+    assert_string_equal(m.out, "A1 APPEND \"Box\" (\\Seen) \"02-Jan-1970 00:00:00 +0000\" {2+}\r\n"
+                               "a\n () {3+}\r\nbb\n (\\Flagged) \"03-Jan-1970 00:00:00 +0000\" "
+                               "{1+}\r\nc\r\n");
+    done(c);
+
+    /* synchronising literals: a "+" before each message; a refusal mid-way ends the command */
+    c = mk(&m,
+           "* CAPABILITY IMAP4rev1 MULTIAPPEND\r\nA0 OK\r\n+ go\r\n"
+           "A1 NO [OVERQUOTA] Quota exceeded\r\n",
+           0, 0, 0, 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_begin(c, "Box", "", 0, 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "a", 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_next(c, "", 0, 1, err, sizeof err), MV_ETOOBIG);
+    assert_non_null(strstr(err, "the destination is full"));
+    assert_string_equal(m.out, "A1 APPEND \"Box\" () {1}\r\na () {1}\r\n");
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_EINVAL); /* it is over */
+    done(c);
+
+    /* misuse: before the previous message is complete, or without MULTIAPPEND */
+    c = mk_lp(&m, "* CAPABILITY IMAP4rev1 LITERAL+\r\nA0 OK\r\nA1 OK\r\n", 0);
+    assert_int_equal(mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_next(c, "", 0, 1, err, sizeof err), MV_EINVAL);
+    assert_int_equal(mv_imap_append_begin(c, "Box", "", 0, 2, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_data(c, "a", 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_next(c, "", 0, 1, err, sizeof err), MV_EINVAL);
+    assert_non_null(strstr(err, "1 bytes of the previous message not sent"));
+    assert_int_equal(mv_imap_append_data(c, "b", 1, err, sizeof err), MV_OK);
+    assert_int_equal(mv_imap_append_next(c, "", 0, 1, err, sizeof err), MV_EINVAL);
+    assert_non_null(strstr(err, "does not offer MULTIAPPEND"));
+    assert_int_equal(mv_imap_append_end(c, err, sizeof err), MV_OK); /* still usable */
+    assert_string_equal(m.out, "A1 APPEND \"Box\" () {2+}\r\nab\r\n");
+    done(c);
+}
+
 static void test_append_sync(void **state)
 {
     (void)state;
@@ -1608,6 +1661,7 @@ int main(void)
         cmocka_unit_test(test_socket_timeouts),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_append_literal_plus),
+        cmocka_unit_test(test_multiappend),
         cmocka_unit_test(test_append_sync),
         cmocka_unit_test(test_append_errors),
         cmocka_unit_test(test_append_misuse),

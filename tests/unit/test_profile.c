@@ -289,6 +289,7 @@ static void test_export(void **state)
     assert_int_equal(p.port, 993);
     assert_string_equal(p.exp_root, "Archive Export");
     assert_int_equal(p.exp_literal_plus, 0);
+    assert_int_equal(p.exp_multiappend, 1);
     assert_string_equal(p.client_secret, "pw9");
     reparse(&p, &q, "pw9");
     assert_int_equal(q.exp_imap, 1);

@@ -50,6 +50,7 @@ typedef struct mv_config {
                                      * (Exchange's EWSMaxConcurrency), default 27 */
     int ews_sync_page;              /* ews.sync_page  SyncFolderItems MaxChangesReturned, 100 */
     int ews_get_batch;              /* ews.get_batch  items per GetItem request, default 10 */
+    int export_append_batch;        /* export.append_batch  messages per MULTIAPPEND, default 50 */
 } mv_config;
 
 void mv_config_defaults(mv_config *c);

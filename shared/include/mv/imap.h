@@ -129,6 +129,11 @@ mv_err mv_imap_search_header(mv_imap *c, const char *field, const char *value, s
  * time per connection, and no other command between begin and end. */
 mv_err mv_imap_append_begin(mv_imap *c, const char *mailbox, const char *flags,
                             int64_t internaldate, uint64_t size, char *err, size_t errlen);
+/* MULTIAPPEND (RFC 3502, when the server offers it): after a message's last byte, announce the
+ * next message of the same APPEND; append_end finishes the command, and the server stores all
+ * of its messages or none. */
+mv_err mv_imap_append_next(mv_imap *c, const char *flags, int64_t internaldate, uint64_t size,
+                           char *err, size_t errlen);
 mv_err mv_imap_append_data(mv_imap *c, const void *p, size_t n, char *err, size_t errlen);
 mv_err mv_imap_append_end(mv_imap *c, char *err, size_t errlen);
 
