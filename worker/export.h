@@ -20,11 +20,13 @@ typedef struct xlist {
     xfile *v;
     size_t n, cap;
     const mv_profile *p;
+    const char *mailbox; /* while listing one mailbox of a tenant-wide export */
     int failed;
 } xlist;
 
-/* The profile's selection, sorted by rel (equal rels are adjacent: the same message listed in
- * two segments). */
+/* The profile's selection, sorted by rel; with export.mailbox "*" every archived mailbox of the
+ * tenant, each message's folder then "<mailbox>/<folder>" (also in rel) (equal rels are adjacent:
+ * the same message listed in two segments). */
 mv_err export_list(chunk_ctx *c, const mv_profile *p, xlist *l, char *err, size_t errlen);
 void xlist_free(xlist *l);
 /* Move the export's status counters: files/messages written, their bytes, those kept. */

@@ -5,6 +5,7 @@
 #include "mv/archive.h"
 #include "mv/log.h"
 #include "mv/search.h"
+#include "mv/store.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,21 +43,21 @@ static int collect(void *ud, const mv_segment *seg, const mv_index_rec *rec)
     xlist *l = ud;
     if (!mv_search_match(&l->p->exp_search, seg->folder, rec)) return 0;
     char dir[2048] = "";
-    char *rel;
+    /* a tenant-wide export keeps each mailbox apart: "<mailbox>/<folder>" */
+    char *folder = l->mailbox ? mv_aprintf("%s/%s", l->mailbox, seg->folder) : strdup(seg->folder);
+    char *rel = NULL;
+    if (!folder) goto nomem;
     if (l->p->exp_imap) { /* grouped by folder, one entry per (folder, message) */
-        rel = mv_aprintf("%s\t%s", seg->folder, rec->hash);
+        rel = mv_aprintf("%s\t%s", folder, rec->hash);
     } else {
-        if (!l->p->exp_flat) dir_of(seg->folder, dir, sizeof dir);
+        if (!l->p->exp_flat) dir_of(folder, dir, sizeof dir);
         rel = mv_aprintf("%s%s.eml", dir, rec->hash);
     }
     if (!rel) goto nomem;
     if (l->n == l->cap) {
         size_t nc = l->cap ? l->cap * 2 : 256;
         xfile *nv = realloc(l->v, nc * sizeof *nv);
-        if (!nv) {
-            free(rel);
-            goto nomem;
-        }
+        if (!nv) goto nomem;
         l->v = nv;
         l->cap = nc;
     }
@@ -67,19 +68,43 @@ static int collect(void *ud, const mv_segment *seg, const mv_index_rec *rec)
     f->size = rec->size;
     f->idate = rec->internaldate;
     snprintf(f->flags, sizeof f->flags, "%s", rec->flags);
-    f->folder = strdup(seg->folder);
+    f->folder = folder;
     f->msgid = rec->msgid[0] ? strdup(rec->msgid) : NULL;
-    if (!f->folder || (rec->msgid[0] && !f->msgid)) {
-        free(f->folder);
-        free(f->msgid);
-        free(rel);
-        goto nomem;
-    }
+    if (rec->msgid[0] && !f->msgid) goto nomem;
     l->n++;
     return 0;
 nomem:
+    free(folder);
+    free(rel);
     l->failed = 1;
     return 1;
+}
+
+typedef struct mailbox_names {
+    char **v;
+    size_t n, cap;
+    int failed;
+} mailbox_names;
+
+static int add_mailbox(void *ud, const char *mailbox)
+{
+    mailbox_names *m = ud;
+    if (m->n == m->cap) {
+        size_t nc = m->cap ? m->cap * 2 : 64;
+        char **nv = realloc(m->v, nc * sizeof *nv);
+        if (!nv) {
+            m->failed = 1;
+            return 1;
+        }
+        m->v = nv;
+        m->cap = nc;
+    }
+    if (!(m->v[m->n] = strdup(mailbox))) {
+        m->failed = 1;
+        return 1;
+    }
+    m->n++;
+    return 0;
 }
 
 static int cmp_rel(const void *a, const void *b)
@@ -102,7 +127,22 @@ mv_err export_list(chunk_ctx *c, const mv_profile *p, xlist *l, char *err, size_
 {
     memset(l, 0, sizeof *l);
     l->p = p;
-    mv_err rc = mv_archive_list(c->r->store, c->t->tenant, p->exp_mailbox, collect, l, err, errlen);
+    mv_err rc;
+    if (strcmp(p->exp_mailbox, MV_EXPORT_ALL_MAILBOXES) == 0) { /* every archived mailbox */
+        mailbox_names m = {0};
+        rc = mv_store_mailbox_list(c->r->store, c->t->tenant, add_mailbox, &m, err, errlen);
+        if (!rc && m.failed) rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+        for (size_t i = 0; i < m.n && !rc && !l->failed; i++) {
+            l->mailbox = m.v[i];
+            rc = mv_archive_list(c->r->store, c->t->tenant, m.v[i], collect, l, err, errlen);
+        }
+        l->mailbox = NULL;
+        for (size_t i = 0; i < m.n; i++)
+            free(m.v[i]);
+        free(m.v);
+    } else {
+        rc = mv_archive_list(c->r->store, c->t->tenant, p->exp_mailbox, collect, l, err, errlen);
+    }
     if (!rc && l->failed)
         rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory listing the archive");
     if (rc) return rc;

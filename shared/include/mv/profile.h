@@ -31,6 +31,7 @@
 #define MV_PROFILE_APP_KEY "_app_key" /* slot of its certificate's private key (PEM) */
 
 #define MV_PROFILE_MAX_DELETE_DAYS 36500
+#define MV_EXPORT_ALL_MAILBOXES "*" /* export.mailbox: every archived mailbox of the tenant */
 
 typedef struct mv_profile_mailbox {
     char login[256];
