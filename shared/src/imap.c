@@ -1258,6 +1258,10 @@ static mv_err run_until(mv_imap *c, const char *tag, const mv_imap_fetch_cb *cb,
                 } else if (!strcasecmp(c->code, "NOPERM") || !strcasecmp(c->code, "READ-ONLY")) {
                     r = MV_EAUTH;
                     why = "the destination is read-only: ";
+                } else if (!strcasecmp(c->code, "THROTTLED") ||
+                           !strcasecmp(c->code, "UNAVAILABLE") || !strcasecmp(c->code, "INUSE")) {
+                    r = MV_EBUSY; /* retried later, with backoff */
+                    why = "the destination is busy: ";
                 }
             }
             return fail(c, r, "IMAP %s failed: %s%s %s", what, why, c->rstatus, text);

@@ -1362,9 +1362,10 @@ static void test_append_errors(void **state)
         {"A1 NO [LIMIT] too many messages\r\n", MV_ETOOBIG, "the destination is full"},
         {"A1 NO [NOPERM] Permission denied\r\n", MV_EAUTH, "the destination is read-only"},
         {"A1 NO [READ-ONLY] read-only\r\n", MV_EAUTH, "the destination is read-only"},
-        {"A1 NO [THROTTLED] slow down\r\n", MV_ESERVER, "slow down"},
         {"A1 NO Message rejected\r\n", MV_ESERVER, "Message rejected"},
         {"A1 BAD [TRYCREATE] Invalid arguments\r\n", MV_ESERVER, "Invalid arguments"},
+        {"A1 NO [THROTTLED] Slow down\r\n", MV_EBUSY, "the destination is busy"},
+        {"A1 NO [UNAVAILABLE] Try later\r\n", MV_EBUSY, "Try later"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char script[256];
