@@ -1,12 +1,12 @@
 /* fuzz_imap.c - libFuzzer target for the IMAP response parser.
  *
  * Input layout: byte 0 selects the command whose response path is driven (raw tagged read,
- * LIST, UID SEARCH, EXAMINE, UID FETCH, LOGIN, LIST "" "", CREATE, UID SEARCH HEADER, APPEND
- * plus the modified UTF-7 encoder over the input) and the bounds; byte 1 the read size of the
- * memory transport (1..16 bytes per read, or everything), so that every token can be split
- * across reads. The rest is what the "server" sends. After the first command a second raw
- * read and mv_imap_close (LOGOUT) run over whatever is left, exercising the broken-connection
- * paths too. Callbacks touch every byte they are given so ASan sees bad pointers.
+ * LIST, UID SEARCH, EXAMINE, UID FETCH, LOGIN or AUTHENTICATE XOAUTH2, LIST "" "", CREATE,
+ * UID SEARCH HEADER, APPEND or MULTIAPPEND plus the modified UTF-7 encoder over the input) and the
+ * bounds; byte 1 the read size of the memory transport (1..16 bytes per read, or everything), so
+ * that every token can be split across reads. The rest is what the "server" sends. After the first
+ * command a second raw read and mv_imap_close (LOGOUT) run over whatever is left, exercising the
+ * broken-connection paths too. Callbacks touch every byte they are given so ASan sees bad pointers.
  *
  * Build: CC=clang cmake -S . -B build-fuzz -DMV_FUZZ=ON && ninja -C build-fuzz fuzz_imap
  * Run:   ./build-fuzz/tests/fuzz_imap -max_total_time=60 tests/fuzz/corpus/imap */
@@ -114,8 +114,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         mv_imap_fetch_range(c, 1, 0, &cb, NULL, err, sizeof err);
         break;
     case 5:
-        if (mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err) == MV_OK)
+        if (mv_imap_read_until_tagged(c, "A0", NULL, NULL, err, sizeof err) != MV_OK) break;
+        if (mode & 16) { /* XOAUTH2: the error challenge is decoded into the error */
+            if (mv_imap_xoauth2(c, "a@b.example", "tok", err, sizeof err) != MV_OK &&
+                mv_imap_challenge(c))
+                sink += (unsigned)strlen(mv_imap_challenge(c));
+        } else {
             mv_imap_login(c, "user", "p\xc3\xa4ss", err, sizeof err);
+        }
         break;
     case 6:
         mv_imap_delimiter(c, &delim, err, sizeof err);
@@ -137,6 +143,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (mv_imap_append_begin(c, "Dest", "\\Seen \\Recent", 1, 4, err, sizeof err) != MV_OK)
             break;
         if (mv_imap_append_data(c, "abcd", (mode & 16) ? 3 : 4, err, sizeof err) != MV_OK) break;
+        if ((mode & 32) && (mv_imap_append_next(c, "", 0, 2, err, sizeof err) != MV_OK ||
+                            mv_imap_append_data(c, "ef", 2, err, sizeof err) != MV_OK))
+            break; /* MULTIAPPEND: a second message in the same command */
         mv_imap_append_end(c, err, sizeof err);
         break;
     }
