@@ -301,10 +301,14 @@ mv_err mv_jobs_export_login(const mv_config *c, const mv_profile *p, const char 
         free(stale); /* refused: maybe a revoked cached token; once more with a new one */
         stale = mv_oauth_drop(a);
     }
-    if (rc == MV_EAUTH)
-        mv_seterr(
-            err, errlen, rc,
-            "Microsoft 365 refused the app's token for mailbox %s (%s). The token was issued, "
+    /* Exchange Online may also accept the token and then answer the first command with
+     * "BAD User is authenticated but not connected." when the app may not open the mailbox */
+    char delim;
+    if (!rc) rc = mv_imap_delimiter(im, &delim, detail, sizeof detail);
+    if (rc == MV_EAUTH || (rc == MV_ESERVER && strstr(detail, "authenticated but not connected")))
+        rc = mv_seterr(
+            err, errlen, MV_EAUTH,
+            "Microsoft 365 did not let the app into mailbox %s (%s). The token was issued, "
             "so the app's service principal lacks FullAccess on that mailbox (or the "
             "IMAP.AccessAsApp permission). Fix in Exchange Online PowerShell: "
             "Add-MailboxPermission -Identity %s -User <service principal id of app %s> "
