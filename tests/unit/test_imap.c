@@ -27,41 +27,7 @@
 
 #include "mv/imap.h"
 
-/* ------------------------------------------------------------------ memory transport */
-
-typedef struct mem_io {
-    const char *data;
-    size_t len, pos;
-    size_t chunk;       /* at most this many bytes per read; 0 = all */
-    int timeout_at_end; /* report a timeout instead of end of stream */
-    char out[16384];
-    size_t outlen;
-} mem_io;
-
-static long mem_read(void *io, void *buf, size_t len, int timeout_ms)
-{
-    (void)timeout_ms;
-    mem_io *m = io;
-    if (m->pos == m->len) return m->timeout_at_end ? -2 : 0;
-    size_t n = m->len - m->pos;
-    if (n > len) n = len;
-    if (m->chunk && n > m->chunk) n = m->chunk;
-    memcpy(buf, m->data + m->pos, n);
-    m->pos += n;
-    return (long)n;
-}
-
-static long mem_write(void *io, const void *buf, size_t len, int timeout_ms)
-{
-    (void)timeout_ms;
-    mem_io *m = io;
-    size_t n = len;
-    if (n > sizeof m->out - 1 - m->outlen) n = sizeof m->out - 1 - m->outlen;
-    memcpy(m->out + m->outlen, buf, n);
-    m->outlen += n;
-    m->out[m->outlen] = '\0';
-    return (long)len;
-}
+#include "memio.h"
 
 static mv_imap *mk(mem_io *m, const char *script, size_t len, size_t chunk, size_t max_line,
                    uint64_t max_literal)

@@ -15,37 +15,10 @@
 #include "mv/imap.h"
 #include "mv/jobs.h"
 #include "mv/profile.h"
+#include "memio.h"
 #include "testsrv.h"
 
 #include <openssl/evp.h>
-
-typedef struct script_io {
-    const char *data;
-    size_t len, pos;
-    char out[8192];
-    size_t outlen;
-} script_io;
-
-static long s_read(void *io, void *buf, size_t len, int timeout_ms)
-{
-    (void)timeout_ms;
-    script_io *m = io;
-    size_t n = m->len - m->pos < len ? m->len - m->pos : len;
-    memcpy(buf, m->data + m->pos, n);
-    m->pos += n;
-    return (long)n;
-}
-
-static long s_write(void *io, const void *buf, size_t len, int timeout_ms)
-{
-    (void)timeout_ms;
-    script_io *m = io;
-    size_t n = len < sizeof m->out - 1 - m->outlen ? len : sizeof m->out - 1 - m->outlen;
-    memcpy(m->out + m->outlen, buf, n);
-    m->outlen += n;
-    m->out[m->outlen] = '\0';
-    return (long)len;
-}
 
 typedef struct tokens {
     int issued;
@@ -77,7 +50,7 @@ static void ir_of(const char *tok, char *out)
     EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)raw, n);
 }
 
-static mv_err sign_in(const char *imap_script, tokens *tk, script_io *io, char *err, size_t errlen)
+static mv_err sign_in(const char *imap_script, tokens *tk, mem_io *io, char *err, size_t errlen)
 {
     tsrv *srv = tsrv_start(token_endpoint, tk);
     char doc[1024];
@@ -96,7 +69,7 @@ static mv_err sign_in(const char *imap_script, tokens *tk, script_io *io, char *
     mv_imap_opts o;
     mv_imap_opts_default(&o);
     mv_imap *im = NULL;
-    assert_int_equal(mv_imap_from_io(&o, s_read, s_write, io, &im), MV_OK);
+    assert_int_equal(mv_imap_from_io(&o, mem_read, mem_write, io, &im), MV_OK);
     assert_int_equal(mv_imap_read_until_tagged(im, "A0", NULL, NULL, err, errlen), MV_OK);
     mv_err rc = mv_jobs_export_login(&cfg, &p, "secret-1", NULL, im, err, errlen);
     mv_imap_close(im);
@@ -112,7 +85,7 @@ static void test_m365_ok(void **state)
     (void)state;
     char err[MV_ERRLEN], script[512], ir[256];
     tokens tk = {0};
-    script_io io;
+    mem_io io;
     snprintf(script, sizeof script,
              "%sA1 OK [CAPABILITY IMAP4rev1 LITERAL+] AUTHENTICATE completed.\r\n"
              "* LIST (\\Noselect) \"/\" \"\"\r\nA2 OK LIST completed.\r\n",
@@ -130,7 +103,7 @@ static void test_m365_refused(void **state)
     (void)state;
     char err[MV_ERRLEN], script[512], ir1[256], ir2[256];
     tokens tk = {0};
-    script_io io;
+    mem_io io;
     snprintf(script, sizeof script,
              "%sA1 NO AUTHENTICATE failed.\r\nA2 NO AUTHENTICATE failed.\r\n", caps);
     assert_int_equal(sign_in(script, &tk, &io, err, sizeof err), MV_EAUTH);
@@ -151,7 +124,7 @@ static void test_m365_not_connected(void **state)
     (void)state;
     char err[MV_ERRLEN], script[512];
     tokens tk = {0};
-    script_io io;
+    mem_io io;
     snprintf(script, sizeof script,
              "%sA1 OK [CAPABILITY IMAP4rev1] AUTHENTICATE completed.\r\n"
              "A2 BAD User is authenticated but not connected.\r\n",
@@ -168,7 +141,7 @@ static void test_m365_other_error(void **state)
     (void)state;
     char err[MV_ERRLEN], script[512];
     tokens tk = {0};
-    script_io io;
+    mem_io io;
     snprintf(script, sizeof script,
              "%sA1 OK [CAPABILITY IMAP4rev1] done\r\nA2 BAD Command Error. 12\r\n", caps);
     assert_int_equal(sign_in(script, &tk, &io, err, sizeof err), MV_ESERVER);
