@@ -18,6 +18,7 @@ mv_state *cli_state(cli *c);
 int cmd_status(cli *c, int argc, char **argv);
 int cmd_run(cli *c, int argc, char **argv);
 int cmd_cancel(cli *c, int argc, char **argv);
+int cmd_runs(cli *c, int argc, char **argv);
 /* Wait for a run to end, showing progress; returns 0 if every mailbox is done. */
 int cli_wait_run(cli *c, mv_state *st, const char *tenant, const char *run_id, int timeout_s);
 

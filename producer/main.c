@@ -60,6 +60,9 @@ static const char usage_text[] =
     "  cancel --tenant T [--profile P | --mailbox M]\n"
     "                                        stop the current run of those mailboxes (all of\n"
     "                                        the tenant's by default): what is archived stays\n"
+    "  runs --tenant T [--profile P] [--json] the tenant's runs, oldest first: started, tasks,\n"
+    "                                        manual or by schedule (slot, mailboxes skipped as\n"
+    "                                        still busy)\n"
     "  status [--tenant T] [--watch] [--json] progress per tenant and mailbox, and the\n"
     "                                        consumer lag (exit 1 if a mailbox failed)\n"
     "Archive:\n"
@@ -669,6 +672,8 @@ int main(int argc, char **argv)
             rc = cmd_export(&c, nargs, args);
         else if (strcmp(cmd, "cancel") == 0)
             rc = cmd_cancel(&c, nargs, args);
+        else if (strcmp(cmd, "runs") == 0)
+            rc = cmd_runs(&c, nargs, args);
         else if (strcmp(cmd, "status") == 0)
             rc = cmd_status(&c, nargs, args);
         else if (strcmp(cmd, "get") == 0)

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct mbox_status {
@@ -345,4 +346,97 @@ int cmd_cancel(cli *c, int argc, char **argv)
     free(l.v);
     mv_state_close(st);
     return rc;
+}
+
+/* ---- runs -------------------------------------------------------------------------------- */
+
+typedef struct run_row {
+    char id[40], profile[64];
+    long long started_ms, slot_ms;
+    int tasks, busy;
+} run_row;
+
+typedef struct runs_walk {
+    const char *profile;
+    int json;
+    run_row cur;
+    json_t *arr;
+} runs_walk;
+
+static void run_emit(runs_walk *w)
+{
+    run_row *r = &w->cur;
+    if (!r->id[0] || (w->profile && strcmp(w->profile, r->profile) != 0)) return;
+    if (w->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "run", json_string(r->id));
+        json_object_set_new(o, "profile", json_string(r->profile));
+        json_object_set_new(o, "started_ms", json_integer(r->started_ms));
+        json_object_set_new(o, "tasks", json_integer(r->tasks));
+        json_object_set_new(o, "trigger", json_string(r->slot_ms >= 0 ? "schedule" : "manual"));
+        if (r->slot_ms >= 0) {
+            json_object_set_new(o, "slot_ms", json_integer(r->slot_ms));
+            json_object_set_new(o, "busy", json_integer(r->busy));
+        }
+        json_array_append_new(w->arr, o);
+        return;
+    }
+    char when[32] = "-";
+    time_t t = (time_t)(r->started_ms / 1000);
+    struct tm tm;
+    if (r->started_ms > 0 && gmtime_r(&t, &tm))
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    if (r->slot_ms >= 0)
+        printf("%s\t%s\t%s\t%d\tschedule\t%d\n", r->id, r->profile, when, r->tasks, r->busy);
+    else
+        printf("%s\t%s\t%s\t%d\tmanual\t-\n", r->id, r->profile, when, r->tasks);
+}
+
+static int run_field(void *ud, const char *run_id, const char *field, const char *value)
+{
+    runs_walk *w = ud;
+    if (strcmp(w->cur.id, run_id) != 0) { /* the next run's first field */
+        run_emit(w);
+        memset(&w->cur, 0, sizeof w->cur);
+        w->cur.slot_ms = -1;
+        snprintf(w->cur.id, sizeof w->cur.id, "%s", run_id);
+    }
+    if (!strcmp(field, "profile")) snprintf(w->cur.profile, sizeof w->cur.profile, "%s", value);
+    if (!strcmp(field, "started_ms")) w->cur.started_ms = atoll(value);
+    if (!strcmp(field, "slot_ms")) w->cur.slot_ms = atoll(value);
+    if (!strcmp(field, "tasks")) w->cur.tasks = atoi(value);
+    if (!strcmp(field, "busy")) w->cur.busy = atoi(value);
+    return 0;
+}
+
+/* The runs of a tenant, oldest first: manual ones and those its schedules fired (with their
+ * slot and the mailboxes skipped because their previous task was still busy). */
+int cmd_runs(cli *c, int argc, char **argv)
+{
+    const char *tenant = NULL, *profile = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char **dst = !strcmp(argv[i], "--tenant")    ? &tenant
+                           : !strcmp(argv[i], "--profile") ? &profile
+                                                           : NULL;
+        if (!dst || i + 1 >= argc)
+            return cli_fail(2, "usage: mailvault runs --tenant T [--profile P] [--json]");
+        *dst = argv[++i];
+    }
+    if (!tenant) return cli_fail(2, "--tenant is required");
+    mv_state *st = cli_state(c);
+    if (!st) return 1;
+    runs_walk w = {.profile = profile, .json = c->json, .arr = c->json ? json_array() : NULL};
+    w.cur.slot_ms = -1;
+    char err[MV_ERRLEN];
+    if (!c->json) printf("RUN\tPROFILE\tSTARTED\tTASKS\tTRIGGER\tBUSY\n");
+    mv_err e = mv_state_run_list(st, tenant, run_field, &w, err, sizeof err);
+    run_emit(&w);
+    mv_state_close(st);
+    if (c->json) {
+        char *text = json_dumps(w.arr, JSON_INDENT(2));
+        if (text) puts(text);
+        free(text);
+        json_decref(w.arr);
+    }
+    return e ? cli_fail(1, "%s", err) : 0;
 }

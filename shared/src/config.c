@@ -76,6 +76,8 @@ static const key_def keys[] = {
     K_INT("ews.sync_page", ews_sync_page, 1, 512),
     K_INT("ews.get_batch", ews_get_batch, 1, 50),
     K_INT("export.append_batch", export_append_batch, 1, 500),
+    K_INT("scheduler.lease_ms", sched_lease_ms, 1000, 600000),
+    K_INT("scheduler.tick_ms", sched_tick_ms, 50, 60000),
     {"graph.limit_scope", offsetof(mv_config, graph_limit_per_app), FIELD_SIZE(graph_limit_per_app),
      KT_SCOPE, 0, 1},
     {"log.level", offsetof(mv_config, log_level), FIELD_SIZE(log_level), KT_LOGLEVEL, 0, 3},
@@ -118,6 +120,8 @@ void mv_config_defaults(mv_config *c)
     c->ews_sync_page = 100;
     c->ews_get_batch = 10;
     c->export_append_batch = 50;
+    c->sched_lease_ms = 10000;
+    c->sched_tick_ms = 500;
 }
 
 static const key_def *find_key(const char *name)

@@ -4,6 +4,7 @@
  * sealing, and between opening a credential in a worker and the IMAP login. Neither a Kafka
  * message nor the stored profile JSON ever holds one. */
 #include "mv/jobs.h"
+#include "mv/log.h"
 #include "mv/sign.h"
 
 #include "mv/graph.h"
@@ -15,6 +16,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
 
 typedef struct other_profiles {
     mv_state *st;
@@ -129,8 +132,19 @@ out:
     return rc;
 }
 
+static mv_err profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
+                           const mv_profile *p, char *err, size_t errlen);
+
 mv_err mv_jobs_profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
                             const mv_profile *p, char *err, size_t errlen)
+{
+    mv_err rc = profile_save(st, key, tenant, p, err, errlen);
+    /* the scheduler's index of scheduled profiles (a schedule removed drops its slot) */
+    return rc ? rc : mv_state_sched_index(st, tenant, p->name, p->schedule.kind != 0, err, errlen);
+}
+
+static mv_err profile_save(mv_state *st, const unsigned char key[MV_KEY_LEN], const char *tenant,
+                           const mv_profile *p, char *err, size_t errlen)
 {
     if (!mv_state_tenant_exists(st, tenant))
         return mv_seterr(err, errlen, MV_ENOTFOUND, "tenant \"%s\" does not exist", tenant);
@@ -449,15 +463,81 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
                                const unsigned char *key, const char *tenant, const char *profile,
                                char run_id[37], int *ntasks, char *err, size_t errlen)
 {
+    int busy = 0;
+    return mv_jobs_enqueue_run(c, st, pr, key, tenant, profile, NULL, 0, run_id, ntasks, &busy, err,
+                               errlen);
+}
+
+void mv_jobs_slot_run_id(const char *tenant, const char *profile, int64_t slot_ms, char out[37])
+{
+    char in[512], hex[65];
+    unsigned char d[32];
+    unsigned int dl = 0;
+    snprintf(in, sizeof in, "slot:%s/%s@%lld", tenant, profile, (long long)slot_ms);
+    EVP_Digest(in, strlen(in), d, &dl, EVP_sha256(), NULL);
+    mv_hex(d, 16, hex);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+}
+
+typedef struct mailbox_state {
+    char state[16], run[40];
+    int64_t heartbeat_ms;
+} mailbox_state;
+
+static int read_state(void *ud, const char *field, const char *value)
+{
+    mailbox_state *m = ud;
+    if (!strcmp(field, "state")) snprintf(m->state, sizeof m->state, "%s", value);
+    if (!strcmp(field, "run")) snprintf(m->run, sizeof m->run, "%s", value);
+    if (!strcmp(field, "heartbeat_ms")) m->heartbeat_ms = atoll(value);
+    return 0;
+}
+
+/* 0: enqueue; 1: the mailbox's previous task is still queued or running (busy); 2: it already
+ * belongs to this run and has started (a run fired again after a failover). */
+static int mailbox_busy(const mv_config *c, mv_state *st, const char *tenant, const char *mailbox,
+                        const char *run_id, int skip_busy)
+{
+    char err[MV_ERRLEN];
+    mailbox_state m = {"", "", 0};
+    if (mv_state_status_get(st, tenant, mailbox, read_state, &m, err, sizeof err)) return 0;
+    int active =
+        !strcmp(m.state, "queued") || !strcmp(m.state, "running") || !strcmp(m.state, "retrying");
+    if (!strcmp(m.state, "running") && mv_now_ms() - m.heartbeat_ms > 3 * (int64_t)c->lease_ttl_ms)
+        active = 0; /* its worker died: the task will not come back by itself */
+    if (!strcmp(m.run, run_id)) return strcmp(m.state, "queued") ? 2 : 0;
+    return skip_busy && active ? 1 : 0;
+}
+
+mv_err mv_jobs_enqueue_run(const mv_config *c, mv_state *st, mv_producer *pr,
+                           const unsigned char *key, const char *tenant, const char *profile,
+                           const char *given_run_id, int skip_busy, char run_id[37], int *ntasks,
+                           int *nbusy, char *err, size_t errlen)
+{
     mv_profile p;
     mv_err rc = mv_jobs_profile_load(st, tenant, profile, &p, err, errlen);
     if (rc) return rc;
     login_list l = {.p = &p};
-    mv_uuid(run_id);
-    *ntasks = 0;
+    if (given_run_id) {
+        if (given_run_id != run_id) snprintf(run_id, 37, "%s", given_run_id);
+    } else
+        mv_uuid(run_id);
+    *ntasks = *nbusy = 0;
     int64_t now = mv_now_ms();
     if ((rc = run_logins(c, st, key, tenant, &p, &l, err, errlen))) goto out;
     for (size_t i = 0; i < l.n; i++) {
+        int b = (given_run_id || skip_busy) ? mailbox_busy(c, st, tenant, l.v[i], run_id, skip_busy)
+                                            : 0;
+        if (b == 1) {
+            mv_info("mailbox still busy: not enqueued again", " tenant=%s mailbox=%s run=%s",
+                    tenant, l.v[i], run_id);
+            (*nbusy)++;
+            continue;
+        }
+        if (b == 2) { /* enqueued by this run before, and started */
+            (*ntasks)++;
+            continue;
+        }
         mv_task t;
         memset(&t, 0, sizeof t);
         t.version = MV_TASK_VERSION;
@@ -487,6 +567,11 @@ mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr
         (*ntasks)++;
     }
     if ((rc = mv_state_run_put(st, run_id, tenant, profile, *ntasks, err, errlen))) goto out;
+    if (skip_busy) {
+        char nb[16];
+        snprintf(nb, sizeof nb, "%d", *nbusy);
+        if ((rc = mv_state_run_tag(st, run_id, "busy", nb, err, errlen))) goto out;
+    }
     rc = mv_producer_flush(pr, 30000, err, errlen);
 out:
     for (size_t i = 0; i < l.n; i++)

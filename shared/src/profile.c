@@ -498,12 +498,38 @@ static mv_err parse_export(json_t *ex, int allow_secrets, mv_profile *p, char *e
     return MV_OK;
 }
 
+/* "schedule": {"cron": "...", "timezone": "..."} or {"every": "6h"} (cron.h); none: on demand. */
+static mv_err parse_schedule(json_t *sc, mv_profile *p, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"cron", "timezone", "every", NULL};
+    if (!sc) return MV_OK;
+    if (!json_is_object(sc))
+        return mv_seterr(err, errlen, MV_EINVAL, "schedule: must be an object");
+    mv_err rc;
+    if ((rc = check_keys(sc, "schedule.", keys, err, errlen))) return rc;
+    char cron[128] = "", tz[64] = "", every[16] = "";
+    if ((rc = get_str(sc, "cron", "schedule.", 0, cron, sizeof cron, err, errlen)) ||
+        (rc = get_str(sc, "timezone", "schedule.", 0, tz, sizeof tz, err, errlen)) ||
+        (rc = get_str(sc, "every", "schedule.", 0, every, sizeof every, err, errlen)))
+        return rc;
+    char why[MV_ERRLEN];
+    if (!cron[0] == !every[0])
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "schedule: give either \"cron\" (with an optional \"timezone\") or "
+                         "\"every\"");
+    if (every[0] && tz[0])
+        return mv_seterr(err, errlen, MV_EINVAL, "schedule.timezone: only with \"cron\"");
+    rc = cron[0] ? mv_cron_parse(cron, tz, &p->schedule, why, sizeof why)
+                 : mv_every_parse(every, &p->schedule, why, sizeof why);
+    return rc ? mv_seterr(err, errlen, rc, "schedule.%s", why) : MV_OK;
+}
+
 static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *err, size_t errlen)
 {
     static const char *const top_keys[] = {
         "name",           "type",      "server",    "graph",    "ews",
         "folders",        "mailboxes", "directory", "deletion", "archive_mailbox",
-        "public_folders", "export",    NULL};
+        "public_folders", "export",    "schedule",  NULL};
     static const char *const server_keys[] = {"host", "port", "tls", "verify", NULL};
     static const char *const graph_keys[] = {"tenant_id",
                                              "client_id",
@@ -523,6 +549,7 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
     if (!json_is_object(root))
         return mv_seterr(err, errlen, MV_EINVAL, "profile: must be a JSON object");
     if ((rc = check_keys(root, "", top_keys, err, errlen))) return rc;
+    if ((rc = parse_schedule(json_object_get(root, "schedule"), p, err, errlen))) return rc;
     if ((rc = get_str(root, "name", "", 1, p->name, sizeof p->name, err, errlen))) return rc;
     if (!mv_name_valid(p->name))
         return mv_seterr(err, errlen, MV_EINVAL,
@@ -810,6 +837,16 @@ char *mv_profile_to_json(const mv_profile *p)
     if (!root || !srv || !folders || !mbs) goto out;
     json_object_set_new(root, "name", json_string(p->name));
     json_object_set_new(root, "type", json_string(p->type));
+    if (p->schedule.kind) {
+        json_t *sc = json_object();
+        if (p->schedule.kind == MV_SCHED_CRON) {
+            json_object_set_new(sc, "cron", json_string(p->schedule.expr));
+            json_object_set_new(sc, "timezone", json_string(p->schedule.tz));
+        } else {
+            json_object_set_new(sc, "every", json_string(p->schedule.every_text));
+        }
+        json_object_set_new(root, "schedule", sc);
+    }
     if (p->source == MV_SOURCE_EXPORT) {
         json_t *ex = json_object(), *d = json_object();
         json_object_set_new(ex, "mailbox", json_string(p->exp_mailbox));

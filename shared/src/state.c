@@ -892,14 +892,20 @@ mv_err mv_state_mailbox_list(mv_state *s, const char *tenant,
 
 /* ---- runs ----------------------------------------------------------------------------- */
 
+static mv_err run_key(char *key, const char *run_id, char *err, size_t errlen)
+{
+    if (!run_id || !run_id[0] || strlen(run_id) > 128)
+        return mv_seterr(err, errlen, MV_EINVAL, "invalid run id");
+    return st_key(key, err, errlen, "mv:run:%s", run_id);
+}
+
 mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant, const char *profile,
                         int tasks, char *err, size_t errlen)
 {
-    char key[ST_KEYLEN], ntasks[32], now[32];
+    char key[ST_KEYLEN], idx[ST_KEYLEN], ntasks[32], now[32];
     mv_err e = st_check(tenant, profile, NULL, err, errlen);
-    if (!e && (!run_id || !run_id[0] || strlen(run_id) > 128))
-        e = mv_seterr(err, errlen, MV_EINVAL, "invalid run id");
-    if (!e) e = st_key(key, err, errlen, "mv:run:%s", run_id);
+    if (!e) e = run_key(key, run_id, err, errlen);
+    if (!e) e = st_key(idx, err, errlen, "mv:runs:%s", tenant);
     if (e) return e;
     snprintf(ntasks, sizeof ntasks, "%d", tasks);
     snprintf(now, sizeof now, "%" PRId64, mv_now_ms());
@@ -912,26 +918,96 @@ mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant, con
     sa_str(&a, profile);
     sa_str(&a, "tasks");
     sa_str(&a, ntasks);
-    sa_str(&a, "started_ms");
-    sa_str(&a, now);
+    if ((e = st_int(s, 1, &a, NULL, err, errlen))) return e;
+    /* a run put again (a scheduled slot fired again after a failover) keeps its start */
+    st_args b = {0};
+    sa_str(&b, "HSETNX");
+    sa_str(&b, key);
+    sa_str(&b, "started_ms");
+    sa_str(&b, now);
+    if ((e = st_int(s, 1, &b, NULL, err, errlen))) return e;
+    st_args c = {0};
+    sa_str(&c, "ZADD");
+    sa_str(&c, idx);
+    sa_str(&c, "NX");
+    sa_str(&c, now);
+    sa_str(&c, run_id);
+    return st_int(s, 1, &c, NULL, err, errlen);
+}
+
+mv_err mv_state_run_tag(mv_state *s, const char *run_id, const char *field, const char *value,
+                        char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    mv_err e = run_key(key, run_id, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "HSET");
+    sa_str(&a, key);
+    sa_str(&a, field);
+    sa_str(&a, value);
     return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+typedef struct run_walk {
+    mv_state *s;
+    int (*cb)(void *ud, const char *run_id, const char *field, const char *value);
+    void *ud;
+    mv_err e;
+    char *err;
+    size_t errlen;
+} run_walk;
+
+static int run_one(void *ud, const char *run_id)
+{
+    run_walk *w = ud;
+    char key[ST_KEYLEN];
+    if ((w->e = run_key(key, run_id, w->err, w->errlen))) return 1;
+    st_args a = {0};
+    sa_str(&a, "HGETALL");
+    sa_str(&a, key);
+    redisReply *r = NULL;
+    if ((w->e = st_expect(w->s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, w->err, w->errlen))) return 1;
+    int stop = 0;
+    for (size_t i = 0; !stop && i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING &&
+            r->element[i + 1]->type == REDIS_REPLY_STRING)
+            stop = w->cb(w->ud, run_id, r->element[i]->str, r->element[i + 1]->str);
+    freeReplyObject(r);
+    return stop;
+}
+
+mv_err mv_state_run_list(mv_state *s, const char *tenant,
+                         int (*cb)(void *ud, const char *run_id, const char *field,
+                                   const char *value),
+                         void *ud, char *err, size_t errlen)
+{
+    char idx[ST_KEYLEN];
+    mv_err e = st_check(tenant, NULL, NULL, err, errlen);
+    if (!e) e = st_key(idx, err, errlen, "mv:runs:%s", tenant);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "ZRANGE");
+    sa_str(&a, idx);
+    sa_str(&a, "0");
+    sa_str(&a, "-1");
+    redisReply *r = NULL;
+    if ((e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen))) return e;
+    run_walk w = {s, cb, ud, MV_OK, err, errlen};
+    for (size_t i = 0; i < r->elements; i++)
+        if (r->element[i]->type == REDIS_REPLY_STRING && run_one(&w, r->element[i]->str)) break;
+    freeReplyObject(r);
+    return w.e;
 }
 
 /* ---- leases --------------------------------------------------------------------------- */
 
-mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailbox,
-                              const char *owner, int ttl_ms, uint64_t *token, char *holder,
-                              size_t holderlen, char *err, size_t errlen)
+/* The lease scripts over explicit keys; what names the lease in errors ("mailbox t/m"). */
+static mv_err lease_acquire(mv_state *s, const char *lease, const char *fence, const char *what,
+                            const char *owner, int ttl_ms, uint64_t *token, char *holder,
+                            size_t holderlen, char *err, size_t errlen)
 {
-    char lease[ST_KEYLEN], fence[ST_KEYLEN], ttl[32];
-    *token = 0;
-    if (holder && holderlen) holder[0] = '\0';
-    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
-    if (!e && (!owner || !owner[0])) e = mv_seterr(err, errlen, MV_EINVAL, "lease owner is empty");
-    if (!e && ttl_ms <= 0) e = mv_seterr(err, errlen, MV_EINVAL, "lease ttl must be > 0 ms");
-    if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
-    if (!e) e = st_key(fence, err, errlen, "mv:fence:%s:%s", tenant, mailbox);
-    if (e) return e;
+    char ttl[32];
     snprintf(ttl, sizeof ttl, "%d", ttl_ms);
     st_args a = {0};
     sa_str(&a, lease);
@@ -940,7 +1016,7 @@ mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailb
     sa_str(&a, ttl);
     redisReply *r = NULL;
     /* not retried: the script increments the fence counter */
-    e = st_eval(s, 0, LUA_ACQUIRE, 2, &a, &r, err, errlen);
+    mv_err e = st_eval(s, 0, LUA_ACQUIRE, 2, &a, &r, err, errlen);
     if (e) return e;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_INTEGER) {
@@ -951,7 +1027,7 @@ mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailb
         char who[256];
         st_holder(r->element[1]->str, r->element[1]->len, who, sizeof who);
         st_holder(r->element[1]->str, r->element[1]->len, holder, holderlen);
-        e = mv_seterr(err, errlen, MV_EBUSY, "mailbox %s/%s is leased by %s", tenant, mailbox, who);
+        e = mv_seterr(err, errlen, MV_EBUSY, "%s is leased by %s", what, who);
     } else {
         e = st_bad_reply(r->element[1], "lease acquire script", err, errlen);
     }
@@ -959,32 +1035,28 @@ mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailb
     return e;
 }
 
-/* Shared by renew, release and ckpt_set: 1 -> OK, 0 -> lease gone, string -> other holder. */
-static mv_err st_fenced_result(redisReply *r, const char *what, const char *tenant,
-                               const char *mailbox, char *err, size_t errlen)
+/* Shared by renew, release and the fenced writes: 1 -> OK, 0 -> lease gone, string -> other
+ * holder. */
+static mv_err st_fenced_result(redisReply *r, const char *op, const char *what, char *err,
+                               size_t errlen)
 {
     if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) return MV_OK;
     if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
-        return mv_seterr(err, errlen, MV_EBUSY, "%s %s/%s: fenced: lease is not held", what, tenant,
-                         mailbox);
+        return mv_seterr(err, errlen, MV_EBUSY, "%s %s: fenced: lease is not held", op, what);
     if (r->type == REDIS_REPLY_STRING) {
         char who[256];
         st_holder(r->str, r->len, who, sizeof who);
-        return mv_seterr(err, errlen, MV_EBUSY, "%s %s/%s: fenced: lease is held by %s", what,
-                         tenant, mailbox, who);
+        return mv_seterr(err, errlen, MV_EBUSY, "%s %s: fenced: lease is held by %s", op, what,
+                         who);
     }
-    return st_bad_reply(r, what, err, errlen);
+    return st_bad_reply(r, op, err, errlen);
 }
 
-mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox, const char *owner,
-                            uint64_t token, int ttl_ms, char *err, size_t errlen)
+static mv_err lease_renew(mv_state *s, const char *lease, const char *fence, const char *what,
+                          const char *owner, uint64_t token, int ttl_ms, char *err, size_t errlen)
 {
-    char lease[ST_KEYLEN], fence[ST_KEYLEN], val[512], ttl[32], tok[32];
-    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
-    if (!e && ttl_ms <= 0) e = mv_seterr(err, errlen, MV_EINVAL, "lease ttl must be > 0 ms");
-    if (!e) e = st_lease_value(owner, token, val, sizeof val, err, errlen);
-    if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
-    if (!e) e = st_key(fence, err, errlen, "mv:fence:%s:%s", tenant, mailbox);
+    char val[512], ttl[32], tok[32];
+    mv_err e = st_lease_value(owner, token, val, sizeof val, err, errlen);
     if (e) return e;
     snprintf(ttl, sizeof ttl, "%d", ttl_ms);
     snprintf(tok, sizeof tok, "%" PRIu64, token);
@@ -997,18 +1069,16 @@ mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox
     redisReply *r = NULL;
     e = st_eval(s, 1, LUA_RENEW, 2, &a, &r, err, errlen);
     if (e) return e;
-    e = st_fenced_result(r, "lease renew", tenant, mailbox, err, errlen);
+    e = st_fenced_result(r, "lease renew", what, err, errlen);
     freeReplyObject(r);
     return e;
 }
 
-mv_err mv_state_lease_release(mv_state *s, const char *tenant, const char *mailbox,
-                              const char *owner, uint64_t token, char *err, size_t errlen)
+static mv_err lease_release(mv_state *s, const char *lease, const char *what, const char *owner,
+                            uint64_t token, char *err, size_t errlen)
 {
-    char lease[ST_KEYLEN], val[512];
-    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
-    if (!e) e = st_lease_value(owner, token, val, sizeof val, err, errlen);
-    if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
+    char val[512];
+    mv_err e = st_lease_value(owner, token, val, sizeof val, err, errlen);
     if (e) return e;
     st_args a = {0};
     sa_str(&a, lease);
@@ -1018,9 +1088,192 @@ mv_err mv_state_lease_release(mv_state *s, const char *tenant, const char *mailb
     if (e) return e;
     /* an expired lease (0) is already released */
     if (!(r->type == REDIS_REPLY_INTEGER && r->integer == 0))
-        e = st_fenced_result(r, "lease release", tenant, mailbox, err, errlen);
+        e = st_fenced_result(r, "lease release", what, err, errlen);
     freeReplyObject(r);
     return e;
+}
+
+/* The keys and name of a mailbox's lease, after the arguments are checked. */
+static mv_err mailbox_lease(const char *tenant, const char *mailbox, const char *owner, int ttl_ms,
+                            char *lease, char *fence, char *what, char *err, size_t errlen)
+{
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e && owner && !owner[0]) e = mv_seterr(err, errlen, MV_EINVAL, "lease owner is empty");
+    if (!e && ttl_ms <= 0) e = mv_seterr(err, errlen, MV_EINVAL, "lease ttl must be > 0 ms");
+    if (!e) e = st_key(lease, err, errlen, "mv:lease:%s:%s", tenant, mailbox);
+    if (!e) e = st_key(fence, err, errlen, "mv:fence:%s:%s", tenant, mailbox);
+    if (!e) snprintf(what, ST_KEYLEN, "mailbox %s/%s", tenant, mailbox);
+    return e;
+}
+
+mv_err mv_state_lease_acquire(mv_state *s, const char *tenant, const char *mailbox,
+                              const char *owner, int ttl_ms, uint64_t *token, char *holder,
+                              size_t holderlen, char *err, size_t errlen)
+{
+    char lease[ST_KEYLEN], fence[ST_KEYLEN], what[ST_KEYLEN];
+    *token = 0;
+    if (holder && holderlen) holder[0] = '\0';
+    if (!owner) return mv_seterr(err, errlen, MV_EINVAL, "lease owner is empty");
+    mv_err e = mailbox_lease(tenant, mailbox, owner, ttl_ms, lease, fence, what, err, errlen);
+    return e ? e
+             : lease_acquire(s, lease, fence, what, owner, ttl_ms, token, holder, holderlen, err,
+                             errlen);
+}
+
+mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox, const char *owner,
+                            uint64_t token, int ttl_ms, char *err, size_t errlen)
+{
+    char lease[ST_KEYLEN], fence[ST_KEYLEN], what[ST_KEYLEN];
+    mv_err e = mailbox_lease(tenant, mailbox, NULL, ttl_ms, lease, fence, what, err, errlen);
+    return e ? e : lease_renew(s, lease, fence, what, owner, token, ttl_ms, err, errlen);
+}
+
+mv_err mv_state_lease_release(mv_state *s, const char *tenant, const char *mailbox,
+                              const char *owner, uint64_t token, char *err, size_t errlen)
+{
+    char lease[ST_KEYLEN], fence[ST_KEYLEN], what[ST_KEYLEN];
+    mv_err e = mailbox_lease(tenant, mailbox, NULL, 1, lease, fence, what, err, errlen);
+    return e ? e : lease_release(s, lease, what, owner, token, err, errlen);
+}
+
+/* ---- the scheduler's leader lease and schedule slots ---------------------------------- */
+
+#define LEADER_LEASE "mv:leader:scheduler"
+#define LEADER_FENCE "mv:fence:leader:scheduler"
+#define SCHED_INDEX "mv:schedules"
+
+mv_err mv_state_leader_acquire(mv_state *s, const char *owner, int ttl_ms, uint64_t *token,
+                               char *holder, size_t holderlen, char *err, size_t errlen)
+{
+    *token = 0;
+    if (holder && holderlen) holder[0] = '\0';
+    if (!owner || !owner[0] || ttl_ms <= 0)
+        return mv_seterr(err, errlen, MV_EINVAL, "leader lease: empty owner or ttl <= 0");
+    return lease_acquire(s, LEADER_LEASE, LEADER_FENCE, "scheduler leadership", owner, ttl_ms,
+                         token, holder, holderlen, err, errlen);
+}
+
+mv_err mv_state_leader_renew(mv_state *s, const char *owner, uint64_t token, int ttl_ms, char *err,
+                             size_t errlen)
+{
+    return lease_renew(s, LEADER_LEASE, LEADER_FENCE, "scheduler leadership", owner, token, ttl_ms,
+                       err, errlen);
+}
+
+mv_err mv_state_leader_release(mv_state *s, const char *owner, uint64_t token, char *err,
+                               size_t errlen)
+{
+    return lease_release(s, LEADER_LEASE, "scheduler leadership", owner, token, err, errlen);
+}
+
+mv_err mv_state_leader_get(mv_state *s, char *holder, size_t holderlen, char *err, size_t errlen)
+{
+    if (holder && holderlen) holder[0] = '\0';
+    char *v = NULL;
+    size_t len = 0;
+    mv_err e = st_get_copy(s, LEADER_LEASE, &v, &len, err, errlen);
+    if (e == MV_ENOTFOUND) return MV_OK;
+    if (!e) st_holder(v, len, holder, holderlen);
+    free(v);
+    return e;
+}
+
+/* KEYS: leader lease, schedule hash. ARGV: "owner|token", profile, expected value ("" for
+ * none), new value. -> 1 written, -1 the slot moved meanwhile, 0 no leader, or the holder. */
+static const char LUA_SLOT_SET[] = "local v = redis.call('GET', KEYS[1])\n"
+                                   "if v ~= ARGV[1] then return v or 0 end\n"
+                                   "local cur = redis.call('HGET', KEYS[2], ARGV[2]) or ''\n"
+                                   "if cur ~= ARGV[3] then return -1 end\n"
+                                   "redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])\n"
+                                   "return 1\n";
+
+mv_err mv_state_slot_get(mv_state *s, const char *tenant, const char *profile, char *value,
+                         size_t valuelen, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    value[0] = '\0';
+    mv_err e = st_check(tenant, profile, NULL, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:sched:%s", tenant);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "HGET");
+    sa_str(&a, key);
+    sa_str(&a, profile);
+    redisReply *r = NULL;
+    if ((e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen))) return e;
+    if (r->type == REDIS_REPLY_STRING) snprintf(value, valuelen, "%.*s", (int)r->len, r->str);
+    freeReplyObject(r);
+    return MV_OK;
+}
+
+mv_err mv_state_slot_set(mv_state *s, const char *owner, uint64_t token, const char *tenant,
+                         const char *profile, const char *expect, const char *value, char *err,
+                         size_t errlen)
+{
+    char key[ST_KEYLEN], val[512];
+    mv_err e = st_check(tenant, profile, NULL, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:sched:%s", tenant);
+    if (!e) e = st_lease_value(owner, token, val, sizeof val, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, LEADER_LEASE);
+    sa_str(&a, key);
+    sa_str(&a, val);
+    sa_str(&a, profile);
+    sa_str(&a, expect ? expect : "");
+    sa_str(&a, value);
+    redisReply *r = NULL;
+    if ((e = st_eval(s, 1, LUA_SLOT_SET, 2, &a, &r, err, errlen))) return e;
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == -1)
+        e = mv_seterr(err, errlen, MV_EBUSY, "schedule of %s/%s moved meanwhile", tenant, profile);
+    else
+        e = st_fenced_result(r, "schedule slot", "scheduler leadership", err, errlen);
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_sched_index(mv_state *s, const char *tenant, const char *profile, int scheduled,
+                            char *err, size_t errlen)
+{
+    char member[ST_KEYLEN], key[ST_KEYLEN];
+    mv_err e = st_check(tenant, profile, NULL, err, errlen);
+    if (!e) e = st_key(member, err, errlen, "%s/%s", tenant, profile);
+    if (!e) e = st_key(key, err, errlen, "mv:sched:%s", tenant);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, scheduled ? "SADD" : "SREM");
+    sa_str(&a, SCHED_INDEX);
+    sa_str(&a, member);
+    if ((e = st_int(s, 1, &a, NULL, err, errlen)) || scheduled) return e;
+    st_args d = {0}; /* no schedule any more: its slot record goes too */
+    sa_str(&d, "HDEL");
+    sa_str(&d, key);
+    sa_str(&d, profile);
+    return st_int(s, 1, &d, NULL, err, errlen);
+}
+
+typedef struct sched_split {
+    int (*cb)(void *ud, const char *tenant, const char *profile);
+    void *ud;
+} sched_split;
+
+static int sched_member(void *ud, const char *member)
+{
+    sched_split *sp = ud;
+    char tp[ST_KEYLEN];
+    snprintf(tp, sizeof tp, "%s", member);
+    char *slash = strchr(tp, '/');
+    if (!slash) return 0;
+    *slash = '\0';
+    return sp->cb(sp->ud, tp, slash + 1);
+}
+
+mv_err mv_state_sched_list(mv_state *s,
+                           int (*cb)(void *ud, const char *tenant, const char *profile), void *ud,
+                           char *err, size_t errlen)
+{
+    sched_split sp = {cb, ud};
+    return st_smembers_sorted(s, SCHED_INDEX, sched_member, &sp, err, errlen);
 }
 
 /* ---- checkpoints ---------------------------------------------------------------------- */
@@ -1140,7 +1393,9 @@ static mv_err st_progress_commit(mv_state *s, const char *prefix, const char *te
      * idempotent); a bare checkpoint write is. */
     e = st_eval(s, nincr == 0, LUA_CKPT_SET, 4, &a, &r, err, errlen);
     if (e) return e;
-    e = st_fenced_result(r, "checkpoint", tenant, mailbox, err, errlen);
+    char what[ST_KEYLEN];
+    snprintf(what, sizeof what, "mailbox %s/%s", tenant, mailbox);
+    e = st_fenced_result(r, "checkpoint", what, err, errlen);
     freeReplyObject(r);
     return e;
 }

@@ -86,10 +86,12 @@ def add_tenant(name):
 
 
 def add_profile(tenant, name, mailboxes, tls="none", port=None, include=None, exclude=None,
-                verify=True):
+                verify=True, schedule=None):
     prof = {"name": name, "type": "imap",
             "server": {"host": "127.0.0.1", "port": port or IMAP_PORT, "tls": tls, "verify": verify},
             "mailboxes": [{"login": u, "password": p} for u, p in mailboxes]}
+    if schedule:
+        prof["schedule"] = schedule
     folders = {}
     if include:
         folders["include"] = include
@@ -484,3 +486,57 @@ def entra_token(sim_url, tenant_id, client_id, secret, scope):
                                    "client_secret": secret, "scope": scope}).encode()
     url = f"{sim_url}/{tenant_id}/oauth2/v2.0/token"
     return json.loads(urllib.request.urlopen(url, form, timeout=10).read())["access_token"]
+
+
+SCHEDULER_BIN = os.path.join(BIN, "scheduler", "mailvault-scheduler")
+
+
+class Schedulers:
+    """mailvault-scheduler serve processes, by id; stopped (SIGTERM) on exit. Logs in
+    RUN/log/scheduler-<suffix>-<id>.log."""
+
+    def __init__(self, ids, **extra_env):
+        self.procs = {}
+        self.extra = extra_env
+        for i in ids:
+            self.start(i)
+
+    def start(self, i):
+        log = open(os.path.join(RUN, "log", f"scheduler-{SUFFIX}-{i}.log"), "a")
+        self.procs[i] = subprocess.Popen([SCHEDULER_BIN, "serve", "--id", i], stdout=log, stderr=log,
+                                         env=env(**self.extra))
+
+    def kill(self, i):
+        self.procs[i].send_signal(signal.SIGKILL)
+        self.procs[i].wait(timeout=30)
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def scheduler_status():
+    p = subprocess.run([SCHEDULER_BIN, "status", "--json"], capture_output=True, text=True, env=env())
+    if p.returncode != 0:
+        fail(f"mailvault-scheduler status: {p.stderr}")
+    return json.loads(p.stdout)
+
+
+def redis_cli(*args):
+    p = subprocess.run(["redis-cli", "-p", STACK["MV_REDIS_PORT"], *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        fail(f"redis-cli {args}: {p.stderr}")
+    return p.stdout.strip()

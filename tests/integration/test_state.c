@@ -96,15 +96,24 @@ typedef struct fields {
     char v[32][256];
 } fields;
 
-static int collect_field(void *ud, const char *k, const char *v)
+static int put_field(fields *fs, const char *k, const char *v)
 {
-    fields *fs = ud;
     if (fs->n < 32) {
         snprintf(fs->k[fs->n], sizeof fs->k[0], "%s", k);
         snprintf(fs->v[fs->n], sizeof fs->v[0], "%s", v);
         fs->n++;
     }
     return 0;
+}
+
+static int collect_field(void *ud, const char *k, const char *v)
+{
+    return put_field(ud, k, v);
+}
+
+static int list_sched(void *ud, const char *tenant, const char *profile)
+{
+    return put_field(ud, tenant, profile);
 }
 
 static const char *field(const fields *fs, const char *k)
@@ -436,6 +445,99 @@ static int pump_cb(void *ud, const void *payload, size_t len)
     return 1; /* someone else's entry: leave it alone */
 }
 
+static int count_runs(void *ud, const char *run_id, const char *field, const char *value)
+{
+    fields *fs = ud;
+    if (!strcmp(field, "started_ms")) return put_field(fs, run_id, value);
+    return 0;
+}
+
+/* The scheduler's leader lease and the fenced schedule slots: a deposed leader can move
+ * nothing; the slot moves only from the value the leader read. */
+static void test_leader_and_slots(void **state)
+{
+    (void)state;
+    char err[MV_ERRLEN] = "", t[64], holder[64], val[64];
+    uint64_t a = 0, b = 0, x = 0;
+    mv_state *s = connect_or_fail();
+    redisContext *rc = raw_connect();
+    snprintf(t, sizeof t, "sc-%s", uid);
+    CHECK(mv_state_tenant_add(s, t, NULL, err, sizeof err));
+    freeReplyObject(redisCommand(rc, "DEL mv:leader:scheduler"));
+
+    CHECK(mv_state_leader_acquire(s, "sched-a", 60000, &a, holder, sizeof holder, err, sizeof err));
+    assert_int_equal(
+        mv_state_leader_acquire(s, "sched-b", 60000, &x, holder, sizeof holder, err, sizeof err),
+        MV_EBUSY);
+    assert_string_equal(holder, "sched-a");
+    CHECK(mv_state_leader_get(s, holder, sizeof holder, err, sizeof err));
+    assert_string_equal(holder, "sched-a");
+    CHECK(mv_state_slot_set(s, "sched-a", a, t, "p1", "", "100 done", err, sizeof err));
+    CHECK(mv_state_slot_get(s, t, "p1", val, sizeof val, err, sizeof err));
+    assert_string_equal(val, "100 done");
+    /* only from the value read: a stale expectation moves nothing */
+    assert_int_equal(mv_state_slot_set(s, "sched-a", a, t, "p1", "", "200 done", err, sizeof err),
+                     MV_EBUSY);
+    assert_non_null(strstr(err, "moved meanwhile"));
+
+    /* a takes too long: its lease lapses, b takes over with a higher token */
+    freeReplyObject(redisCommand(rc, "PEXPIRE mv:leader:scheduler 1"));
+    int64_t deadline = mv_mono_ms() + 5000;
+    mv_err e;
+    while ((e = mv_state_leader_acquire(s, "sched-b", 60000, &b, holder, sizeof holder, err,
+                                        sizeof err)) == MV_EBUSY) {
+        if (mv_mono_ms() > deadline) fail_msg("the lapsed leader lease was not taken over");
+        sleep_ms(5);
+    }
+    assert_int_equal(e, MV_OK);
+    assert_true(b > a);
+    /* a is fenced off: no slot write, no renewal */
+    assert_int_equal(
+        mv_state_slot_set(s, "sched-a", a, t, "p1", "100 done", "200 pending", err, sizeof err),
+        MV_EBUSY);
+    assert_non_null(strstr(err, "sched-b"));
+    assert_int_equal(mv_state_leader_renew(s, "sched-a", a, 60000, err, sizeof err), MV_EBUSY);
+    CHECK(mv_state_slot_get(s, t, "p1", val, sizeof val, err, sizeof err));
+    assert_string_equal(val, "100 done");
+    CHECK(mv_state_slot_set(s, "sched-b", b, t, "p1", "100 done", "200 pending", err, sizeof err));
+    CHECK(mv_state_leader_renew(s, "sched-b", b, 60000, err, sizeof err));
+
+    /* the index of scheduled profiles; unscheduling drops the slot */
+    CHECK(mv_state_sched_index(s, t, "p1", 1, err, sizeof err));
+    fields fs = {0};
+    CHECK(mv_state_sched_list(s, list_sched, &fs, err, sizeof err));
+    assert_non_null(field(&fs, t));
+    assert_string_equal(field(&fs, t), "p1");
+    CHECK(mv_state_sched_index(s, t, "p1", 0, err, sizeof err));
+    CHECK(mv_state_slot_get(s, t, "p1", val, sizeof val, err, sizeof err));
+    assert_string_equal(val, "");
+    memset(&fs, 0, sizeof fs);
+    CHECK(mv_state_sched_list(s, list_sched, &fs, err, sizeof err));
+    assert_null(field(&fs, t));
+
+    /* runs: put twice keeps one entry and its start; tags are kept */
+    CHECK(mv_state_run_put(s, uid, t, "p1", 3, err, sizeof err));
+    CHECK(mv_state_run_tag(s, uid, "slot_ms", "200", err, sizeof err));
+    memset(&fs, 0, sizeof fs);
+    CHECK(mv_state_run_list(s, t, count_runs, &fs, err, sizeof err));
+    assert_int_equal(fs.n, 1);
+    char started[64];
+    snprintf(started, sizeof started, "%s", fs.v[0]);
+    CHECK(mv_state_run_put(s, uid, t, "p1", 3, err, sizeof err));
+    memset(&fs, 0, sizeof fs);
+    CHECK(mv_state_run_list(s, t, count_runs, &fs, err, sizeof err));
+    assert_int_equal(fs.n, 1);
+    assert_string_equal(fs.v[0], started);
+
+    CHECK(mv_state_leader_release(s, "sched-b", b, err, sizeof err));
+    CHECK(mv_state_leader_get(s, holder, sizeof holder, err, sizeof err));
+    assert_string_equal(holder, "");
+    freeReplyObject(redisCommand(rc, "DEL mv:runs:%s mv:run:%s", t, uid));
+    CHECK(mv_state_tenant_del(s, t, err, sizeof err));
+    redisFree(rc);
+    mv_state_close(s);
+}
+
 static void test_cursor_and_counters(void **state)
 {
     char err[MV_ERRLEN] = "", t[64], holder[64];
@@ -669,6 +771,7 @@ int main(void)
         cmocka_unit_test(test_status),
         cmocka_unit_test(test_lease),
         cmocka_unit_test(test_fencing),
+        cmocka_unit_test(test_leader_and_slots),
         cmocka_unit_test(test_delay_pump),
         cmocka_unit_test(test_reconnect),
         cmocka_unit_test(test_cursor_and_counters),

@@ -352,6 +352,46 @@ static void test_export(void **state)
                  1, "export: not used by type imap");
 }
 
+static void test_schedule(void **state)
+{
+    (void)state;
+    char err[MV_ERRLEN];
+    mv_profile p, q;
+    static const char doc[] = "{\"name\":\"s\",\"server\":{\"host\":\"h\"},\"mailboxes\":"
+                              "[{\"login\":\"a\"}],\"schedule\":{\"cron\":\"30 2 * * 1-5\","
+                              "\"timezone\":\"Europe/Berlin\"}}";
+    assert_int_equal(mv_profile_parse(doc, 0, &p, err, sizeof err), MV_OK);
+    assert_int_equal(p.schedule.kind, MV_SCHED_CRON);
+    assert_string_equal(p.schedule.tz, "Europe/Berlin");
+    reparse(&p, &q, "no-secret-here");
+    assert_int_equal(q.schedule.kind, MV_SCHED_CRON);
+    assert_string_equal(q.schedule.expr, "30 2 * * 1-5");
+    assert_string_equal(q.schedule.tz, "Europe/Berlin");
+    mv_profile_free(&q);
+    mv_profile_free(&p);
+    static const char ev[] = "{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":"
+                             "\"a\",\"destination\":{\"type\":\"directory\",\"path\":\"/x\"}},"
+                             "\"schedule\":{\"every\":\"12h\"}}";
+    assert_int_equal(mv_profile_parse(ev, 0, &p, err, sizeof err), MV_OK);
+    assert_int_equal(p.schedule.kind, MV_SCHED_EVERY);
+    reparse(&p, &q, "no-secret-here");
+    assert_int_equal(q.schedule.every_ms, 12 * 3600000LL);
+    mv_profile_free(&q);
+    mv_profile_free(&p);
+    expect_error("{\"name\":\"s\",\"server\":{\"host\":\"h\"},\"mailboxes\":[{\"login\":"
+                 "\"a\"}],\"schedule\":{\"cron\":\"* * *\"}}",
+                 0, "schedule.cron: \"* * *\" needs 5 fields");
+    expect_error("{\"name\":\"s\",\"server\":{\"host\":\"h\"},\"mailboxes\":[{\"login\":"
+                 "\"a\"}],\"schedule\":{\"cron\":\"* * * * *\",\"every\":\"1h\"}}",
+                 0, "schedule: give either");
+    expect_error("{\"name\":\"s\",\"server\":{\"host\":\"h\"},\"mailboxes\":[{\"login\":"
+                 "\"a\"}],\"schedule\":{\"every\":\"1h\",\"timezone\":\"UTC\"}}",
+                 0, "schedule.timezone: only with");
+    expect_error("{\"name\":\"s\",\"server\":{\"host\":\"h\"},\"mailboxes\":[{\"login\":"
+                 "\"a\"}],\"schedule\":{\"cron\":\"0 0 * * *\",\"timezone\":\"Nowhere\"}}",
+                 0, "schedule.timezone: \"Nowhere\"");
+}
+
 static void test_folder_patterns(void **state)
 {
     (void)state;
@@ -392,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_deletion_rule),
         cmocka_unit_test(test_ews),
         cmocka_unit_test(test_export),
+        cmocka_unit_test(test_schedule),
         cmocka_unit_test(test_cred_ad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -38,6 +38,17 @@ mv_err mv_jobs_credential(mv_state *st, const unsigned char key[MV_KEY_LEN], con
 mv_err mv_jobs_enqueue_profile(const mv_config *c, mv_state *st, mv_producer *pr,
                                const unsigned char *key, const char *tenant, const char *profile,
                                char run_id[37], int *ntasks, char *err, size_t errlen);
+/* The same with a given run id (NULL: a new one) and, with skip_busy, without the mailboxes
+ * whose previous task is still queued, running (a live heartbeat) or waiting for a retry
+ * (*nbusy counts them). Mailboxes whose status already carries this run id and that have
+ * started are not enqueued again (a scheduled run fired a second time after a failover). */
+mv_err mv_jobs_enqueue_run(const mv_config *c, mv_state *st, mv_producer *pr,
+                           const unsigned char *key, const char *tenant, const char *profile,
+                           const char *given_run_id, int skip_busy, char run_id[37], int *ntasks,
+                           int *nbusy, char *err, size_t errlen);
+/* The run id of a profile's scheduled slot: the same for every scheduler (UUID-shaped, from
+ * SHA-256 of tenant, profile and slot). */
+void mv_jobs_slot_run_id(const char *tenant, const char *profile, int64_t slot_ms, char out[37]);
 
 /* The credential slot of a Graph or EWS profile (client secret or service account password, or
  * the certificate key) and the client

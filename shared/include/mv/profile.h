@@ -22,6 +22,7 @@
 #define MV_PROFILE_H
 
 #include "mv/common.h"
+#include "mv/cron.h"
 #include "mv/imap.h"
 #include "mv/search.h"
 
@@ -112,6 +113,7 @@ typedef struct mv_profile {
     char exp_root[256];   /* the folder everything goes under, default "Archive Export" */
     int exp_literal_plus; /* use LITERAL+ when the server offers it (default) */
     int exp_multiappend;  /* use MULTIAPPEND when the server offers it (default) */
+    mv_schedule schedule; /* "schedule": when it runs by itself (kind 0: on demand only) */
     int exp_m365;         /* destination type m365: exp_imap with AUTHENTICATE XOAUTH2 as the app
                            * (tenant_id, client_id, secret or certificate above) into mailbox exp_login */
 } mv_profile;

@@ -78,9 +78,19 @@ mv_err mv_state_mailbox_list(mv_state *s, const char *tenant,
                              int (*cb)(void *ud, const char *mailbox), void *ud, char *err,
                              size_t errlen);
 
-/* ---- runs ---- */
+/* ---- runs ----
+ * mv:run:{run} hash (tenant, profile, tasks, started_ms; slot_ms and busy for scheduled runs),
+ * indexed per tenant in the sorted set mv:runs:{t} (score: start). Putting a run again keeps
+ * its start. */
 mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant, const char *profile,
                         int tasks, char *err, size_t errlen);
+mv_err mv_state_run_tag(mv_state *s, const char *run_id, const char *field, const char *value,
+                        char *err, size_t errlen);
+/* Every run of a tenant, oldest first: cb per field of each run (non-zero stops). */
+mv_err mv_state_run_list(mv_state *s, const char *tenant,
+                         int (*cb)(void *ud, const char *run_id, const char *field,
+                                   const char *value),
+                         void *ud, char *err, size_t errlen);
 
 /* ---- leases with fencing tokens ----
  * Acquire: if free, INCR the fence counter and SET the lease "owner|token" PX ttl; *token is
@@ -94,6 +104,35 @@ mv_err mv_state_lease_renew(mv_state *s, const char *tenant, const char *mailbox
                             uint64_t token, int ttl_ms, char *err, size_t errlen);
 mv_err mv_state_lease_release(mv_state *s, const char *tenant, const char *mailbox,
                               const char *owner, uint64_t token, char *err, size_t errlen);
+
+/* ---- the scheduler: leader lease and schedule slots ----
+ * One scheduler at a time is the leader: the lease mv:leader:scheduler ("owner|token", fencing
+ * token from mv:fence:leader:scheduler), taken and kept like a mailbox's lease. Each scheduled
+ * profile has a slot record in mv:sched:{t} (field profile): "<slot_ms> <state>", written only
+ * by the leader through a script that checks the lease and the previous value, so a deposed
+ * leader can never move a schedule. mv:schedules indexes the scheduled profiles ("t/profile"). */
+mv_err mv_state_leader_acquire(mv_state *s, const char *owner, int ttl_ms, uint64_t *token,
+                               char *holder, size_t holderlen, char *err, size_t errlen);
+mv_err mv_state_leader_renew(mv_state *s, const char *owner, uint64_t token, int ttl_ms, char *err,
+                             size_t errlen);
+mv_err mv_state_leader_release(mv_state *s, const char *owner, uint64_t token, char *err,
+                               size_t errlen);
+/* The current leader's owner id ("" if none). */
+mv_err mv_state_leader_get(mv_state *s, char *holder, size_t holderlen, char *err, size_t errlen);
+/* The slot record ("" if none). */
+mv_err mv_state_slot_get(mv_state *s, const char *tenant, const char *profile, char *value,
+                         size_t valuelen, char *err, size_t errlen);
+/* Replace the slot record expect ("" = none) with value, as the leader owner|token; MV_EBUSY
+ * if not the leader (fenced) or the record changed meanwhile. */
+mv_err mv_state_slot_set(mv_state *s, const char *owner, uint64_t token, const char *tenant,
+                         const char *profile, const char *expect, const char *value, char *err,
+                         size_t errlen);
+/* Add (scheduled) or remove a profile from mv:schedules (removing also drops its slot). */
+mv_err mv_state_sched_index(mv_state *s, const char *tenant, const char *profile, int scheduled,
+                            char *err, size_t errlen);
+mv_err mv_state_sched_list(mv_state *s,
+                           int (*cb)(void *ud, const char *tenant, const char *profile), void *ud,
+                           char *err, size_t errlen);
 
 /* ---- per-folder checkpoints ----
  * Only the lease holder may move a checkpoint: set is a Lua script that checks the lease
