@@ -1,11 +1,11 @@
-/* export.h - shared by the export destinations (export_dir.c, export_imap.c). */
+/* export.h - shared by the export destinations (export_dir.c, export_imap.c, export_ews.c). */
 #ifndef MV_WORKER_EXPORT_H
 #define MV_WORKER_EXPORT_H
 
 #include "chunk.h"
 
 /* One message of an export. rel is the sort key and identity at the destination: the file's
- * path below the directory (directory), or "<folder>\t<sha256>" (imap). */
+ * path below the directory (directory), or "<folder>\t<sha256>" (imap, ews). */
 typedef struct xfile {
     char *rel;
     char *folder; /* the index's folder path */

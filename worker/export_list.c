@@ -43,7 +43,7 @@ static int collect(void *ud, const mv_segment *seg, const mv_index_rec *rec)
     if (!mv_search_match(&l->p->exp_search, seg->folder, rec)) return 0;
     char dir[2048] = "";
     char *rel;
-    if (l->p->exp_imap) { /* grouped by folder, one entry per (folder, message) */
+    if (l->p->exp_imap || l->p->exp_ews) { /* grouped by folder, one entry per (folder, message) */
         rel = mv_aprintf("%s\t%s", seg->folder, rec->hash);
     } else {
         if (!l->p->exp_flat) dir_of(seg->folder, dir, sizeof dir);

@@ -187,6 +187,7 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         goto failed;
     }
     const char *slot = p.source == MV_SOURCE_EXPORT ? (p.exp_imap   ? MV_PROFILE_APP_CRED
+                                                       : p.exp_ews  ? mv_jobs_graph_slot(&p)
                                                        : p.exp_sign ? MV_PROFILE_APP_KEY
                                                                     : NULL)
                        : p.source != MV_SOURCE_IMAP ? mv_jobs_graph_slot(&p)
@@ -211,6 +212,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         cause = ews_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
     else if (p.source == MV_SOURCE_EXPORT && p.exp_imap)
         cause = export_imap_run(&cc, &p, password, &more, why, sizeof why);
+    else if (p.source == MV_SOURCE_EXPORT && p.exp_ews)
+        cause = export_ews_run(&cc, &p, password, &more, why, sizeof why);
     else if (p.source == MV_SOURCE_EXPORT)
         cause = export_run(&cc, &p, password, &more, why, sizeof why);
     else

@@ -95,6 +95,14 @@ static mv_err export_save(mv_state *st, const unsigned char key[MV_KEY_LEN], con
         (rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_CRED, p->client_secret,
                            "export.destination.password", err, errlen)))
         return rc;
+    if (p->exp_ews &&
+        (rc = seal_or_keep(st, key, tenant, p->name, mv_jobs_graph_slot(p),
+                           p->client_cert_pem ? p->client_key_pem : p->client_secret,
+                           p->client_cert_pem ? "export.destination.private_key_file"
+                           : p->ews_auth == MV_EWS_AUTH_OAUTH ? "export.destination.client_secret"
+                                                              : "export.destination.password",
+                           err, errlen)))
+        return rc;
     if (p->exp_sign) {
         rc = mv_jobs_credential(st, key, tenant, p->name, MV_PROFILE_APP_KEY, &priv, err, errlen);
         if (rc == MV_ENOTFOUND) {
@@ -491,6 +499,29 @@ static void verdict(mv_err rc, const char *what, const char *detail, char *out, 
     if (*hint) strncat(out, ")", n - strlen(out) - 1);
 }
 
+/* An EWS mailbox readable (its folder list) with the profile's connection. */
+static mv_err ews_test(const mv_config *c, const mv_profile *p, const char *mb, const char *secret,
+                       const char *label, folder_count *fc, char *report, size_t reportlen,
+                       char *err, size_t errlen)
+{
+    mv_ews_opts o;
+    mv_jobs_ews_opts(&o, c, p, secret);
+    mv_ews *e = NULL;
+    char detail[MV_ERRLEN] = "";
+    mv_err rc = mv_ews_open(&o, &e, err, errlen);
+    if (rc) return rc;
+    char what[600];
+    snprintf(what, sizeof what, "%s %s at %s", label, mb, p->ews_url);
+    if ((rc = mv_ews_list_folders(e, mb, MV_EWS_ROOT_MAILBOX, count_ews_folder, fc, detail,
+                                  sizeof detail)))
+        verdict(rc, what, detail, report, reportlen);
+    else
+        snprintf(report, reportlen, "OK %s: %d folders (Exchange %s)", what, fc->n,
+                 mv_ews_server_version(e));
+    mv_ews_close(e);
+    return rc;
+}
+
 mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], const mv_config *c,
                             const char *tenant, const char *profile, const char *mailbox,
                             char *report, size_t reportlen, char *err, size_t errlen)
@@ -549,6 +580,12 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
             snprintf(report, reportlen, "OK %s: logged in, %d folders%s", what, fc.n,
                      mv_imap_has_cap(im, "LITERAL+") ? ", LITERAL+" : "");
         mv_imap_close(im);
+    } else if (p.source == MV_SOURCE_EXPORT && p.exp_ews) {
+        if ((rc = mv_jobs_credential(st, key, tenant, p.name, mv_jobs_graph_slot(&p), &secret, err,
+                                     errlen)))
+            goto out;
+        rc = ews_test(c, &p, p.exp_login, secret, "export destination", &fc, report, reportlen, err,
+                      errlen);
     } else if (p.source == MV_SOURCE_EXPORT) {
         /* the destination must be a writable directory, or creatable below one */
         char dir[1024];
@@ -576,19 +613,7 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
         if ((rc = mv_jobs_credential(st, key, tenant, p.name, mv_jobs_graph_slot(&p), &secret, err,
                                      errlen)))
             goto out;
-        mv_ews_opts o;
-        mv_jobs_ews_opts(&o, c, &p, secret);
-        mv_ews *e = NULL;
-        if ((rc = mv_ews_open(&o, &e, err, errlen))) goto out;
-        char what[600];
-        snprintf(what, sizeof what, "mailbox %s at %s", mb, p.ews_url);
-        if ((rc = mv_ews_list_folders(e, mb, MV_EWS_ROOT_MAILBOX, count_ews_folder, &fc, detail,
-                                      sizeof detail)))
-            verdict(rc, what, detail, report, reportlen);
-        else
-            snprintf(report, reportlen, "OK %s: %d folders (Exchange %s)", what, fc.n,
-                     mv_ews_server_version(e));
-        mv_ews_close(e);
+        rc = ews_test(c, &p, mb, secret, "mailbox", &fc, report, reportlen, err, errlen);
     } else {
         if (!mb) {
             rc = mv_seterr(err, errlen, MV_EINVAL, "profile has no mailbox to test");

@@ -110,6 +110,9 @@ typedef struct mv_profile {
     char exp_login[256];
     char exp_root[256];   /* the folder everything goes under, default "Archive Export" */
     int exp_literal_plus; /* use LITERAL+ when the server offers it (default) */
+    int exp_ews;          /* destination type ews: the ews_* connection fields above (password or
+                           * client secret in client_secret on input, sealed like an ews
+                           * profile's), the target mailbox in exp_login, exp_root, exp_flat */
 } mv_profile;
 
 /* Parse and validate. allow_secrets = 1 for user input (password fields kept in memory),
