@@ -2173,6 +2173,7 @@ static int b64_put(void *ud, const void *data, size_t n)
             b->ncarry = 0;
         }
     }
+    if (b->ncarry) return 0; /* the piece only added to the carried group */
     size_t whole = n - n % 3;
     if (whole && b64_flush(b, p, whole)) return -1;
     memcpy(b->carry, p + whole, n - whole);
