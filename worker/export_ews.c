@@ -26,8 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
 #define MAX_LEVELS 64
 
 /* The MIME of one message, from the store into CreateItem's request. */
@@ -160,24 +158,15 @@ mv_err export_ews_run(chunk_ctx *c, const mv_profile *p, const char *secret, int
     if ((rc = ews_session_open(c, p, secret, p->exp_login, &s, err, errlen))) goto out;
     e = s.e;
     /* this destination's record of what it received */
-    char dest[64];
-    {
-        char id[1400];
-        unsigned char d[32];
-        unsigned int dl = 0;
-        snprintf(id, sizeof id, "ews:%s:%s:%s", p->ews_url, p->exp_login, p->exp_root);
-        EVP_Digest(id, strlen(id), d, &dl, EVP_sha256(), NULL);
-        mv_hex(d, 8, dest);
-    }
+    char dest[17];
+    export_dest_id(dest, "ews:%s:%s:%s", p->ews_url, p->exp_login, p->exp_root);
     char cur[4096] = "";
     int64_t deadline = mv_mono_ms() + (int64_t)r->cfg->chunk_seconds * 1000;
     for (size_t i = 0; i < l.n && !rc; i++) {
         const xfile *f = &l.v[i];
-        if (i && !strcmp(f->rel, l.v[i - 1].rel)) continue; /* listed in two segments */
-        if ((rc = chunk_beat(c, 0))) {
-            mv_seterr(err, errlen, rc, "%s", c->err);
-            break;
-        }
+        int turn = export_turn(c, &l, i, &rc, err, errlen);
+        if (turn < 0) break;
+        if (turn) continue;
         char buf[4096];
         const char *names[MAX_LEVELS];
         size_t n = 0;
@@ -211,11 +200,7 @@ mv_err export_ews_run(chunk_ctx *c, const mv_profile *p, const char *secret, int
             kept++;
             continue;
         }
-        if (written >= (uint64_t)r->cfg->chunk_messages || mv_mono_ms() > deadline ||
-            *r->stopping) {
-            *more = 1;
-            break;
-        }
+        if (export_spent(c, written, deadline, more)) break;
         msrc src = {.c = c, .f = f};
         mv_ews_message m = {.read = strstr(f->flags, "\\Seen") != NULL,
                             .time = f->idate,

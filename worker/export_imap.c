@@ -24,8 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
 typedef struct asink {
     mv_imap *im;
     chunk_ctx *c;
@@ -95,24 +93,15 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
     char delim = '\0';
     if ((rc = mv_imap_delimiter(im, &delim, err, errlen))) goto out;
     /* this destination's record of what it received */
-    char dest[64];
-    {
-        char id[1024];
-        unsigned char d[32];
-        unsigned int dl = 0;
-        snprintf(id, sizeof id, "imap:%s:%d:%s:%s", p->host, p->port, p->exp_login, p->exp_root);
-        EVP_Digest(id, strlen(id), d, &dl, EVP_sha256(), NULL);
-        mv_hex(d, 8, dest);
-    }
+    char dest[17];
+    export_dest_id(dest, "imap:%s:%d:%s:%s", p->host, p->port, p->exp_login, p->exp_root);
     char cur[2048] = "";
     int64_t deadline = mv_mono_ms() + (int64_t)r->cfg->chunk_seconds * 1000;
     for (size_t i = 0; i < l.n && !rc; i++) {
         const xfile *f = &l.v[i];
-        if (i && !strcmp(f->rel, l.v[i - 1].rel)) continue; /* listed in two segments */
-        if ((rc = chunk_beat(c, 0))) {
-            mv_seterr(err, errlen, rc, "%s", c->err);
-            break;
-        }
+        int turn = export_turn(c, &l, i, &rc, err, errlen);
+        if (turn < 0) break;
+        if (turn) continue;
         char target[2048];
         if ((rc = target_of(p, p->exp_flat ? "" : f->folder, delim, target, sizeof target, err,
                             errlen)))
@@ -140,11 +129,7 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
             kept++;
             continue;
         }
-        if (written >= (uint64_t)r->cfg->chunk_messages || mv_mono_ms() > deadline ||
-            *r->stopping) {
-            *more = 1;
-            break;
-        }
+        if (export_spent(c, written, deadline, more)) break;
         if ((rc = mv_imap_append_begin(im, target, f->flags, f->idate, f->size, err, errlen)))
             break;
         asink a = {im, c, 0, MV_OK, ""};

@@ -6,9 +6,12 @@
 #include "mv/log.h"
 #include "mv/search.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/evp.h>
 
 /* A folder path of the index as a relative directory: components kept ("%2F" stays), but
  * "." and ".." and control bytes can never escape or confuse the destination. */
@@ -122,4 +125,36 @@ void export_count(chunk_ctx *c, uint64_t written, uint64_t bytes, uint64_t kept)
         if (incr[k] && mv_state_status_incr(c->r->st, c->t->tenant, c->t->mailbox, fields[k],
                                             incr[k], serr, sizeof serr))
             mv_warn("cannot count export progress", " error=\"%s\"", serr);
+}
+
+void export_dest_id(char out[17], const char *fmt, ...)
+{
+    char what[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    unsigned char d[32];
+    unsigned int dl = 0;
+    EVP_Digest(what, strlen(what), d, &dl, EVP_sha256(), NULL);
+    mv_hex(d, 8, out);
+}
+
+int export_turn(chunk_ctx *c, const xlist *l, size_t i, mv_err *rc, char *err, size_t errlen)
+{
+    if (i && !strcmp(l->v[i].rel, l->v[i - 1].rel)) return 1; /* listed in two segments */
+    if ((*rc = chunk_beat(c, 0))) {
+        mv_seterr(err, errlen, *rc, "%s", c->err);
+        return -1;
+    }
+    return 0;
+}
+
+int export_spent(chunk_ctx *c, uint64_t written, int64_t deadline, int *more)
+{
+    mv_runner *r = c->r;
+    if (written < (uint64_t)r->cfg->chunk_messages && mv_mono_ms() <= deadline && !*r->stopping)
+        return 0;
+    *more = 1;
+    return 1;
 }

@@ -17,20 +17,46 @@
 #include <string.h>
 #include <strings.h>
 
-static mv_err check_keys(json_t *obj, const char *path, const char *const *allowed, char *err,
-                         size_t errlen)
+/* Every key of obj is in one of the n NULL-terminated lists. */
+static mv_err check_keys_in(json_t *obj, const char *path, const char *const *const *lists,
+                            size_t n, char *err, size_t errlen)
 {
     const char *k;
     json_t *v;
     json_object_foreach(obj, k, v)
     {
         int ok = 0;
-        for (size_t i = 0; allowed[i]; i++)
-            if (strcmp(k, allowed[i]) == 0) ok = 1;
+        for (size_t l = 0; l < n; l++)
+            for (size_t i = 0; lists[l][i]; i++)
+                ok |= !strcmp(k, lists[l][i]);
         if (!ok) return mv_seterr(err, errlen, MV_EINVAL, "%s%s: unknown field", path, k);
     }
     return MV_OK;
 }
+
+static mv_err check_keys(json_t *obj, const char *path, const char *const *allowed, char *err,
+                         size_t errlen)
+{
+    return check_keys_in(obj, path, &allowed, 1, err, errlen);
+}
+
+/* The keys of an EWS connection (an ews profile's "ews", an export's ews destination) besides
+ * "password" and "verify". */
+static const char *const ews_conn_keys[] = {"url",
+                                            "auth",
+                                            "username",
+                                            "impersonation",
+                                            "server_version",
+                                            "tenant_id",
+                                            "client_id",
+                                            "client_secret",
+                                            "cloud",
+                                            "login_base",
+                                            "certificate_file",
+                                            "private_key_file",
+                                            "certificate",
+                                            NULL};
+static const char *const secret_verify_keys[] = {"password", "verify", NULL};
 
 static mv_err get_str(json_t *obj, const char *key, const char *path, int required, char *out,
                       size_t outlen, char *err, size_t errlen)
@@ -219,27 +245,12 @@ static mv_err get_app(json_t *obj, const char *sec, int allow_secrets, mv_profil
 static mv_err parse_ews(json_t *ew, const char *sec, int allow_secrets, mv_profile *p, char *err,
                         size_t errlen)
 {
-    static const char *const ews_keys[] = {"url",
-                                           "auth",
-                                           "username",
-                                           "password",
-                                           "impersonation",
-                                           "server_version",
-                                           "verify",
-                                           "tenant_id",
-                                           "client_id",
-                                           "client_secret",
-                                           "cloud",
-                                           "login_base",
-                                           "certificate_file",
-                                           "private_key_file",
-                                           "certificate",
-                                           NULL};
     mv_err rc;
     char pre[32];
     snprintf(pre, sizeof pre, "%s.", sec);
     if (!json_is_object(ew)) return mv_seterr(err, errlen, MV_EINVAL, "%s: must be an object", sec);
-    if (!strcmp(sec, "ews") && (rc = check_keys(ew, pre, ews_keys, err, errlen))) return rc;
+    const char *const *keys[] = {ews_conn_keys, secret_verify_keys};
+    if (!strcmp(sec, "ews") && (rc = check_keys_in(ew, pre, keys, 2, err, errlen))) return rc;
     char auth[16] = "basic";
     if ((rc = get_str(ew, "auth", pre, 0, auth, sizeof auth, err, errlen))) return rc;
     if (strcmp(auth, "basic") == 0)
@@ -313,22 +324,18 @@ static mv_err parse_ews(json_t *ew, const char *sec, int allow_secrets, mv_profi
 
 /* Keys of one destination type only: any of them given for another type is an error. */
 static const char *const imap_only[] = {"host", "port", "tls", "login", "literal_plus", NULL};
-static const char *const ews_only[] = {"url",
-                                       "auth",
-                                       "username",
-                                       "impersonation",
-                                       "server_version",
-                                       "tenant_id",
-                                       "client_id",
-                                       "client_secret",
-                                       "cloud",
-                                       "login_base",
-                                       "certificate_file",
-                                       "private_key_file",
-                                       "certificate",
-                                       "mailbox",
-                                       NULL};
+static const char *const ews_only[] = {"mailbox", NULL}; /* besides ews_conn_keys */
 static const char *const dir_only[] = {"path", "sign", NULL};
+
+/* Every key of a destination belongs to some type, or to all mailbox destinations. */
+static mv_err check_dest_keys(json_t *d, char *err, size_t errlen)
+{
+    static const char *const common[] = {"type", "layout", "root", NULL};
+    const char *const *lists[] = {common,   secret_verify_keys, imap_only,
+                                  ews_only, ews_conn_keys,      dir_only};
+    return check_keys_in(d, "export.destination.", lists, sizeof lists / sizeof lists[0], err,
+                         errlen);
+}
 
 static mv_err only_for(json_t *d, const char *const *keys, const char *type, char *err,
                        size_t errlen)
@@ -390,7 +397,9 @@ static mv_err parse_export_imap(json_t *d, int allow_secrets, mv_profile *p, cha
     if (json_object_get(d, "path") || json_object_get(d, "sign"))
         return mv_seterr(err, errlen, MV_EINVAL,
                          "export.destination.path, .sign: only for type directory");
-    if ((rc = only_for(d, ews_only, "ews", err, errlen))) return rc;
+    if ((rc = only_for(d, ews_only, "ews", err, errlen)) ||
+        (rc = only_for(d, ews_conn_keys, "ews", err, errlen)))
+        return rc;
     if ((rc = get_str(d, "host", pre, 1, p->host, sizeof p->host, err, errlen)) ||
         (rc = get_str(d, "login", pre, 1, p->exp_login, sizeof p->exp_login, err, errlen)))
         return rc;
@@ -430,33 +439,6 @@ static mv_err parse_export(json_t *ex, int allow_secrets, mv_profile *p, char *e
     static const char *const ex_keys[] = {"mailbox",     "folder",     "search",
                                           "destination", "public_key", NULL};
     static const char *const q_keys[] = {"from", "to", "subject", "after", "before", NULL};
-    static const char *const dst_keys[] = {"type",
-                                           "path",
-                                           "layout",
-                                           "sign",
-                                           "host",
-                                           "port",
-                                           "tls",
-                                           "verify",
-                                           "login",
-                                           "password",
-                                           "root",
-                                           "literal_plus",
-                                           "url",
-                                           "auth",
-                                           "username",
-                                           "impersonation",
-                                           "server_version",
-                                           "tenant_id",
-                                           "client_id",
-                                           "client_secret",
-                                           "cloud",
-                                           "login_base",
-                                           "mailbox",
-                                           "certificate",
-                                           "certificate_file",
-                                           "private_key_file",
-                                           NULL};
     mv_err rc;
     if (!json_is_object(ex)) return mv_seterr(err, errlen, MV_EINVAL, "export: must be an object");
     if ((rc = check_keys(ex, "export.", ex_keys, err, errlen))) return rc;
@@ -505,7 +487,7 @@ static mv_err parse_export(json_t *ex, int allow_secrets, mv_profile *p, char *e
     if (!d) return mv_seterr(err, errlen, MV_EINVAL, "export.destination: missing");
     if (!json_is_object(d))
         return mv_seterr(err, errlen, MV_EINVAL, "export.destination: must be an object");
-    if ((rc = check_keys(d, "export.destination.", dst_keys, err, errlen))) return rc;
+    if ((rc = check_dest_keys(d, err, errlen))) return rc;
     char type[16] = "";
     if ((rc = get_str(d, "type", "export.destination.", 1, type, sizeof type, err, errlen)))
         return rc;
@@ -519,7 +501,8 @@ static mv_err parse_export(json_t *ex, int allow_secrets, mv_profile *p, char *e
     static const char *const mailbox_only[] = {"verify", "password", "root", NULL};
     if ((rc = only_for(d, imap_only, "imap", err, errlen)) ||
         (rc = only_for(d, mailbox_only, "imap", err, errlen)) ||
-        (rc = only_for(d, ews_only, "ews", err, errlen)))
+        (rc = only_for(d, ews_only, "ews", err, errlen)) ||
+        (rc = only_for(d, ews_conn_keys, "ews", err, errlen)))
         return rc;
     if ((rc = get_str(d, "path", "export.destination.", 1, p->exp_path, sizeof p->exp_path, err,
                       errlen)))
