@@ -122,11 +122,19 @@ static void explain(const mv_profile *p, mv_err rc, char *err, size_t errlen)
                   "destination mailbox %s is full (%s): free space or raise its quota, then run "
                   "the export again",
                   p->exp_login, tmp);
-    else if (rc == MV_EAUTH && strncmp(tmp, "EWS blocked", 11) != 0 && strstr(tmp, "Error"))
-        mv_seterr(err, errlen, rc, "export to mailbox %s at %s refused (%s): the account needs %s",
+    else if (rc == MV_EAUTH && strstr(tmp, "ErrorImpersonat"))
+        mv_seterr(err, errlen, rc,
+                  "export to mailbox %s at %s refused (%s): give the account the "
+                  "ApplicationImpersonation role for this mailbox (or set "
+                  "export.destination.impersonation to false and grant it full access)",
+                  p->exp_login, p->ews_url, tmp);
+    else if (rc == MV_EAUTH && strstr(tmp, "ErrorAccessDenied"))
+        mv_seterr(err, errlen, rc,
+                  "export to mailbox %s at %s refused (%s): the account may not write into this "
+                  "mailbox; grant it %s",
                   p->exp_login, p->ews_url, tmp,
-                  p->ews_impersonate ? "the ApplicationImpersonation role for this mailbox"
-                                     : "full access to this mailbox");
+                  p->ews_impersonate ? "the ApplicationImpersonation role for it"
+                                     : "full access to it");
     else if (rc == MV_ENOTFOUND && strstr(tmp, "ErrorNonExistentMailbox"))
         mv_seterr(err, errlen, rc, "no mailbox %s at %s (%s): check export.destination.mailbox",
                   p->exp_login, p->ews_url, tmp);

@@ -9,7 +9,8 @@ received at its INTERNALDATE. Exchange is busy once (BackOffMilliseconds obeyed)
 creates nothing; an item deleted by hand is created again, once. A flat export into a root
 where one archived message was already put by hand (same Message-ID) creates every other
 distinct message once and that one not again. A full mailbox (ErrorQuotaExceeded) fails the
-export with the cause named in `mailvault status` and a non-zero exit of `export --wait`."""
+export with the cause named in `mailvault status` and a non-zero exit of `export --wait`, as do
+a mailbox the account may not write into (ErrorAccessDenied) and one that does not exist."""
 import datetime
 import hashlib
 
@@ -140,4 +141,16 @@ with EwsSim(fx) as sim, Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
     m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-gil"]
     check(r.returncode != 0 and m["state"] == "failed" and "is full" in m["error"] and gil in m["error"]
           and "ErrorQuotaExceeded" in m["error"], f"a full mailbox fails the export clearly: {m['error']!r}")
+
+    # 6. a mailbox the account may not write into, and one that does not exist
+    sim.post("/_sim/mailbox-limits", {"org": org, "mailbox": gil, "read_only": True})
+    r = run(t, "to-gil", expect=None)
+    m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-gil"]
+    check(r.returncode != 0 and m["state"] == "failed" and "ErrorAccessDenied" in m["error"] and gil in m["error"]
+          and "may not write" in m["error"], f"a refused mailbox fails the export clearly: {m['error']!r}")
+    f = export_profile("to-nobody", "nobody@corp.example")
+    r = cli("export", "--tenant", t, "--file", f, "--wait", expect=None)
+    m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-nobody"]
+    check(r.returncode != 0 and m["state"] == "failed" and "ErrorNonExistentMailbox" in m["error"]
+          and "export.destination.mailbox" in m["error"], f"a mailbox that does not exist: {m['error']!r}")
 print("1 passed, 0 failed")
