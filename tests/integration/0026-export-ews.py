@@ -8,7 +8,8 @@ get`) in the right folder, is not a draft, is read exactly when \\Seen was archi
 received at its INTERNALDATE. Exchange is busy once (BackOffMilliseconds obeyed). A second run
 creates nothing; an item deleted by hand is created again, once. A flat export into a root
 where one archived message was already put by hand (same Message-ID) creates every other
-distinct message once and that one not again. A full mailbox (ErrorQuotaExceeded) fails the
+distinct message once and that one not again. Exchange Online with an app (OAuth) gets one
+folder of the archive. A full mailbox (ErrorQuotaExceeded) fails the
 export with the cause named in `mailvault status` and a non-zero exit of `export --wait`, as do
 a mailbox the account may not write into (ErrorAccessDenied) and one that does not exist."""
 import datetime
@@ -30,6 +31,12 @@ svc, svc_pw = "svc-export@corp.example", f"svc-pw-{SUFFIX}"
 erin, fred, gil = "erin@corp.example", "fred@corp.example", "gil@corp.example"
 fx, _ = ews_fixture(org, {"kind": "onprem", "accounts": {svc: {"password": svc_pw, "impersonation": True}}},
                     {erin: {"mail": {"Inbox": 2}}, fred: {"mail": {"Inbox": 1}}, gil: {"mail": {"Inbox": 1}}})
+
+o365, tid, cid, app_secret = f"contoso-{SUFFIX}", f"7e1d0c2a-{SUFFIX}", "c0ffee00-0000-4000-8000-0000000000e1", \
+    f"app-secret-{SUFFIX}"
+hal = "hal@contoso.example"
+ews_fixture(o365, {"kind": "m365", "tenant_id": tid, "apps": {cid: {"secret": app_secret, "full_access_as_app": True}}},
+            {hal: {"mail": {"Inbox": 1}}}, base=fx)
 
 
 def account(sim, smtp):
@@ -134,7 +141,24 @@ with EwsSim(fx) as sim, Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
           f"flat: each distinct message once, the one put by hand not again ({n5} of {len(distinct)})")
     check(created(sim, fred) == len(distinct), f"{len(distinct) - 1} created by the export, 1 by hand")
 
-    # 5. a full mailbox
+    # 5. Exchange Online with an app (OAuth client credentials), one folder of the archive; what
+    # the simulator stored is compared file by file
+    doc = {"name": "to-hal", "type": "export",
+           "export": {"mailbox": src, "folder": "Projects",
+                      "destination": {"type": "ews", "auth": "oauth", "tenant_id": tid, "client_id": cid,
+                                      "client_secret": app_secret, "login_base": sim.url, "url": sim.ews_url,
+                                      "mailbox": hal}}}
+    f = os.path.join(RUN, f"to-hal-{SUFFIX}.json")
+    json.dump(doc, open(f, "w"))
+    cli("export", "--tenant", t, "--file", f, "--wait")
+    check(app_secret not in cli("profile", "show", "--tenant", t, "to-hal").stdout, "no client secret stored")
+    d = os.path.join(fx, o365, "mailboxes", hal, "mail", "Archive Export", "Projects")
+    stored = {hashlib.sha256(open(os.path.join(d, n), "rb").read()).hexdigest()
+              for n in os.listdir(d) if ".eml" in n}   # a read message's file ends in ":2,S"
+    check(stored == {h for fo, h in want if fo == "Projects"} and len(stored) > 1,
+          f"oauth: the Projects folder under Archive Export, byte for byte ({len(stored)} messages)")
+
+    # 6. a full mailbox
     sim.post("/_sim/mailbox-limits", {"org": org, "mailbox": gil, "quota_bytes": 20000})
     f = export_profile("to-gil", gil)
     r = cli("export", "--tenant", t, "--file", f, "--wait", expect=None)
@@ -142,7 +166,7 @@ with EwsSim(fx) as sim, Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
     check(r.returncode != 0 and m["state"] == "failed" and "is full" in m["error"] and gil in m["error"]
           and "ErrorQuotaExceeded" in m["error"], f"a full mailbox fails the export clearly: {m['error']!r}")
 
-    # 6. a mailbox the account may not write into, and one that does not exist
+    # 7. a mailbox the account may not write into, and one that does not exist
     sim.post("/_sim/mailbox-limits", {"org": org, "mailbox": gil, "read_only": True})
     r = run(t, "to-gil", expect=None)
     m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-gil"]
