@@ -71,8 +71,8 @@ static mv_err mime_write(void *ud, int (*put)(void *ctx, const void *p, size_t n
 
 /* The destination folder of a message as display names: root, then (tree) the components of
  * the index's folder path ("%2F" and "%25", as the EWS and Graph sources write a '/' or '%'
- * inside a name, decoded; control bytes become '_'). buf holds the names; key is them joined
- * by '/' to notice a change of folder. */
+ * inside a name, decoded; control bytes become '_'). buf holds the names; the caller joins them
+ * with tabs (never in a name) to notice a change of folder. */
 static mv_err names_of(const mv_profile *p, const char *folder, char *buf, size_t buflen,
                        const char **names, size_t *n, char *err, size_t errlen)
 {
@@ -182,7 +182,7 @@ mv_err export_ews_run(chunk_ctx *c, const mv_profile *p, const char *secret, int
         char key[4096];
         size_t k = 0;
         for (size_t j = 0; j < n; j++)
-            k += (size_t)snprintf(key + k, sizeof key - k, "%s%s", j ? "/" : "", names[j]);
+            k += (size_t)snprintf(key + k, sizeof key - k, "%s%s", j ? "\t" : "", names[j]);
         if (!folder_id || strcmp(key, cur) != 0) { /* a new destination folder: find or make it */
             free(folder_id);
             folder_id = NULL;
