@@ -20,7 +20,6 @@
 #include "export.h"
 
 #include "mv/log.h"
-#include "mv/store.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,41 +31,13 @@
 typedef struct msrc {
     chunk_ctx *c;
     const xfile *f;
-    int (*put)(void *ctx, const void *p, size_t n);
-    void *ctx;
-    uint64_t sent;
-    mv_err failed;
-    char err[MV_ERRLEN];
 } msrc;
-
-static int mime_piece(void *ud, const void *p, size_t n)
-{
-    msrc *m = ud;
-    if (m->put(m->ctx, p, n)) return 1; /* the client says why */
-    m->sent += n;
-    if (chunk_beat(m->c, 0)) {
-        m->failed = MV_ECANCEL;
-        snprintf(m->err, sizeof m->err, "%s", m->c->err);
-        return 1;
-    }
-    return 0;
-}
 
 static mv_err mime_write(void *ud, int (*put)(void *ctx, const void *p, size_t n), void *ctx,
                          char *err, size_t errlen)
 {
     msrc *m = ud;
-    m->put = put;
-    m->ctx = ctx;
-    m->sent = 0;
-    m->failed = MV_OK;
-    mv_err rc =
-        mv_store_get(m->c->r->store, m->c->t->tenant, m->f->hash, mime_piece, m, err, errlen);
-    if (m->failed) return mv_seterr(err, errlen, m->failed, "%s", m->err);
-    if (!rc && m->sent != m->f->size)
-        rc = mv_seterr(err, errlen, MV_ECORRUPT, "object %s has %llu bytes, the index says %llu",
-                       m->f->hash, (unsigned long long)m->sent, (unsigned long long)m->f->size);
-    return rc;
+    return export_stream(m->c, m->f, put, ctx, err, errlen);
 }
 
 /* The destination folder of a message as display names: root, then (tree) the components of
@@ -149,88 +120,96 @@ static void explain(const mv_profile *p, mv_err rc, char *err, size_t errlen)
         if (rc != MV_EBUSY || ews_wait_busy((c), (e), tries_)) break;                              \
     }
 
+/* The EWS destination's side of export_deliver. */
+typedef struct edest {
+    chunk_ctx *c;
+    const mv_profile *p;
+    mv_ews *e;
+    char *folder_id; /* of the current folder */
+    char cur[4096];  /* its names, joined with tabs */
+} edest;
+
+static mv_err ews_folder(void *ud, const xfile *f, char *key, size_t keylen, char *err,
+                         size_t errlen)
+{
+    edest *d = ud;
+    char buf[4096], names_key[4096];
+    const char *names[MAX_LEVELS];
+    size_t n = 0, k = 0;
+    mv_err rc = names_of(d->p, f->folder, buf, sizeof buf, names, &n, err, errlen);
+    if (rc) return rc;
+    for (size_t j = 0; j < n; j++)
+        k += (size_t)snprintf(names_key + k, sizeof names_key - k, "%s%s", j ? "\t" : "", names[j]);
+    if (!d->folder_id || strcmp(names_key, d->cur) != 0) { /* a new folder: find or make it */
+        free(d->folder_id);
+        d->folder_id = NULL;
+        EWS_RETRY(
+            d->c, d->e,
+            mv_ews_ensure_folder(d->e, d->p->exp_login, names, n, &d->folder_id, err, errlen));
+        if (rc) return rc;
+        snprintf(d->cur, sizeof d->cur, "%s", names_key);
+        d->c->folder = f->folder;
+    }
+    snprintf(key, keylen, "%s", d->cur);
+    return MV_OK;
+}
+
+static mv_err ews_holds(void *ud, const xfile *f, int *present, int *asked, char *err,
+                        size_t errlen)
+{
+    edest *d = ud;
+    mv_err rc = MV_OK;
+    *asked = f->msgid && !mv_has_ctl(f->msgid) && strlen(f->msgid) <= MV_EWS_MAX_MSGID;
+    if (*asked)
+        EWS_RETRY(d->c, d->e,
+                  mv_ews_find_message(d->e, d->p->exp_login, d->folder_id, f->msgid, present, err,
+                                      errlen));
+    return rc;
+}
+
+static mv_err ews_put(void *ud, const xfile *f, char *err, size_t errlen)
+{
+    edest *d = ud;
+    mv_err rc;
+    msrc src = {.c = d->c, .f = f};
+    mv_ews_message m = {.read = strstr(f->flags, "\\Seen") != NULL,
+                        .time = f->idate,
+                        .write = mime_write,
+                        .ud = &src};
+    EWS_RETRY(d->c, d->e,
+              mv_ews_create_message(d->e, d->p->exp_login, d->folder_id, &m, err, errlen));
+    return rc;
+}
+
 mv_err export_ews_run(chunk_ctx *c, const mv_profile *p, const char *secret, int *more, char *err,
                       size_t errlen)
 {
     const mv_task *t = c->t;
-    mv_runner *r = c->r;
     xlist l = {0};
     ews_session s;
-    mv_ews *e = NULL;
-    char *folder_id = NULL;
-    uint64_t written = 0, kept = 0, bytes = 0;
+    edest ed = {.c = c, .p = p};
+    xcount n = {0};
     *more = 0;
     c->profile = p;
     mv_err rc = export_list(c, p, &l, err, errlen);
     if (rc) goto out;
     if ((rc = ews_session_open(c, p, secret, p->exp_login, &s, err, errlen))) goto out;
-    e = s.e;
+    ed.e = s.e;
     /* this destination's record of what it received */
     char dest[17];
     export_dest_id(dest, "ews:%s:%s:%s", p->ews_url, p->exp_login, p->exp_root);
-    char cur[4096] = "";
-    int64_t deadline = mv_mono_ms() + (int64_t)r->cfg->chunk_seconds * 1000;
-    for (size_t i = 0; i < l.n && !rc; i++) {
-        const xfile *f = &l.v[i];
-        int turn = export_turn(c, &l, i, &rc, err, errlen);
-        if (turn < 0) break;
-        if (turn) continue;
-        char buf[4096];
-        const char *names[MAX_LEVELS];
-        size_t n = 0;
-        if ((rc = names_of(p, f->folder, buf, sizeof buf, names, &n, err, errlen))) break;
-        char key[4096];
-        size_t k = 0;
-        for (size_t j = 0; j < n; j++)
-            k += (size_t)snprintf(key + k, sizeof key - k, "%s%s", j ? "\t" : "", names[j]);
-        if (!folder_id || strcmp(key, cur) != 0) { /* a new destination folder: find or make it */
-            free(folder_id);
-            folder_id = NULL;
-            EWS_RETRY(c, e,
-                      mv_ews_ensure_folder(e, p->exp_login, names, n, &folder_id, err, errlen));
-            if (rc) break;
-            snprintf(cur, sizeof cur, "%s", key);
-            c->folder = f->folder;
-        }
-        char member[4200];
-        snprintf(member, sizeof member, "%s\t%s", cur, f->hash);
-        int present = 0;
-        if (f->msgid && !mv_has_ctl(f->msgid) && strlen(f->msgid) <= MV_EWS_MAX_MSGID) {
-            EWS_RETRY(
-                c, e,
-                mv_ews_find_message(e, p->exp_login, folder_id, f->msgid, &present, err, errlen));
-            if (rc) break;
-        } else if ((rc = mv_state_set_member(r->st, t->tenant, "export", dest, member, &present,
-                                             err, errlen))) {
-            break;
-        }
-        if (present) {
-            kept++;
-            continue;
-        }
-        if (export_spent(c, written, deadline, more)) break;
-        msrc src = {.c = c, .f = f};
-        mv_ews_message m = {.read = strstr(f->flags, "\\Seen") != NULL,
-                            .time = f->idate,
-                            .write = mime_write,
-                            .ud = &src};
-        EWS_RETRY(c, e, mv_ews_create_message(e, p->exp_login, folder_id, &m, err, errlen));
-        if (rc) break;
-        if ((rc = mv_state_set_add(r->st, t->tenant, "export", dest, member, err, errlen))) break;
-        written++;
-        bytes += f->size;
-    }
+    xdest d = {&ed, ews_folder, ews_holds, ews_put};
+    rc = export_deliver(c, &l, &d, dest, &n, more, err, errlen);
 out:
     if (rc) explain(p, rc, err, errlen);
-    if (rc == MV_EBUSY && e && mv_ews_backoff_ms(e) > c->retry_after_ms)
-        c->retry_after_ms = mv_ews_backoff_ms(e);
-    export_count(c, written, bytes, kept);
+    if (rc == MV_EBUSY && ed.e && mv_ews_backoff_ms(ed.e) > c->retry_after_ms)
+        c->retry_after_ms = mv_ews_backoff_ms(ed.e);
     mv_info(*more ? "export chunk done" : "export done",
             " tenant=%s export=%s destination=ews mailbox=%s written=%llu kept=%llu", t->tenant,
-            p->name, p->exp_login, (unsigned long long)written, (unsigned long long)kept);
+            p->name, p->exp_login, (unsigned long long)n.written, (unsigned long long)n.kept);
     c->folder = NULL;
-    free(folder_id);
-    mv_ews_close(e);
+    free(ed.folder_id);
+    mv_ews_close(ed.e);
     xlist_free(&l);
     return rc;
 }

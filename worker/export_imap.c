@@ -18,16 +18,14 @@
 
 #include "mv/imap.h"
 #include "mv/log.h"
-#include "mv/store.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* APPEND's literal, fed by export_stream. */
 typedef struct asink {
     mv_imap *im;
-    chunk_ctx *c;
-    uint64_t sent;
     mv_err failed;
     char err[MV_ERRLEN];
 } asink;
@@ -35,14 +33,7 @@ typedef struct asink {
 static int append_piece(void *ud, const void *p, size_t n)
 {
     asink *a = ud;
-    if ((a->failed = mv_imap_append_data(a->im, p, n, a->err, sizeof a->err))) return 1;
-    a->sent += n;
-    if (chunk_beat(a->c, 0)) {
-        a->failed = MV_ECANCEL;
-        snprintf(a->err, sizeof a->err, "%s", a->c->err);
-        return 1;
-    }
-    return 0;
+    return (a->failed = mv_imap_append_data(a->im, p, n, a->err, sizeof a->err)) != MV_OK;
 }
 
 /* The destination folder of a message: root, then (tree) the folder's components joined with
@@ -66,14 +57,66 @@ static mv_err target_of(const mv_profile *p, const char *folder, char delim, cha
     return MV_OK;
 }
 
+/* The IMAP destination's side of export_deliver. */
+typedef struct idest {
+    chunk_ctx *c;
+    const mv_profile *p;
+    mv_imap *im;
+    char delim;
+    char cur[2048]; /* the selected folder, as named on the wire */
+} idest;
+
+static mv_err imap_folder(void *ud, const xfile *f, char *key, size_t keylen, char *err,
+                          size_t errlen)
+{
+    idest *d = ud;
+    char target[2048];
+    mv_err rc = target_of(d->p, d->p->exp_flat ? "" : f->folder, d->delim, target, sizeof target,
+                          err, errlen);
+    if (rc) return rc;
+    if (strcmp(target, d->cur) != 0) { /* a new destination folder: make sure it exists */
+        mv_imap_mailbox info;
+        if ((rc = mv_imap_create(d->im, target, err, errlen)) ||
+            (rc = mv_imap_examine(d->im, target, &info, err, errlen)))
+            return rc;
+        snprintf(d->cur, sizeof d->cur, "%s", target);
+    }
+    snprintf(key, keylen, "%s", d->cur);
+    return MV_OK;
+}
+
+static mv_err imap_holds(void *ud, const xfile *f, int *present, int *asked, char *err,
+                         size_t errlen)
+{
+    idest *d = ud;
+    *asked = f->msgid != NULL;
+    if (!f->msgid) return MV_OK;
+    size_t count = 0;
+    mv_err rc = mv_imap_search_header(d->im, "Message-ID", f->msgid, &count, err, errlen);
+    *present = count > 0;
+    return rc;
+}
+
+static mv_err imap_put(void *ud, const xfile *f, char *err, size_t errlen)
+{
+    idest *d = ud;
+    mv_err rc = mv_imap_append_begin(d->im, d->cur, f->flags, f->idate, f->size, err, errlen);
+    if (rc) return rc;
+    asink a = {d->im, MV_OK, ""};
+    rc = export_stream(d->c, f, append_piece, &a, err, errlen);
+    if (a.failed) rc = mv_seterr(err, errlen, a.failed, "%s", a.err);
+    if (!rc) rc = mv_imap_append_end(d->im, err, errlen);
+    return rc; /* a half-sent APPEND leaves the connection unusable: the attempt ends */
+}
+
 mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, int *more,
                        char *err, size_t errlen)
 {
     const mv_task *t = c->t;
     mv_runner *r = c->r;
     xlist l = {0};
-    mv_imap *im = NULL;
-    uint64_t written = 0, kept = 0, bytes = 0;
+    idest id = {.c = c, .p = p};
+    xcount n = {0};
     *more = 0;
     c->profile = p;
     mv_err rc = export_list(c, p, &l, err, errlen);
@@ -87,75 +130,25 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
     o.ca_file = r->cfg->ca_file[0] ? r->cfg->ca_file : NULL;
     o.timeout_ms = r->cfg->imap_timeout_ms;
     o.no_literal_plus = !p->exp_literal_plus;
-    if ((rc = mv_imap_connect(&o, &im, err, errlen)) ||
-        (rc = mv_imap_login(im, p->exp_login, password ? password : "", err, errlen)))
+    if ((rc = mv_imap_connect(&o, &id.im, err, errlen)) ||
+        (rc = mv_imap_login(id.im, p->exp_login, password ? password : "", err, errlen)) ||
+        (rc = mv_imap_delimiter(id.im, &id.delim, err, errlen)))
         goto out;
-    char delim = '\0';
-    if ((rc = mv_imap_delimiter(im, &delim, err, errlen))) goto out;
     /* this destination's record of what it received */
     char dest[17];
     export_dest_id(dest, "imap:%s:%d:%s:%s", p->host, p->port, p->exp_login, p->exp_root);
-    char cur[2048] = "";
-    int64_t deadline = mv_mono_ms() + (int64_t)r->cfg->chunk_seconds * 1000;
-    for (size_t i = 0; i < l.n && !rc; i++) {
-        const xfile *f = &l.v[i];
-        int turn = export_turn(c, &l, i, &rc, err, errlen);
-        if (turn < 0) break;
-        if (turn) continue;
-        char target[2048];
-        if ((rc = target_of(p, p->exp_flat ? "" : f->folder, delim, target, sizeof target, err,
-                            errlen)))
-            break;
-        if (strcmp(target, cur) != 0) { /* a new destination folder: make sure it exists */
-            mv_imap_mailbox info;
-            if ((rc = mv_imap_create(im, target, err, errlen)) ||
-                (rc = mv_imap_examine(im, target, &info, err, errlen)))
-                break;
-            snprintf(cur, sizeof cur, "%s", target);
-        }
-        char member[2400];
-        snprintf(member, sizeof member, "%s\t%s", target, f->hash);
-        int present = 0;
-        if (f->msgid) {
-            size_t count = 0;
-            if ((rc = mv_imap_search_header(im, "Message-ID", f->msgid, &count, err, errlen)))
-                break;
-            present = count > 0;
-        } else if ((rc = mv_state_set_member(r->st, t->tenant, "export", dest, member, &present,
-                                             err, errlen))) {
-            break;
-        }
-        if (present) {
-            kept++;
-            continue;
-        }
-        if (export_spent(c, written, deadline, more)) break;
-        if ((rc = mv_imap_append_begin(im, target, f->flags, f->idate, f->size, err, errlen)))
-            break;
-        asink a = {im, c, 0, MV_OK, ""};
-        rc = mv_store_get(r->store, t->tenant, f->hash, append_piece, &a, err, errlen);
-        if (a.failed) rc = mv_seterr(err, errlen, a.failed, "%s", a.err);
-        if (!rc && a.sent != f->size)
-            rc =
-                mv_seterr(err, errlen, MV_ECORRUPT, "object %s has %llu bytes, the index says %llu",
-                          f->hash, (unsigned long long)a.sent, (unsigned long long)f->size);
-        if (!rc) rc = mv_imap_append_end(im, err, errlen);
-        if (rc) break; /* a half-sent APPEND leaves the connection unusable: the attempt ends */
-        if ((rc = mv_state_set_add(r->st, t->tenant, "export", dest, member, err, errlen))) break;
-        written++;
-        bytes += f->size;
-    }
+    xdest d = {&id, imap_folder, imap_holds, imap_put};
+    rc = export_deliver(c, &l, &d, dest, &n, more, err, errlen);
     if (rc == MV_ETOOBIG || (rc == MV_EAUTH && strstr(err, "read-only"))) {
         char tmp[MV_ERRLEN];
         snprintf(tmp, sizeof tmp, "%s", err);
         mv_seterr(err, errlen, rc, "export to %s@%s: %s", p->exp_login, p->host, tmp);
     }
 out:
-    export_count(c, written, bytes, kept);
     mv_info(*more ? "export chunk done" : "export done",
             " tenant=%s export=%s destination=imap written=%llu kept=%llu", t->tenant, p->name,
-            (unsigned long long)written, (unsigned long long)kept);
-    mv_imap_close(im);
+            (unsigned long long)n.written, (unsigned long long)n.kept);
+    mv_imap_close(id.im);
     xlist_free(&l);
     return rc;
 }

@@ -5,6 +5,7 @@
 #include "mv/archive.h"
 #include "mv/log.h"
 #include "mv/search.h"
+#include "mv/store.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -140,21 +141,78 @@ void export_dest_id(char out[17], const char *fmt, ...)
     mv_hex(d, 8, out);
 }
 
-int export_turn(chunk_ctx *c, const xlist *l, size_t i, mv_err *rc, char *err, size_t errlen)
+typedef struct xstream {
+    chunk_ctx *c;
+    int (*out)(void *ud, const void *p, size_t n);
+    void *ud;
+    uint64_t sent;
+    int cancelled;
+} xstream;
+
+static int stream_piece(void *ud, const void *p, size_t n)
 {
-    if (i && !strcmp(l->v[i].rel, l->v[i - 1].rel)) return 1; /* listed in two segments */
-    if ((*rc = chunk_beat(c, 0))) {
-        mv_seterr(err, errlen, *rc, "%s", c->err);
-        return -1;
+    xstream *s = ud;
+    if (s->out(s->ud, p, n)) return 1;
+    s->sent += n;
+    if (chunk_beat(s->c, 0)) {
+        s->cancelled = 1;
+        return 1;
     }
     return 0;
 }
 
-int export_spent(chunk_ctx *c, uint64_t written, int64_t deadline, int *more)
+mv_err export_stream(chunk_ctx *c, const xfile *f, int (*out)(void *ud, const void *p, size_t n),
+                     void *ud, char *err, size_t errlen)
+{
+    xstream s = {c, out, ud, 0, 0};
+    mv_err rc = mv_store_get(c->r->store, c->t->tenant, f->hash, stream_piece, &s, err, errlen);
+    if (s.cancelled) return mv_seterr(err, errlen, MV_ECANCEL, "%s", c->err);
+    if (!rc && s.sent != f->size)
+        rc = mv_seterr(err, errlen, MV_ECORRUPT, "object %s has %llu bytes, the index says %llu",
+                       f->hash, (unsigned long long)s.sent, (unsigned long long)f->size);
+    return rc;
+}
+
+mv_err export_deliver(chunk_ctx *c, const xlist *l, const xdest *d, const char *dest, xcount *n,
+                      int *more, char *err, size_t errlen)
 {
     mv_runner *r = c->r;
-    if (written < (uint64_t)r->cfg->chunk_messages && mv_mono_ms() <= deadline && !*r->stopping)
-        return 0;
-    *more = 1;
-    return 1;
+    const mv_task *t = c->t;
+    mv_err rc = MV_OK;
+    uint64_t written = 0, bytes = 0, kept = 0;
+    int64_t deadline = mv_mono_ms() + (int64_t)r->cfg->chunk_seconds * 1000;
+    char key[4096], member[4200];
+    for (size_t i = 0; i < l->n; i++) {
+        const xfile *f = &l->v[i];
+        if (i && !strcmp(f->rel, l->v[i - 1].rel)) continue; /* listed in two segments */
+        if ((rc = chunk_beat(c, 0))) {
+            mv_seterr(err, errlen, rc, "%s", c->err);
+            break;
+        }
+        if ((rc = d->folder(d->ud, f, key, sizeof key, err, errlen))) break;
+        snprintf(member, sizeof member, "%s\t%s", key, f->hash);
+        int present = 0, asked = 0;
+        if ((rc = d->holds(d->ud, f, &present, &asked, err, errlen))) break;
+        if (!asked && (rc = mv_state_set_member(r->st, t->tenant, "export", dest, member, &present,
+                                                err, errlen)))
+            break;
+        if (present) {
+            kept++;
+            continue;
+        }
+        if (written >= (uint64_t)r->cfg->chunk_messages || mv_mono_ms() > deadline ||
+            *r->stopping) {
+            *more = 1;
+            break;
+        }
+        if ((rc = d->put(d->ud, f, err, errlen))) break;
+        if ((rc = mv_state_set_add(r->st, t->tenant, "export", dest, member, err, errlen))) break;
+        written++;
+        bytes += f->size;
+    }
+    export_count(c, written, bytes, kept);
+    n->written += written;
+    n->bytes += bytes;
+    n->kept += kept;
+    return rc;
 }
