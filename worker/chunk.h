@@ -54,6 +54,11 @@ mv_err export_run(chunk_ctx *c, const mv_profile *p, const char *sign_key, int *
 mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, int *more,
                        char *err, size_t errlen);
 
+/* An export profile with an EWS destination (export_ews.c); secret opens it (the service
+ * account's password, the app's secret or its certificate key). */
+mv_err export_ews_run(chunk_ctx *c, const mv_profile *p, const char *secret, int *more, char *err,
+                      size_t errlen);
+
 /* Heartbeat + lease renewal, at most once a second unless force; MV_ECANCEL (and
  * c->cancelled) when the operator cancelled the task's run. */
 mv_err chunk_beat(chunk_ctx *c, int force);

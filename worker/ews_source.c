@@ -32,9 +32,8 @@
  * and per service account (Exchange's EWSMaxConcurrency) is kept by every worker together
  * through Redis (gate.h). */
 #include "chunk.h"
-#include "gate.h"
+#include "ews_session.h"
 #include "idset.h"
-#include "tokens.h"
 
 #include "mv/archive.h"
 #include "mv/ews.h"
@@ -108,8 +107,38 @@ static int change_cb(void *ud, mv_ews_change kind, const char *item_id, const ch
     return idlist_add(&b->l, item_id);
 }
 
+mv_err ews_session_open(chunk_ctx *c, const mv_profile *p, const char *secret, const char *via,
+                        ews_session *s, char *err, size_t errlen)
+{
+    mv_runner *r = c->r;
+    mv_ews_opts o;
+    memset(s, 0, sizeof *s);
+    mv_jobs_ews_opts(&o, r->cfg, p, secret);
+    o.timeout_ms = 3600 * 1000; /* a GetItem of large messages may take long; a stall may not */
+    mv_err rc = mv_ews_open(&o, &s->e, err, errlen);
+    if (rc) return rc;
+    /* Exchange's limits, kept by every worker together: per mailbox and per account */
+    worker_gate_init(&s->wg, c);
+    mv_limit mbx = {.max_concurrent = r->cfg->ews_max_concurrent, .hold_ms = 10 * 60 * 1000};
+    mv_limit acct = {.max_concurrent = r->cfg->ews_account_max_concurrent,
+                     .hold_ms = 10 * 60 * 1000};
+    char scope[768];
+    snprintf(scope, sizeof scope, "ews-mbx:%s:%s", c->t->tenant, via);
+    worker_gate_add(&s->wg, scope, &mbx, "mailbox");
+    snprintf(scope, sizeof scope, "ews-acct:%s:%s", c->t->tenant,
+             p->ews_auth == MV_EWS_AUTH_OAUTH ? p->client_id : p->ews_username);
+    worker_gate_add(&s->wg, scope, &acct, "service account");
+    mv_http_gate gate = worker_gate_hook(&s->wg);
+    if (gate.acquire) mv_ews_set_gate(s->e, &gate);
+    s->tc.c = c;
+    s->tc.resource = p->ews_url;
+    s->ts = token_cache_source(&s->tc);
+    if (p->ews_auth == MV_EWS_AUTH_OAUTH) mv_ews_set_token_source(s->e, &s->ts);
+    return MV_OK;
+}
+
 /* After MV_EBUSY: wait out a short back-off (renewing the lease); 0 = try again. */
-static int wait_busy(chunk_ctx *c, mv_ews *e, int tries)
+int ews_wait_busy(chunk_ctx *c, mv_ews *e, int tries)
 {
     int64_t ms = mv_ews_backoff_ms(e);
     if (ms <= 0) ms = 1000;
@@ -219,7 +248,7 @@ static mv_err fetch_group(chunk_ctx *c, mv_ews *e, const char *mailbox, char **i
             break;
         }
         if (rc == MV_EBUSY || (!rc && g.busy)) {
-            if (wait_busy(c, e, tries)) {
+            if (ews_wait_busy(c, e, tries)) {
                 if (!rc) rc = mv_seterr(err, errlen, MV_EBUSY, "Exchange stayed busy");
                 break;
             }
@@ -279,7 +308,7 @@ static mv_err read_batch(chunk_ctx *c, mv_ews *e, const folder_item *f, const ch
             rc = mv_ews_sync_items(e, via, f->id, cu->link, c->r->cfg->ews_sync_page, change_cb, b,
                                    next, complete, err, errlen);
         }
-        if (rc != MV_EBUSY || wait_busy(c, e, tries)) return rc;
+        if (rc != MV_EBUSY || ews_wait_busy(c, e, tries)) return rc;
     }
 }
 
@@ -426,7 +455,7 @@ static mv_err list_root(chunk_ctx *c, mv_ews *e, const char *via, mv_ews_root ro
     for (int tries = 0;; tries++) {
         folder_list_truncate(fl, before); /* a retry lists the root again */
         rc = mv_ews_list_folders(e, via, root, folder_cb, &er, err, errlen);
-        if (rc != MV_EBUSY || wait_busy(c, e, tries)) break;
+        if (rc != MV_EBUSY || ews_wait_busy(c, e, tries)) break;
     }
     return rc;
 }
@@ -436,9 +465,7 @@ mv_err ews_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secret
 {
     mv_runner *r = c->r;
     const mv_task *t = c->t;
-    mv_ews_opts o;
-    mv_jobs_ews_opts(&o, r->cfg, p, secret);
-    o.timeout_ms = 3600 * 1000; /* a GetItem of large messages may take long; a stall may not */
+    ews_session s;
     mv_ews *e = NULL;
     folder_list fl = {0};
     etask et;
@@ -447,26 +474,9 @@ mv_err ews_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secret
     et.via = public_task ? p->pf_mailbox : t->mailbox;
     *more = 0;
     c->profile = p;
-    mv_err rc = mv_ews_open(&o, &e, err, errlen);
+    mv_err rc = ews_session_open(c, p, secret, et.via, &s, err, errlen);
     if (rc) goto out;
-
-    /* Exchange's limits, kept by every worker together: per mailbox and per account */
-    worker_gate wg;
-    worker_gate_init(&wg, c);
-    mv_limit mbx = {.max_concurrent = r->cfg->ews_max_concurrent, .hold_ms = 10 * 60 * 1000};
-    mv_limit acct = {.max_concurrent = r->cfg->ews_account_max_concurrent,
-                     .hold_ms = 10 * 60 * 1000};
-    char scope[768];
-    snprintf(scope, sizeof scope, "ews-mbx:%s:%s", t->tenant, et.via);
-    worker_gate_add(&wg, scope, &mbx, "mailbox");
-    snprintf(scope, sizeof scope, "ews-acct:%s:%s", t->tenant,
-             p->ews_auth == MV_EWS_AUTH_OAUTH ? p->client_id : p->ews_username);
-    worker_gate_add(&wg, scope, &acct, "service account");
-    mv_http_gate gate = worker_gate_hook(&wg);
-    if (gate.acquire) mv_ews_set_gate(e, &gate);
-    token_cache tc = {c, p->ews_url};
-    mv_oauth_source ts = token_cache_source(&tc);
-    if (p->ews_auth == MV_EWS_AUTH_OAUTH) mv_ews_set_token_source(e, &ts);
+    e = s.e;
 
     if (public_task) {
         if ((rc = list_root(c, e, et.via, MV_EWS_ROOT_PUBLIC, p->pf_target, &fl, err, errlen)))

@@ -8,7 +8,12 @@
  * looked up in what this destination received (mv:export:{t}:{destination}, Redis), recorded
  * after each APPEND. Messages go out with LITERAL+ when the server offers it (the literal
  * follows the command without a round trip), else with synchronising literals; either way a
- * message is streamed from the store, never held whole.
+ * message is streamed from the store, never held whole. With MULTIAPPEND (RFC 3502) the
+ * messages for one folder go in batches of export.append_batch (32 MiB at most), one APPEND
+ * command each, stored all or none and recorded after the server's OK.
+ *
+ * A Microsoft 365 destination (type m365) is the same after the login, which is AUTHENTICATE
+ * XOAUTH2 as the tenant's app with a token for Exchange Online (mv_jobs_export_login).
  *
  * Chunks: at most worker.chunk_messages APPENDs per task chunk (or worker.chunk_seconds); a
  * continuation goes on. Folder names become the server's hierarchy (its delimiter from LIST)
@@ -20,18 +25,14 @@
 #include "mv/imap.h"
 #include "mv/jobs.h"
 #include "mv/log.h"
-#include "mv/store.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
+/* APPEND's literal, fed by export_stream. */
 typedef struct asink {
     mv_imap *im;
-    chunk_ctx *c;
-    uint64_t sent;
     mv_err failed;
     char err[MV_ERRLEN];
 } asink;
@@ -39,14 +40,7 @@ typedef struct asink {
 static int append_piece(void *ud, const void *p, size_t n)
 {
     asink *a = ud;
-    if ((a->failed = mv_imap_append_data(a->im, p, n, a->err, sizeof a->err))) return 1;
-    a->sent += n;
-    if (chunk_beat(a->c, 0)) {
-        a->failed = MV_ECANCEL;
-        snprintf(a->err, sizeof a->err, "%s", a->c->err);
-        return 1;
-    }
-    return 0;
+    return (a->failed = mv_imap_append_data(a->im, p, n, a->err, sizeof a->err)) != MV_OK;
 }
 
 /* The destination folder of a message: root, then (tree) the folder's components joined with
@@ -70,79 +64,95 @@ static mv_err target_of(const mv_profile *p, const char *folder, char delim, cha
     return MV_OK;
 }
 
-#define BATCH_BYTES (32u << 20) /* at most this much in one MULTIAPPEND */
-
-/* Messages for one destination folder, sent as one APPEND (MULTIAPPEND when offered: the
- * server keeps all or none) once the batch is full, the folder changes or the chunk ends. */
-typedef struct batch {
-    mv_imap *im;
+/* The IMAP destination's side of export_deliver. */
+typedef struct idest {
     chunk_ctx *c;
-    const char *dest;   /* the destination's id (its record in Redis) */
-    const char *target; /* the folder, wire-encoded */
-    int multi;
-    const xfile **v;
-    size_t n;
-    uint64_t bytes;
-    uint64_t written, sent_bytes; /* totals of the flushed batches */
-    uint64_t commands;            /* APPEND commands they took */
-} batch;
+    const mv_profile *p;
+    mv_imap *im;
+    char delim;
+    char cur[2048];  /* the selected folder, as named on the wire */
+    const xfile **q; /* MULTIAPPEND: queued for the next APPEND */
+    size_t nq;
+    uint64_t commands; /* APPEND commands sent */
+} idest;
 
-/* 1 if the batch already holds this message (same Message-ID, or same bytes): one copy per
- * folder, as the destination search would say once the batch is stored. */
-static int queued(const batch *b, const xfile *f)
+static mv_err imap_folder(void *ud, const xfile *f, char *key, size_t keylen, char *err,
+                          size_t errlen)
 {
-    for (size_t i = 0; i < b->n; i++)
-        if (!strcmp(b->v[i]->hash, f->hash) ||
-            (f->msgid && b->v[i]->msgid && !strcmp(b->v[i]->msgid, f->msgid)))
-            return 1;
-    return 0;
+    idest *d = ud;
+    char target[2048];
+    mv_err rc = target_of(d->p, d->p->exp_flat ? "" : f->folder, d->delim, target, sizeof target,
+                          err, errlen);
+    if (rc) return rc;
+    if (strcmp(target, d->cur) != 0) { /* a new destination folder: make sure it exists */
+        mv_imap_mailbox info;
+        if ((rc = mv_imap_create(d->im, target, err, errlen)) ||
+            (rc = mv_imap_examine(d->im, target, &info, err, errlen)))
+            return rc;
+        snprintf(d->cur, sizeof d->cur, "%s", target);
+    }
+    snprintf(key, keylen, "%s", d->cur);
+    return MV_OK;
 }
 
-/* Stream one message's bytes from the store into the APPEND in progress. */
-static mv_err send_one(batch *b, const xfile *f, char *err, size_t errlen)
+static mv_err imap_holds(void *ud, const xfile *f, int *present, int *asked, char *err,
+                         size_t errlen)
 {
-    mv_runner *r = b->c->r;
-    asink a = {b->im, b->c, 0, MV_OK, ""};
-    mv_err rc = mv_store_get(r->store, b->c->t->tenant, f->hash, append_piece, &a, err, errlen);
-    if (a.failed) rc = mv_seterr(err, errlen, a.failed, "%s", a.err);
-    if (!rc && a.sent != f->size)
-        rc = mv_seterr(err, errlen, MV_ECORRUPT, "object %s has %llu bytes, the index says %llu",
-                       f->hash, (unsigned long long)a.sent, (unsigned long long)f->size);
+    idest *d = ud;
+    *asked = f->msgid != NULL;
+    if (!f->msgid) return MV_OK;
+    size_t count = 0;
+    mv_err rc = mv_imap_search_header(d->im, "Message-ID", f->msgid, &count, err, errlen);
+    *present = count > 0;
     return rc;
 }
 
-/* Send the queued messages (one APPEND with all of them, or one APPEND each without
- * MULTIAPPEND), then record them as received by this destination. A half-sent APPEND leaves
- * the connection unusable: the attempt ends with the error. */
-static mv_err flush(batch *b, char *err, size_t errlen)
+/* One message's bytes into the APPEND in progress. */
+static mv_err send_body(idest *d, const xfile *f, char *err, size_t errlen)
 {
-    mv_runner *r = b->c->r;
-    mv_err rc = MV_OK;
-    size_t done = 0;
-    while (done < b->n && !rc) {
-        size_t upto = b->multi ? b->n : done + 1;
-        const xfile *f = b->v[done];
-        rc = mv_imap_append_begin(b->im, b->target, f->flags, f->idate, f->size, err, errlen);
-        b->commands++;
-        for (size_t i = done; i < upto && !rc; i++) {
-            f = b->v[i];
-            if (i > done) rc = mv_imap_append_next(b->im, f->flags, f->idate, f->size, err, errlen);
-            if (!rc) rc = send_one(b, f, err, errlen);
-        }
-        if (!rc) rc = mv_imap_append_end(b->im, err, errlen);
-        for (size_t i = done; i < upto && !rc; i++) {
-            char member[2400];
-            snprintf(member, sizeof member, "%s\t%s", b->target, b->v[i]->hash);
-            if ((rc = mv_state_set_add(r->st, b->c->t->tenant, "export", b->dest, member, err,
-                                       errlen)))
-                break;
-            b->written++;
-            b->sent_bytes += b->v[i]->size;
-        }
-        done = upto;
+    asink a = {d->im, MV_OK, ""};
+    mv_err rc = export_stream(d->c, f, append_piece, &a, err, errlen);
+    if (a.failed) rc = mv_seterr(err, errlen, a.failed, "%s", a.err);
+    return rc;
+}
+
+static mv_err imap_put(void *ud, const xfile *f, char *err, size_t errlen)
+{
+    idest *d = ud;
+    mv_err rc = mv_imap_append_begin(d->im, d->cur, f->flags, f->idate, f->size, err, errlen);
+    if (rc) return rc;
+    d->commands++;
+    rc = send_body(d, f, err, errlen);
+    if (!rc) rc = mv_imap_append_end(d->im, err, errlen);
+    return rc; /* a half-sent APPEND leaves the connection unusable: the attempt ends */
+}
+
+static mv_err imap_queue(void *ud, const xfile *f, char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    idest *d = ud;
+    d->q[d->nq++] = f; /* export_deliver flushes before the batch would overflow */
+    return MV_OK;
+}
+
+/* The queued messages as one MULTIAPPEND; the server keeps all of them or none. */
+static mv_err imap_flush(void *ud, char *err, size_t errlen)
+{
+    idest *d = ud;
+    size_t n = d->nq;
+    d->nq = 0;
+    if (!n) return MV_OK;
+    const xfile *f = d->q[0];
+    mv_err rc = mv_imap_append_begin(d->im, d->cur, f->flags, f->idate, f->size, err, errlen);
+    if (rc) return rc;
+    d->commands++;
+    for (size_t i = 0; i < n && !rc; i++) {
+        f = d->q[i];
+        if (i) rc = mv_imap_append_next(d->im, f->flags, f->idate, f->size, err, errlen);
+        if (!rc) rc = send_body(d, f, err, errlen);
     }
-    b->n = 0;
-    b->bytes = 0;
+    if (!rc) rc = mv_imap_append_end(d->im, err, errlen);
     return rc;
 }
 
@@ -152,8 +162,8 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
     const mv_task *t = c->t;
     mv_runner *r = c->r;
     xlist l = {0};
-    mv_imap *im = NULL;
-    uint64_t written = 0, kept = 0, bytes = 0, appends = 0;
+    idest id = {.c = c, .p = p};
+    xcount n = {0};
     *more = 0;
     c->profile = p;
     mv_err rc = export_list(c, p, &l, err, errlen);
@@ -162,96 +172,37 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
     mv_jobs_imap_opts(&o, r->cfg, p);
     token_cache tc = {c, p->host}; /* m365: the cluster's token for Exchange Online */
     mv_oauth_source ts = token_cache_source(&tc);
-    if ((rc = mv_imap_connect(&o, &im, err, errlen)) ||
-        (rc = mv_jobs_export_login(r->cfg, p, password, &ts, im, err, errlen)))
+    if ((rc = mv_imap_connect(&o, &id.im, err, errlen)) ||
+        (rc = mv_jobs_export_login(r->cfg, p, password, &ts, id.im, err, errlen)) ||
+        (rc = mv_imap_delimiter(id.im, &id.delim, err, errlen)))
         goto out;
-    char delim = '\0';
-    if ((rc = mv_imap_delimiter(im, &delim, err, errlen))) goto out;
     /* this destination's record of what it received */
-    char dest[64];
-    {
-        char id[1024];
-        unsigned char d[32];
-        unsigned int dl = 0;
-        snprintf(id, sizeof id, "imap:%s:%d:%s:%s", p->host, p->port, p->exp_login, p->exp_root);
-        EVP_Digest(id, strlen(id), d, &dl, EVP_sha256(), NULL);
-        mv_hex(d, 8, dest);
+    char dest[17];
+    export_dest_id(dest, "imap:%s:%d:%s:%s", p->host, p->port, p->exp_login, p->exp_root);
+    xdest d = {&id, imap_folder, imap_holds, imap_put, NULL, 0, 0};
+    if (p->exp_multiappend && mv_imap_has_cap(id.im, "MULTIAPPEND")) {
+        d.batch_max = (size_t)r->cfg->export_append_batch;
+        d.batch_bytes = 32u << 20;
+        if (!(id.q = calloc(d.batch_max, sizeof *id.q))) {
+            rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+            goto out;
+        }
+        d.put = imap_queue;
+        d.flush = imap_flush;
     }
-    char cur[2048] = "";
-    int64_t deadline = mv_mono_ms() + (int64_t)r->cfg->chunk_seconds * 1000;
-    batch b = {.im = im,
-               .c = c,
-               .dest = dest,
-               .multi = p->exp_multiappend && mv_imap_has_cap(im, "MULTIAPPEND")};
-    if (!(b.v = calloc((size_t)r->cfg->export_append_batch, sizeof *b.v))) {
-        rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < l.n && !rc; i++) {
-        const xfile *f = &l.v[i];
-        if (i && !strcmp(f->rel, l.v[i - 1].rel)) continue; /* listed in two segments */
-        if ((rc = chunk_beat(c, 0))) {
-            mv_seterr(err, errlen, rc, "%s", c->err);
-            break;
-        }
-        char target[2048];
-        if ((rc = target_of(p, p->exp_flat ? "" : f->folder, delim, target, sizeof target, err,
-                            errlen)))
-            break;
-        if (strcmp(target, cur) != 0) { /* a new destination folder: make sure it exists */
-            if ((rc = flush(&b, err, errlen))) break;
-            mv_imap_mailbox info;
-            if ((rc = mv_imap_create(im, target, err, errlen)) ||
-                (rc = mv_imap_examine(im, target, &info, err, errlen)))
-                break;
-            snprintf(cur, sizeof cur, "%s", target);
-            b.target = cur;
-        }
-        int present = queued(&b, f);
-        if (!present && f->msgid) {
-            size_t count = 0;
-            if ((rc = mv_imap_search_header(im, "Message-ID", f->msgid, &count, err, errlen)))
-                break;
-            present = count > 0;
-        } else if (!present) {
-            char member[2400];
-            snprintf(member, sizeof member, "%s\t%s", target, f->hash);
-            if ((rc = mv_state_set_member(r->st, t->tenant, "export", dest, member, &present, err,
-                                          errlen)))
-                break;
-        }
-        if (present) {
-            kept++;
-            continue;
-        }
-        if (b.written + b.n >= (uint64_t)r->cfg->chunk_messages || mv_mono_ms() > deadline ||
-            *r->stopping) {
-            *more = 1;
-            break;
-        }
-        if ((b.n == (size_t)r->cfg->export_append_batch || b.bytes + f->size > BATCH_BYTES) &&
-            (rc = flush(&b, err, errlen)))
-            break;
-        b.v[b.n++] = f;
-        b.bytes += f->size;
-    }
-    if (!rc) rc = flush(&b, err, errlen); /* what was queued goes out, also before a pause */
-    written = b.written;
-    bytes = b.sent_bytes;
-    appends = b.commands;
-    free(b.v);
+    rc = export_deliver(c, &l, &d, dest, &n, more, err, errlen);
     if (rc == MV_ETOOBIG || (rc == MV_EAUTH && strstr(err, "read-only"))) {
         char tmp[MV_ERRLEN];
         snprintf(tmp, sizeof tmp, "%s", err);
         mv_seterr(err, errlen, rc, "export to %s@%s: %s", p->exp_login, p->host, tmp);
     }
 out:
-    export_count(c, written, bytes, kept);
     mv_info(*more ? "export chunk done" : "export done",
             " tenant=%s export=%s destination=imap written=%llu kept=%llu appends=%llu", t->tenant,
-            p->name, (unsigned long long)written, (unsigned long long)kept,
-            (unsigned long long)appends);
-    mv_imap_close(im);
+            p->name, (unsigned long long)n.written, (unsigned long long)n.kept,
+            (unsigned long long)id.commands);
+    mv_imap_close(id.im);
+    free(id.q);
     xlist_free(&l);
     return rc;
 }

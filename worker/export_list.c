@@ -7,9 +7,12 @@
 #include "mv/search.h"
 #include "mv/store.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/evp.h>
 
 /* A folder path of the index as a relative directory: components kept ("%2F" stays), but
  * "." and ".." and control bytes can never escape or confuse the destination. */
@@ -47,7 +50,7 @@ static int collect(void *ud, const mv_segment *seg, const mv_index_rec *rec)
     char *folder = l->mailbox ? mv_aprintf("%s/%s", l->mailbox, seg->folder) : strdup(seg->folder);
     char *rel = NULL;
     if (!folder) goto nomem;
-    if (l->p->exp_imap) { /* grouped by folder, one entry per (folder, message) */
+    if (l->p->exp_imap || l->p->exp_ews) { /* grouped by folder, one entry per (folder, message) */
         rel = mv_aprintf("%s\t%s", folder, rec->hash);
     } else {
         if (!l->p->exp_flat) dir_of(folder, dir, sizeof dir);
@@ -162,4 +165,169 @@ void export_count(chunk_ctx *c, uint64_t written, uint64_t bytes, uint64_t kept)
         if (incr[k] && mv_state_status_incr(c->r->st, c->t->tenant, c->t->mailbox, fields[k],
                                             incr[k], serr, sizeof serr))
             mv_warn("cannot count export progress", " error=\"%s\"", serr);
+}
+
+void export_dest_id(char out[17], const char *fmt, ...)
+{
+    char what[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    unsigned char d[32];
+    unsigned int dl = 0;
+    EVP_Digest(what, strlen(what), d, &dl, EVP_sha256(), NULL);
+    mv_hex(d, 8, out);
+}
+
+typedef struct xstream {
+    chunk_ctx *c;
+    int (*out)(void *ud, const void *p, size_t n);
+    void *ud;
+    uint64_t sent;
+    int cancelled;
+} xstream;
+
+static int stream_piece(void *ud, const void *p, size_t n)
+{
+    xstream *s = ud;
+    if (s->out(s->ud, p, n)) return 1;
+    s->sent += n;
+    if (chunk_beat(s->c, 0)) {
+        s->cancelled = 1;
+        return 1;
+    }
+    return 0;
+}
+
+mv_err export_stream(chunk_ctx *c, const xfile *f, int (*out)(void *ud, const void *p, size_t n),
+                     void *ud, char *err, size_t errlen)
+{
+    xstream s = {c, out, ud, 0, 0};
+    mv_err rc = mv_store_get(c->r->store, c->t->tenant, f->hash, stream_piece, &s, err, errlen);
+    if (s.cancelled) return mv_seterr(err, errlen, MV_ECANCEL, "%s", c->err);
+    if (!rc && s.sent != f->size)
+        rc = mv_seterr(err, errlen, MV_ECORRUPT, "object %s has %llu bytes, the index says %llu",
+                       f->hash, (unsigned long long)s.sent, (unsigned long long)f->size);
+    return rc;
+}
+
+/* Messages put but not yet sent (a batching destination), with their record members. */
+typedef struct pending {
+    const xfile **f;
+    char **member;
+    size_t n;
+    uint64_t bytes;
+} pending;
+
+static void pending_drop(pending *q)
+{
+    for (size_t i = 0; i < q->n; i++)
+        free(q->member[i]);
+    q->n = 0;
+    q->bytes = 0;
+}
+
+/* 1 if f is queued already (same bytes, or same Message-ID): the destination search would
+ * find it once the batch is stored. */
+static int pending_holds(const pending *q, const xfile *f)
+{
+    for (size_t i = 0; i < q->n; i++)
+        if (!strcmp(q->f[i]->hash, f->hash) ||
+            (f->msgid && q->f[i]->msgid && !strcmp(q->f[i]->msgid, f->msgid)))
+            return 1;
+    return 0;
+}
+
+/* Send the queued messages, then record them; dropped (not recorded) when sending fails. */
+static mv_err pending_flush(chunk_ctx *c, const xdest *d, const char *dest, pending *q,
+                            uint64_t *written, uint64_t *bytes, char *err, size_t errlen)
+{
+    if (!q->n) return MV_OK;
+    mv_err rc = d->flush(d->ud, err, errlen);
+    for (size_t i = 0; i < q->n && !rc; i++) {
+        rc = mv_state_set_add(c->r->st, c->t->tenant, "export", dest, q->member[i], err, errlen);
+        if (!rc) {
+            (*written)++;
+            *bytes += q->f[i]->size;
+        }
+    }
+    pending_drop(q);
+    return rc;
+}
+
+mv_err export_deliver(chunk_ctx *c, const xlist *l, const xdest *d, const char *dest, xcount *n,
+                      int *more, char *err, size_t errlen)
+{
+    mv_runner *r = c->r;
+    const mv_task *t = c->t;
+    mv_err rc = MV_OK;
+    uint64_t written = 0, bytes = 0, kept = 0;
+    int64_t deadline = mv_mono_ms() + (int64_t)r->cfg->chunk_seconds * 1000;
+    char key[4096], member[4200];
+    pending q = {0};
+    size_t qmax = d->flush ? (d->batch_max ? d->batch_max : 1) : 0;
+    if (qmax &&
+        (!(q.f = calloc(qmax, sizeof *q.f)) || !(q.member = calloc(qmax, sizeof *q.member)))) {
+        free(q.f);
+        return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    }
+    const char *prev = NULL;
+    for (size_t i = 0; i < l->n; i++) {
+        const xfile *f = &l->v[i];
+        if (i && !strcmp(f->rel, l->v[i - 1].rel)) continue; /* listed in two segments */
+        if ((rc = chunk_beat(c, 0))) {
+            mv_seterr(err, errlen, rc, "%s", c->err);
+            break;
+        }
+        /* a batch goes to one folder: send it before the folder changes */
+        if (q.n && prev && strcmp(prev, f->folder) &&
+            (rc = pending_flush(c, d, dest, &q, &written, &bytes, err, errlen)))
+            break;
+        prev = f->folder;
+        if ((rc = d->folder(d->ud, f, key, sizeof key, err, errlen))) break;
+        snprintf(member, sizeof member, "%s\t%s", key, f->hash);
+        int present = qmax && pending_holds(&q, f), asked = 1;
+        if (!present && (rc = d->holds(d->ud, f, &present, &asked, err, errlen))) break;
+        if (!present && !asked &&
+            (rc = mv_state_set_member(r->st, t->tenant, "export", dest, member, &present, err,
+                                      errlen)))
+            break;
+        if (present) {
+            kept++;
+            continue;
+        }
+        if (written + q.n >= (uint64_t)r->cfg->chunk_messages || mv_mono_ms() > deadline ||
+            *r->stopping) {
+            *more = 1;
+            break;
+        }
+        if (qmax && (q.n == qmax || (q.n && q.bytes + f->size > d->batch_bytes)) &&
+            (rc = pending_flush(c, d, dest, &q, &written, &bytes, err, errlen)))
+            break;
+        if ((rc = d->put(d->ud, f, err, errlen))) break;
+        if (qmax) { /* queued: recorded once sent */
+            if (!(q.member[q.n] = strdup(member))) {
+                rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+                break;
+            }
+            q.f[q.n++] = f;
+            q.bytes += f->size;
+            continue;
+        }
+        if ((rc = mv_state_set_add(r->st, t->tenant, "export", dest, member, err, errlen))) break;
+        written++;
+        bytes += f->size;
+    }
+    if (!rc)
+        rc = pending_flush(c, d, dest, &q, &written, &bytes, err, errlen);
+    else
+        pending_drop(&q);
+    free(q.f);
+    free(q.member);
+    export_count(c, written, bytes, kept);
+    n->written += written;
+    n->bytes += bytes;
+    n->kept += kept;
+    return rc;
 }

@@ -209,6 +209,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         cause = ews_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
     else if (p.source == MV_SOURCE_EXPORT && p.exp_imap)
         cause = export_imap_run(&cc, &p, password, &more, why, sizeof why);
+    else if (p.source == MV_SOURCE_EXPORT && p.exp_ews)
+        cause = export_ews_run(&cc, &p, password, &more, why, sizeof why);
     else if (p.source == MV_SOURCE_EXPORT)
         cause = export_run(&cc, &p, password, &more, why, sizeof why);
     else

@@ -58,6 +58,8 @@
 #include <libxml/tree.h>
 #include <libxml/xmlwriter.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <time.h>
 
 #define NS_SOAP "http://schemas.xmlsoap.org/soap/envelope/"
 #define NS_M "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -71,6 +73,8 @@
 #define CODE_MAX 128       /* kept bytes of a ResponseCode */
 #define TEXT_MAX 512       /* kept bytes of a MessageText */
 #define ANY_NS ((const char *)1)
+#define MAX_FOLDER_NAME 255 /* bytes of a display name we create */
+#define MAX_MSGID MV_EWS_MAX_MSGID
 
 struct mv_ews {
     mv_ews_opts o; /* string members point at the owned copies below or are NULL */
@@ -232,6 +236,7 @@ mv_err mv_ews__code_err(const char *code)
     if (!strcmp(code, "ErrorAccessDenied") || !strcmp(code, "ErrorImpersonateUserDenied") ||
         !strcmp(code, "ErrorImpersonationDenied"))
         return MV_EAUTH;
+    if (!strcmp(code, "ErrorQuotaExceeded")) return MV_ETOOBIG;
     if (!strcmp(code, "ErrorNonExistentMailbox") || !strcmp(code, "ErrorFolderNotFound") ||
         !strcmp(code, "ErrorInvalidSyncStateData"))
         return MV_ENOTFOUND;
@@ -1337,6 +1342,25 @@ static void item_shape(xw *x, int mime)
     xe(x);
 }
 
+/* m:Restriction with one t:IsEqualTo of a property and a constant (FindFolder, FindItem;
+ * https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/isequalto).
+ * In FindFolder/FindItem it comes after the paging view and before ParentFolderIds. */
+static void restriction(xw *x, const char *field_uri, const char *value)
+{
+    xs(x, "m:Restriction");
+    xs(x, "t:IsEqualTo");
+    xs(x, "t:FieldURI");
+    xa(x, "FieldURI", field_uri);
+    xe(x);
+    xs(x, "t:FieldURIOrConstant");
+    xs(x, "t:Constant");
+    xa(x, "Value", value);
+    xe(x);
+    xe(x);
+    xe(x);
+    xe(x);
+}
+
 /* ------------------------------------------------------------------ one request */
 
 typedef struct call {
@@ -1524,9 +1548,32 @@ static const char *root_name(mv_ews_root root)
                                         : "msgfolderroot";
 }
 
+/* t:FolderId of parent_id, or (NULL) the root's t:DistinguishedFolderId, with t:Mailbox for
+ * delegate access when not impersonating. */
+static void folder_ref(xw *x, const mv_ews *e, const char *mailbox, mv_ews_root root,
+                       const char *parent_id)
+{
+    if (parent_id) {
+        xs(x, "t:FolderId");
+        xa(x, "Id", parent_id);
+        xe(x);
+        return;
+    }
+    xs(x, "t:DistinguishedFolderId");
+    xa(x, "Id", root_name(root));
+    if (!e->o.impersonate && root != MV_EWS_ROOT_PUBLIC) {
+        xs(x, "t:Mailbox");
+        xt(x, "t:EmailAddress", mailbox);
+        xe(x);
+    }
+    xe(x);
+}
+
 /* One FindFolder request: Deep or Shallow under parent_id (NULL: the root's distinguished id). */
+/* name: only the folders with that DisplayName (a Restriction), else all. */
 static mv_err find_folder_req(mv_ews *e, const char *mailbox, mv_ews_root root, int deep,
-                              const char *parent_id, uint32_t offset, char *err, size_t errlen)
+                              const char *parent_id, const char *name, uint32_t offset, char *err,
+                              size_t errlen)
 {
     xw x;
     char num[16], off[16];
@@ -1553,21 +1600,10 @@ static mv_err find_folder_req(mv_ews *e, const char *mailbox, mv_ews_root root, 
     xa(&x, "Offset", off);
     xa(&x, "BasePoint", "Beginning");
     xe(&x);
+    if (name) restriction(&x, "folder:DisplayName", name);
     xs(&x, "m:ParentFolderIds");
-    if (parent_id) {
-        xs(&x, "t:FolderId");
-        xa(&x, "Id", parent_id);
-        xe(&x);
-    } else {
-        xs(&x, "t:DistinguishedFolderId");
-        xa(&x, "Id", root_name(root));
-        if (!e->o.impersonate && root != MV_EWS_ROOT_PUBLIC) {
-            xs(&x, "t:Mailbox");
-            xt(&x, "t:EmailAddress", mailbox);
-            xe(&x);
-        }
-        xe(&x);
-    }
+    folder_ref(&x, e, mailbox, root, parent_id);
+    xe(&x);
     if (xw_close(&x)) goto nomem;
     call c = {.mailbox = mailbox, .x = &x, .weight = 1, .what = "FindFolder"};
     mv_err rc = ews_call(e, &c, err, errlen);
@@ -1650,7 +1686,7 @@ static mv_err list_deep(mv_ews *e, const char *mailbox, mv_ews_root root, mv_ews
             rc = mv_seterr(err, errlen, MV_EPROTO, "folders: more than %d pages", MAX_PAGES);
             goto out;
         }
-        if ((rc = find_folder_req(e, mailbox, root, 1, NULL, offset, err, errlen))) goto out;
+        if ((rc = find_folder_req(e, mailbox, root, 1, NULL, NULL, offset, err, errlen))) goto out;
         size_t before = l.n;
         if ((rc = folder_page(e, &l, &next, &last, err, errlen))) goto out;
         if (last) break;
@@ -1703,8 +1739,8 @@ static mv_err list_public(mv_ews *e, const char *mailbox, mv_ews_folder_fn cb, v
                 rc = mv_seterr(err, errlen, MV_EPROTO, "folders: more than %d pages", MAX_PAGES);
                 break;
             }
-            if ((rc = find_folder_req(e, mailbox, MV_EWS_ROOT_PUBLIC, 0, parent.id, offset, err,
-                                      errlen)))
+            if ((rc = find_folder_req(e, mailbox, MV_EWS_ROOT_PUBLIC, 0, parent.id, NULL, offset,
+                                      err, errlen)))
                 break;
             flist_free(&l);
             if ((rc = folder_page(e, &l, &next, &last, err, errlen))) break;
@@ -1828,19 +1864,16 @@ nomem:
     return finish(e, mv_seterr(err, errlen, MV_ENOMEM, "out of memory"), err, errlen);
 }
 
-mv_err mv_ews_find_items(mv_ews *e, const char *mailbox, const char *folder_id, uint32_t offset,
-                         mv_ews_item_fn cb, void *ud, uint32_t *next_offset, int *last, char *err,
-                         size_t errlen)
+/* One FindItem Shallow request and its parsed answer: a page of at most max items from
+ * offset, oldest first by DateTimeReceived; msgid (non-NULL) restricts it to the items whose
+ * message:InternetMessageId equals it. */
+static mv_err find_item_call(mv_ews *e, const char *mailbox, const char *folder_id, int max,
+                             uint32_t offset, const char *msgid, mv_ews_item_fn cb, void *ud,
+                             uint32_t *next, int *last, char *err, size_t errlen)
 {
-    if (next_offset) *next_offset = offset;
-    if (last) *last = 0;
-    mv_err rc = begin_call(e, mailbox, err, errlen);
-    if (rc) return rc;
-    if (!next_offset || !last || !token_ok(folder_id, MAX_ID))
-        return mv_seterr(err, errlen, MV_EINVAL, "find: folder_id and outputs are required");
     xw x;
     char num[16], off[16];
-    snprintf(num, sizeof num, "%d", e->o.page_size);
+    snprintf(num, sizeof num, "%d", max);
     snprintf(off, sizeof off, "%" PRIu32, offset);
     if (xw_open(&x, e, mailbox)) goto nomem;
     xs(&x, "m:FindItem");
@@ -1851,6 +1884,7 @@ mv_err mv_ews_find_items(mv_ews *e, const char *mailbox, const char *folder_id, 
     xa(&x, "Offset", off);
     xa(&x, "BasePoint", "Beginning");
     xe(&x);
+    if (msgid) restriction(&x, "message:InternetMessageId", msgid);
     xs(&x, "m:SortOrder");
     xs(&x, "t:FieldOrder");
     xa(&x, "Order", "Ascending");
@@ -1860,34 +1894,369 @@ mv_err mv_ews_find_items(mv_ews *e, const char *mailbox, const char *folder_id, 
     xe(&x);
     xe(&x);
     xs(&x, "m:ParentFolderIds");
-    xs(&x, "t:FolderId");
-    xa(&x, "Id", folder_id);
-    xe(&x);
+    folder_ref(&x, e, mailbox, MV_EWS_ROOT_MAILBOX, folder_id);
     xe(&x);
     if (xw_close(&x)) goto nomem;
     call c = {.mailbox = mailbox, .x = &x, .weight = 1, .what = "FindItem"};
-    rc = ews_call(e, &c, err, errlen);
+    mv_err rc = ews_call(e, &c, err, errlen);
     xw_free(&x);
     if (!rc) {
         size_t blen = 0;
         const char *body = answer(e, &blen);
         mv_ews__info info;
-        uint32_t next = 0;
-        int lst = 0;
-        rc = mv_ews__parse_find_item(body, blen, cb, ud, &next, &lst, &info, err, errlen);
+        rc = mv_ews__parse_find_item(body, blen, cb, ud, next, last, &info, err, errlen);
         take_info(e, &info);
-        if (!rc && !lst && next <= offset)
-            rc = mv_seterr(err, errlen, MV_EPROTO,
-                           "FindItem: paging made no progress (offset %" PRIu32 ")", offset);
-        if (!rc) {
-            *next_offset = next;
-            *last = lst;
-        }
     }
-    return finish(e, rc, err, errlen);
+    return rc;
 nomem:
     xw_free(&x);
-    return finish(e, mv_seterr(err, errlen, MV_ENOMEM, "out of memory"), err, errlen);
+    return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+}
+
+mv_err mv_ews_find_items(mv_ews *e, const char *mailbox, const char *folder_id, uint32_t offset,
+                         mv_ews_item_fn cb, void *ud, uint32_t *next_offset, int *last, char *err,
+                         size_t errlen)
+{
+    if (next_offset) *next_offset = offset;
+    if (last) *last = 0;
+    mv_err rc = begin_call(e, mailbox, err, errlen);
+    if (rc) return rc;
+    if (!next_offset || !last || !token_ok(folder_id, MAX_ID))
+        return mv_seterr(err, errlen, MV_EINVAL, "find: folder_id and outputs are required");
+    uint32_t next = 0;
+    int lst = 0;
+    rc = find_item_call(e, mailbox, folder_id, e->o.page_size, offset, NULL, cb, ud, &next, &lst,
+                        err, errlen);
+    if (!rc && !lst && next <= offset)
+        rc = mv_seterr(err, errlen, MV_EPROTO,
+                       "FindItem: paging made no progress (offset %" PRIu32 ")", offset);
+    if (!rc) {
+        *next_offset = next;
+        *last = lst;
+    }
+    return finish(e, rc, err, errlen);
+}
+
+/* ------------------------------------------------------------------ writing (exports) */
+
+static int count_item(void *ud, mv_ews_change kind, const char *item_id, const char *item_class)
+{
+    (void)kind;
+    (void)item_id;
+    (void)item_class;
+    (*(size_t *)ud)++;
+    return 0;
+}
+
+mv_err mv_ews_find_message(mv_ews *e, const char *mailbox, const char *folder_id, const char *msgid,
+                           int *found, char *err, size_t errlen)
+{
+    if (found) *found = 0;
+    mv_err rc = begin_call(e, mailbox, err, errlen);
+    if (rc) return rc;
+    if (!found || !token_ok(folder_id, MAX_ID) || !msgid || !*msgid || mv_has_ctl(msgid) ||
+        strlen(msgid) > MAX_MSGID)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "find message: a folder id and a Message-ID of 1..%d printable bytes",
+                         MAX_MSGID);
+    size_t n = 0;
+    uint32_t next = 0;
+    int last = 0;
+    rc = find_item_call(e, mailbox, folder_id, 1, 0, msgid, count_item, &n, &next, &last, err,
+                        errlen);
+    if (!rc) *found = n > 0;
+    return finish(e, rc, err, errlen);
+}
+
+mv_err mv_ews__parse_created(const char *body, size_t len, const char *op, char **id,
+                             mv_ews__info *info, char *err, size_t errlen)
+{
+    int folder = !strcmp(op, "CreateFolder");
+    xmlDoc *d = NULL;
+    xmlNode *msg = NULL;
+    *id = NULL;
+    info_reset(info);
+    mv_err e = load_xml(body, len, op, &d, err, errlen);
+    if (!e) e = response_message(d, op, info, &msg, err, errlen);
+    if (!e) {
+        xmlNode *list = child_el(msg, NS_M, folder ? "Folders" : "Items");
+        xmlNode *obj = list ? first_el(list->children) : NULL;
+        if (!obj && folder)
+            e = mv_seterr(err, errlen, MV_EPROTO, "%s: the answer names no folder", op);
+        else if (obj)
+            e = id_attr(obj, folder ? "FolderId" : "ItemId", folder, op, 0, id, err, errlen);
+    }
+    xmlFreeDoc(d);
+    return e;
+}
+
+/* The answer of a Create* request: the new object's id (*id malloc'd, NULL when an item's
+ * answer names none). */
+static mv_err created(mv_ews *e, const char *op, char **id, char *err, size_t errlen)
+{
+    size_t blen = 0;
+    const char *body = answer(e, &blen);
+    mv_ews__info info;
+    mv_err rc = mv_ews__parse_created(body, blen, op, id, &info, err, errlen);
+    take_info(e, &info);
+    return rc;
+}
+
+/* A display name we send: 1..MAX_FOLDER_NAME bytes, no control characters. */
+static int folder_name_ok(const char *s)
+{
+    if (!s || !*s || strlen(s) > MAX_FOLDER_NAME) return 0;
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 0;
+    return 1;
+}
+
+typedef struct fpick {
+    const char *name;
+    char *id;
+    int exact;
+} fpick;
+
+/* The folder the server found equal to the name: an exact match first, else the first one
+ * (Exchange compares display names without regard to case). */
+static int pick_folder(void *ud, const char *id, const char *parent, const char *name,
+                       const char *cls, uint64_t total, int has_children)
+{
+    fpick *p = ud;
+    (void)parent;
+    (void)cls;
+    (void)total;
+    (void)has_children;
+    int exact = !strcmp(name, p->name);
+    if (p->id && (p->exact || !exact)) return 0;
+    char *c = xstrdup(id);
+    if (!c) return 1;
+    free(p->id);
+    p->id = c;
+    p->exact = exact;
+    return 0;
+}
+
+/* The child folder called name of parent_id (NULL: msgfolderroot); *id NULL if none. */
+static mv_err child_folder(mv_ews *e, const char *mailbox, const char *parent_id, const char *name,
+                           char **id, char *err, size_t errlen)
+{
+    fpick p = {name, NULL, 0};
+    *id = NULL;
+    mv_err rc =
+        find_folder_req(e, mailbox, MV_EWS_ROOT_MAILBOX, 0, parent_id, name, 0, err, errlen);
+    if (!rc) {
+        size_t blen = 0;
+        const char *body = answer(e, &blen);
+        mv_ews__info info;
+        uint32_t next = 0;
+        int last = 0;
+        rc = mv_ews__parse_find_folder(body, blen, pick_folder, &p, &next, &last, &info, err,
+                                       errlen);
+        take_info(e, &info);
+        if (rc == MV_ECANCEL) rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    }
+    if (rc) {
+        free(p.id);
+        return rc;
+    }
+    *id = p.id;
+    return MV_OK;
+}
+
+/* CreateFolder of one mail folder (FolderClass IPF.Note) under parent_id (NULL:
+ * msgfolderroot), as in
+ * https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/createfolder-operation
+ */
+static mv_err create_folder(mv_ews *e, const char *mailbox, const char *parent_id, const char *name,
+                            char **id, char *err, size_t errlen)
+{
+    xw x;
+    *id = NULL;
+    if (xw_open(&x, e, mailbox)) goto nomem;
+    xs(&x, "m:CreateFolder");
+    xs(&x, "m:ParentFolderId");
+    folder_ref(&x, e, mailbox, MV_EWS_ROOT_MAILBOX, parent_id);
+    xe(&x);
+    xs(&x, "m:Folders");
+    xs(&x, "t:Folder");
+    xt(&x, "t:FolderClass", "IPF.Note");
+    xt(&x, "t:DisplayName", name);
+    xe(&x);
+    xe(&x);
+    if (xw_close(&x)) goto nomem;
+    call c = {.mailbox = mailbox, .x = &x, .weight = 1, .what = "CreateFolder"};
+    mv_err rc = ews_call(e, &c, err, errlen);
+    xw_free(&x);
+    if (!rc) rc = created(e, "CreateFolder", id, err, errlen);
+    return rc;
+nomem:
+    xw_free(&x);
+    return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+}
+
+mv_err mv_ews_ensure_folder(mv_ews *e, const char *mailbox, const char *const *names, size_t n,
+                            char **folder_id, char *err, size_t errlen)
+{
+    if (folder_id) *folder_id = NULL;
+    mv_err rc = begin_call(e, mailbox, err, errlen);
+    if (rc) return rc;
+    if (!folder_id || !names || n < 1 || n > MAX_DEPTH)
+        return mv_seterr(err, errlen, MV_EINVAL, "folder path: 1..%d names are required",
+                         MAX_DEPTH);
+    for (size_t i = 0; i < n; i++)
+        if (!folder_name_ok(names[i]))
+            return mv_seterr(err, errlen, MV_EINVAL,
+                             "folder name \"%s\": 1..%d bytes without control characters",
+                             names[i] ? names[i] : "", MAX_FOLDER_NAME);
+    char *parent = NULL;
+    for (size_t i = 0; i < n && !rc; i++) {
+        char *id = NULL;
+        rc = child_folder(e, mailbox, parent, names[i], &id, err, errlen);
+        if (!rc && !id) {
+            rc = create_folder(e, mailbox, parent, names[i], &id, err, errlen);
+            if (rc && strstr(err, "ErrorFolderExists")) /* made meanwhile by someone else */
+                rc = child_folder(e, mailbox, parent, names[i], &id, err, errlen);
+            if (!rc && !id)
+                rc = mv_seterr(err, errlen, MV_EPROTO, "folder \"%s\" created but not found",
+                               names[i]);
+        }
+        free(parent);
+        parent = id;
+    }
+    if (rc) {
+        free(parent);
+        parent = NULL;
+    }
+    *folder_id = parent;
+    return finish(e, rc, err, errlen);
+}
+
+/* Base64 of the MIME straight into the request (no line breaks): whole groups of 3 bytes are
+ * encoded as they come, up to 2 bytes carried to the next piece. */
+typedef struct b64put {
+    xw *x;
+    unsigned char carry[3];
+    int ncarry;
+    uint64_t total, max;
+    mv_err why; /* what stopped a put */
+} b64put;
+
+static int b64_flush(b64put *b, const unsigned char *p, size_t n)
+{
+    unsigned char out[4 * 1024 + 1];
+    while (n > 0) {
+        size_t take = n > 3 * 1024 ? 3 * 1024 : n;
+        int len = EVP_EncodeBlock(out, p, (int)take);
+        if (!b->x->bad && xmlTextWriterWriteRawLen(b->x->w, out, len) < 0) b->x->bad = 1;
+        p += take;
+        n -= take;
+    }
+    if (b->x->bad) b->why = MV_ENOMEM;
+    return b->x->bad ? -1 : 0;
+}
+
+static int b64_put(void *ud, const void *data, size_t n)
+{
+    b64put *b = ud;
+    const unsigned char *p = data;
+    if (n > b->max - b->total) { /* larger than max_message */
+        b->why = MV_ETOOBIG;
+        return -1;
+    }
+    b->total += n;
+    while (b->ncarry && n) { /* complete the carried group */
+        b->carry[b->ncarry++] = *p++;
+        n--;
+        if (b->ncarry == 3) {
+            if (b64_flush(b, b->carry, 3)) return -1;
+            b->ncarry = 0;
+        }
+    }
+    if (b->ncarry) return 0; /* the piece only added to the carried group */
+    size_t whole = n - n % 3;
+    if (whole && b64_flush(b, p, whole)) return -1;
+    memcpy(b->carry, p + whole, n - whole);
+    b->ncarry = (int)(n - whole);
+    return 0;
+}
+
+/* One MAPI property by tag (ExtendedFieldURI PropertyTag/PropertyType, see
+ * https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/extendedfielduri).
+ */
+static void ext_prop(xw *x, const char *tag, const char *type, const char *value)
+{
+    xs(x, "t:ExtendedProperty");
+    xs(x, "t:ExtendedFieldURI");
+    xa(x, "PropertyTag", tag);
+    xa(x, "PropertyType", type);
+    xe(x);
+    xt(x, "t:Value", value);
+    xe(x);
+}
+
+mv_err mv_ews_create_message(mv_ews *e, const char *mailbox, const char *folder_id,
+                             const mv_ews_message *m, char *err, size_t errlen)
+{
+    mv_err rc = begin_call(e, mailbox, err, errlen);
+    if (rc) return rc;
+    if (!m || !m->write || !token_ok(folder_id, MAX_ID))
+        return mv_seterr(err, errlen, MV_EINVAL, "create: a folder id and a writer are required");
+    xw x;
+    char *id = NULL;
+    if (xw_open(&x, e, mailbox)) goto nomem;
+    /* https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/createitem:
+     * SaveOnly keeps the message in SavedItemFolderId; t:MimeContent is the first element of an
+     * item, t:ExtendedProperty comes after the item's own properties */
+    xs(&x, "m:CreateItem");
+    xa(&x, "MessageDisposition", "SaveOnly");
+    xs(&x, "m:SavedItemFolderId");
+    folder_ref(&x, e, mailbox, MV_EWS_ROOT_MAILBOX, folder_id);
+    xe(&x);
+    xs(&x, "m:Items");
+    xs(&x, "t:Message");
+    xs(&x, "t:MimeContent");
+    if (x.bad) goto nomem;
+    b64put b = {.x = &x, .max = e->o.max_message};
+    rc = m->write(m->ud, b64_put, &b, err, errlen);
+    if (b.why == MV_ETOOBIG)
+        rc = mv_seterr(err, errlen, MV_ETOOBIG,
+                       "create: the message is larger than max_message "
+                       "(%" PRIu64 " bytes)",
+                       b.max);
+    else if (b.why)
+        goto nomem;
+    if (!rc && b.total == 0) rc = mv_seterr(err, errlen, MV_EINVAL, "create: the message is empty");
+    if (rc) goto out;
+    if (b.ncarry && b64_flush(&b, b.carry, (size_t)b.ncarry)) goto nomem;
+    xe(&x);
+    /* PR_MESSAGE_FLAGS: without it Exchange marks the item unsent (a draft); 1 = MSGFLAG_READ */
+    ext_prop(&x, "0x0E07", "Integer", m->read ? "1" : "0");
+    if (m->time > 0) { /* PR_MESSAGE_DELIVERY_TIME and PR_CLIENT_SUBMIT_TIME */
+        char when[32];
+        time_t t = (time_t)m->time;
+        struct tm tm;
+        if (!gmtime_r(&t, &tm) || !strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm)) {
+            rc = mv_seterr(err, errlen, MV_EINVAL, "create: time out of range");
+            goto out;
+        }
+        ext_prop(&x, "0x0E06", "SystemTime", when);
+        ext_prop(&x, "0x0039", "SystemTime", when);
+    }
+    xe(&x);
+    xe(&x);
+    if (xw_close(&x)) goto nomem;
+    call c = {.mailbox = mailbox, .x = &x, .weight = 1, .what = "CreateItem"};
+    rc = ews_call(e, &c, err, errlen);
+    xw_free(&x);
+    if (!rc) rc = created(e, "CreateItem", &id, err, errlen);
+    free(id);
+    return finish(e, rc, err, errlen);
+nomem:
+    rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+out:
+    xw_free(&x);
+    return finish(e, rc, err, errlen);
 }
 
 typedef struct gsink {

@@ -63,6 +63,12 @@ mv_err mv_ews__getitem_finish(mv_ews__getitem *g, char *err, size_t errlen);
 const mv_ews__info *mv_ews__getitem_info(const mv_ews__getitem *g);
 void mv_ews__getitem_free(mv_ews__getitem *g);
 
+/* The answer of CreateFolder or CreateItem (op): *id (malloc'd) is the new folder's
+ * t:FolderId (required) or the item's t:ItemId (NULL when the answer names none). Errors as
+ * for the other parsers (ErrorQuotaExceeded -> MV_ETOOBIG). */
+mv_err mv_ews__parse_created(const char *body, size_t len, const char *op, char **id,
+                             mv_ews__info *info, char *err, size_t errlen);
+
 /* Folder paths: name appended to parent with '%' -> "%25" and '/' -> "%2F" (malloc'd). */
 char *mv_ews__path_join(const char *parent, const char *name);
 

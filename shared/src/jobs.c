@@ -94,13 +94,14 @@ static mv_err export_save(mv_state *st, const unsigned char key[MV_KEY_LEN], con
     mv_profile q = *p; /* shallow: only exp_public_key is set here, and freed here */
     char *priv = NULL, *pub = NULL;
     mv_err rc = MV_OK;
-    if (p->exp_m365 && p->client_cert_pem)
+    if ((p->exp_m365 || p->exp_ews) && p->client_cert_pem)
         rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_KEY, p->client_key_pem,
                           "export.destination.private_key_file", err, errlen);
-    else if (p->exp_imap)
+    else if (p->exp_imap || p->exp_ews)
         rc = seal_or_keep(st, key, tenant, p->name, MV_PROFILE_APP_CRED, p->client_secret,
-                          p->exp_m365 ? "export.destination.client_secret"
-                                      : "export.destination.password",
+                          p->exp_m365 || (p->exp_ews && p->ews_auth == MV_EWS_AUTH_OAUTH)
+                              ? "export.destination.client_secret"
+                              : "export.destination.password",
                           err, errlen);
     if (rc) return rc;
     if (p->exp_sign) {
@@ -234,7 +235,7 @@ const char *mv_jobs_graph_slot(const mv_profile *p)
 
 const char *mv_jobs_export_slot(const mv_profile *p)
 {
-    if (p->exp_m365) return mv_jobs_graph_slot(p);
+    if (p->exp_m365 || p->exp_ews) return mv_jobs_graph_slot(p);
     return p->exp_imap ? MV_PROFILE_APP_CRED : p->exp_sign ? MV_PROFILE_APP_KEY : NULL;
 }
 
@@ -656,6 +657,29 @@ static void verdict(mv_err rc, const char *what, const char *detail, char *out, 
     if (*hint) strncat(out, ")", n - strlen(out) - 1);
 }
 
+/* An EWS mailbox readable (its folder list) with the profile's connection. */
+static mv_err ews_test(const mv_config *c, const mv_profile *p, const char *mb, const char *secret,
+                       const char *label, folder_count *fc, char *report, size_t reportlen,
+                       char *err, size_t errlen)
+{
+    mv_ews_opts o;
+    mv_jobs_ews_opts(&o, c, p, secret);
+    mv_ews *e = NULL;
+    char detail[MV_ERRLEN] = "";
+    mv_err rc = mv_ews_open(&o, &e, err, errlen);
+    if (rc) return rc;
+    char what[600];
+    snprintf(what, sizeof what, "%s %s at %s", label, mb, p->ews_url);
+    if ((rc = mv_ews_list_folders(e, mb, MV_EWS_ROOT_MAILBOX, count_ews_folder, fc, detail,
+                                  sizeof detail)))
+        verdict(rc, what, detail, report, reportlen);
+    else
+        snprintf(report, reportlen, "OK %s: %d folders (Exchange %s)", what, fc->n,
+                 mv_ews_server_version(e));
+    mv_ews_close(e);
+    return rc;
+}
+
 mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], const mv_config *c,
                             const char *tenant, const char *profile, const char *mailbox,
                             char *report, size_t reportlen, char *err, size_t errlen)
@@ -715,6 +739,12 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
                      mv_imap_has_cap(im, "LITERAL+") ? ", LITERAL+" : "",
                      mv_imap_has_cap(im, "MULTIAPPEND") ? ", MULTIAPPEND" : "");
         mv_imap_close(im);
+    } else if (p.source == MV_SOURCE_EXPORT && p.exp_ews) {
+        if ((rc = mv_jobs_credential(st, key, tenant, p.name, mv_jobs_graph_slot(&p), &secret, err,
+                                     errlen)))
+            goto out;
+        rc = ews_test(c, &p, p.exp_login, secret, "export destination", &fc, report, reportlen, err,
+                      errlen);
     } else if (p.source == MV_SOURCE_EXPORT) {
         /* the destination must be a writable directory, or creatable below one */
         char dir[1024];
@@ -742,19 +772,7 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
         if ((rc = mv_jobs_credential(st, key, tenant, p.name, mv_jobs_graph_slot(&p), &secret, err,
                                      errlen)))
             goto out;
-        mv_ews_opts o;
-        mv_jobs_ews_opts(&o, c, &p, secret);
-        mv_ews *e = NULL;
-        if ((rc = mv_ews_open(&o, &e, err, errlen))) goto out;
-        char what[600];
-        snprintf(what, sizeof what, "mailbox %s at %s", mb, p.ews_url);
-        if ((rc = mv_ews_list_folders(e, mb, MV_EWS_ROOT_MAILBOX, count_ews_folder, &fc, detail,
-                                      sizeof detail)))
-            verdict(rc, what, detail, report, reportlen);
-        else
-            snprintf(report, reportlen, "OK %s: %d folders (Exchange %s)", what, fc.n,
-                     mv_ews_server_version(e));
-        mv_ews_close(e);
+        rc = ews_test(c, &p, mb, secret, "mailbox", &fc, report, reportlen, err, errlen);
     } else {
         if (!mb) {
             rc = mv_seterr(err, errlen, MV_EINVAL, "profile has no mailbox to test");

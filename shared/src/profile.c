@@ -17,28 +17,19 @@
 #include <string.h>
 #include <strings.h>
 
-/* The keys of an Entra ID app registration (get_app). */
-static const char *const APP_KEYS[] = {
-    "tenant_id",        "client_id",        "client_secret", "cloud", "login_base",
-    "certificate_file", "private_key_file", "certificate",   NULL};
-
-static int key_in(const char *k, const char *const *list)
-{
-    for (size_t i = 0; list && list[i]; i++)
-        if (strcmp(k, list[i]) == 0) return 1;
-    return 0;
-}
-
-/* Every key of obj must be in allowed (or, with app set, in APP_KEYS). */
-static mv_err check_keys_app(json_t *obj, const char *path, const char *const *allowed, int app,
-                             char *err, size_t errlen)
+/* Every key of obj is in one of the n NULL-terminated lists. */
+static mv_err check_keys_in(json_t *obj, const char *path, const char *const *const *lists,
+                            size_t n, char *err, size_t errlen)
 {
     const char *k;
     json_t *v;
     json_object_foreach(obj, k, v)
     {
-        if (!key_in(k, allowed) && !(app && key_in(k, APP_KEYS)))
-            return mv_seterr(err, errlen, MV_EINVAL, "%s%s: unknown field", path, k);
+        int ok = 0;
+        for (size_t l = 0; l < n; l++)
+            for (size_t i = 0; lists[l][i]; i++)
+                ok |= !strcmp(k, lists[l][i]);
+        if (!ok) return mv_seterr(err, errlen, MV_EINVAL, "%s%s: unknown field", path, k);
     }
     return MV_OK;
 }
@@ -46,8 +37,26 @@ static mv_err check_keys_app(json_t *obj, const char *path, const char *const *a
 static mv_err check_keys(json_t *obj, const char *path, const char *const *allowed, char *err,
                          size_t errlen)
 {
-    return check_keys_app(obj, path, allowed, 0, err, errlen);
+    return check_keys_in(obj, path, &allowed, 1, err, errlen);
 }
+
+/* The keys of an EWS connection (an ews profile's "ews", an export's ews destination) besides
+ * "password" and "verify". */
+static const char *const ews_conn_keys[] = {"url",
+                                            "auth",
+                                            "username",
+                                            "impersonation",
+                                            "server_version",
+                                            "tenant_id",
+                                            "client_id",
+                                            "client_secret",
+                                            "cloud",
+                                            "login_base",
+                                            "certificate_file",
+                                            "private_key_file",
+                                            "certificate",
+                                            NULL};
+static const char *const secret_verify_keys[] = {"password", "verify", NULL};
 
 static mv_err get_str(json_t *obj, const char *key, const char *path, int required, char *out,
                       size_t outlen, char *err, size_t errlen)
@@ -224,22 +233,26 @@ static mv_err get_app(json_t *obj, const char *sec, int allow_secrets, mv_profil
                          sec, p->cloud);
     if ((rc = get_str(obj, "login_base", pre, 0, p->login_base, sizeof p->login_base, err, errlen)))
         return rc;
-    char field[64];
+    char field[48];
     snprintf(field, sizeof field, "%s.login_base", sec);
     if ((rc = check_base_url(field, p->login_base, err, errlen))) return rc;
     if ((rc = get_cert(obj, sec, allow_secrets, p, err, errlen))) return rc;
     return get_secret(obj, "client_secret", sec, allow_secrets, &p->client_secret, err, errlen);
 }
 
-static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err, size_t errlen)
+/* The EWS connection of an ews profile (sec "ews") or of an export destination (sec
+ * "export.destination", whose keys the caller checks). */
+static mv_err parse_ews(json_t *ew, const char *sec, int allow_secrets, mv_profile *p, char *err,
+                        size_t errlen)
 {
-    static const char *const ews_keys[] = {
-        "url", "auth", "username", "password", "impersonation", "server_version", "verify", NULL};
     mv_err rc;
-    if (!json_is_object(ew)) return mv_seterr(err, errlen, MV_EINVAL, "ews: must be an object");
-    if ((rc = check_keys_app(ew, "ews.", ews_keys, 1, err, errlen))) return rc;
+    char pre[32];
+    snprintf(pre, sizeof pre, "%s.", sec);
+    if (!json_is_object(ew)) return mv_seterr(err, errlen, MV_EINVAL, "%s: must be an object", sec);
+    const char *const *keys[] = {ews_conn_keys, secret_verify_keys};
+    if (!strcmp(sec, "ews") && (rc = check_keys_in(ew, pre, keys, 2, err, errlen))) return rc;
     char auth[16] = "basic";
-    if ((rc = get_str(ew, "auth", "ews.", 0, auth, sizeof auth, err, errlen))) return rc;
+    if ((rc = get_str(ew, "auth", pre, 0, auth, sizeof auth, err, errlen))) return rc;
     if (strcmp(auth, "basic") == 0)
         p->ews_auth = MV_EWS_AUTH_BASIC;
     else if (strcmp(auth, "ntlm") == 0)
@@ -247,44 +260,51 @@ static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err,
     else if (strcmp(auth, "oauth") == 0)
         p->ews_auth = MV_EWS_AUTH_OAUTH;
     else
-        return mv_seterr(err, errlen, MV_EINVAL,
-                         "ews.auth: \"%s\" is not one of basic, ntlm, oauth", auth);
+        return mv_seterr(err, errlen, MV_EINVAL, "%s.auth: \"%s\" is not one of basic, ntlm, oauth",
+                         sec, auth);
+    static const char *const app_keys[] = {
+        "tenant_id",        "client_id",        "client_secret", "cloud", "login_base",
+        "certificate_file", "private_key_file", "certificate",   NULL};
     if (p->ews_auth == MV_EWS_AUTH_OAUTH) {
         if (json_object_get(ew, "username") || json_object_get(ew, "password"))
             return mv_seterr(err, errlen, MV_EINVAL,
-                             "ews.username, ews.password: not used with \"auth\": \"oauth\"");
-        if ((rc = get_app(ew, "ews", allow_secrets, p, err, errlen))) return rc;
+                             "%s.username, %s.password: not used with \"auth\": \"oauth\"", sec,
+                             sec);
+        if ((rc = get_app(ew, sec, allow_secrets, p, err, errlen))) return rc;
         snprintf(p->ews_url, sizeof p->ews_url, "%s",
                  strcmp(p->cloud, "china") == 0
                      ? "https://partner.outlook.cn/EWS/Exchange.asmx"
                      : "https://outlook.office365.com/EWS/Exchange.asmx");
     } else {
-        for (size_t i = 0; APP_KEYS[i]; i++)
-            if (json_object_get(ew, APP_KEYS[i]))
+        for (size_t i = 0; app_keys[i]; i++)
+            if (json_object_get(ew, app_keys[i]))
                 return mv_seterr(err, errlen, MV_EINVAL,
-                                 "ews.%s: only used with \"auth\": \"oauth\"", APP_KEYS[i]);
-        if ((rc = get_str(ew, "username", "ews.", 1, p->ews_username, sizeof p->ews_username, err,
+                                 "%s.%s: only used with \"auth\": \"oauth\"", sec, app_keys[i]);
+        if ((rc = get_str(ew, "username", pre, 1, p->ews_username, sizeof p->ews_username, err,
                           errlen)))
             return rc;
         if (mv_has_ctl(p->ews_username) || strchr(p->ews_username, ':'))
             return mv_seterr(err, errlen, MV_EINVAL,
-                             "ews.username: no spaces, control characters or ':'");
-        if ((rc = get_secret(ew, "password", "ews", allow_secrets, &p->client_secret, err, errlen)))
+                             "%s.username: no spaces, control characters or ':'", sec);
+        if ((rc = get_secret(ew, "password", sec, allow_secrets, &p->client_secret, err, errlen)))
             return rc;
     }
-    if ((rc = get_str(ew, "url", "ews.", p->ews_auth != MV_EWS_AUTH_OAUTH, p->ews_url,
+    if ((rc = get_str(ew, "url", pre, p->ews_auth != MV_EWS_AUTH_OAUTH, p->ews_url,
                       sizeof p->ews_url, err, errlen)))
         return rc;
-    if ((rc = check_base_url("ews.url", p->ews_url, err, errlen))) return rc;
+    char field[48];
+    snprintf(field, sizeof field, "%surl", pre);
+    if ((rc = check_base_url(field, p->ews_url, err, errlen))) return rc;
     p->ews_impersonate = 1;
     json_t *imp = json_object_get(ew, "impersonation");
     if (imp) {
         if (!json_is_boolean(imp))
-            return mv_seterr(err, errlen, MV_EINVAL, "ews.impersonation: must be true or false");
+            return mv_seterr(err, errlen, MV_EINVAL, "%s.impersonation: must be true or false",
+                             sec);
         p->ews_impersonate = json_is_true(imp);
     }
     snprintf(p->ews_server_version, sizeof p->ews_server_version, "Exchange2016");
-    if ((rc = get_str(ew, "server_version", "ews.", 0, p->ews_server_version,
+    if ((rc = get_str(ew, "server_version", pre, 0, p->ews_server_version,
                       sizeof p->ews_server_version, err, errlen)))
         return rc;
     static const char *const versions[] = {
@@ -296,10 +316,76 @@ static mv_err parse_ews(json_t *ew, int allow_secrets, mv_profile *p, char *err,
         known |= strcmp(versions[i], p->ews_server_version) == 0;
     if (!known)
         return mv_seterr(err, errlen, MV_EINVAL,
-                         "ews.server_version: \"%s\" is not an EWS version (Exchange2013 .. "
+                         "%s.server_version: \"%s\" is not an EWS version (Exchange2013 .. "
                          "Exchange2016, V2015_10_05 .. V2018_01_08)",
-                         p->ews_server_version);
-    return get_verify(ew, "ews", &p->verify, err, errlen);
+                         sec, p->ews_server_version);
+    return get_verify(ew, sec, &p->verify, err, errlen);
+}
+
+/* Keys of one destination type only: any of them given for another type is an error. */
+static const char *const imap_only[] = {"host",         "port",        "tls", "login",
+                                        "literal_plus", "multiappend", NULL};
+static const char *const ews_only[] = {"mailbox", NULL}; /* besides ews_conn_keys */
+static const char *const dir_only[] = {"path", "sign", NULL};
+
+/* Every key of a destination belongs to some type, or to all mailbox destinations. */
+static mv_err check_dest_keys(json_t *d, char *err, size_t errlen)
+{
+    static const char *const common[] = {"type", "layout", "root", NULL};
+    const char *const *lists[] = {common,   secret_verify_keys, imap_only,
+                                  ews_only, ews_conn_keys,      dir_only};
+    return check_keys_in(d, "export.destination.", lists, sizeof lists / sizeof lists[0], err,
+                         errlen);
+}
+
+static mv_err only_for(json_t *d, const char *const *keys, const char *type, char *err,
+                       size_t errlen)
+{
+    for (size_t i = 0; keys[i]; i++)
+        if (json_object_get(d, keys[i]))
+            return mv_seterr(err, errlen, MV_EINVAL, "export.destination.%s: only for type %s",
+                             keys[i], type);
+    return MV_OK;
+}
+
+/* "root" (default "Archive Export") and "layout" (tree|flat) of a mailbox destination. */
+static mv_err get_root_layout(json_t *d, mv_profile *p, char *err, size_t errlen)
+{
+    static const char pre[] = "export.destination.";
+    mv_err rc;
+    snprintf(p->exp_root, sizeof p->exp_root, "Archive Export");
+    if ((rc = get_str(d, "root", pre, 0, p->exp_root, sizeof p->exp_root, err, errlen))) return rc;
+    if (!p->exp_root[0])
+        return mv_seterr(err, errlen, MV_EINVAL, "export.destination.root: must not be empty");
+    for (const char *c = p->exp_root; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            return mv_seterr(err, errlen, MV_EINVAL, "export.destination.root: control characters");
+    char layout[16] = "tree";
+    if ((rc = get_str(d, "layout", pre, 0, layout, sizeof layout, err, errlen))) return rc;
+    if (strcmp(layout, "tree") && strcmp(layout, "flat"))
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "export.destination.layout: must be \"tree\" or \"flat\"");
+    p->exp_flat = strcmp(layout, "flat") == 0;
+    return MV_OK;
+}
+
+/* An Exchange mailbox as an export destination (EWS CreateItem): the connection as an ews
+ * profile has it, the target mailbox, root and layout. */
+static mv_err parse_export_ews(json_t *d, int allow_secrets, mv_profile *p, char *err,
+                               size_t errlen)
+{
+    mv_err rc;
+    p->exp_ews = 1;
+    if ((rc = only_for(d, dir_only, "directory", err, errlen)) ||
+        (rc = only_for(d, imap_only, "imap", err, errlen)) ||
+        (rc = get_str(d, "mailbox", "export.destination.", 1, p->exp_login, sizeof p->exp_login,
+                      err, errlen)))
+        return rc;
+    if (!mv_mailbox_valid(p->exp_login) || !strchr(p->exp_login, '@'))
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "export.destination.mailbox: \"%s\" is not an SMTP address", p->exp_login);
+    if ((rc = parse_ews(d, "export.destination", allow_secrets, p, err, errlen))) return rc;
+    return get_root_layout(d, p, err, errlen);
 }
 
 /* An IMAP mailbox as an export destination: any server (type imap: login and password), or a
@@ -309,6 +395,9 @@ static mv_err parse_export_imap(json_t *d, int m365, int allow_secrets, mv_profi
                                 size_t errlen)
 {
     static const char pre[] = "export.destination.";
+    /* of the EWS connection's keys, an m365 destination uses only the app's */
+    static const char *const ews_not_app[] = {"url",           "auth",           "username",
+                                              "impersonation", "server_version", NULL};
     mv_err rc;
     p->exp_imap = 1;
     p->exp_m365 = m365;
@@ -321,7 +410,8 @@ static mv_err parse_export_imap(json_t *d, int m365, int allow_secrets, mv_profi
                              "export.destination.login, .password: not used by type m365 (it "
                              "signs in as the app: tenant_id, client_id, client_secret or "
                              "certificate; the target is \"mailbox\")");
-        if ((rc = get_app(d, "export.destination", allow_secrets, p, err, errlen)) ||
+        if ((rc = only_for(d, ews_not_app, "ews", err, errlen)) ||
+            (rc = get_app(d, "export.destination", allow_secrets, p, err, errlen)) ||
             (rc = get_str(d, "mailbox", pre, 1, p->exp_login, sizeof p->exp_login, err, errlen)))
             return rc;
         if (!mv_mailbox_valid(p->exp_login) || !strchr(p->exp_login, '@'))
@@ -332,13 +422,9 @@ static mv_err parse_export_imap(json_t *d, int m365, int allow_secrets, mv_profi
                  strcmp(p->cloud, "china") == 0 ? "partner.outlook.cn" : "outlook.office365.com");
         if ((rc = get_str(d, "host", pre, 0, p->host, sizeof p->host, err, errlen))) return rc;
     } else {
-        for (size_t i = 0; APP_KEYS[i]; i++)
-            if (json_object_get(d, APP_KEYS[i]))
-                return mv_seterr(err, errlen, MV_EINVAL,
-                                 "export.destination.%s: only for type m365", APP_KEYS[i]);
-        if (json_object_get(d, "mailbox"))
-            return mv_seterr(err, errlen, MV_EINVAL,
-                             "export.destination.mailbox: only for type m365 (type imap: login)");
+        if ((rc = only_for(d, ews_only, "ews or m365", err, errlen)) ||
+            (rc = only_for(d, ews_conn_keys, "ews or m365", err, errlen)))
+            return rc;
         if ((rc = get_str(d, "host", pre, 1, p->host, sizeof p->host, err, errlen)) ||
             (rc = get_str(d, "login", pre, 1, p->exp_login, sizeof p->exp_login, err, errlen)))
             return rc;
@@ -358,33 +444,17 @@ static mv_err parse_export_imap(json_t *d, int m365, int allow_secrets, mv_profi
                  json_integer_value(port) > 65535))
         return mv_seterr(err, errlen, MV_EINVAL, "export.destination.port: must be 1..65535");
     p->port = port ? (int)json_integer_value(port) : p->tls == MV_TLS_IMPLICIT ? 993 : 143;
-    if ((rc = get_verify(d, "export.destination", &p->verify, err, errlen))) return rc;
-    snprintf(p->exp_root, sizeof p->exp_root, "Archive Export");
-    if ((rc = get_str(d, "root", pre, 0, p->exp_root, sizeof p->exp_root, err, errlen))) return rc;
-    for (const char *c = p->exp_root; *c; c++)
-        if ((unsigned char)*c < 0x20 || *c == 0x7f)
-            return mv_seterr(err, errlen, MV_EINVAL, "export.destination.root: control characters");
-    char layout[16] = "tree";
-    if ((rc = get_str(d, "layout", pre, 0, layout, sizeof layout, err, errlen))) return rc;
-    if (strcmp(layout, "tree") && strcmp(layout, "flat"))
-        return mv_seterr(err, errlen, MV_EINVAL,
-                         "export.destination.layout: must be \"tree\" or \"flat\"");
-    p->exp_flat = strcmp(layout, "flat") == 0;
-    p->exp_literal_plus = 1;
-    json_t *lp = json_object_get(d, "literal_plus");
-    if (lp) {
-        if (!json_is_boolean(lp))
-            return mv_seterr(err, errlen, MV_EINVAL,
-                             "export.destination.literal_plus: must be true or false");
-        p->exp_literal_plus = json_is_true(lp);
-    }
-    p->exp_multiappend = 1;
-    json_t *ma = json_object_get(d, "multiappend");
-    if (ma) {
-        if (!json_is_boolean(ma))
-            return mv_seterr(err, errlen, MV_EINVAL,
-                             "export.destination.multiappend: must be true or false");
-        p->exp_multiappend = json_is_true(ma);
+    if ((rc = get_verify(d, "export.destination", &p->verify, err, errlen)) ||
+        (rc = get_root_layout(d, p, err, errlen)))
+        return rc;
+    static const char *const flags[] = {"literal_plus", "multiappend"};
+    int *dst[] = {&p->exp_literal_plus, &p->exp_multiappend};
+    for (size_t i = 0; i < 2; i++) { /* both default to "use it when the server offers it" */
+        json_t *v = json_object_get(d, flags[i]);
+        if (v && !json_is_boolean(v))
+            return mv_seterr(err, errlen, MV_EINVAL, "export.destination.%s: must be true or false",
+                             flags[i]);
+        *dst[i] = !v || json_is_true(v);
     }
     if (m365) return MV_OK;
     return get_secret(d, "password", "export.destination", allow_secrets, &p->client_secret, err,
@@ -397,9 +467,6 @@ static mv_err parse_export(json_t *ex, int allow_secrets, mv_profile *p, char *e
     static const char *const ex_keys[] = {"mailbox",     "folder",     "search",
                                           "destination", "public_key", NULL};
     static const char *const q_keys[] = {"from", "to", "subject", "after", "before", NULL};
-    static const char *const dst_keys[] = {
-        "type",  "path",     "layout", "sign",         "host",        "port",    "tls", "verify",
-        "login", "password", "root",   "literal_plus", "multiappend", "mailbox", NULL};
     mv_err rc;
     if (!json_is_object(ex)) return mv_seterr(err, errlen, MV_EINVAL, "export: must be an object");
     if ((rc = check_keys(ex, "export.", ex_keys, err, errlen))) return rc;
@@ -448,26 +515,24 @@ static mv_err parse_export(json_t *ex, int allow_secrets, mv_profile *p, char *e
     if (!d) return mv_seterr(err, errlen, MV_EINVAL, "export.destination: missing");
     if (!json_is_object(d))
         return mv_seterr(err, errlen, MV_EINVAL, "export.destination: must be an object");
-    if ((rc = check_keys_app(d, "export.destination.", dst_keys, 1, err, errlen))) return rc;
+    if ((rc = check_dest_keys(d, err, errlen))) return rc;
     char type[16] = "";
     if ((rc = get_str(d, "type", "export.destination.", 1, type, sizeof type, err, errlen)))
         return rc;
     if (strcmp(type, "imap") == 0 || strcmp(type, "m365") == 0)
         return parse_export_imap(d, strcmp(type, "m365") == 0, allow_secrets, p, err, errlen);
+    if (strcmp(type, "ews") == 0) return parse_export_ews(d, allow_secrets, p, err, errlen);
     if (strcmp(type, "directory") != 0)
         return mv_seterr(err, errlen, MV_EINVAL,
                          "export.destination.type: \"%s\" is not supported (supported: "
-                         "directory, imap, m365)",
+                         "directory, imap, m365, ews)",
                          type);
-    static const char *const dir_keys[] = {"type", "path", "layout", "sign", NULL};
-    const char *k;
-    json_t *v;
-    json_object_foreach(d, k, v)
-    {
-        if (!key_in(k, dir_keys))
-            return mv_seterr(err, errlen, MV_EINVAL,
-                             "export.destination.%s: not used by type directory", k);
-    }
+    static const char *const mailbox_only[] = {"verify", "password", "root", NULL};
+    if ((rc = only_for(d, imap_only, "imap", err, errlen)) ||
+        (rc = only_for(d, mailbox_only, "imap", err, errlen)) ||
+        (rc = only_for(d, ews_only, "ews", err, errlen)) ||
+        (rc = only_for(d, ews_conn_keys, "ews", err, errlen)))
+        return rc;
     if ((rc = get_str(d, "path", "export.destination.", 1, p->exp_path, sizeof p->exp_path, err,
                       errlen)))
         return rc;
@@ -596,7 +661,7 @@ static mv_err parse_obj(json_t *root, int allow_secrets, mv_profile *p, char *er
             return mv_seterr(err, errlen, MV_EINVAL, "%s: not used by type ews",
                              srv ? "server" : "graph");
         if (!ew) return mv_seterr(err, errlen, MV_EINVAL, "ews: missing");
-        if ((rc = parse_ews(ew, allow_secrets, p, err, errlen))) return rc;
+        if ((rc = parse_ews(ew, "ews", allow_secrets, p, err, errlen))) return rc;
     } else if (p->source == MV_SOURCE_GRAPH) {
         if (srv) return mv_seterr(err, errlen, MV_EINVAL, "server: not used by type graph");
         if (!gr) return mv_seterr(err, errlen, MV_EINVAL, "graph: missing");
@@ -827,6 +892,32 @@ static json_t *patterns_json(char **v, size_t n)
     return a;
 }
 
+/* An Entra ID app (graph, ews with OAuth); no secret. */
+static void app_json(json_t *o, const mv_profile *p)
+{
+    json_object_set_new(o, "tenant_id", json_string(p->tenant_id));
+    json_object_set_new(o, "client_id", json_string(p->client_id));
+    json_object_set_new(o, "cloud", json_string(p->cloud));
+    json_object_set_new(o, "login_base", json_string(p->login_base));
+    if (p->source == MV_SOURCE_GRAPH)
+        json_object_set_new(o, "graph_base", json_string(p->graph_base));
+    if (p->client_cert_pem) json_object_set_new(o, "certificate", json_string(p->client_cert_pem));
+}
+
+/* An EWS connection (ews section, or an export's ews destination); no secret. */
+static void ews_json(json_t *o, const mv_profile *p)
+{
+    static const char *const auths[] = {"basic", "ntlm", "oauth"};
+    json_object_set_new(o, "url", json_string(p->ews_url));
+    json_object_set_new(o, "auth", json_string(auths[p->ews_auth]));
+    if (p->ews_auth != MV_EWS_AUTH_OAUTH)
+        json_object_set_new(o, "username", json_string(p->ews_username));
+    json_object_set_new(o, "impersonation", json_boolean(p->ews_impersonate));
+    json_object_set_new(o, "server_version", json_string(p->ews_server_version));
+    if (p->ews_auth == MV_EWS_AUTH_OAUTH) app_json(o, p);
+    if (p->source == MV_SOURCE_EXPORT) json_object_set_new(o, "verify", json_boolean(p->verify));
+}
+
 char *mv_profile_to_json(const mv_profile *p)
 {
     json_t *root = json_object();
@@ -861,20 +952,14 @@ char *mv_profile_to_json(const mv_profile *p)
             if (p->exp_before[0]) json_object_set_new(qs, "before", json_string(p->exp_before));
             json_object_set_new(ex, "search", qs);
         }
-        if (p->exp_m365) {
-            json_object_set_new(d, "type", json_string("m365"));
-            json_object_set_new(d, "mailbox", json_string(p->exp_login));
-            json_object_set_new(d, "tenant_id", json_string(p->tenant_id));
-            json_object_set_new(d, "client_id", json_string(p->client_id));
-            json_object_set_new(d, "cloud", json_string(p->cloud));
-            json_object_set_new(d, "login_base", json_string(p->login_base));
-            if (p->client_cert_pem)
-                json_object_set_new(d, "certificate", json_string(p->client_cert_pem));
-        } else if (p->exp_imap) {
-            json_object_set_new(d, "type", json_string("imap"));
-            json_object_set_new(d, "login", json_string(p->exp_login));
-        }
         if (p->exp_imap) {
+            json_object_set_new(d, "type", json_string(p->exp_m365 ? "m365" : "imap"));
+            if (p->exp_m365) {
+                json_object_set_new(d, "mailbox", json_string(p->exp_login));
+                app_json(d, p);
+            } else {
+                json_object_set_new(d, "login", json_string(p->exp_login));
+            }
             json_object_set_new(d, "host", json_string(p->host));
             json_object_set_new(d, "port", json_integer(p->port));
             json_object_set_new(d, "tls", json_string(mv_tls_mode_name(p->tls)));
@@ -883,6 +968,12 @@ char *mv_profile_to_json(const mv_profile *p)
             json_object_set_new(d, "layout", json_string(p->exp_flat ? "flat" : "tree"));
             json_object_set_new(d, "literal_plus", json_boolean(p->exp_literal_plus));
             json_object_set_new(d, "multiappend", json_boolean(p->exp_multiappend));
+        } else if (p->exp_ews) {
+            json_object_set_new(d, "type", json_string("ews"));
+            ews_json(d, p);
+            json_object_set_new(d, "mailbox", json_string(p->exp_login));
+            json_object_set_new(d, "root", json_string(p->exp_root));
+            json_object_set_new(d, "layout", json_string(p->exp_flat ? "flat" : "tree"));
         } else {
             json_object_set_new(d, "type", json_string("directory"));
             json_object_set_new(d, "path", json_string(p->exp_path));
@@ -896,26 +987,10 @@ char *mv_profile_to_json(const mv_profile *p)
         out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         goto out;
     }
-    int app = p->source == MV_SOURCE_GRAPH ||
-              (p->source == MV_SOURCE_EWS && p->ews_auth == MV_EWS_AUTH_OAUTH);
-    if (p->source == MV_SOURCE_EWS) {
-        static const char *const auths[] = {"basic", "ntlm", "oauth"};
-        json_object_set_new(srv, "url", json_string(p->ews_url));
-        json_object_set_new(srv, "auth", json_string(auths[p->ews_auth]));
-        if (!app) json_object_set_new(srv, "username", json_string(p->ews_username));
-        json_object_set_new(srv, "impersonation", json_boolean(p->ews_impersonate));
-        json_object_set_new(srv, "server_version", json_string(p->ews_server_version));
-    }
-    if (app) {
-        json_object_set_new(srv, "tenant_id", json_string(p->tenant_id));
-        json_object_set_new(srv, "client_id", json_string(p->client_id));
-        json_object_set_new(srv, "cloud", json_string(p->cloud));
-        json_object_set_new(srv, "login_base", json_string(p->login_base));
-        if (p->source == MV_SOURCE_GRAPH)
-            json_object_set_new(srv, "graph_base", json_string(p->graph_base));
-        if (p->client_cert_pem)
-            json_object_set_new(srv, "certificate", json_string(p->client_cert_pem));
-    }
+    if (p->source == MV_SOURCE_EWS)
+        ews_json(srv, p);
+    else if (p->source == MV_SOURCE_GRAPH)
+        app_json(srv, p);
     if (p->source == MV_SOURCE_IMAP) {
         json_object_set_new(srv, "host", json_string(p->host));
         json_object_set_new(srv, "port", json_integer(p->port));

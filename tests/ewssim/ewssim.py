@@ -4,8 +4,9 @@
 Standard library only.  Serves, from a directory of fixtures (see README.md):
 
   POST /EWS/Exchange.asmx                  SOAP 1.1 EWS operations (FindFolder, GetFolder,
-                                           SyncFolderHierarchy, SyncFolderItems, FindItem, GetItem,
-                                           CreateItem, UploadItems, ExportItems, DeleteItem);
+                                           CreateFolder, SyncFolderHierarchy, SyncFolderItems,
+                                           FindItem, GetItem, CreateItem, UploadItems, ExportItems,
+                                           DeleteItem);
                                            Basic, NTLMv2 ([MS-NLMP], per connection) or Bearer auth
   POST /{tenant}/oauth2/v2.0/token         client-credentials tokens for Microsoft 365 orgs
   /_sim/...                                admin API (not EWS)
@@ -122,7 +123,17 @@ MSG = {
     "ErrorMessageDispositionRequired": "MessageDisposition attribute is required.",
     "ErrorInvalidOperation": "The operation is not valid.",
     "ErrorInvalidRequest": "The request is invalid.",
+    "ErrorQuotaExceeded": "The operation failed because the mailbox quota has been exceeded.",
+    "ErrorFolderExists": "A folder with the specified name already exists.",
 }
+
+# MAPI properties the simulator keeps for created items (ExtendedFieldURI PropertyTag), see
+# https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/extendedfielduri
+PR_MESSAGE_FLAGS, PR_MESSAGE_DELIVERY_TIME, PR_CLIENT_SUBMIT_TIME = 0x0E07, 0x0E06, 0x0039
+EXT_PROPS = {PR_MESSAGE_FLAGS: ("flags", "Integer"), PR_MESSAGE_DELIVERY_TIME: ("delivery", "SystemTime"),
+             PR_CLIENT_SUBMIT_TIME: ("submit", "SystemTime")}
+MSGFLAG_READ, MSGFLAG_UNMODIFIED, MSGFLAG_UNSENT = 0x1, 0x2, 0x8
+PROPS_DIR = ".ewssim-props"     # per folder: <item base>.json, the MAPI properties of created items
 
 
 def tn(name):
@@ -549,6 +560,7 @@ class Sim:
         self.faults = []
         self.fault_seq = 0
         self.ews_override = {}      # (org, mailbox|None) -> bool
+        self.mailbox_limits = {}    # (org, mailbox) -> {"quota_bytes": n, "read_only": bool}
         self.sync_epoch = 0
         self.sync_secret = hashlib.sha256(b"ewssim-syncstate-v1" + (args.sync_secret or "").encode()).digest()
         self.props_cache = LRU(100000)
@@ -791,12 +803,13 @@ def parse_bool(v, default=False):
 
 
 class Shape:
-    __slots__ = ("base", "mime", "fields")
+    __slots__ = ("base", "mime", "fields", "ext")
 
     def __init__(self, el, default="IdOnly"):
         self.base = default
         self.mime = False
         self.fields = set()
+        self.ext = []               # (PropertyTag text, int tag, PropertyType)
         if el is None:
             return
         b = text_of(el, "BaseShape")
@@ -811,8 +824,29 @@ class Shape:
             for f in ap:
                 if f.tag == tn("FieldURI"):
                     self.fields.add(f.get("FieldURI", ""))
+                elif f.tag == tn("ExtendedFieldURI") and f.get("PropertyTag"):
+                    self.ext.append((f.get("PropertyTag"), prop_tag(f.get("PropertyTag")),
+                                     f.get("PropertyType", "")))
         if "item:MimeContent" in self.fields:
             self.mime = True
+
+
+def prop_tag(v):
+    """A PropertyTag attribute: hexadecimal (0x0E07) or a short integer (3591)."""
+    try:
+        return int(v, 16) if v.lower().startswith("0x") else int(v)
+    except (ValueError, AttributeError):
+        raise schema_error(f"The 'PropertyTag' attribute is invalid - The value '{v}' is invalid.")
+
+
+def item_mapi(ent):
+    """The MAPI properties of an item: as CreateItem stored them, else derived from the file."""
+    p = os.path.join(os.path.dirname(ent.path), PROPS_DIR, ent.base + ".json")
+    try:
+        with open(p, "rb") as fh:
+            return json.loads(fh.read())
+    except (OSError, ValueError):
+        return {}
 
 
 # ---- response-side XML helpers
@@ -1569,14 +1603,16 @@ def item_elem(ctx, ent, shape, allow_mime=True):
         sub(el, "ItemClass", ent.item_class)
     if "item:Subject" in want:
         sub(el, "Subject", p["subject"])
+    mapi = item_mapi(ent) if (want & {"item:DateTimeReceived", "item:IsDraft"} or shape.ext) else {}
     if "item:DateTimeReceived" in want:
-        sub(el, "DateTimeReceived", iso(p["date"]))
+        sub(el, "DateTimeReceived", mapi.get("delivery") or iso(p["date"]))
     if "item:Size" in want:
         sub(el, "Size", str(ent.size))
     if "item:Importance" in want:
         sub(el, "Importance", "Normal")
     if "item:IsDraft" in want:
-        sub(el, "IsDraft", "true" if ent.folder.dfid == "drafts" else "false")
+        draft = ent.folder.dfid == "drafts" or bool(mapi.get("flags", 0) & MSGFLAG_UNSENT)
+        sub(el, "IsDraft", "true" if draft else "false")
     if "item:DateTimeSent" in want:
         sub(el, "DateTimeSent", iso(p["date"]))
     if "item:DateTimeCreated" in want:
@@ -1591,6 +1627,17 @@ def item_elem(ctx, ent, shape, allow_mime=True):
         sub(el, "LastModifiedTime", iso(ent.mtime_ns / 1e9))
     if "item:IsAssociated" in want:
         sub(el, "IsAssociated", "false")
+    for text, tagno, ptype in shape.ext:
+        name = EXT_PROPS.get(tagno, (None,))[0]
+        if name == "flags":
+            val = str(mapi.get("flags", MSGFLAG_READ if ent.read else 0))
+        elif name:
+            val = mapi.get(name) or iso((p or sim.props(ent))["date"])
+        else:
+            continue        # a property the simulator does not keep: absent, as Exchange omits unset ones
+        xp = sub(el, "ExtendedProperty")
+        sub(xp, "ExtendedFieldURI", PropertyTag=text, PropertyType=ptype or EXT_PROPS[tagno][1])
+        sub(xp, "Value", val)
     if tag == "Message":
         if "message:Sender" in want and p["sender"]:
             s = sub(el, "Sender")
@@ -1677,12 +1724,31 @@ def op_get_folder(ctx, req):
     return resp
 
 
+def restriction_of(req, allowed):
+    """m:Restriction -> (FieldURI, constant) or None. Only one t:IsEqualTo of a FieldURI and a
+    t:Constant is implemented, on the fields in allowed (what mailvault's export asks); see
+    https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/restriction
+    and .../isequalto."""
+    r = child(req, "Restriction", M)
+    if r is None:
+        return None
+    eq = child(r, "IsEqualTo")
+    fu = child(eq, "FieldURI") if eq is not None else None
+    const = child(child(eq, "FieldURIOrConstant"), "Constant") if eq is not None and \
+        child(eq, "FieldURIOrConstant") is not None else None
+    if len(r) != 1 or fu is None or const is None or fu.get("FieldURI") not in allowed:
+        raise Fault("ErrorInvalidRequest", "The request is invalid: ewssim implements only a Restriction of "
+                                           "one IsEqualTo on " + ", ".join(sorted(allowed)) + ".")
+    return fu.get("FieldURI"), const.get("Value", "")
+
+
 def op_find_folder(ctx, req):
     trav = req.get("Traversal", "Shallow")
     if trav not in ("Shallow", "Deep", "SoftDeleted"):
         raise schema_error(f"The 'Traversal' attribute is invalid - The value '{trav}' is invalid.")
     shape = Shape(child(req, "FolderShape", M))
     view = child(req, "IndexedPageFolderView", M)
+    restr = restriction_of(req, {"folder:DisplayName"})
     resp, msgs = op_response("FindFolder")
     for fe in folder_ids_in(child(req, "ParentFolderIds", M)):
         def one(fe=fe):
@@ -1696,6 +1762,8 @@ def op_find_folder(ctx, req):
                 lst = f.store.walk(f)
             else:
                 lst = list(f.children)
+            if restr is not None:   # Exchange compares display names without regard to case
+                lst = [c for c in lst if c.display.lower() == restr[1].lower()]
             start, end, nxt, last = paging(view, len(lst))
             rm = response_message("FindFolder")
             rf = sub(rm, "RootFolder", None, M, IndexedPagingOffset=str(nxt), TotalItemsInView=str(len(lst)),
@@ -1720,11 +1788,14 @@ def op_find_item(ctx, req):
         raise schema_error(f"The 'Traversal' attribute is invalid - The value '{trav}' is invalid.")
     shape = Shape(child(req, "ItemShape", M))
     view = child(req, "IndexedPageItemView", M)
+    restr = restriction_of(req, {"message:InternetMessageId"})
     resp, msgs = op_response("FindItem")
     for fe in folder_ids_in(child(req, "ParentFolderIds", M)):
         def one(fe=fe):
             f = resolve_folder(ctx, fe)
             lst = sorted_items(ctx, f) if trav == "Shallow" else []
+            if restr is not None:
+                lst = [e for e in lst if ctx.sim.props(e)["msgid"] == restr[1]]
             start, end, nxt, last = paging(view, len(lst))
             rm = response_message("FindItem")
             rf = sub(rm, "RootFolder", None, M, IndexedPagingOffset=str(nxt), TotalItemsInView=str(len(lst)),
@@ -1926,6 +1997,112 @@ def write_item_file(folder, data, read=False, name=None):
     return ent
 
 
+def check_writable(ctx, store, adding=0):
+    """The per-mailbox limits of /_sim/mailbox-limits (or mailbox.json): read_only -> ErrorAccessDenied,
+    quota_bytes (all files of the mailbox, plus what is being added) -> ErrorQuotaExceeded."""
+    if store.mailbox is None:
+        return
+    lim = dict(ctx.org.mailboxes.get(store.mailbox, {}).get("limits") or {})
+    lim.update(ctx.sim.mailbox_limits.get((ctx.org.name, store.mailbox)) or {})
+    if lim.get("read_only"):
+        raise EwsError("ErrorAccessDenied")
+    quota = lim.get("quota_bytes")
+    if quota is not None:
+        used = 0
+        for d, _dirs, files in os.walk(store.root_dir):
+            for n in files:
+                try:
+                    used += os.stat(os.path.join(d, n)).st_size
+                except OSError:
+                    pass
+        if used + adding > int(quota):
+            raise EwsError("ErrorQuotaExceeded")
+
+
+def safe_dir_name(parent, display):
+    """A directory for a new folder: its display name when that is a plain file name, else a
+    hash (the display name then lives in folder.json)."""
+    if (display and len(display.encode()) <= 200 and "/" not in display and "\x00" not in display
+            and not display.startswith(".") and display != "folder.json"):
+        return display, False
+    return "f-" + h("dir", parent.rel, display, n=8).hex(), True
+
+
+def op_create_folder(ctx, req):
+    """CreateFolder: one directory per new folder, as in
+    https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/createfolder-operation"""
+    pe = child(req, "ParentFolderId", M)
+    ids = folder_ids_in(pe)
+    folders = child(req, "Folders", M)
+    if not ids or folders is None:
+        raise schema_error("The element 'CreateFolder' has incomplete content. List of possible elements "
+                           "expected: 'ParentFolderId', 'Folders'.")
+    resp, msgs = op_response("CreateFolder")
+    for fe in list(folders):
+        def one(fe=fe):
+            parent = resolve_folder(ctx, ids[0])
+            if parent.virtual or parent.path is None or parent.store.scope == "public":
+                raise EwsError("ErrorInvalidOperation", "Folders cannot be created here.")
+            check_writable(ctx, parent.store)
+            display = text_of(fe, "DisplayName")
+            if not display:
+                raise EwsError("ErrorInvalidRequest", "A folder needs a DisplayName.")
+            if any(c.display.lower() == display.lower() for c in parent.children):
+                raise EwsError("ErrorFolderExists")
+            name, meta = safe_dir_name(parent, display)
+            path = os.path.join(parent.path, name)
+            os.makedirs(path, exist_ok=False)
+            fclass = text_of(fe, "FolderClass") or "IPF.Note"
+            if meta or fclass != (parent.folder_class or "IPF.Note"):
+                write_json_file(os.path.join(path, "folder.json"), {"display_name": display, "folder_class": fclass})
+            st = parent.store
+            st.refresh()
+            f = st.by_rel.get(os.path.join(parent.rel, name) if parent.rel else name)
+            if f is None:
+                raise EwsError("ErrorInternalServerError")
+            rm = response_message("CreateFolder")
+            out = sub(rm, "Folders", None, M)
+            el = sub(out, FOLDER_ELEM.get(fclass, "Folder"))
+            sub(el, "FolderId", Id=f.id, ChangeKey=folder_change_key(f))
+            return rm
+        per_item("CreateFolder", msgs, one)
+    return resp
+
+
+def write_json_file(path, obj):
+    tmp = path + ".tmp-" + uuid.uuid4().hex
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh)
+    os.replace(tmp, path)
+
+
+def ext_props_of(it):
+    """t:ExtendedProperty elements of a new item -> {"flags": int, "delivery": iso, "submit": iso}."""
+    out = {}
+    for xp in it.findall(tn("ExtendedProperty")):
+        fu = child(xp, "ExtendedFieldURI")
+        val = text_of(xp, "Value")
+        if fu is None or val is None or not fu.get("PropertyTag"):
+            raise schema_error("The element 'ExtendedProperty' has incomplete content.")
+        tag = prop_tag(fu.get("PropertyTag"))
+        if tag not in EXT_PROPS:
+            continue
+        name, ptype = EXT_PROPS[tag]
+        if fu.get("PropertyType") != ptype:
+            raise EwsError("ErrorInvalidPropertyRequest", f"Property type {fu.get('PropertyType')} does not "
+                                                          f"match property 0x{tag:04X}.")
+        if ptype == "Integer":
+            try:
+                out[name] = int(val)
+            except ValueError:
+                raise schema_error(f"The value '{val}' is not a valid Integer.")
+        else:
+            if not re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$", val):
+                raise schema_error(f"The value '{val}' is not a valid SystemTime.")
+            out[name] = val
+    return out
+
+
 def count_created(ctx, folder, n=1):
     mb = folder.store.mailbox or "_public"
     st = ctx.sim.mstats(ctx.org.name, mb)
@@ -1965,9 +2142,20 @@ def op_create_item(ctx, req):
                                                                           "content.")
             else:
                 data = synth_mime(it)
+            mapi = ext_props_of(it)
+            check_writable(ctx, folder.store, len(data))
             read = parse_bool(text_of(it, "IsRead"), False)
+            if it.tag == tn("Message") and mc is not None:
+                # Exchange gives a message created from MIME without PR_MESSAGE_FLAGS the flags
+                # MSGFLAG_UNSENT | MSGFLAG_UNMODIFIED: an unsent draft
+                mapi.setdefault("flags", MSGFLAG_UNSENT | MSGFLAG_UNMODIFIED | (MSGFLAG_READ if read else 0))
+                read = bool(mapi["flags"] & MSGFLAG_READ)
             ext = {"CalendarItem": ".ics", "Contact": ".vcf"}.get(it.tag.split("}")[1], ".eml")
-            ent = write_item_file(folder, data, read=read, name="ews-%s%s" % (uuid.uuid4().hex, ext))
+            base = "ews-%s%s" % (uuid.uuid4().hex, ext)
+            if mapi:
+                os.makedirs(os.path.join(folder.path, PROPS_DIR), exist_ok=True)
+                write_json_file(os.path.join(folder.path, PROPS_DIR, base + ".json"), mapi)
+            ent = write_item_file(folder, data, read=read, name=base)
             count_created(ctx, folder)
             rm = response_message("CreateItem")
             out = sub(rm, "Items", None, M)
@@ -2078,6 +2266,7 @@ def op_delete_item(ctx, req):
 OPS = {
     "GetFolder": op_get_folder,
     "FindFolder": op_find_folder,
+    "CreateFolder": op_create_folder,
     "SyncFolderHierarchy": op_sync_folder_hierarchy,
     "SyncFolderItems": op_sync_folder_items,
     "FindItem": op_find_item,
@@ -2295,6 +2484,7 @@ def handle_admin(sim, method, path, body):
                               "concurrency_error": sim.args.concurrency_error},
                    "ews_overrides": [{"org": k[0], "mailbox": k[1], "enabled": v}
                                      for k, v in sim.ews_override.items()],
+                   "mailbox_limits": [{"org": k[0], "mailbox": k[1], **v} for k, v in sim.mailbox_limits.items()],
                    "callers": {o: {n: dict(v) for (o2, n), v in sorted(sim.callers.items()) if o2 == o}
                                for o in sorted({k[0] for k in sim.callers})},
                    "tokens": len(sim.tokens), "sync_epoch": sim.sync_epoch})
@@ -2332,6 +2522,19 @@ def handle_admin(sim, method, path, body):
                 sim.ews_override.pop(key, None)
             else:
                 sim.ews_override[key] = bool(en)
+        return Resp(204)
+    if path == "/_sim/mailbox-limits" and method == "POST":
+        try:
+            spec = json.loads(body or b"{}")
+            key = (spec["org"], spec["mailbox"].lower())
+            lim = {k: spec[k] for k in ("quota_bytes", "read_only") if spec.get(k) is not None}
+        except (ValueError, KeyError, AttributeError) as e:
+            return js({"error": f"bad request: {e}"}, 400)
+        with sim.lock:
+            if lim:
+                sim.mailbox_limits[key] = lim
+            else:
+                sim.mailbox_limits.pop(key, None)
         return Resp(204)
     if path == "/_sim/faults":
         if method == "GET":

@@ -5,6 +5,7 @@ Run (inside a venv with tests/ewssim/requirements.txt):
 """
 
 import base64
+import datetime
 import hmac
 import http.client
 import json
@@ -29,10 +30,10 @@ os.environ.setdefault("OAUTHLIB_INSECURE_TRANSPORT", "1")
 
 from exchangelib import (  # noqa: E402
     BASIC, DELEGATE, IMPERSONATION, NTLM, OAUTH2, Account, Build, Configuration, Credentials, FailFast,
-    FaultTolerance, Identity, Message, OAuth2Credentials, Version,
+    EWSDateTime, FaultTolerance, Identity, Message, OAuth2Credentials, Version,
 )
 from exchangelib.errors import (  # noqa: E402
-    ErrorFolderNotFound, ErrorImpersonateUserDenied, ErrorInvalidOperation,
+    ErrorAccessDenied, ErrorQuotaExceeded, ErrorFolderNotFound, ErrorImpersonateUserDenied, ErrorInvalidOperation,
     ErrorInvalidSyncStateData, ErrorNonExistentMailbox, ErrorServerBusy, TransportError,
     UnauthorizedError,
 )
@@ -832,6 +833,80 @@ def test_create_item_and_upload_are_byte_identical(sim):
         imp(ALICE))
     assert messages(root, "CreateItem")[0].findtext("m:ResponseCode", namespaces=NS) == \
         "ErrorMessageDispositionRequired"
+
+
+def test_export_destination_folder_mime_and_message_id(sim):
+    """What an export into Exchange does, checked with exchangelib: create a folder (CreateFolder),
+    find it by name (FindFolder with a DisplayName restriction), upload MIME with PR_MESSAGE_FLAGS and
+    the delivery time (CreateItem + ExtendedProperty), find it by Message-ID (FindItem with an
+    InternetMessageId restriction), read it back byte for byte; quota and read-only limits."""
+    from exchangelib.extended_properties import ExtendedProperty
+    from exchangelib.folders import Folder
+
+    class MessageFlags(ExtendedProperty):
+        property_tag = 0x0E07
+        property_type = "Integer"
+
+    class DeliveryTime(ExtendedProperty):
+        property_tag = 0x0E06
+        property_type = "SystemTime"
+
+    Message.register("mv_flags", MessageFlags)
+    Message.register("mv_delivery", DeliveryTime)
+    try:
+        alice = sim.account(ALICE)
+        top = alice.root / "Top of Information Store"
+        dest = Folder(parent=top, name="Archive Export")
+        dest.save()
+        assert dest.id
+        # FindFolder with a restriction on the display name (compared without regard to case)
+        st, _, root = sim.soap(
+            '<m:FindFolder Traversal="Shallow"><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape>'
+            '<t:AdditionalProperties><t:FieldURI FieldURI="folder:DisplayName"/></t:AdditionalProperties>'
+            '</m:FolderShape><m:Restriction><t:IsEqualTo><t:FieldURI FieldURI="folder:DisplayName"/>'
+            '<t:FieldURIOrConstant><t:Constant Value="ARCHIVE export"/></t:FieldURIOrConstant></t:IsEqualTo>'
+            '</m:Restriction><m:ParentFolderIds><t:DistinguishedFolderId Id="msgfolderroot"/></m:ParentFolderIds>'
+            '</m:FindFolder>', imp(ALICE))
+        folders = root.findall(".//t:Folders/t:Folder", NS)
+        assert [f.findtext("t:DisplayName", namespaces=NS) for f in folders] == ["Archive Export"]
+        assert folders[0].find("t:FolderId", NS).get("Id") == dest.id
+        # a second folder of that name is refused
+        st, _, root = sim.soap(
+            '<m:CreateFolder><m:ParentFolderId><t:DistinguishedFolderId Id="msgfolderroot"/></m:ParentFolderId>'
+            '<m:Folders><t:Folder><t:DisplayName>Archive Export</t:DisplayName></t:Folder></m:Folders>'
+            '</m:CreateFolder>', imp(ALICE))
+        assert messages(root, "CreateFolder")[0].findtext("m:ResponseCode", namespaces=NS) == "ErrorFolderExists"
+        # MIME with the MAPI properties an export sets
+        raw = eml(700, subject="Exported")
+        when = datetime.datetime(2024, 3, 5, 7, 9, 11, tzinfo=datetime.timezone.utc)
+        m = Message(account=alice, folder=dest, mime_content=raw, mv_flags=1,
+                    mv_delivery=EWSDateTime.from_datetime(when))
+        m.save()
+        back = list(alice.fetch([m], only_fields=["mime_content", "is_read", "is_draft", "datetime_received",
+                                                  "mv_flags"]))[0]
+        assert back.mime_content == raw
+        assert back.is_read and not back.is_draft and back.mv_flags == 1
+        assert back.datetime_received == when
+        # FindItem with a restriction on the Message-ID
+        msgid = "<msg700@sender.example>"
+        assert [i.id for i in dest.filter(message_id=msgid).only("id")] == [m.id]
+        assert list(dest.filter(message_id="<nothing@corp.example>")) == []
+        # without PR_MESSAGE_FLAGS Exchange shows a message made from MIME as an unsent draft
+        d = Message(account=alice, folder=dest, mime_content=eml(701))
+        d.save()
+        assert list(alice.fetch([d], only_fields=["is_draft"]))[0].is_draft
+        # per-mailbox limits: quota, read-only
+        sim.admin("POST", "mailbox-limits", {"org": "corp", "mailbox": ALICE, "quota_bytes": 10})
+        with pytest.raises(ErrorQuotaExceeded):
+            Message(account=alice, folder=dest, mime_content=eml(702)).save()
+        sim.admin("POST", "mailbox-limits", {"org": "corp", "mailbox": ALICE, "read_only": True})
+        with pytest.raises(ErrorAccessDenied):
+            Folder(parent=top, name="Another").save()
+        sim.admin("POST", "mailbox-limits", {"org": "corp", "mailbox": ALICE})
+        Folder(parent=top, name="Another").save()
+    finally:
+        Message.deregister("mv_flags")
+        Message.deregister("mv_delivery")
 
 
 def test_delete_item(sim):

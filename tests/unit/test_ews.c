@@ -23,6 +23,7 @@
 #include <libxml/parser.h>
 #include <libxml/xpath.h>
 #include <libxml/xpathInternals.h>
+#include <openssl/evp.h>
 
 #include "mv/ews.h"
 #include "../../shared/src/ews_internal.h"
@@ -794,6 +795,199 @@ static void test_find_items(void **state)
     }
     mv_ews_close(e);
     srv_stop(s);
+}
+
+/* ------------------------------------------------------------------ writing (exports) */
+
+#define RM_OK(op, inner)                                                                           \
+    ENV_HEAD "<m:" op "Response><m:ResponseMessages><m:" op "ResponseMessage "                     \
+             "ResponseClass=\"Success\"><m:ResponseCode>NoError</m:ResponseCode>" inner "</m:" op  \
+             "ResponseMessage></m:ResponseMessages></m:" op "Response>" ENV_TAIL
+#define RM_ERR(op, code)                                                                           \
+    ENV_HEAD "<m:" op "Response><m:ResponseMessages><m:" op "ResponseMessage "                     \
+             "ResponseClass=\"Error\"><m:MessageText>" code                                        \
+             " text</m:MessageText><m:ResponseCode>" code "</m:ResponseCode></m:" op               \
+             "ResponseMessage></m:ResponseMessages></m:" op "Response>" ENV_TAIL
+#define FF_ONE(id, name)                                                                           \
+    RM_OK("FindFolder",                                                                            \
+          "<m:RootFolder IndexedPagingOffset=\"1\" TotalItemsInView=\"1\" "                        \
+          "IncludesLastItemInRange=\"true\"><t:Folders><t:Folder><t:FolderId Id=\"" id             \
+          "\"/><t:DisplayName>" name "</t:DisplayName></t:Folder></t:Folders>"                     \
+          "</m:RootFolder>")
+#define FF_NONE                                                                                    \
+    RM_OK("FindFolder", "<m:RootFolder IndexedPagingOffset=\"0\" TotalItemsInView=\"0\" "          \
+                        "IncludesLastItemInRange=\"true\"><t:Folders/></m:RootFolder>")
+
+/* FindFolder finds "Root" (R1) at once and "Sub" only after a CreateFolder that says it exists
+ * (made meanwhile by someone else); FindItem knows one Message-ID; CreateItem fails with a
+ * full mailbox once s->state is 10. */
+static void h_write(srv *s, const tsrv_req *q, tsrv_resp *r)
+{
+    r->status = 200;
+    if (strstr(q->body, "<m:FindFolder")) {
+        if (strstr(q->body, "Value=\"Root\""))
+            r->body = FF_ONE("R1", "Root");
+        else
+            r->body = s->state == 1 ? FF_ONE("S1", "sub") : FF_NONE;
+    } else if (strstr(q->body, "<m:CreateFolder")) {
+        s->state = 1;
+        r->body = RM_ERR("CreateFolder", "ErrorFolderExists");
+    } else if (strstr(q->body, "<m:FindItem")) {
+        r->body = strstr(q->body, "Value=\"&lt;known@x&gt;\"")
+                      ? FI_ANSWER("1", "true", "<t:Message><t:ItemId Id=\"K1\"/></t:Message>")
+                      : FI_ANSWER("0", "true", "");
+    } else if (strstr(q->body, "<m:CreateItem")) {
+        r->body = s->state == 10 ? RM_ERR("CreateItem", "ErrorQuotaExceeded")
+                                 : RM_OK("CreateItem", "<m:Items><t:Message><t:ItemId Id=\"N1\" "
+                                                       "ChangeKey=\"C\"/></t:Message></m:Items>");
+    } else {
+        r->status = 404;
+    }
+}
+
+static const char MIME[] = "From: a@b\r\nMessage-ID: <m1@x>\r\nSubject: caf\xc3\xa9\r\n\r\nbody "
+                           "with an odd length: 1234567\r\n";
+
+/* The writer of mv_ews_message: MIME in pieces of 1..7 bytes (every base64 carry). */
+static mv_err write_pieces(void *ud, int (*put)(void *ctx, const void *p, size_t n), void *ctx,
+                           char *err, size_t errlen)
+{
+    (void)ud;
+    size_t n = sizeof MIME - 1, o = 0, k = 1;
+    while (o < n) {
+        size_t take = k < n - o ? k : n - o;
+        if (put(ctx, MIME + o, take)) return mv_seterr(err, errlen, MV_ECANCEL, "put refused");
+        o += take;
+        k = k % 7 + 1;
+    }
+    return MV_OK;
+}
+
+static void test_write(void **state)
+{
+    (void)state;
+    srv *s = srv_start(h_write);
+    mv_ews *e = client(s, 1, 0, 0);
+    char err[MV_ERRLEN], *id = NULL;
+    const char *names[] = {"Root", "Sub"};
+    mv_err rc = mv_ews_ensure_folder(e, MAILBOX, names, 2, &id, err, sizeof err);
+    if (rc) fprintf(stderr, "%s\n", err);
+    assert_int_equal(rc, MV_OK);
+    assert_string_equal(id, "S1");
+    free(id);
+    assert_int_equal(NREQ(s), 4); /* find Root, find Sub, create Sub (exists), find Sub */
+    xmlDoc *d = req_doc(req_at(s, 0));
+    check_common(req_at(s, 0), d, 1, basic_auth());
+    xp_is(d, "local-name(/s:Envelope/s:Body/m:FindFolder/*[3])", "Restriction");
+    xp_is(d, "local-name(/s:Envelope/s:Body/m:FindFolder/*[4])", "ParentFolderIds");
+    xp_is(d, "/s:Envelope/s:Body/m:FindFolder/m:Restriction/t:IsEqualTo/t:FieldURI/@FieldURI",
+          "folder:DisplayName");
+    xp_is(d,
+          "/s:Envelope/s:Body/m:FindFolder/m:Restriction/t:IsEqualTo/t:FieldURIOrConstant/"
+          "t:Constant/@Value",
+          "Root");
+    xp_is(d, "/s:Envelope/s:Body/m:FindFolder/m:ParentFolderIds/t:DistinguishedFolderId/@Id",
+          "msgfolderroot");
+    xmlFreeDoc(d);
+    d = req_doc(req_at(s, 2));
+    xp_is(d, "/s:Envelope/s:Body/m:CreateFolder/m:ParentFolderId/t:FolderId/@Id", "R1");
+    xp_is(d, "/s:Envelope/s:Body/m:CreateFolder/m:Folders/t:Folder/t:FolderClass", "IPF.Note");
+    xp_is(d, "/s:Envelope/s:Body/m:CreateFolder/m:Folders/t:Folder/t:DisplayName", "Sub");
+    xmlFreeDoc(d);
+    const char *bad[] = {"Root", "a\tb"};
+    assert_int_equal(mv_ews_ensure_folder(e, MAILBOX, bad, 2, &id, err, sizeof err), MV_EINVAL);
+    assert_null(id);
+
+    int found = -1;
+    assert_int_equal(mv_ews_find_message(e, MAILBOX, "S1", "<known@x>", &found, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(found, 1);
+    d = req_doc(req_at(s, 4));
+    xp_is(d, "local-name(/s:Envelope/s:Body/m:FindItem/*[3])", "Restriction");
+    xp_is(d, "/s:Envelope/s:Body/m:FindItem/m:IndexedPageItemView/@MaxEntriesReturned", "1");
+    xp_is(d, "/s:Envelope/s:Body/m:FindItem/m:Restriction/t:IsEqualTo/t:FieldURI/@FieldURI",
+          "message:InternetMessageId");
+    xp_is(d, "/s:Envelope/s:Body/m:FindItem/m:ParentFolderIds/t:FolderId/@Id", "S1");
+    xmlFreeDoc(d);
+    assert_int_equal(mv_ews_find_message(e, MAILBOX, "S1", "<other@x>", &found, err, sizeof err),
+                     MV_OK);
+    assert_int_equal(found, 0);
+    assert_int_equal(mv_ews_find_message(e, MAILBOX, "S1", "<a b>", &found, err, sizeof err),
+                     MV_EINVAL);
+
+    mv_ews_message m = {.read = 1, .time = 1709622551, .write = write_pieces};
+    rc = mv_ews_create_message(e, MAILBOX, "S1", &m, err, sizeof err);
+    if (rc) fprintf(stderr, "%s\n", err);
+    assert_int_equal(rc, MV_OK);
+    int last = NREQ(s) - 1;
+    d = req_doc(req_at(s, last));
+    xp_is(d, "/s:Envelope/s:Body/m:CreateItem/@MessageDisposition", "SaveOnly");
+    xp_is(d, "/s:Envelope/s:Body/m:CreateItem/m:SavedItemFolderId/t:FolderId/@Id", "S1");
+    xp_is(d, "local-name(/s:Envelope/s:Body/m:CreateItem/m:Items/t:Message/*[1])", "MimeContent");
+    xmlXPathObjectPtr o = xp_eval(d, "string(//t:Message/t:MimeContent)");
+    unsigned char dec[512];
+    int dl = EVP_DecodeBlock(dec, o->stringval, (int)strlen((const char *)o->stringval));
+    xmlXPathFreeObject(o);
+    assert_int_equal(dl - (int)((3 - (sizeof MIME - 1) % 3) % 3), (int)(sizeof MIME - 1));
+    assert_memory_equal(dec, MIME, sizeof MIME - 1);
+    assert_int_equal(xp_count(d, "//t:Message/t:ExtendedProperty"), 3);
+    xp_is(d, "//t:ExtendedProperty[t:ExtendedFieldURI/@PropertyTag='0x0E07']/t:Value", "1");
+    xp_is(d,
+          "//t:ExtendedProperty[t:ExtendedFieldURI/@PropertyTag='0x0E07']/t:ExtendedFieldURI/"
+          "@PropertyType",
+          "Integer");
+    xp_is(d, "//t:ExtendedProperty[t:ExtendedFieldURI/@PropertyTag='0x0E06']/t:Value",
+          "2024-03-05T07:09:11Z");
+    xp_is(d, "//t:ExtendedProperty[t:ExtendedFieldURI/@PropertyTag='0x0039']/t:Value",
+          "2024-03-05T07:09:11Z");
+    xmlFreeDoc(d);
+
+    /* unread, no time: flags 0, no times */
+    mv_ews_message m0 = {.read = 0, .time = 0, .write = write_pieces};
+    assert_int_equal(mv_ews_create_message(e, MAILBOX, "S1", &m0, err, sizeof err), MV_OK);
+    d = req_doc(req_at(s, NREQ(s) - 1));
+    assert_int_equal(xp_count(d, "//t:Message/t:ExtendedProperty"), 1);
+    xp_is(d, "//t:ExtendedProperty[t:ExtendedFieldURI/@PropertyTag='0x0E07']/t:Value", "0");
+    xmlFreeDoc(d);
+
+    /* a full mailbox */
+    tsrv_lock(s->t);
+    s->state = 10;
+    tsrv_unlock(s->t);
+    rc = mv_ews_create_message(e, MAILBOX, "S1", &m, err, sizeof err);
+    assert_int_equal(rc, MV_ETOOBIG);
+    assert_non_null(strstr(err, "ErrorQuotaExceeded"));
+    mv_ews_close(e);
+
+    /* larger than max_message: nothing is sent */
+    e = client(s, 1, 0, 16);
+    int before = NREQ(s);
+    rc = mv_ews_create_message(e, MAILBOX, "S1", &m, err, sizeof err);
+    assert_int_equal(rc, MV_ETOOBIG);
+    assert_non_null(strstr(err, "max_message"));
+    assert_int_equal(NREQ(s), before);
+    mv_ews_close(e);
+    srv_stop(s);
+
+    /* the answer parser */
+    mv_ews__info info;
+    static const char no_folder[] = RM_OK("CreateFolder", "<m:Folders/>");
+    assert_int_equal(mv_ews__parse_created(no_folder, strlen(no_folder), "CreateFolder", &id, &info,
+                                           err, sizeof err),
+                     MV_EPROTO);
+    assert_null(id);
+    static const char no_item[] = RM_OK("CreateItem", "<m:Items/>");
+    assert_int_equal(
+        mv_ews__parse_created(no_item, strlen(no_item), "CreateItem", &id, &info, err, sizeof err),
+        MV_OK);
+    assert_null(id);
+    static const char made[] = RM_OK(
+        "CreateFolder", "<m:Folders><t:Folder><t:FolderId Id=\"F9\"/></t:Folder></m:Folders>");
+    assert_int_equal(
+        mv_ews__parse_created(made, strlen(made), "CreateFolder", &id, &info, err, sizeof err),
+        MV_OK);
+    assert_string_equal(id, "F9");
+    free(id);
 }
 
 /* ------------------------------------------------------------------ GetItem */
@@ -1596,6 +1790,7 @@ int main(void)
         cmocka_unit_test(test_sync),
         cmocka_unit_test(test_sync_invalid_state),
         cmocka_unit_test(test_find_items),
+        cmocka_unit_test(test_write),
         cmocka_unit_test(test_get_mime_chunked),
         cmocka_unit_test(test_getitem_parser_pieces),
         cmocka_unit_test(test_get_mime_too_large),

@@ -298,9 +298,79 @@ static void test_export(void **state)
     mv_profile_free(&q);
     mv_profile_free(&p);
     expect_error(im, 0, "export.destination.password: a stored profile must not contain secrets");
+    /* an EWS destination: the ews connection, the target mailbox, root and layout */
+    static const char ew[] =
+        "{\"name\":\"e3\",\"type\":\"export\",\"export\":{\"mailbox\":\"a@x\","
+        "\"destination\":{\"type\":\"ews\",\"url\":\"https://mail.example/EWS/Exchange.asmx\","
+        "\"auth\":\"ntlm\",\"username\":\"svc@x\",\"password\":\"pw-ews\",\"mailbox\":"
+        "\"erin@x.example\",\"root\":\"Restored\",\"layout\":\"flat\",\"impersonation\":false}}}";
+    assert_int_equal(mv_profile_parse(ew, 1, &p, err, sizeof err), MV_OK);
+    assert_int_equal(p.exp_ews, 1);
+    assert_int_equal(p.exp_imap, 0);
+    assert_int_equal(p.ews_auth, MV_EWS_AUTH_NTLM);
+    assert_int_equal(p.ews_impersonate, 0);
+    assert_string_equal(p.ews_server_version, "Exchange2016");
+    assert_string_equal(p.exp_login, "erin@x.example");
+    assert_string_equal(p.client_secret, "pw-ews");
+    js = mv_profile_to_json(&p);
+    assert_null(strstr(js, "pw-ews"));
+    assert_int_equal(mv_profile_parse(js, 0, &q, err, sizeof err), MV_OK);
+    assert_int_equal(q.exp_ews, 1);
+    assert_int_equal(q.exp_flat, 1);
+    assert_int_equal(q.ews_impersonate, 0);
+    assert_string_equal(q.ews_url, "https://mail.example/EWS/Exchange.asmx");
+    assert_string_equal(q.ews_username, "svc@x");
+    assert_string_equal(q.exp_root, "Restored");
+    assert_string_equal(q.exp_login, "erin@x.example");
+    mv_profile_free(&q);
+    free(js);
+    mv_profile_free(&p);
+    expect_error(ew, 0, "export.destination.password: a stored profile must not contain secrets");
+    static const char ew_oauth[] =
+        "{\"name\":\"e4\",\"type\":\"export\",\"export\":{\"mailbox\":\"a@x\","
+        "\"destination\":{\"type\":\"ews\",\"auth\":\"oauth\",\"tenant_id\":\"corp.example\","
+        "\"client_id\":\"c1\",\"client_secret\":\"s3cret\",\"mailbox\":\"erin@x.example\"}}}";
+    assert_int_equal(mv_profile_parse(ew_oauth, 1, &p, err, sizeof err), MV_OK);
+    assert_string_equal(p.ews_url, "https://outlook.office365.com/EWS/Exchange.asmx");
+    assert_string_equal(p.exp_root, "Archive Export");
+    js = mv_profile_to_json(&p);
+    assert_null(strstr(js, "s3cret"));
+    assert_int_equal(mv_profile_parse(js, 0, &q, err, sizeof err), MV_OK);
+    assert_string_equal(q.client_id, "c1");
+    assert_int_equal(q.ews_auth, MV_EWS_AUTH_OAUTH);
+    mv_profile_free(&q);
+    free(js);
+    mv_profile_free(&p);
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"ews\",\"url\":\"https://h/EWS/Exchange.asmx\","
+                 "\"username\":\"u\"}}}",
+                 1, "export.destination.mailbox: missing");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"ews\",\"url\":\"http://mail.example/EWS\","
+                 "\"username\":\"u\",\"mailbox\":\"b@x\"}}}",
+                 1, "export.destination.url: must be an https:// URL");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"ews\",\"url\":\"https://h/EWS/Exchange.asmx\","
+                 "\"username\":\"u\",\"mailbox\":\"b@x\",\"auth\":\"kerberos\"}}}",
+                 1, "export.destination.auth: \"kerberos\" is not one of basic, ntlm, oauth");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"ews\",\"url\":\"https://h/EWS/Exchange.asmx\","
+                 "\"username\":\"u\",\"mailbox\":\"b@x\",\"host\":\"h\"}}}",
+                 1, "export.destination.host: only for type imap");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"ews\",\"url\":\"https://h/EWS/Exchange.asmx\","
+                 "\"username\":\"u\",\"mailbox\":\"b@x\",\"root\":\"\"}}}",
+                 1, "export.destination.root: must not be empty");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"imap\",\"host\":\"h\",\"login\":\"b\","
+                 "\"mailbox\":\"b@x\"}}}",
+                 1, "export.destination.mailbox: only for type ews");
+    expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
+                 "\"destination\":{\"type\":\"directory\",\"path\":\"/x\",\"url\":\"https://h\"}}}",
+                 1, "export.destination.url: only for type ews");
     expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
                  "\"destination\":{\"type\":\"directory\",\"path\":\"/x\",\"host\":\"h\"}}}",
-                 1, "export.destination.host: not used by type directory");
+                 1, "export.destination.host: only for type imap");
     /* a Microsoft 365 mailbox: the app's secret, never stored; Exchange Online by default */
     static const char m3[] =
         "{\"name\":\"e3\",\"type\":\"export\",\"export\":{\"mailbox\":\"a@x\","
@@ -333,7 +403,7 @@ static void test_export(void **state)
     expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
                  "\"destination\":{\"type\":\"imap\",\"host\":\"h\",\"login\":\"b\","
                  "\"client_id\":\"c\"}}}",
-                 1, "export.destination.client_id: only for type m365");
+                 1, "export.destination.client_id: only for type ews or m365");
     expect_error("{\"name\":\"e\",\"type\":\"export\",\"export\":{\"mailbox\":\"a\","
                  "\"destination\":{\"type\":\"directory\",\"path\":\"relative/dir\"}}}",
                  1, "export.destination.path: must be an absolute path");

@@ -21,6 +21,7 @@
  *     BackOffMilliseconds / Retry-After in mv_ews_backoff_ms;
  *   ErrorAccessDenied, ErrorImpersonateUserDenied, ErrorImpersonationDenied -> MV_EAUTH;
  *   ErrorNonExistentMailbox, ErrorFolderNotFound -> MV_ENOTFOUND;
+ *   ErrorQuotaExceeded (the mailbox is full, on CreateItem/CreateFolder) -> MV_ETOOBIG;
  *   ErrorInvalidSyncStateData -> MV_ENOTFOUND with "sync state invalid" in err;
  *   other SOAP faults / error responses -> MV_ESERVER; malformed answers -> MV_EPROTO;
  *   transport failures -> MV_ENET / MV_ETIMEDOUT. */
@@ -115,5 +116,43 @@ typedef struct mv_ews_mime_cb {
 } mv_ews_mime_cb;
 mv_err mv_ews_get_mime(mv_ews *e, const char *mailbox, const char *const *item_ids, size_t n,
                        const mv_ews_mime_cb *cb, void *ud, char *err, size_t errlen);
+
+/* ---- writing into a mailbox (the export destination) ---- */
+
+#define MV_EWS_MAX_MSGID 998 /* bytes of a Message-ID looked up */
+
+/* The folder names[0]/names[1]/.../names[n-1] under msgfolderroot of mailbox, each level
+ * looked up by DisplayName (FindFolder Shallow with an IsEqualTo restriction on
+ * folder:DisplayName) and created when missing (CreateFolder, FolderClass IPF.Note; a folder
+ * made meanwhile by someone else, ErrorFolderExists, is looked up again). Names: 1..255 bytes
+ * without control characters, at most 64 levels. *folder_id (malloc'd) is the last level's id. */
+mv_err mv_ews_ensure_folder(mv_ews *e, const char *mailbox, const char *const *names, size_t n,
+                            char **folder_id, char *err, size_t errlen);
+
+/* Whether folder_id holds an item whose message:InternetMessageId equals msgid (FindItem
+ * Shallow with an IsEqualTo restriction, one entry asked for). msgid: 1..MV_EWS_MAX_MSGID
+ * bytes, no spaces or control characters (else MV_EINVAL). */
+mv_err mv_ews_find_message(mv_ews *e, const char *mailbox, const char *folder_id, const char *msgid,
+                           int *found, char *err, size_t errlen);
+
+/* One message for CreateItem: write is called once and gives the MIME bytes to put (in pieces
+ * of any size; put returns non-zero to stop: write then returns an error), which are base64-
+ * encoded straight into the request (the MIME itself is never held whole; the request, its
+ * base64, is bounded by max_message). */
+typedef struct mv_ews_message {
+    int read;     /* PR_MESSAGE_FLAGS 1 (MSGFLAG_READ), else 0 */
+    int64_t time; /* seconds since the epoch: PR_MESSAGE_DELIVERY_TIME and PR_CLIENT_SUBMIT_TIME;
+                   * 0 = not set */
+    mv_err (*write)(void *ud, int (*put)(void *ctx, const void *p, size_t n), void *ctx, char *err,
+                    size_t errlen);
+    void *ud;
+} mv_ews_message;
+
+/* CreateItem of a t:Message with t:MimeContent and MessageDisposition="SaveOnly" into
+ * folder_id, with the extended properties PR_MESSAGE_FLAGS (without it Exchange shows the item
+ * as an unsent draft) and, when time is set, PR_MESSAGE_DELIVERY_TIME / PR_CLIENT_SUBMIT_TIME.
+ * A full mailbox is MV_ETOOBIG (ErrorQuotaExceeded), a message past max_message too. */
+mv_err mv_ews_create_message(mv_ews *e, const char *mailbox, const char *folder_id,
+                             const mv_ews_message *m, char *err, size_t errlen);
 
 #endif

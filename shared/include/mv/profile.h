@@ -116,6 +116,9 @@ typedef struct mv_profile {
     mv_schedule schedule; /* "schedule": when it runs by itself (kind 0: on demand only) */
     int exp_m365;         /* destination type m365: exp_imap with AUTHENTICATE XOAUTH2 as the app
                            * (tenant_id, client_id, secret or certificate above) into mailbox exp_login */
+    int exp_ews;          /* destination type ews: the ews_* connection fields above (password or
+                           * client secret in client_secret on input, sealed like an ews
+                           * profile's), the target mailbox in exp_login, exp_root, exp_flat */
 } mv_profile;
 
 /* Parse and validate. allow_secrets = 1 for user input (password fields kept in memory),
