@@ -52,6 +52,8 @@ def kill_mid_export(w, name, progress, total, frozen_ok=None):
 
     def ready():
         n = progress()
+        if n >= total:
+            fail(f"{name}: the export ended before the kill point was reached")
         if n <= 2 * CHUNK:
             return 0
         if frozen_ok is None:
@@ -63,7 +65,7 @@ def kill_mid_export(w, name, progress, total, frozen_ok=None):
         return 0
     at = wait_for(ready, f"{name}: more than {2 * CHUNK} messages exported" +
                   (" and the worker stopped in the middle of one" if frozen_ok else ""),
-                  timeout=240, interval=0.01)
+                  timeout=240, interval=0.01 if frozen_ok else 0.05)
     w.kill(len(w.procs) - 1)
     after = progress()
     if frozen_ok:
