@@ -2,10 +2,18 @@
 
 A mailbox archived from Dovecot is exported in chunks of 15 messages, once into a directory
 (signed) and twice into another Dovecot user (tree layout with LITERAL+, flat layout with
-synchronising literals). Each time the only worker is SIGKILLed while the export is visibly
-under way (files, or messages at the destination, past the end of the second chunk and short
-of the whole), a new worker is started, and the export must finish by itself: the killed
+synchronising literals). Each time the only worker is SIGKILLed at a chosen point past the end
+of the second chunk, a new worker is started, and the export must finish by itself: the killed
 task's Kafka offset was never committed, its lease expires, and the chunk is redone.
+
+The kill points are chosen by what can be observed, never by timing:
+- directory: the worker is stopped (SIGSTOP) when a temporary ".mv-tmp-" file exists, and
+  killed only if it is still there while the worker stands still (a half-written file);
+- IMAP, LITERAL+: the worker talks to Dovecot through a proxy in this test, which holds back
+  the tagged OK of one APPEND: Dovecot has stored the message, the worker never learns it
+  (the crash between an APPEND and its record);
+- IMAP, synchronising literals: the proxy holds back the server's "+" continuation of one
+  APPEND: the command is sent, its message never is.
 
 Afterwards every selected message is at the destination exactly once and byte for byte:
 directory: the set of (folder, file) is exactly the archive's, each file hashes to its name and
@@ -15,7 +23,9 @@ and the set of (folder, SHA-256) is exactly the archive's."""
 import email.parser
 import hashlib
 import imaplib
+import socket
 import subprocess
+import threading
 
 from mvtest import *
 
@@ -41,39 +51,19 @@ def export_status(name):
     return {m["mailbox"]: m for m in status(t)["mailboxes"]}.get(f"export:{name}")
 
 
-def kill_mid_export(w, name, progress, total, frozen_ok=None):
-    """Start the export, SIGKILL the worker once progress() shows more than two chunks done and
-    less than everything, start a new worker, wait for the export to finish. With frozen_ok,
-    the worker is first stopped (SIGSTOP) and only killed if frozen_ok() holds while it stands
-    still (else it continues and the next chance is taken): a kill point chosen by what the
-    destination shows, not by timing; frozen_ok() must still hold after the kill."""
+def kill_mid_export(w, name, kill_point, what):
+    """Start the export, SIGKILL the worker when kill_point() returns something true (the worker
+    may be stopped then), start a new worker, wait for the export to finish. Returns what
+    kill_point returned."""
     cli("export", "--tenant", t, "--file", profile_file(name, destinations[name]))
-    proc = w.procs[-1]
-
-    def ready():
-        n = progress()
-        if n >= total:
-            fail(f"{name}: the export ended before the kill point was reached")
-        if n <= 2 * CHUNK:
-            return 0
-        if frozen_ok is None:
-            return n
-        proc.send_signal(signal.SIGSTOP)
-        if frozen_ok():
-            return n
-        proc.send_signal(signal.SIGCONT)
-        return 0
-    at = wait_for(ready, f"{name}: more than {2 * CHUNK} messages exported" +
-                  (" and the worker stopped in the middle of one" if frozen_ok else ""),
-                  timeout=240, interval=0.01 if frozen_ok else 0.05)
+    at = wait_for(kill_point, f"{name}: {what}", timeout=240, interval=0.01)
     w.kill(len(w.procs) - 1)
-    after = progress()
-    if frozen_ok:
-        left = frozen_ok()
-        check(left, f"{name}: the killed worker left a half-written message: {left}")
-    check(at <= after < total, f"{name}: worker killed mid-export ({after} of {total} at the destination)")
     st = export_status(name)
     check(st["state"] not in ("done", "failed"), f"{name}: the export was not finished when killed ({st['state']})")
+    return at
+
+
+def restart_and_finish(w, name):
     w.start()
 
     def finished():
@@ -81,7 +71,72 @@ def kill_mid_export(w, name, progress, total, frozen_ok=None):
         return m if m["state"] in ("done", "failed") else None
     m = wait_for(finished, f"{name}: the export to finish after the restart", timeout=300)
     check(m["state"] == "done", f"{name}: finished after the restart (state {m['state']}, error {m['error']!r})")
-    return after
+
+
+class HoldingProxy:
+    """A TCP proxy to Dovecot for the worker's IMAP connections. Client bytes pass unchanged;
+    server lines pass unchanged until, while armed, hold(line) is true: that line is kept back,
+    nothing more goes to that client, and self.held is set. self.appended counts the server's
+    "OK [APPENDUID" lines (messages stored), the held one included."""
+
+    def __init__(self, hold):
+        self.hold = hold
+        self.armed = True
+        self.appended = 0
+        self.held = threading.Event()
+        self.socks = []
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                cs, _ = self.lsock.accept()
+            except OSError:
+                return
+            us = socket.create_connection(("127.0.0.1", IMAP_PORT))
+            self.socks += [cs, us]
+            threading.Thread(target=self.up, args=(cs, us), daemon=True).start()
+            threading.Thread(target=self.down, args=(us, cs), daemon=True).start()
+
+    def up(self, cs, us):  # client -> server, bytes as they come
+        try:
+            while True:
+                b = cs.recv(65536)
+                if not b:
+                    break
+                us.sendall(b)
+        except OSError:
+            pass
+        for x in (us, cs):  # the client is gone: so is its server connection
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def down(self, us, cs):  # server -> client, line by line
+        f = us.makefile("rb")
+        try:
+            for line in f:
+                if b" OK [APPENDUID " in line:
+                    self.appended += 1
+                if self.armed and self.hold(self, line):
+                    self.held.set()
+                    return
+                cs.sendall(line)
+        except OSError:
+            pass
+
+    def close(self):
+        self.lsock.close()
+        for x in self.socks:
+            try:
+                x.close()
+            except OSError:
+                pass
 
 
 # ---- helpers reading the destinations independently of mailvault ----
@@ -144,11 +199,16 @@ def imap_dest(user, password, root):
 
 
 root_dir = os.path.join(RUN, f"export-kill-{SUFFIX}")
+HOLD_AFTER = 2 * CHUNK + CHUNK // 2  # in the middle of the third chunk
+# LITERAL+: keep back the tagged OK of an APPEND (the message is stored, the worker never knows)
+tree_proxy = HoldingProxy(lambda p, line: b" OK [APPENDUID " in line and p.appended > HOLD_AFTER)
+# synchronising literals: keep back the "+" (the APPEND is sent, its message never is)
+flat_proxy = HoldingProxy(lambda p, line: line.startswith(b"+") and p.appended >= HOLD_AFTER)
 destinations = {
     "to-dir": {"type": "directory", "path": root_dir, "sign": True},
-    "to-imap": {"type": "imap", "host": "127.0.0.1", "port": IMAP_PORT, "tls": "none",
+    "to-imap": {"type": "imap", "host": "127.0.0.1", "port": tree_proxy.port, "tls": "none",
                 "login": dst1, "password": "pw-d1", "root": "Restored"},
-    "to-flat": {"type": "imap", "host": "127.0.0.1", "port": IMAP_PORT, "tls": "none",
+    "to-flat": {"type": "imap", "host": "127.0.0.1", "port": flat_proxy.port, "tls": "none",
                 "login": dst2, "password": "pw-d2", "root": "Flat", "layout": "flat",
                 "literal_plus": False},
 }
@@ -167,8 +227,25 @@ try:
     check(all(archived[h] == h for h in distinct), "mailvault get returns every message under its hash")
 
     # ---- directory ----
-    tmp_files = lambda: [r for r in dir_entries(root_dir) if os.path.basename(r).startswith(".mv-tmp-")]
-    kill_mid_export(w, "to-dir", dir_progress(root_dir), len(pairs), frozen_ok=tmp_files)
+    def tmp_files():
+        return [r for r in dir_entries(root_dir) if os.path.basename(r).startswith(".mv-tmp-")]
+
+    def dir_kill_point(proc=w.procs[-1], progress=dir_progress(root_dir)):
+        n = progress()
+        if n >= len(pairs):
+            fail("to-dir: the export ended before the worker was caught writing a file")
+        if n <= HOLD_AFTER:
+            return 0
+        proc.send_signal(signal.SIGSTOP)  # stands still now: is a file half-written?
+        if tmp_files():
+            return n
+        proc.send_signal(signal.SIGCONT)
+        return 0
+    at = kill_mid_export(w, "to-dir", dir_kill_point, "the worker stopped while it writes a file")
+    left = tmp_files()
+    check(left and at < len(pairs),
+          f"to-dir: killed with a half-written file ({left}), {at} of {len(pairs)} files written")
+    restart_and_finish(w, "to-dir")
     entries = dir_entries(root_dir)
     emls = {rel: p for rel, p in entries.items() if rel.endswith(".eml")}
     others = sorted(set(entries) - set(emls) - {"MANIFEST", "MANIFEST.sig", "signing-key.pub.pem"})
@@ -195,7 +272,12 @@ try:
     check(manifest == sorted(emls), f"the manifest lists every file once ({len(manifest)} lines)")
 
     # ---- IMAP, tree layout, LITERAL+ ----
-    kill_mid_export(w, "to-imap", imap_progress(dst1, "pw-d1", "Restored"), len(pairs))
+    kill_mid_export(w, "to-imap", tree_proxy.held.is_set, "an APPEND's OK held back")
+    stored = imap_progress(dst1, "pw-d1", "Restored")()
+    check(stored == tree_proxy.appended < len(pairs),
+          f"to-imap: killed after Dovecot stored message {stored} of {len(pairs)}, before the worker knew")
+    tree_proxy.armed = False
+    restart_and_finish(w, "to-imap")
     got = imap_dest(dst1, "pw-d1", "Restored")
     by_id = {}
     for folder, msgid, h in got:
@@ -208,7 +290,12 @@ try:
           f"every (folder, message) exactly once, byte for byte ({len(got)} of {len(pairs)})")
 
     # ---- IMAP, flat layout, synchronising literals ----
-    kill_mid_export(w, "to-flat", imap_progress(dst2, "pw-d2", "Flat"), len(distinct))
+    kill_mid_export(w, "to-flat", flat_proxy.held.is_set, "an APPEND's continuation held back")
+    stored = imap_progress(dst2, "pw-d2", "Flat")()
+    check(stored == flat_proxy.appended < len(distinct),
+          f"to-flat: killed in the middle of an APPEND ({stored} of {len(distinct)} stored)")
+    flat_proxy.armed = False
+    restart_and_finish(w, "to-flat")
     got = imap_dest(dst2, "pw-d2", "Flat")
     ids = [msgid for _, msgid, _ in got]
     check(all(ids) and len(set(ids)) == len(ids), f"flat: no Message-ID twice ({len(ids)} messages)")
@@ -217,5 +304,7 @@ try:
     check(set(hashes) == distinct, f"flat: every distinct message, byte for byte ({len(hashes)} of {len(distinct)})")
 finally:
     codes = w.stop()
+    tree_proxy.close()
+    flat_proxy.close()
 check(codes[-1] == 0, "the last worker exits 0 on SIGTERM")
 print("1 passed, 0 failed")
