@@ -52,9 +52,9 @@ def export_status(name):
 
 
 def kill_mid_export(w, name, kill_point, what):
-    """Start the export, SIGKILL the worker when kill_point() returns something true (the worker
-    may be stopped then), start a new worker, wait for the export to finish. Returns what
-    kill_point returned."""
+    """Start the export and SIGKILL the (only, last started) worker as soon as kill_point()
+    returns something true (the worker may be stopped at that moment). Returns what kill_point
+    returned."""
     cli("export", "--tenant", t, "--file", profile_file(name, destinations[name]))
     at = wait_for(kill_point, f"{name}: {what}", timeout=240, interval=0.01)
     w.kill(len(w.procs) - 1)
@@ -64,6 +64,7 @@ def kill_mid_export(w, name, kill_point, what):
 
 
 def restart_and_finish(w, name):
+    """Start a new worker; the export must finish by itself."""
     w.start()
 
     def finished():
