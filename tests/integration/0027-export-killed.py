@@ -9,11 +9,11 @@ task's Kafka offset was never committed, its lease expires, and the chunk is red
 The kill points are chosen by what can be observed, never by timing:
 - directory: the worker is stopped (SIGSTOP) when a temporary ".mv-tmp-" file exists, and
   killed only if it is still there while the worker stands still (a half-written file);
-- IMAP, LITERAL+: the worker talks to Dovecot through a proxy in this test, which holds back
-  the tagged OK of one APPEND: Dovecot has stored the message, the worker never learns it
-  (the crash between an APPEND and its record);
-- IMAP, synchronising literals: the proxy holds back the server's "+" continuation of one
-  APPEND: the command is sent, its message never is.
+- IMAP, LITERAL+ and MULTIAPPEND: the worker talks to Dovecot through a proxy in this test,
+  which holds back the tagged OK of one APPEND: Dovecot has stored its messages, the worker
+  never learns it (the crash between an APPEND and its record);
+- IMAP, synchronising literals, one APPEND per message: the proxy holds back the server's "+"
+  continuation of one APPEND: the command is sent, its message never is.
 
 Afterwards every selected message is at the destination exactly once and byte for byte:
 directory: the set of (folder, file) is exactly the archive's, each file hashes to its name and
@@ -74,11 +74,21 @@ def restart_and_finish(w, name):
     check(m["state"] == "done", f"{name}: finished after the restart (state {m['state']}, error {m['error']!r})")
 
 
+def uid_count(uidset):
+    """How many UIDs an APPENDUID uid-set names ("7", "10:24", "3,5:6")."""
+    n = 0
+    for part in uidset.split(b","):
+        a, _, b = part.partition(b":")
+        n += abs(int(b) - int(a)) + 1 if b else 1
+    return n
+
+
 class HoldingProxy:
     """A TCP proxy to Dovecot for the worker's IMAP connections. Client bytes pass unchanged;
     server lines pass unchanged until, while armed, hold(line) is true: that line is kept back,
-    nothing more goes to that client, and self.held is set. self.appended counts the server's
-    "OK [APPENDUID" lines (messages stored), the held one included."""
+    nothing more goes to that client, and self.held is set. self.appended counts the messages
+    the server's "OK [APPENDUID" lines say it stored (a MULTIAPPEND's whole uid-set), the held
+    one included."""
 
     def __init__(self, hold):
         self.hold = hold
@@ -122,8 +132,8 @@ class HoldingProxy:
         f = us.makefile("rb")
         try:
             for line in f:
-                if b" OK [APPENDUID " in line:
-                    self.appended += 1
+                if b" OK [APPENDUID " in line:  # one message, or a MULTIAPPEND's uid-set
+                    self.appended += uid_count(line.split(b"[APPENDUID ")[1].split()[1].rstrip(b"]"))
                 if self.armed and self.hold(self, line):
                     self.held.set()
                     return
@@ -211,7 +221,7 @@ destinations = {
                 "login": dst1, "password": "pw-d1", "root": "Restored"},
     "to-flat": {"type": "imap", "host": "127.0.0.1", "port": flat_proxy.port, "tls": "none",
                 "login": dst2, "password": "pw-d2", "root": "Flat", "layout": "flat",
-                "literal_plus": False},
+                "literal_plus": False, "multiappend": False},
 }
 
 w = Workers(1, **settings)
