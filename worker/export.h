@@ -66,6 +66,14 @@ mv_err export_deliver(chunk_ctx *c, const xlist *l, const xdest *d, const char *
 mv_err export_stream(chunk_ctx *c, const xfile *f, int (*out)(void *ud, const void *p, size_t n),
                      void *ud, char *err, size_t errlen);
 
+/* Chunks of one run go on where the previous one stopped instead of checking everything again:
+ * export_mark records (fenced by the task's lease, "<run>\t<rel>") that the entries of l before
+ * upto are handled; export_resume gives the index a later chunk of the same run starts at (0
+ * for a new run or without a mark). A chunk that died before marking is redone from the last
+ * mark: its entries are checked at the destination again. */
+size_t export_resume(chunk_ctx *c, const xlist *l);
+void export_mark(chunk_ctx *c, const xlist *l, size_t upto);
+
 /* The id of a destination in its Redis record (mv:export:{t}:{id}): the first 16 hex digits of
  * the SHA-256 of what names it, printf-formatted (e.g. "imap:host:port:login:root"). */
 void export_dest_id(char out[17], const char *fmt, ...) __attribute__((format(printf, 2, 3)));

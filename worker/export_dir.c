@@ -244,7 +244,8 @@ mv_err export_run(chunk_ctx *c, const mv_profile *p, const char *sign_key, int *
         mv_hex(d, 8, dest);
     }
     int64_t deadline = mv_mono_ms() + (int64_t)r->cfg->chunk_seconds * 1000;
-    for (size_t i = 0; i < l.n && !rc; i++) {
+    size_t i = export_resume(c, &l);
+    for (; i < l.n && !rc; i++) {
         if (i && !strcmp(l.v[i].rel, l.v[i - 1].rel)) continue; /* same message, same folder */
         if ((rc = chunk_beat(c, 0))) {
             mv_seterr(err, errlen, rc, "%s", c->err);
@@ -279,6 +280,7 @@ mv_err export_run(chunk_ctx *c, const mv_profile *p, const char *sign_key, int *
                     " tenant=%s export=%s file=\"%s\"", t->tenant, p->name, l.v[i].rel);
         }
     }
+    if (!rc && *more) export_mark(c, &l, i); /* everything before entry i is handled */
     if (!rc && !*more && p->exp_sign) rc = sign_export(c, p, &l, sign_key, err, errlen);
 out:
     export_count(c, written, bytes, kept);

@@ -256,6 +256,54 @@ static mv_err pending_flush(chunk_ctx *c, const xdest *d, const char *dest, pend
     return rc;
 }
 
+#define RESUME_FOLDER "export-resume" /* the export task's only "folder" in Redis */
+
+size_t export_resume(chunk_ctx *c, const xlist *l)
+{
+    const mv_task *t = c->t;
+    if (t->chunk == 0 || l->n == 0) return 0; /* a run starts at the top */
+    mv_cursor *cu = calloc(1, sizeof *cu);
+    char err[MV_ERRLEN];
+    size_t at = 0;
+    if (!cu || mv_state_cursor_get(c->r->st, t->tenant, t->mailbox, RESUME_FOLDER, cu, err,
+                                   sizeof err) != MV_OK)
+        goto out;
+    char *tab = strchr(cu->link, '\t');
+    if (!tab) goto out;
+    *tab = '\0';
+    if (strcmp(cu->link, t->run_id) != 0) goto out; /* another run's */
+    size_t lo = 0, hi = l->n;                       /* the first rel after the mark */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(l->v[mid].rel, tab + 1) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    at = lo;
+    mv_debug("export resumed", " tenant=%s task=%s chunk=%u skipped=%zu", t->tenant, t->id,
+             t->chunk, at);
+out:
+    free(cu);
+    return at;
+}
+
+void export_mark(chunk_ctx *c, const xlist *l, size_t upto)
+{
+    const mv_task *t = c->t;
+    if (upto == 0 || upto > l->n) return;
+    mv_cursor *cu = calloc(1, sizeof *cu);
+    char err[MV_ERRLEN];
+    if (!cu) return;
+    if ((size_t)snprintf(cu->link, sizeof cu->link, "%s\t%s", t->run_id, l->v[upto - 1].rel) <
+            sizeof cu->link &&
+        mv_state_cursor_commit(c->r->st, t->tenant, t->mailbox, RESUME_FOLDER, cu, c->r->worker_id,
+                               c->token, NULL, NULL, 0, err, sizeof err))
+        mv_warn("cannot record where the export stopped (the next chunk checks from the top)",
+                " tenant=%s task=%s error=\"%s\"", t->tenant, t->id, err);
+    free(cu);
+}
+
 mv_err export_deliver(chunk_ctx *c, const xlist *l, const xdest *d, const char *dest, xcount *n,
                       int *more, char *err, size_t errlen)
 {
@@ -273,7 +321,8 @@ mv_err export_deliver(chunk_ctx *c, const xlist *l, const xdest *d, const char *
         return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
     }
     const char *prev = NULL;
-    for (size_t i = 0; i < l->n; i++) {
+    size_t i = export_resume(c, l);
+    for (; i < l->n; i++) {
         const xfile *f = &l->v[i];
         if (i && !strcmp(f->rel, l->v[i - 1].rel)) continue; /* listed in two segments */
         if ((rc = chunk_beat(c, 0))) {
@@ -323,6 +372,7 @@ mv_err export_deliver(chunk_ctx *c, const xlist *l, const xdest *d, const char *
         rc = pending_flush(c, d, dest, &q, &written, &bytes, err, errlen);
     else
         pending_drop(&q);
+    if (!rc && *more) export_mark(c, l, i); /* everything before entry i is handled */
     free(q.f);
     free(q.member);
     export_count(c, written, bytes, kept);

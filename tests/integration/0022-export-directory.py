@@ -68,6 +68,8 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=7):
     st = {m["mailbox"]: m for m in status(t)["mailboxes"]}[f"export:erin-all"]
     check(st["state"] == "done" and st["messages"] == len(want) and st["chunk"] >= 2,
           f"written in chunks and counted ({st['messages']} files, {st['chunk'] + 1} chunks)")
+    check(st["deduplicated"] == 0,
+          "each chunk went on where the previous one stopped: nothing counted as already there")
 
     v = openssl_verify(dest)
     check(v.returncode == 0 and "Verified OK" in v.stdout, f"openssl verifies the manifest: {v.stdout.strip()} {v.stderr.strip()}")

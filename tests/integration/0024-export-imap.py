@@ -105,6 +105,8 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9) as ws:
     m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-dora"]
     check(m["state"] == "done" and m["messages"] == len(want) and m["chunk"] >= 3,
           f"appended in chunks ({m['messages']} messages, {m['chunk'] + 1} chunks)")
+    check(m["deduplicated"] == 0,
+          "each chunk went on where the previous one stopped: nothing counted as already there")
     w, a = appends(ws, "to-dora")
     check(w == len(want) and a < w, f"in MULTIAPPEND batches: {w} messages in {a} APPEND commands")
 
