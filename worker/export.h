@@ -48,6 +48,10 @@ typedef struct xdest {
     mv_err (*flush)(void *ud, char *err, size_t errlen);
     size_t batch_max;
     uint64_t batch_bytes;
+    /* Optional: whether the current folder holds f's exact bytes (for a message without a
+     * Message-ID that was being sent when an earlier attempt died, so its record may be
+     * missing although the destination has it). */
+    mv_err (*holds_bytes)(void *ud, const xfile *f, int *present, char *err, size_t errlen);
 } xdest;
 
 typedef struct xcount {

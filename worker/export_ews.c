@@ -198,7 +198,7 @@ mv_err export_ews_run(chunk_ctx *c, const mv_profile *p, const char *secret, int
     /* this destination's record of what it received */
     char dest[17];
     export_dest_id(dest, "ews:%s:%s:%s", p->ews_url, p->exp_login, p->exp_root);
-    xdest d = {&ed, ews_folder, ews_holds, ews_put, NULL, 0, 0};
+    xdest d = {&ed, ews_folder, ews_holds, ews_put, NULL, 0, 0, NULL};
     rc = export_deliver(c, &l, &d, dest, &n, more, err, errlen);
 out:
     if (rc) explain(p, rc, err, errlen);

@@ -30,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 /* APPEND's literal, fed by export_stream. */
 typedef struct asink {
     mv_imap *im;
@@ -107,6 +109,63 @@ static mv_err imap_holds(void *ud, const xfile *f, int *present, int *asked, cha
     return rc;
 }
 
+typedef struct hsum {
+    EVP_MD_CTX *md;
+    uint64_t got;
+} hsum;
+
+static int hsum_begin(void *ud, uint64_t size)
+{
+    (void)size;
+    hsum *h = ud;
+    h->got = 0;
+    return EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1;
+}
+
+static int hsum_data(void *ud, const void *p, size_t n)
+{
+    hsum *h = ud;
+    h->got += n;
+    return EVP_DigestUpdate(h->md, p, n) != 1;
+}
+
+static int hsum_done(void *ud, const mv_imap_msg *m, int had_body)
+{
+    (void)ud;
+    (void)m;
+    (void)had_body;
+    return 0;
+}
+
+/* Whether the current folder holds a message of f's exact bytes: the messages of its size,
+ * fetched and hashed (a message without a Message-ID whose APPEND may have been stored by an
+ * attempt that died before recording it). */
+static mv_err imap_holds_bytes(void *ud, const xfile *f, int *present, char *err, size_t errlen)
+{
+    idest *d = ud;
+    uint32_t *uids = NULL;
+    size_t n = 0;
+    *present = 0;
+    mv_err rc = mv_imap_search_size(d->im, f->size, &uids, &n, err, errlen);
+    hsum h = {EVP_MD_CTX_new(), 0};
+    mv_imap_fetch_cb cb = {hsum_begin, hsum_data, hsum_done};
+    if (!rc && !h.md) rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n && !rc && !*present; i++) {
+        if ((rc = mv_imap_fetch_range(d->im, uids[i], uids[i], &cb, &h, err, errlen))) break;
+        unsigned char md[32];
+        unsigned int ml = 0;
+        char hex[65];
+        if (h.got == f->size && EVP_DigestFinal_ex(h.md, md, &ml) == 1) {
+            mv_hex(md, 32, hex);
+            *present = strcmp(hex, f->hash) == 0;
+        }
+    }
+    mv_debug("export: destination compared by bytes", " candidates=%zu present=%d", n, *present);
+    EVP_MD_CTX_free(h.md);
+    free(uids);
+    return rc;
+}
+
 /* One message's bytes into the APPEND in progress. */
 static mv_err send_body(idest *d, const xfile *f, char *err, size_t errlen)
 {
@@ -179,7 +238,7 @@ mv_err export_imap_run(chunk_ctx *c, const mv_profile *p, const char *password, 
     /* this destination's record of what it received */
     char dest[17];
     export_dest_id(dest, "imap:%s:%d:%s:%s", p->host, p->port, p->exp_login, p->exp_root);
-    xdest d = {&id, imap_folder, imap_holds, imap_put, NULL, 0, 0};
+    xdest d = {&id, imap_folder, imap_holds, imap_put, NULL, 0, 0, imap_holds_bytes};
     if (p->exp_multiappend && mv_imap_has_cap(id.im, "MULTIAPPEND")) {
         d.batch_max = (size_t)r->cfg->export_append_batch;
         d.batch_bytes = 32u << 20;

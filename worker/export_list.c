@@ -342,6 +342,12 @@ mv_err export_deliver(chunk_ctx *c, const xlist *l, const xdest *d, const char *
             (rc = mv_state_set_member(r->st, t->tenant, "export", dest, member, &present, err,
                                       errlen)))
             break;
+        int sending = 0; /* marked "being sent" by an attempt that may have died meanwhile */
+        if (!present && !asked && d->holds_bytes &&
+            ((rc = mv_state_set_member(r->st, t->tenant, "export-sending", dest, member, &sending,
+                                       err, errlen)) ||
+             (sending && (rc = d->holds_bytes(d->ud, f, &present, err, errlen)))))
+            break;
         if (present) {
             kept++;
             continue;
@@ -353,6 +359,11 @@ mv_err export_deliver(chunk_ctx *c, const xlist *l, const xdest *d, const char *
         }
         if (qmax && (q.n == qmax || (q.n && q.bytes + f->size > d->batch_bytes)) &&
             (rc = pending_flush(c, d, dest, &q, &written, &bytes, err, errlen)))
+            break;
+        /* without a Message-ID the destination cannot be asked cheaply: say it is being sent,
+         * so that after a crash before its record the next attempt compares bytes */
+        if (!asked && d->holds_bytes && !sending &&
+            (rc = mv_state_set_add(r->st, t->tenant, "export-sending", dest, member, err, errlen)))
             break;
         if ((rc = d->put(d->ud, f, err, errlen))) break;
         if (qmax) { /* queued: recorded once sent */

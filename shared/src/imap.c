@@ -1965,6 +1965,38 @@ mv_err mv_imap_search_header(mv_imap *c, const char *field, const char *value, s
     return e;
 }
 
+mv_err mv_imap_search_size(mv_imap *c, uint64_t size, uint32_t **uids, size_t *n, char *err,
+                           size_t errlen)
+{
+    if (!c || !uids || !n) return mv_seterr(err, errlen, MV_EINVAL, "mv_imap_search_size: NULL");
+    *uids = NULL;
+    *n = 0;
+    set_ctx(c, err, errlen);
+    char q[96];
+    if (size == 0)
+        snprintf(q, sizeof q, "UID SEARCH SMALLER 1");
+    else
+        snprintf(q, sizeof q, "UID SEARCH LARGER %" PRIu64 " SMALLER %" PRIu64, size - 1, size + 1);
+    c->collect = 1;
+    c->nuids = 0;
+    mv_err e = simple_cmd(c, q, "UID SEARCH");
+    c->collect = 0;
+    if (!e && c->nuids) {
+        qsort(c->uids, c->nuids, sizeof *c->uids, cmp_u32);
+        size_t k = 0;
+        for (size_t i = 0; i < c->nuids; i++)
+            if (k == 0 || c->uids[k - 1] != c->uids[i]) c->uids[k++] = c->uids[i];
+        if (!(*uids = malloc(k * sizeof **uids)))
+            e = fail(c, MV_ENOMEM, "out of memory");
+        else {
+            memcpy(*uids, c->uids, k * sizeof **uids);
+            *n = k;
+        }
+    }
+    c->nuids = 0;
+    return e;
+}
+
 /* flag-keyword / "\" atom (RFC 3501 flag): atom chars without list-wildcards, quoted-specials
  * and resp-specials. */
 static int flag_valid(const char *f, size_t n)

@@ -10,8 +10,10 @@ import imaplib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -540,3 +542,81 @@ def redis_cli(*args):
     if p.returncode != 0:
         fail(f"redis-cli {args}: {p.stderr}")
     return p.stdout.strip()
+
+
+# ---- a TCP proxy to Dovecot that can hold back one server line (crash windows) ----
+
+def uid_count(uidset):
+    """How many UIDs an APPENDUID uid-set names ("7", "10:24", "3,5:6")."""
+    n = 0
+    for part in uidset.split(b","):
+        a, _, b = part.partition(b":")
+        n += abs(int(b) - int(a)) + 1 if b else 1
+    return n
+
+
+class HoldingProxy:
+    """A TCP proxy to Dovecot for the worker's IMAP connections. Client bytes pass unchanged;
+    server lines pass unchanged until, while armed, hold(line) is true: that line is kept back,
+    nothing more goes to that client, and self.held is set. self.appended counts the messages
+    the server's "OK [APPENDUID" lines say it stored (a MULTIAPPEND's whole uid-set), the held
+    one included."""
+
+    def __init__(self, hold):
+        self.hold = hold
+        self.armed = True
+        self.appended = 0
+        self.held = threading.Event()
+        self.socks = []
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                cs, _ = self.lsock.accept()
+            except OSError:
+                return
+            us = socket.create_connection(("127.0.0.1", IMAP_PORT))
+            self.socks += [cs, us]
+            threading.Thread(target=self.up, args=(cs, us), daemon=True).start()
+            threading.Thread(target=self.down, args=(us, cs), daemon=True).start()
+
+    def up(self, cs, us):  # client -> server, bytes as they come
+        try:
+            while True:
+                b = cs.recv(65536)
+                if not b:
+                    break
+                us.sendall(b)
+        except OSError:
+            pass
+        for x in (us, cs):  # the client is gone: so is its server connection
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def down(self, us, cs):  # server -> client, line by line
+        f = us.makefile("rb")
+        try:
+            for line in f:
+                if b" OK [APPENDUID " in line:  # one message, or a MULTIAPPEND's uid-set
+                    self.appended += uid_count(line.split(b"[APPENDUID ")[1].split()[1].rstrip(b"]"))
+                if self.armed and self.hold(self, line):
+                    self.held.set()
+                    return
+                cs.sendall(line)
+        except OSError:
+            pass
+
+    def close(self):
+        self.lsock.close()
+        for x in self.socks:
+            try:
+                x.close()
+            except OSError:
+                pass

@@ -1508,6 +1508,30 @@ static void test_search_header(void **state)
     done(c);
 }
 
+static void test_search_size(void **state)
+{
+    (void)state;
+    mem_io m;
+    char err[MV_ERRLEN];
+    mv_imap *c =
+        mk(&m, "* SEARCH 9 4 9\r\nA1 OK done\r\nA2 OK done\r\nA3 NO [LIMIT] busy\r\n", 0, 0, 0, 0);
+    uint32_t *uids = NULL;
+    size_t n = 0;
+    assert_int_equal(mv_imap_search_size(c, 1234, &uids, &n, err, sizeof err), MV_OK);
+    assert_int_equal(n, 2); /* sorted, once each */
+    assert_int_equal(uids[0], 4);
+    assert_int_equal(uids[1], 9);
+    free(uids);
+    assert_int_equal(mv_imap_search_size(c, 0, &uids, &n, err, sizeof err), MV_OK);
+    assert_null(uids);
+    assert_int_equal(n, 0);
+    assert_int_equal(mv_imap_search_size(c, 7, &uids, &n, err, sizeof err), MV_EBUSY);
+    assert_string_equal(m.out,
+                        "A1 UID SEARCH LARGER 1233 SMALLER 1235\r\nA2 UID SEARCH SMALLER 1\r\n"
+                        "A3 UID SEARCH LARGER 6 SMALLER 8\r\n");
+    done(c);
+}
+
 static void test_delimiter(void **state)
 {
     (void)state;
@@ -1634,6 +1658,7 @@ int main(void)
         cmocka_unit_test(test_append_misuse),
         cmocka_unit_test(test_create),
         cmocka_unit_test(test_search_header),
+        cmocka_unit_test(test_search_size),
         cmocka_unit_test(test_delimiter),
         cmocka_unit_test(test_utf7),
     };

@@ -111,6 +111,10 @@ mv_err mv_imap_create(mv_imap *c, const char *mailbox, char *err, size_t errlen)
  * literal with CHARSET UTF-8. */
 mv_err mv_imap_search_header(mv_imap *c, const char *field, const char *value, size_t *count,
                              char *err, size_t errlen);
+/* UID SEARCH LARGER size-1 SMALLER size+1 in the selected mailbox: the UIDs of the messages of
+ * exactly size octets, sorted, in a malloc'd array (NULL when none). */
+mv_err mv_imap_search_size(mv_imap *c, uint64_t size, uint32_t **uids, size_t *n, char *err,
+                           size_t errlen);
 
 /* APPEND, streamed. begin sends `TAG APPEND <mailbox> (<flags>) "<date>" {<size>}`: flags is
  * the raw flag list text (e.g. "\\Seen \\Flagged", may be "" or NULL; \Recent is dropped, it
