@@ -123,11 +123,18 @@ start_dovecot() {
     id dovenull >/dev/null 2>&1 || useradd -r -M -s /usr/sbin/nologin dovenull
     mail=$(mail_dir "$run")
     mkdir -p "$run/dovecot/run/state" "$mail"
+    # the global ACL file is read by the imap processes (vmail) too: it lives beside the mail
+    # and RUN/dovecot/acl links to it
+    local acl="$run/dovecot/acl"
     if [ "$mail" != "$run/mail" ]; then
         chmod 755 /var/tmp/mailvault-mail
         ln -sfn "$mail" "$run/mail"
+        acl="$mail.acl"
+        touch "$acl"
+        ln -sfn "$acl" "$run/dovecot/acl"
     fi
-    touch "$run/dovecot/passwd" "$run/dovecot/acl"
+    touch "$run/dovecot/passwd" "$acl"
+    chmod 644 "$acl"
     chown vmail:vmail "$mail"
     make_certs "$run"
     cat >"$run/dovecot/dovecot.conf" <<CONF
@@ -171,7 +178,7 @@ protocol imap {
 }
 plugin {
   quota = maildir:User quota
-  acl = vfile:$run/dovecot/acl
+  acl = vfile:$acl
 }
 passdb {
   driver = passwd-file
