@@ -352,44 +352,90 @@ int cmd_cancel(cli *c, int argc, char **argv)
 
 typedef struct run_row {
     char id[40], profile[64];
-    long long started_ms, slot_ms;
-    int tasks, busy;
+    long long started_ms, slot_ms, ended_ms, messages, bytes_raw, bytes_stored, dedup;
+    int tasks, busy, done, failed, cancelled;
 } run_row;
 
 typedef struct runs_walk {
-    const char *profile;
-    int json;
+    const char *profile, *run;
+    int json, found;
+    mv_state *st;
     run_row cur;
     json_t *arr;
 } runs_walk;
 
+static int run_ended(const run_row *r)
+{
+    return r->done + r->failed + r->cancelled >= r->tasks;
+}
+
+static void fmt_ms(long long ms, char out[32])
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    snprintf(out, 32, "-");
+    if (ms > 0 && gmtime_r(&t, &tm)) strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int run_error_json(void *ud, const char *mailbox, const char *error)
+{
+    json_object_set_new(ud, mailbox, json_string(error));
+    return 0;
+}
+
+static int run_error_text(void *ud, const char *mailbox, const char *error)
+{
+    (void)ud;
+    printf("  %s: %s\n", mailbox, error);
+    return 0;
+}
+
 static void run_emit(runs_walk *w)
 {
     run_row *r = &w->cur;
-    if (!r->id[0] || (w->profile && strcmp(w->profile, r->profile) != 0)) return;
+    char err[MV_ERRLEN];
+    if (!r->id[0] || (w->profile && strcmp(w->profile, r->profile) != 0) ||
+        (w->run && strcmp(w->run, r->id) != 0))
+        return;
+    int ended = run_ended(r);
+    if (ended && r->ended_ms == 0) r->ended_ms = r->started_ms; /* nothing was enqueued */
+    w->found++;
     if (w->json) {
         json_t *o = json_object();
         json_object_set_new(o, "run", json_string(r->id));
         json_object_set_new(o, "profile", json_string(r->profile));
+        json_object_set_new(o, "state", json_string(ended ? "finished" : "running"));
         json_object_set_new(o, "started_ms", json_integer(r->started_ms));
+        json_object_set_new(o, "ended_ms", ended ? json_integer(r->ended_ms) : json_null());
         json_object_set_new(o, "tasks", json_integer(r->tasks));
+        json_object_set_new(o, "done", json_integer(r->done));
+        json_object_set_new(o, "failed", json_integer(r->failed));
+        json_object_set_new(o, "cancelled", json_integer(r->cancelled));
+        json_object_set_new(o, "messages", json_integer(r->messages));
+        json_object_set_new(o, "bytes_raw", json_integer(r->bytes_raw));
+        json_object_set_new(o, "bytes_stored", json_integer(r->bytes_stored));
+        json_object_set_new(o, "deduplicated", json_integer(r->dedup));
         json_object_set_new(o, "trigger", json_string(r->slot_ms >= 0 ? "schedule" : "manual"));
         if (r->slot_ms >= 0) {
             json_object_set_new(o, "slot_ms", json_integer(r->slot_ms));
             json_object_set_new(o, "busy", json_integer(r->busy));
         }
+        json_t *errors = json_object();
+        if (r->failed + r->cancelled > 0)
+            mv_state_run_errors(w->st, r->id, run_error_json, errors, err, sizeof err);
+        json_object_set_new(o, "errors", errors);
         json_array_append_new(w->arr, o);
         return;
     }
-    char when[32] = "-";
-    time_t t = (time_t)(r->started_ms / 1000);
-    struct tm tm;
-    if (r->started_ms > 0 && gmtime_r(&t, &tm))
-        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    if (r->slot_ms >= 0)
-        printf("%s\t%s\t%s\t%d\tschedule\t%d\n", r->id, r->profile, when, r->tasks, r->busy);
-    else
-        printf("%s\t%s\t%s\t%d\tmanual\t-\n", r->id, r->profile, when, r->tasks);
+    char started[32], endtxt[32], busy[16] = "-";
+    fmt_ms(r->started_ms, started);
+    fmt_ms(ended ? r->ended_ms : 0, endtxt);
+    if (r->slot_ms >= 0) snprintf(busy, sizeof busy, "%d", r->busy);
+    printf("%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%lld\t%lld\t%s\t%s\n", r->id, r->profile, started,
+           endtxt, ended ? "finished" : "running", r->tasks, r->done, r->failed + r->cancelled,
+           r->messages, r->bytes_raw, r->slot_ms >= 0 ? "schedule" : "manual", busy);
+    if (w->run && r->failed + r->cancelled > 0)
+        mv_state_run_errors(w->st, r->id, run_error_text, NULL, err, sizeof err);
 }
 
 static int run_field(void *ud, const char *run_id, const char *field, const char *value)
@@ -401,11 +447,20 @@ static int run_field(void *ud, const char *run_id, const char *field, const char
         w->cur.slot_ms = -1;
         snprintf(w->cur.id, sizeof w->cur.id, "%s", run_id);
     }
-    if (!strcmp(field, "profile")) snprintf(w->cur.profile, sizeof w->cur.profile, "%s", value);
-    if (!strcmp(field, "started_ms")) w->cur.started_ms = atoll(value);
-    if (!strcmp(field, "slot_ms")) w->cur.slot_ms = atoll(value);
-    if (!strcmp(field, "tasks")) w->cur.tasks = atoi(value);
-    if (!strcmp(field, "busy")) w->cur.busy = atoi(value);
+    run_row *r = &w->cur;
+    if (!strcmp(field, "profile")) snprintf(r->profile, sizeof r->profile, "%s", value);
+    if (!strcmp(field, "started_ms")) r->started_ms = atoll(value);
+    if (!strcmp(field, "ended_ms")) r->ended_ms = atoll(value);
+    if (!strcmp(field, "slot_ms")) r->slot_ms = atoll(value);
+    if (!strcmp(field, "tasks")) r->tasks = atoi(value);
+    if (!strcmp(field, "busy")) r->busy = atoi(value);
+    if (!strcmp(field, "done")) r->done = atoi(value);
+    if (!strcmp(field, "failed")) r->failed = atoi(value);
+    if (!strcmp(field, "cancelled")) r->cancelled = atoi(value);
+    if (!strcmp(field, "messages")) r->messages = atoll(value);
+    if (!strcmp(field, "bytes_raw")) r->bytes_raw = atoll(value);
+    if (!strcmp(field, "bytes_stored")) r->bytes_stored = atoll(value);
+    if (!strcmp(field, "deduplicated")) r->dedup = atoll(value);
     return 0;
 }
 
@@ -413,22 +468,30 @@ static int run_field(void *ud, const char *run_id, const char *field, const char
  * slot and the mailboxes skipped because their previous task was still busy). */
 int cmd_runs(cli *c, int argc, char **argv)
 {
-    const char *tenant = NULL, *profile = NULL;
+    const char *tenant = NULL, *profile = NULL, *run = NULL;
     for (int i = 0; i < argc; i++) {
         const char **dst = !strcmp(argv[i], "--tenant")    ? &tenant
                            : !strcmp(argv[i], "--profile") ? &profile
+                           : !strcmp(argv[i], "--run")     ? &run
                                                            : NULL;
         if (!dst || i + 1 >= argc)
-            return cli_fail(2, "usage: mailvault runs --tenant T [--profile P] [--json]");
+            return cli_fail(2,
+                            "usage: mailvault runs --tenant T [--profile P] [--run ID] [--json]");
         *dst = argv[++i];
     }
     if (!tenant) return cli_fail(2, "--tenant is required");
     mv_state *st = cli_state(c);
     if (!st) return 1;
-    runs_walk w = {.profile = profile, .json = c->json, .arr = c->json ? json_array() : NULL};
+    runs_walk w = {.profile = profile,
+                   .run = run,
+                   .json = c->json,
+                   .st = st,
+                   .arr = c->json ? json_array() : NULL};
     w.cur.slot_ms = -1;
     char err[MV_ERRLEN];
-    if (!c->json) printf("RUN\tPROFILE\tSTARTED\tTASKS\tTRIGGER\tBUSY\n");
+    if (!c->json)
+        printf("RUN\tPROFILE\tSTARTED\tENDED\tSTATE\tTASKS\tDONE\tERRORS\tMESSAGES\tBYTES\t"
+               "TRIGGER\tBUSY\n");
     mv_err e = mv_state_run_list(st, tenant, run_field, &w, err, sizeof err);
     run_emit(&w);
     mv_state_close(st);
@@ -438,5 +501,7 @@ int cmd_runs(cli *c, int argc, char **argv)
         free(text);
         json_decref(w.arr);
     }
-    return e ? cli_fail(1, "%s", err) : 0;
+    if (e) return cli_fail(1, "%s", err);
+    if (run && !w.found) return cli_fail(1, "no run %s of tenant %s", run, tenant);
+    return 0;
 }

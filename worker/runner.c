@@ -79,8 +79,11 @@ static mv_err record_failure(mv_runner *r, const mv_task *t0, mv_err cause, cons
     mv_error("task failed permanently, sent to the dead-letter topic",
              " tenant=%s mailbox=%s task=%s attempt=%u error=\"%s\"", t.tenant, t.mailbox, t.id,
              t.attempt, why);
-    return mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "state", "failed",
-                               "attempt", attempt, "error", why, "finished_ms", now, NULL);
+    rc = mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "state", "failed", "attempt",
+                             attempt, "error", why, "finished_ms", now, NULL);
+    if (!rc)
+        rc = mv_state_run_end(r->st, t.run_id, t.tenant, t.mailbox, "failed", why, err, errlen);
+    return rc;
 }
 
 static mv_err acquire_lease(mv_runner *r, const mv_task *t, uint64_t *token, char *err,
@@ -110,9 +113,13 @@ static mv_err record_cancelled(mv_runner *r, const mv_task *t, mv_run_outcome *o
     mv_info("task cancelled by the operator", " tenant=%s mailbox=%s task=%s run=%s", t->tenant,
             t->mailbox, t->id, t->run_id);
     *outcome = MV_RUN_DONE;
-    return mv_state_status_set(r->st, t->tenant, t->mailbox, err, errlen, "state", "cancelled",
-                               "finished_ms", now, "heartbeat_ms", now, "error",
-                               "cancelled by the operator", "folder", "", NULL);
+    mv_err rc = mv_state_status_set(r->st, t->tenant, t->mailbox, err, errlen, "state", "cancelled",
+                                    "finished_ms", now, "heartbeat_ms", now, "error",
+                                    "cancelled by the operator", "folder", "", NULL);
+    if (!rc)
+        rc = mv_state_run_end(r->st, t->run_id, t->tenant, t->mailbox, "cancelled",
+                              "cancelled by the operator", err, errlen);
+    return rc;
 }
 
 mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_outcome *outcome,
@@ -251,6 +258,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         rc = mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "state", "done",
                                  "finished_ms", now, "heartbeat_ms", now, "error", "", "folder", "",
                                  NULL);
+        if (!rc)
+            rc = mv_state_run_end(r->st, t.run_id, t.tenant, t.mailbox, "done", "", err, errlen);
         *outcome = MV_RUN_DONE;
     }
     mv_info(more ? "chunk done, continuation queued" : "mailbox done",

@@ -949,6 +949,96 @@ mv_err mv_state_run_tag(mv_state *s, const char *run_id, const char *field, cons
     return st_int(s, 1, &a, NULL, err, errlen);
 }
 
+/* KEYS: run hash, ended hash, status hash, errors hash. ARGV: mailbox, outcome, error, now,
+ * run id. The ended hash remembers, per mailbox, "outcome messages bytes_raw bytes_stored
+ * deduplicated" as last counted, so ending a mailbox again (a redelivered last chunk, a
+ * dead-lettered task retried and done) replaces its share instead of adding it twice.
+ * -> 1 counted for the first time, 2 replaced an earlier end. */
+static const char LUA_RUN_END[] =
+    "local prev = redis.call('HGET', KEYS[2], ARGV[1])\n"
+    "local old = {'', 0, 0, 0, 0}\n"
+    "if prev then\n"
+    "  local i = 1\n"
+    "  for w in string.gmatch(prev, '%S+') do old[i] = (i == 1) and w or tonumber(w); i = i + 1 "
+    "end\n"
+    "  redis.call('HINCRBY', KEYS[1], old[1], -1)\n"
+    "end\n"
+    "local names = {'messages', 'bytes_raw', 'bytes_stored', 'deduplicated'}\n"
+    "local cur = {0, 0, 0, 0}\n"
+    "if redis.call('HGET', KEYS[3], 'run') == ARGV[5] then\n"
+    "  local v = redis.call('HMGET', KEYS[3], unpack(names))\n"
+    "  for i = 1, 4 do cur[i] = tonumber(v[i]) or 0 end\n"
+    "elseif prev then\n"
+    "  for i = 1, 4 do cur[i] = old[i + 1] end\n"
+    "end\n"
+    "for i = 1, 4 do\n"
+    "  local d = cur[i] - old[i + 1]\n"
+    "  if d ~= 0 then redis.call('HINCRBY', KEYS[1], names[i], string.format('%d', d)) end\n"
+    "end\n"
+    "redis.call('HINCRBY', KEYS[1], ARGV[2], 1)\n"
+    "redis.call('HSET', KEYS[2], ARGV[1],\n"
+    "  string.format('%s %d %d %d %d', ARGV[2], cur[1], cur[2], cur[3], cur[4]))\n"
+    "if ARGV[2] == 'done' then redis.call('HDEL', KEYS[4], ARGV[1])\n"
+    "elseif redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 or\n"
+    "       redis.call('HLEN', KEYS[4]) < 100 then\n"
+    "  redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])\n"
+    "end\n"
+    "local last = tonumber(redis.call('HGET', KEYS[1], 'ended_ms') or '0')\n"
+    "if tonumber(ARGV[4]) > last then redis.call('HSET', KEYS[1], 'ended_ms', ARGV[4]) end\n"
+    "return prev and 2 or 1\n";
+
+mv_err mv_state_run_end(mv_state *s, const char *run_id, const char *tenant, const char *mailbox,
+                        const char *outcome, const char *error, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], ended[ST_KEYLEN], status[ST_KEYLEN], errors[ST_KEYLEN], now[32];
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e) e = run_key(key, run_id, err, errlen);
+    if (!e && strcmp(outcome, "done") && strcmp(outcome, "failed") && strcmp(outcome, "cancelled"))
+        e = mv_seterr(err, errlen, MV_EINVAL, "invalid run outcome %s", outcome);
+    if (!e) e = st_key(ended, err, errlen, "mv:run:%s:ended", run_id);
+    if (!e) e = st_key(errors, err, errlen, "mv:run:%s:errors", run_id);
+    if (!e) e = st_key(status, err, errlen, "mv:status:%s:%s", tenant, mailbox);
+    if (e) return e;
+    snprintf(now, sizeof now, "%" PRId64, mv_now_ms());
+    st_args a = {0};
+    sa_str(&a, key);
+    sa_str(&a, ended);
+    sa_str(&a, status);
+    sa_str(&a, errors);
+    sa_str(&a, mailbox);
+    sa_str(&a, outcome);
+    sa_bin(&a, error ? error : "", error ? strnlen(error, 1024) : 0);
+    sa_str(&a, now);
+    sa_str(&a, run_id);
+    redisReply *r = NULL;
+    /* not re-sent after a lost reply is harmless: the script replaces, never adds twice */
+    if ((e = st_eval(s, 1, LUA_RUN_END, 4, &a, &r, err, errlen))) return e;
+    freeReplyObject(r);
+    return MV_OK;
+}
+
+mv_err mv_state_run_errors(mv_state *s, const char *run_id,
+                           int (*cb)(void *ud, const char *mailbox, const char *error), void *ud,
+                           char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    mv_err e = run_key(key, run_id, err, errlen);
+    if (!e) e = st_key(key, err, errlen, "mv:run:%s:errors", run_id);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "HGETALL");
+    sa_str(&a, key);
+    redisReply *r = NULL;
+    if ((e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen))) return e;
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING &&
+            r->element[i + 1]->type == REDIS_REPLY_STRING &&
+            cb(ud, r->element[i]->str, r->element[i + 1]->str))
+            break;
+    freeReplyObject(r);
+    return MV_OK;
+}
+
 typedef struct run_walk {
     mv_state *s;
     int (*cb)(void *ud, const char *run_id, const char *field, const char *value);

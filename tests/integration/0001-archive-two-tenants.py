@@ -70,6 +70,16 @@ check(shared_hash in objects(t1) and shared_hash in objects(t2),
 check(all(os.path.exists(os.path.join(RUN, "store", t, "objects", shared_hash[:2], shared_hash[2:4], shared_hash))
           for t in (t1, t2)), "object paths follow <root>/<tenant>/objects/ab/cd/<sha256>")
 check("Trash" not in {r["folder"] for r in index(t1)}, "excluded folder Trash was not archived")
+# the run's results: both mailboxes done, their messages and bytes summed once
+runs = json.loads(cli("runs", "--tenant", t1, "--json").stdout)
+check(len(runs) == 1, f"one run of {t1}")
+r, st = runs[0], status(t1)
+check(r["state"] == "finished" and r["tasks"] == 2 and r["done"] == 2 and r["failed"] == 0,
+      f"the run is finished with both mailboxes done: {r}")
+check(r["messages"] == sum(m["messages"] for m in st["mailboxes"]) == 75,
+      f"the run counts {r['messages']} messages")
+check(r["bytes_raw"] == sum(m["bytes_raw"] for m in st["mailboxes"]) > 0, "and their raw bytes")
+check(r["ended_ms"] >= r["started_ms"] and r["errors"] == {}, "an end time and no errors")
 v = cli("verify", "--tenant", t1, "--json")
 res = json.loads(v.stdout)
 check(res["bad"] == 0 and res["objects"] == len(objects(t1)), f"verify: {res}")

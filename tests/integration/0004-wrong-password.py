@@ -22,6 +22,15 @@ check("AUTHENTICATIONFAILED" in js[bad]["error"] or "Authentication failed" in j
       f"the server's reason is kept: {js[bad]['error']}")
 check("not-the-password" not in st.stdout + json.dumps(js), "the password appears nowhere in status")
 check(js[good]["state"] == "done" and js[good]["messages"] == 5, "the other mailbox is unaffected")
+runs = json.loads(cli("runs", "--tenant", t, "--json").stdout)
+check(len(runs) == 1 and runs[0]["state"] == "finished" and runs[0]["done"] == 1 and
+      runs[0]["failed"] == 1 and runs[0]["messages"] == 5, f"the run's results: {runs}")
+check("login refused" in runs[0]["errors"].get(bad, "") and good not in runs[0]["errors"],
+      "the run keeps the failed mailbox's error")
+rt = cli("runs", "--tenant", t, "--run", runs[0]["run"])
+check(f"{bad}: " in rt.stdout and "login refused" in rt.stdout, "runs --run lists the error")
+check("no run" in cli("runs", "--tenant", t, "--run", "nope", expect=1).stderr,
+      "an unknown run is an error")
 logs = "".join(open(os.path.join(RUN, "log", f)).read() for f in os.listdir(os.path.join(RUN, "log"))
                if f.startswith(f"worker-{SUFFIX}"))
 check("not-the-password" not in logs, "the password appears nowhere in the worker log")

@@ -33,6 +33,10 @@ with GraphSim(fx, "--latency-ms", "60", "--default-delta-page-size", "10") as si
                      "the mailbox to be cancelled", timeout=60)
         check(m["messages"] < len(files) and m["error"] == "cancelled by the operator",
               f"stopped part-way ({m['messages']} of {len(files)}), saying why")
+        cr = json.loads(cli("runs", "--tenant", t, "--run", run_id, "--json").stdout)[0]
+        check(cr["state"] == "finished" and cr["cancelled"] == 1 and cr["done"] == 0 and
+              cr["messages"] == m["messages"] and cr["errors"] == {m["mailbox"]: "cancelled by the operator"},
+              f"the cancelled run's results: {cr['cancelled']} cancelled, {cr['messages']} messages")
         w = cli("run", "--tenant", t, "--profile", "graph", "--wait", expect=None)  # a new run: not cancelled
         check(w.returncode == 0, "a new run after the cancel is not cancelled")
         recs = index(t)

@@ -538,6 +538,100 @@ static void test_leader_and_slots(void **state)
     mv_state_close(s);
 }
 
+static int run_fields(void *ud, const char *run_id, const char *k, const char *v)
+{
+    (void)run_id;
+    return put_field(ud, k, v);
+}
+
+static int run_errors(void *ud, const char *mailbox, const char *error)
+{
+    return put_field(ud, mailbox, error);
+}
+
+static fields run_record(mv_state *s, const char *t)
+{
+    char err[MV_ERRLEN] = "";
+    fields fs = {0};
+    CHECK(mv_state_run_list(s, t, run_fields, &fs, err, sizeof err));
+    return fs;
+}
+
+/* Per-run results: each mailbox's counters of the run are added once when it ends, an end
+ * repeated (redelivery) or replaced (a dead-lettered task retried) never counts twice, errors
+ * are kept per mailbox, and a task ending before the run record is written still counts. */
+static void test_run_results(void **state)
+{
+    (void)state;
+    char err[MV_ERRLEN] = "", t[64], run[64];
+    mv_state *s = connect_or_fail();
+    redisContext *rc = raw_connect();
+    snprintf(t, sizeof t, "rr-%s", uid);
+    snprintf(run, sizeof run, "run-%s", uid);
+    CHECK(mv_state_tenant_add(s, t, NULL, err, sizeof err));
+    CHECK(mv_state_status_set(s, t, "a@x", err, sizeof err, "run", run, "messages", "5",
+                              "bytes_raw", "500", "bytes_stored", "200", "deduplicated", "1",
+                              NULL));
+    /* a fast worker: the mailbox ends before the run record is put */
+    CHECK(mv_state_run_end(s, run, t, "a@x", "done", "", err, sizeof err));
+    CHECK(mv_state_run_put(s, run, t, "p1", 3, err, sizeof err));
+    fields fs = run_record(s, t);
+    assert_string_equal(field(&fs, "done"), "1");
+    assert_string_equal(field(&fs, "messages"), "5");
+    assert_string_equal(field(&fs, "bytes_raw"), "500");
+    assert_string_equal(field(&fs, "bytes_stored"), "200");
+    assert_string_equal(field(&fs, "deduplicated"), "1");
+    assert_string_equal(field(&fs, "tasks"), "3");
+    assert_non_null(field(&fs, "ended_ms"));
+    /* the same end again (the last chunk redelivered after a crash) */
+    CHECK(mv_state_run_end(s, run, t, "a@x", "done", "", err, sizeof err));
+    fs = run_record(s, t);
+    assert_string_equal(field(&fs, "done"), "1");
+    assert_string_equal(field(&fs, "messages"), "5");
+
+    /* b fails and is dead-lettered, c is cancelled */
+    CHECK(mv_state_status_set(s, t, "b@x", err, sizeof err, "run", run, "messages", "3",
+                              "bytes_raw", "30", "bytes_stored", "20", "deduplicated", "0", NULL));
+    CHECK(mv_state_run_end(s, run, t, "b@x", "failed", "login failed: bad password", err,
+                           sizeof err));
+    CHECK(mv_state_status_set(s, t, "c@x", err, sizeof err, "run", "another-run", "messages", "7",
+                              NULL));
+    CHECK(mv_state_run_end(s, run, t, "c@x", "cancelled", "cancelled by the operator", err,
+                           sizeof err));
+    fs = run_record(s, t);
+    assert_string_equal(field(&fs, "failed"), "1");
+    assert_string_equal(field(&fs, "cancelled"), "1");
+    assert_string_equal(field(&fs, "messages"), "8"); /* c's status is another run's: 0 */
+    fields es = {0};
+    CHECK(mv_state_run_errors(s, run, run_errors, &es, err, sizeof err));
+    assert_int_equal(es.n, 2);
+    assert_string_equal(field(&es, "b@x"), "login failed: bad password");
+    assert_string_equal(field(&es, "c@x"), "cancelled by the operator");
+
+    /* b retried from the dead-letter list and done: replaces its failure and its counts */
+    CHECK(mv_state_status_set(s, t, "b@x", err, sizeof err, "messages", "4", "bytes_raw", "40",
+                              NULL));
+    CHECK(mv_state_run_end(s, run, t, "b@x", "done", "", err, sizeof err));
+    fs = run_record(s, t);
+    assert_string_equal(field(&fs, "done"), "2");
+    assert_string_equal(field(&fs, "failed"), "0");
+    assert_string_equal(field(&fs, "messages"), "9");
+    assert_string_equal(field(&fs, "bytes_raw"), "540");
+    memset(&es, 0, sizeof es);
+    CHECK(mv_state_run_errors(s, run, run_errors, &es, err, sizeof err));
+    assert_int_equal(es.n, 1);
+    assert_null(field(&es, "b@x"));
+
+    assert_int_equal(mv_state_run_end(s, run, t, "a@x", "exploded", "", err, sizeof err),
+                     MV_EINVAL);
+    assert_non_null(strstr(err, "exploded"));
+    freeReplyObject(redisCommand(rc, "DEL mv:runs:%s mv:run:%s mv:run:%s:ended mv:run:%s:errors", t,
+                                 run, run, run));
+    CHECK(mv_state_tenant_del(s, t, err, sizeof err));
+    redisFree(rc);
+    mv_state_close(s);
+}
+
 static void test_cursor_and_counters(void **state)
 {
     char err[MV_ERRLEN] = "", t[64], holder[64];
@@ -772,6 +866,7 @@ int main(void)
         cmocka_unit_test(test_lease),
         cmocka_unit_test(test_fencing),
         cmocka_unit_test(test_leader_and_slots),
+        cmocka_unit_test(test_run_results),
         cmocka_unit_test(test_delay_pump),
         cmocka_unit_test(test_reconnect),
         cmocka_unit_test(test_cursor_and_counters),

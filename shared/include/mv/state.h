@@ -79,13 +79,26 @@ mv_err mv_state_mailbox_list(mv_state *s, const char *tenant,
                              size_t errlen);
 
 /* ---- runs ----
- * mv:run:{run} hash (tenant, profile, tasks, started_ms; slot_ms and busy for scheduled runs),
+ * mv:run:{run} hash (tenant, profile, tasks, started_ms; slot_ms and busy for scheduled runs;
+ * done, failed, cancelled, messages, bytes_raw, bytes_stored, deduplicated, ended_ms as tasks end),
  * indexed per tenant in the sorted set mv:runs:{t} (score: start). Putting a run again keeps
  * its start. */
 mv_err mv_state_run_put(mv_state *s, const char *run_id, const char *tenant, const char *profile,
                         int tasks, char *err, size_t errlen);
 mv_err mv_state_run_tag(mv_state *s, const char *run_id, const char *field, const char *value,
                         char *err, size_t errlen);
+/* A run's task for mailbox ended: outcome "done", "failed" (dead-lettered) or "cancelled".
+ * Adds the mailbox's counters of this run (messages, bytes_raw, bytes_stored, deduplicated,
+ * read from its status if the status still belongs to this run) to the run record, counts the
+ * outcome, keeps the error (at most 100 mailboxes per run) and moves ended_ms forward. Ending
+ * a mailbox again replaces its earlier share, so a redelivered task never counts twice. A run
+ * is finished when done + failed + cancelled == tasks. */
+mv_err mv_state_run_end(mv_state *s, const char *run_id, const char *tenant, const char *mailbox,
+                        const char *outcome, const char *error, char *err, size_t errlen);
+/* Errors of a run's failed and cancelled mailboxes: cb(mailbox, error), non-zero stops. */
+mv_err mv_state_run_errors(mv_state *s, const char *run_id,
+                           int (*cb)(void *ud, const char *mailbox, const char *error), void *ud,
+                           char *err, size_t errlen);
 /* Every run of a tenant, oldest first: cb per field of each run (non-zero stops). */
 mv_err mv_state_run_list(mv_state *s, const char *tenant,
                          int (*cb)(void *ud, const char *run_id, const char *field,
