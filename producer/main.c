@@ -74,6 +74,14 @@ static const char usage_text[] =
     "     [--before YYYY-MM-DD]              date range (UTC days)\n"
     "  get --tenant T HASH                   write a stored message to stdout, byte-exact\n"
     "  verify [--tenant T]                   re-read every object and check its hash\n"
+    "Server:\n"
+    "  serve [--listen ADDRESS:PORT]         serve the admin HTTP API (/api/v1, bearer\n"
+    "                                        tokens) and Prometheus /metrics (default\n"
+    "                                        api.listen, 127.0.0.1:8080) until SIGTERM;\n"
+    "                                        docs/api.md\n"
+    "  token add --name N                    make an API token and print it (once: only its\n"
+    "                                        SHA-256 is stored)\n"
+    "  token list | token rm --name N        list tokens (names, creation) / revoke one\n"
     "\n"
     "Options: --config FILE (default $MAILVAULT_CONFIG), --json, --help.\n"
     "Configuration keys and environment variables: docs/configuration.md.\n";
@@ -684,6 +692,10 @@ int main(int argc, char **argv)
             rc = cmd_verify(&c, nargs, args);
         else if (strcmp(cmd, "ls") == 0)
             rc = cmd_ls(&c, nargs, args);
+        else if (strcmp(cmd, "serve") == 0)
+            rc = cmd_serve(&c, nargs, args);
+        else if (strcmp(cmd, "token") == 0)
+            rc = cmd_token(&c, nargs, args);
         else {
             fputs(usage_text, stderr);
             rc = cli_fail(2, "unknown command \"%s\"", cmd);

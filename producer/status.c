@@ -90,20 +90,27 @@ static int tenant_cb(void *ud, const char *tenant)
     return 0;
 }
 
-static int collect(mv_state *st, const char *tenant, status_list *l)
+static mv_err collect_err(mv_state *st, const char *tenant, status_list *l, char *err,
+                          size_t errlen)
 {
-    char err[MV_ERRLEN];
     l->n = 0;
     l->st = st;
     l->failed = 0;
     if (tenant) {
         if (!mv_state_tenant_exists(st, tenant))
-            return cli_fail(1, "tenant \"%s\" does not exist", tenant);
+            return mv_seterr(err, errlen, MV_ENOTFOUND, "tenant \"%s\" does not exist", tenant);
         tenant_cb(l, tenant);
-    } else if (mv_state_tenant_list(st, tenant_cb, l, err, sizeof err)) {
-        return cli_fail(1, "%s", err);
+    } else {
+        mv_err e = mv_state_tenant_list(st, tenant_cb, l, err, errlen);
+        if (e) return e;
     }
-    return l->failed ? cli_fail(1, "cannot read status from Redis") : 0;
+    return l->failed ? mv_seterr(err, errlen, MV_ESERVER, "cannot read status from Redis") : MV_OK;
+}
+
+static int collect(mv_state *st, const char *tenant, status_list *l)
+{
+    char err[MV_ERRLEN];
+    return collect_err(st, tenant, l, err, sizeof err) ? cli_fail(1, "%s", err) : 0;
 }
 
 static void human(long long b, char *out, size_t len)
@@ -169,7 +176,7 @@ static void print_table(const status_list *l, const mv_lag *lag, int lag_ok, FIL
         fprintf(f, "queue: consumer lag unavailable (Kafka unreachable)\n");
 }
 
-static void print_json(const status_list *l, const mv_lag *lag, int lag_ok)
+static json_t *status_json(const status_list *l, const mv_lag *lag, int lag_ok)
 {
     json_t *root = json_object(), *arr = json_array();
     for (size_t i = 0; i < l->n; i++) {
@@ -209,10 +216,31 @@ static void print_json(const status_list *l, const mv_lag *lag, int lag_ok)
     } else {
         json_object_set_new(root, "lag", json_null());
     }
+    return root;
+}
+
+static void print_json(const status_list *l, const mv_lag *lag, int lag_ok)
+{
+    json_t *root = status_json(l, lag, lag_ok);
     char *s = json_dumps(root, JSON_COMPACT);
     if (s) printf("%s\n", s);
     free(s);
     json_decref(root);
+}
+
+json_t *cli_status_json(mv_state *st, const mv_config *cfg, const char *tenant, mv_err *e,
+                        char *err, size_t errlen)
+{
+    status_list l = {0};
+    json_t *root = NULL;
+    if ((*e = collect_err(st, tenant, &l, err, errlen)) == MV_OK) {
+        mv_lag lag;
+        char lerr[MV_ERRLEN];
+        int lag_ok = mv_queue_lag(cfg, &lag, lerr, sizeof lerr) == MV_OK;
+        root = status_json(&l, &lag, lag_ok);
+    }
+    free(l.v);
+    return root;
 }
 
 int cmd_status(cli *c, int argc, char **argv)
@@ -309,6 +337,29 @@ int cli_wait_run(cli *c, mv_state *st, const char *tenant, const char *run_id, i
 /* Cancel the current run of a tenant's mailboxes: all of them, one profile's, or one mailbox.
  * Workers see it with their next heartbeat (within about a second): what is archived stays,
  * the task ends "cancelled", and queued continuations or retries of that run are dropped. */
+mv_err cli_cancel(mv_state *st, const char *tenant, const char *profile, const char *mailbox,
+                  int *n, char *err, size_t errlen)
+{
+    status_list l = {0};
+    mv_err e = collect_err(st, tenant, &l, err, errlen);
+    *n = 0;
+    for (size_t i = 0; !e && i < l.n; i++) {
+        const mbox_status *m = &l.v[i];
+        if (mailbox && strcmp(m->mailbox, mailbox)) continue;
+        if (profile && strcmp(m->profile, profile)) continue;
+        if (strcmp(m->state, "queued") && strcmp(m->state, "running") &&
+            strcmp(m->state, "retrying"))
+            continue;
+        if ((e = mv_state_cancel_set(st, tenant, m->mailbox, m->run, err, errlen))) break;
+        (*n)++;
+    }
+    free(l.v);
+    if (!e && !*n)
+        e = mv_seterr(err, errlen, MV_ENOTFOUND,
+                      "nothing to cancel: no queued or running task matches");
+    return e;
+}
+
 int cmd_cancel(cli *c, int argc, char **argv)
 {
     const char *tenant = NULL, *profile = NULL, *mailbox = NULL;
@@ -324,26 +375,12 @@ int cmd_cancel(cli *c, int argc, char **argv)
     if (!tenant) return cli_fail(2, "--tenant is required");
     mv_state *st = cli_state(c);
     if (!st) return 1;
-    status_list l = {0};
-    int rc = collect(st, tenant, &l), n = 0;
+    int n = 0, rc = 0;
     char err[MV_ERRLEN];
-    for (size_t i = 0; !rc && i < l.n; i++) {
-        const mbox_status *m = &l.v[i];
-        if (mailbox && strcmp(m->mailbox, mailbox)) continue;
-        if (profile && strcmp(m->profile, profile)) continue;
-        if (strcmp(m->state, "queued") && strcmp(m->state, "running") &&
-            strcmp(m->state, "retrying"))
-            continue;
-        if (mv_state_cancel_set(st, tenant, m->mailbox, m->run, err, sizeof err)) {
-            rc = cli_fail(1, "%s", err);
-            break;
-        }
-        n++;
-    }
-    if (!rc && !n) rc = cli_fail(1, "nothing to cancel: no queued or running task matches");
-    if (!rc)
+    if (cli_cancel(st, tenant, profile, mailbox, &n, err, sizeof err))
+        rc = cli_fail(1, "%s", err);
+    else
         printf("cancel requested for %d mailbox%s of tenant %s\n", n, n == 1 ? "" : "es", tenant);
-    free(l.v);
     mv_state_close(st);
     return rc;
 }
@@ -464,6 +501,24 @@ static int run_field(void *ud, const char *run_id, const char *field, const char
     return 0;
 }
 
+json_t *cli_runs_json(mv_state *st, const char *tenant, const char *profile, const char *run,
+                      mv_err *e, char *err, size_t errlen)
+{
+    runs_walk w = {.profile = profile, .run = run, .json = 1, .st = st, .arr = json_array()};
+    w.cur.slot_ms = -1;
+    if (!mv_state_tenant_exists(st, tenant))
+        *e = mv_seterr(err, errlen, MV_ENOTFOUND, "tenant \"%s\" does not exist", tenant);
+    else if ((*e = mv_state_run_list(st, tenant, run_field, &w, err, errlen)) == MV_OK)
+        run_emit(&w);
+    if (!*e && run && !w.found)
+        *e = mv_seterr(err, errlen, MV_ENOTFOUND, "no run %s of tenant %s", run, tenant);
+    if (*e) {
+        json_decref(w.arr);
+        return NULL;
+    }
+    return w.arr;
+}
+
 /* The runs of a tenant, oldest first: manual ones and those its schedules fired (with their
  * slot and the mailboxes skipped because their previous task was still busy). */
 int cmd_runs(cli *c, int argc, char **argv)
@@ -482,25 +537,24 @@ int cmd_runs(cli *c, int argc, char **argv)
     if (!tenant) return cli_fail(2, "--tenant is required");
     mv_state *st = cli_state(c);
     if (!st) return 1;
-    runs_walk w = {.profile = profile,
-                   .run = run,
-                   .json = c->json,
-                   .st = st,
-                   .arr = c->json ? json_array() : NULL};
-    w.cur.slot_ms = -1;
     char err[MV_ERRLEN];
-    if (!c->json)
-        printf("RUN\tPROFILE\tSTARTED\tENDED\tSTATE\tTASKS\tDONE\tERRORS\tMESSAGES\tBYTES\t"
-               "TRIGGER\tBUSY\n");
-    mv_err e = mv_state_run_list(st, tenant, run_field, &w, err, sizeof err);
-    run_emit(&w);
-    mv_state_close(st);
+    mv_err e = MV_OK;
     if (c->json) {
-        char *text = json_dumps(w.arr, JSON_INDENT(2));
+        json_t *arr = cli_runs_json(st, tenant, profile, run, &e, err, sizeof err);
+        char *text = arr ? json_dumps(arr, JSON_INDENT(2)) : NULL;
         if (text) puts(text);
         free(text);
-        json_decref(w.arr);
+        json_decref(arr);
+        mv_state_close(st);
+        return e ? cli_fail(1, "%s", err) : 0;
     }
+    runs_walk w = {.profile = profile, .run = run, .st = st};
+    w.cur.slot_ms = -1;
+    printf("RUN\tPROFILE\tSTARTED\tENDED\tSTATE\tTASKS\tDONE\tERRORS\tMESSAGES\tBYTES\t"
+           "TRIGGER\tBUSY\n");
+    e = mv_state_run_list(st, tenant, run_field, &w, err, sizeof err);
+    if (!e) run_emit(&w);
+    mv_state_close(st);
     if (e) return cli_fail(1, "%s", err);
     if (run && !w.found) return cli_fail(1, "no run %s of tenant %s", run, tenant);
     return 0;

@@ -22,7 +22,8 @@ fi
 
 step "Python venv for the independent clients (msgraph-sdk, exchangelib)"
 if [ ! -x build/venv/bin/python ]; then python3 -m venv build/venv; fi
-build/venv/bin/pip install -q -r tests/graphsim/requirements.txt -r tests/ewssim/requirements.txt
+build/venv/bin/pip install -q -r tests/graphsim/requirements.txt -r tests/ewssim/requirements.txt \
+    -r tests/integration/requirements.txt
 PY=$ROOT/build/venv/bin/python
 
 step "build (-Wall -Wextra -Werror)"

@@ -165,6 +165,11 @@ void export_count(chunk_ctx *c, uint64_t written, uint64_t bytes, uint64_t kept)
         if (incr[k] && mv_state_status_incr(c->r->st, c->t->tenant, c->t->mailbox, fields[k],
                                             incr[k], serr, sizeof serr))
             mv_warn("cannot count export progress", " error=\"%s\"", serr);
+    if ((written && mv_state_metric_incr(c->r->st, c->t->tenant, "exported_messages",
+                                         (int64_t)written, serr, sizeof serr)) ||
+        (bytes && mv_state_metric_incr(c->r->st, c->t->tenant, "exported_bytes", (int64_t)bytes,
+                                       serr, sizeof serr)))
+        mv_warn("cannot count export metrics", " error=\"%s\"", serr);
 }
 
 void export_dest_id(char out[17], const char *fmt, ...)

@@ -276,6 +276,9 @@ int main(int argc, char **argv)
             if (mv_state_delay_pump(pst, mv_now_ms(), 100, pump_cb, ud, &moved, err, sizeof err))
                 mv_warn("delayed-task pump failed", " error=\"%s\"", err);
             next_pump = mv_mono_ms() + 1000;
+            /* liveness for /metrics and the dashboard: seen now, with its load */
+            if (mv_state_worker_seen(pst, worker_id, busy, n, 0, err, sizeof err))
+                mv_warn("cannot record liveness", " error=\"%s\"", err);
         }
 
         mv_qmsg m;
@@ -308,6 +311,8 @@ int main(int argc, char **argv)
     }
     status = fatal ? 1 : 0;
     mv_info("worker stopping", " worker=%s", worker_id);
+    if (mv_state_worker_seen(pst, worker_id, 0, n, 1, err, sizeof err))
+        mv_warn("cannot record the stop", " error=\"%s\"", err);
 out:
     pthread_mutex_lock(&pl.mu);
     pl.quit = 1;

@@ -49,6 +49,10 @@ static mv_err record_failure(mv_runner *r, const mv_task *t0, mv_err cause, cons
 {
     mv_task t = *t0;
     snprintf(t.last_error, sizeof t.last_error, "%s", why);
+    char kind[64], merr[MV_ERRLEN];
+    snprintf(kind, sizeof kind, "errors:%s", mv_strerror(cause));
+    if (mv_state_metric_incr(r->st, t.tenant, kind, 1, merr, sizeof merr))
+        mv_warn("cannot count the error", " error=\"%s\"", merr);
     char attempt[16], now[32];
     snprintf(now, sizeof now, "%lld", (long long)mv_now_ms());
     mv_err rc;
@@ -206,6 +210,7 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         goto out;
     }
     chunk_ctx cc;
+    int64_t chunk_t0 = mv_mono_ms();
     if ((cause = chunk_init(&cc, r, &t, token))) {
         mv_seterr(why, sizeof why, cause, "out of memory");
         goto failed;
@@ -223,6 +228,14 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     else
         cause = imap_archive_mailbox(&cc, &p, password, &more, why, sizeof why);
     retry_after_ms = cc.retry_after_ms;
+    { /* chunk latency histogram (/metrics): the time one task spends on its mailbox */
+        static const int64_t bounds[] = {100,   250,   500,   1000,   2500,  5000,
+                                         10000, 30000, 60000, 120000, 300000};
+        char merr[MV_ERRLEN];
+        if (mv_state_metric_observe(r->st, "chunk_ms", mv_mono_ms() - chunk_t0, bounds,
+                                    (int)(sizeof bounds / sizeof *bounds), merr, sizeof merr))
+            mv_warn("cannot record the chunk time", " error=\"%s\"", merr);
+    }
     int cancelled = cc.cancelled;
     chunk_free(&cc);
     if (cancelled) { /* what is recorded stays recorded; the run goes no further */

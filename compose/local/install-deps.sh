@@ -5,7 +5,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config git
       librdkafka-dev libhiredis-dev libcurl4-openssl-dev libssl-dev libmsgpack-dev libzstd-dev
-      libjansson-dev libxml2-dev libcmocka-dev tzdata
+      libjansson-dev libxml2-dev libcmocka-dev libmicrohttpd-dev tzdata
       redis-server dovecot-imapd dovecot-core isync kcat
       openjdk-17-jre-headless maven python3 python3-venv python3-pip openssl
       clang clang-format libclang-rt-14-dev valgrind procps bc)

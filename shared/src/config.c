@@ -78,6 +78,7 @@ static const key_def keys[] = {
     K_INT("export.append_batch", export_append_batch, 1, 500),
     K_INT("scheduler.lease_ms", sched_lease_ms, 1000, 600000),
     K_INT("scheduler.tick_ms", sched_tick_ms, 50, 60000),
+    K_STR("api.listen", api_listen),
     {"graph.limit_scope", offsetof(mv_config, graph_limit_per_app), FIELD_SIZE(graph_limit_per_app),
      KT_SCOPE, 0, 1},
     {"log.level", offsetof(mv_config, log_level), FIELD_SIZE(log_level), KT_LOGLEVEL, 0, 3},
@@ -122,6 +123,7 @@ void mv_config_defaults(mv_config *c)
     c->export_append_batch = 50;
     c->sched_lease_ms = 10000;
     c->sched_tick_ms = 500;
+    snprintf(c->api_listen, sizeof c->api_listen, "127.0.0.1:8080");
 }
 
 static const key_def *find_key(const char *name)

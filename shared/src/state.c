@@ -75,19 +75,21 @@ static const char LUA_RELEASE[] = "local v = redis.call('GET', KEYS[1])\n"
  * mailbox, then field/increment pairs for the status hash. -> 1 written, 0 no lease, or the
  * holder value (fenced). Checkpoint and counters move in one step, so a crash can never leave
  * the counters behind the checkpoint. */
-static const char LUA_CKPT_SET[] = "local v = redis.call('GET', KEYS[1])\n"
-                                   "if v == ARGV[1] then\n"
-                                   "  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])\n"
-                                   "  if #ARGV > 4 then\n"
-                                   "    for i = 5, #ARGV, 2 do\n"
-                                   "      redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])\n"
-                                   "    end\n"
-                                   "    redis.call('SADD', KEYS[4], ARGV[4])\n"
-                                   "  end\n"
-                                   "  return 1\n"
-                                   "end\n"
-                                   "if v then return v end\n"
-                                   "return 0\n";
+static const char LUA_CKPT_SET[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v == ARGV[1] then\n"
+    "  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])\n"
+    "  if #ARGV > 4 then\n"
+    "    for i = 5, #ARGV, 2 do\n"
+    "      redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])\n"
+    "      redis.call('HINCRBY', KEYS[5], 'archived_' .. ARGV[i], ARGV[i + 1])\n"
+    "    end\n"
+    "    redis.call('SADD', KEYS[4], ARGV[4])\n"
+    "  end\n"
+    "  return 1\n"
+    "end\n"
+    "if v then return v end\n"
+    "return 0\n";
 
 /* KEYS: concurrency zset, window zset. ARGV: unused, request id, max concurrent, hold_ms,
  * max per window, window_ms. Time is Redis' own clock (TIME), so workers' clocks never skew
@@ -849,6 +851,9 @@ mv_err mv_state_status_incr(mv_state *s, const char *tenant, const char *mailbox
     sa_str(&a, num);
     e = st_int(s, 0, &a, NULL, err, errlen); /* not idempotent: never re-sent */
     if (!e) e = st_mailbox_seen(s, tenant, mailbox, err, errlen);
+    /* throttling waits are also a tenant metric (/metrics) */
+    if (!e && strcmp(field, "throttled") == 0)
+        e = mv_state_metric_incr(s, tenant, "throttled", by, err, errlen);
     return e;
 }
 
@@ -1088,6 +1093,244 @@ mv_err mv_state_run_list(mv_state *s, const char *tenant,
         if (r->element[i]->type == REDIS_REPLY_STRING && run_one(&w, r->element[i]->str)) break;
     freeReplyObject(r);
     return w.e;
+}
+
+/* ---- metrics and worker liveness ------------------------------------------------------ */
+
+mv_err mv_state_metric_incr(mv_state *s, const char *tenant, const char *field, int64_t by,
+                            char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], num[32];
+    mv_err e = MV_OK;
+    if (tenant) e = st_check(tenant, NULL, NULL, err, errlen);
+    if (!e && (!field || !field[0] || strlen(field) > 128))
+        e = mv_seterr(err, errlen, MV_EINVAL, "invalid metric name");
+    if (!e) e = st_key(key, err, errlen, tenant ? "mv:metrics:%s" : "mv:metrics", tenant);
+    if (e) return e;
+    snprintf(num, sizeof num, "%" PRId64, by);
+    st_args a = {0};
+    sa_str(&a, "HINCRBY");
+    sa_str(&a, key);
+    sa_str(&a, field);
+    sa_str(&a, num);
+    return st_int(s, 0, &a, NULL, err, errlen); /* not idempotent: never re-sent */
+}
+
+/* KEYS: the histogram hash. ARGV: value, then the bucket bounds in increasing order. */
+static const char LUA_OBSERVE[] = "local v = tonumber(ARGV[1])\n"
+                                  "for i = 2, #ARGV do\n"
+                                  "  if v <= tonumber(ARGV[i]) then\n"
+                                  "    redis.call('HINCRBY', KEYS[1], 'le_' .. ARGV[i], 1)\n"
+                                  "  end\n"
+                                  "end\n"
+                                  "redis.call('HINCRBY', KEYS[1], 'count', 1)\n"
+                                  "redis.call('HINCRBY', KEYS[1], 'sum', ARGV[1])\n"
+                                  "return 1\n";
+
+mv_err mv_state_metric_observe(mv_state *s, const char *name, int64_t value, const int64_t *bounds,
+                               int nbounds, char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], num[32][24];
+    if (!mv_name_valid(name) || nbounds < 1 || nbounds > 30)
+        return mv_seterr(err, errlen, MV_EINVAL, "invalid histogram");
+    mv_err e = st_key(key, err, errlen, "mv:histogram:%s", name);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, key);
+    snprintf(num[0], sizeof num[0], "%" PRId64, value);
+    sa_str(&a, num[0]);
+    for (int i = 0; i < nbounds; i++) {
+        snprintf(num[i + 1], sizeof num[0], "%" PRId64, bounds[i]);
+        sa_str(&a, num[i + 1]);
+    }
+    redisReply *r = NULL;
+    if ((e = st_eval(s, 0, LUA_OBSERVE, 1, &a, &r, err, errlen))) return e;
+    freeReplyObject(r);
+    return MV_OK;
+}
+
+static mv_err st_hgetall(mv_state *s, const char *key,
+                         int (*cb)(void *ud, const char *field, const char *value), void *ud,
+                         char *err, size_t errlen)
+{
+    st_args a = {0};
+    sa_str(&a, "HGETALL");
+    sa_str(&a, key);
+    redisReply *r = NULL;
+    mv_err e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen);
+    if (e) return e;
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING &&
+            r->element[i + 1]->type == REDIS_REPLY_STRING &&
+            cb(ud, r->element[i]->str, r->element[i + 1]->str))
+            break;
+    freeReplyObject(r);
+    return MV_OK;
+}
+
+mv_err mv_state_metrics_get(mv_state *s, const char *tenant,
+                            int (*cb)(void *ud, const char *field, const char *value), void *ud,
+                            char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    mv_err e = MV_OK;
+    if (tenant) e = st_check(tenant, NULL, NULL, err, errlen);
+    if (!e) e = st_key(key, err, errlen, tenant ? "mv:metrics:%s" : "mv:metrics", tenant);
+    if (e) return e;
+    return st_hgetall(s, key, cb, ud, err, errlen);
+}
+
+mv_err mv_state_histogram_get(mv_state *s, const char *name,
+                              int (*cb)(void *ud, const char *field, const char *value), void *ud,
+                              char *err, size_t errlen)
+{
+    char key[ST_KEYLEN];
+    if (!mv_name_valid(name)) return mv_seterr(err, errlen, MV_EINVAL, "invalid histogram");
+    mv_err e = st_key(key, err, errlen, "mv:histogram:%s", name);
+    if (e) return e;
+    return st_hgetall(s, key, cb, ud, err, errlen);
+}
+
+mv_err mv_state_worker_seen(mv_state *s, const char *worker, int busy, int capacity, int gone,
+                            char *err, size_t errlen)
+{
+    if (!worker || !worker[0] || strlen(worker) > 200 || strchr(worker, ' '))
+        return mv_seterr(err, errlen, MV_EINVAL, "invalid worker id");
+    char val[64];
+    snprintf(val, sizeof val, "%" PRId64 " %d %d", mv_now_ms(), busy, capacity);
+    st_args a = {0};
+    sa_str(&a, gone ? "HDEL" : "HSET");
+    sa_str(&a, "mv:workers");
+    sa_str(&a, worker);
+    if (!gone) sa_str(&a, val);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+typedef struct worker_walk {
+    int (*cb)(void *ud, const char *worker, int64_t seen_ms, int busy, int capacity);
+    void *ud;
+} worker_walk;
+
+static int worker_one(void *ud, const char *worker, const char *value)
+{
+    worker_walk *w = ud;
+    long long seen = 0;
+    int busy = 0, cap = 0;
+    if (sscanf(value, "%lld %d %d", &seen, &busy, &cap) != 3) return 0;
+    return w->cb(w->ud, worker, (int64_t)seen, busy, cap);
+}
+
+mv_err mv_state_worker_list(mv_state *s,
+                            int (*cb)(void *ud, const char *worker, int64_t seen_ms, int busy,
+                                      int capacity),
+                            void *ud, char *err, size_t errlen)
+{
+    worker_walk w = {cb, ud};
+    return st_hgetall(s, "mv:workers", worker_one, &w, err, errlen);
+}
+
+/* ---- admin API tokens ------------------------------------------------------------------ */
+
+#define TOKENS "mv:api:tokens"           /* sha256 hex -> name */
+#define TOKEN_NAMES "mv:api:token-names" /* name -> "sha256hex created_ms" */
+
+static mv_err token_hash_check(const char *hash_hex, char *err, size_t errlen)
+{
+    if (!hash_hex || strlen(hash_hex) != 64 || strspn(hash_hex, "0123456789abcdef") != 64)
+        return mv_seterr(err, errlen, MV_EINVAL, "a token hash is 64 lower-case hex digits");
+    return MV_OK;
+}
+
+static const char LUA_TOKEN_PUT[] =
+    "if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end\n"
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "redis.call('HSET', KEYS[2], ARGV[2], ARGV[1] .. ' ' .. ARGV[3])\n"
+    "return 1\n";
+
+mv_err mv_state_apitoken_put(mv_state *s, const char *hash_hex, const char *name, char *err,
+                             size_t errlen)
+{
+    mv_err e = token_hash_check(hash_hex, err, errlen);
+    if (!e && !mv_name_valid(name))
+        e = mv_seterr(err, errlen, MV_EINVAL, "invalid token name \"%.64s\"", name ? name : "");
+    if (e) return e;
+    char now[32];
+    snprintf(now, sizeof now, "%" PRId64, mv_now_ms());
+    st_args a = {0};
+    sa_str(&a, TOKENS);
+    sa_str(&a, TOKEN_NAMES);
+    sa_str(&a, hash_hex);
+    sa_str(&a, name);
+    sa_str(&a, now);
+    redisReply *r = NULL;
+    if ((e = st_eval(s, 0, LUA_TOKEN_PUT, 2, &a, &r, err, errlen))) return e;
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+        e = mv_seterr(err, errlen, MV_EEXIST, "a token named \"%s\" exists", name);
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_apitoken_find(mv_state *s, const char *hash_hex, char *name, size_t namelen,
+                              char *err, size_t errlen)
+{
+    mv_err e = token_hash_check(hash_hex, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "HGET");
+    sa_str(&a, TOKENS);
+    sa_str(&a, hash_hex);
+    redisReply *r = NULL;
+    if ((e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen))) return e;
+    if (r->type == REDIS_REPLY_STRING)
+        snprintf(name, namelen, "%.*s", (int)r->len, r->str);
+    else
+        e = mv_seterr(err, errlen, MV_ENOTFOUND, "unknown token");
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_apitoken_list(mv_state *s,
+                              int (*cb)(void *ud, const char *name, int64_t created_ms), void *ud,
+                              char *err, size_t errlen)
+{
+    st_args a = {0};
+    sa_str(&a, "HGETALL");
+    sa_str(&a, TOKEN_NAMES);
+    redisReply *r = NULL;
+    mv_err e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen);
+    if (e) return e;
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const char *v = r->element[i + 1]->str, *sp = v ? strchr(v, ' ') : NULL;
+        if (r->element[i]->type == REDIS_REPLY_STRING && sp &&
+            cb(ud, r->element[i]->str, atoll(sp + 1)))
+            break;
+    }
+    freeReplyObject(r);
+    return MV_OK;
+}
+
+static const char LUA_TOKEN_DEL[] = "local v = redis.call('HGET', KEYS[2], ARGV[1])\n"
+                                    "if not v then return 0 end\n"
+                                    "local h = string.match(v, '^(%x+)')\n"
+                                    "redis.call('HDEL', KEYS[1], h)\n"
+                                    "redis.call('HDEL', KEYS[2], ARGV[1])\n"
+                                    "return 1\n";
+
+mv_err mv_state_apitoken_del(mv_state *s, const char *name, char *err, size_t errlen)
+{
+    if (!mv_name_valid(name))
+        return mv_seterr(err, errlen, MV_EINVAL, "invalid token name \"%.64s\"", name ? name : "");
+    st_args a = {0};
+    sa_str(&a, TOKENS);
+    sa_str(&a, TOKEN_NAMES);
+    sa_str(&a, name);
+    redisReply *r = NULL;
+    mv_err e = st_eval(s, 1, LUA_TOKEN_DEL, 2, &a, &r, err, errlen);
+    if (e) return e;
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+        e = mv_seterr(err, errlen, MV_ENOTFOUND, "no token named \"%s\"", name);
+    freeReplyObject(r);
+    return e;
 }
 
 /* ---- leases --------------------------------------------------------------------------- */
@@ -1452,8 +1695,8 @@ static mv_err st_progress_commit(mv_state *s, const char *prefix, const char *te
                                  const char *owner, uint64_t token, const char *const *fields,
                                  const int64_t *incr, int nincr, char *err, size_t errlen)
 {
-    char lease[ST_KEYLEN], key[ST_KEYLEN], status[ST_KEYLEN], mboxes[ST_KEYLEN], val[512],
-        num[16][24];
+    char lease[ST_KEYLEN], key[ST_KEYLEN], status[ST_KEYLEN], mboxes[ST_KEYLEN], metrics[ST_KEYLEN],
+        val[512], num[16][24];
     mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
     if (!e && !folder) e = mv_seterr(err, errlen, MV_EINVAL, "checkpoint: no folder");
     if (!e && (nincr < 0 || nincr > 16))
@@ -1463,12 +1706,14 @@ static mv_err st_progress_commit(mv_state *s, const char *prefix, const char *te
     if (!e) e = st_key(key, err, errlen, "%s:%s:%s", prefix, tenant, mailbox);
     if (!e) e = st_key(status, err, errlen, "mv:status:%s:%s", tenant, mailbox);
     if (!e) e = st_key(mboxes, err, errlen, "mv:mailboxes:%s", tenant);
+    if (!e) e = st_key(metrics, err, errlen, "mv:metrics:%s", tenant);
     if (e) return e;
     st_args a = {0};
     sa_str(&a, lease);
     sa_str(&a, key);
     sa_str(&a, status);
     sa_str(&a, mboxes);
+    sa_str(&a, metrics);
     sa_str(&a, val);
     sa_str(&a, folder);
     sa_str(&a, text);
@@ -1481,7 +1726,7 @@ static mv_err st_progress_commit(mv_state *s, const char *prefix, const char *te
     redisReply *r = NULL;
     /* Not re-sent after a lost connection when it carries increments (they are not
      * idempotent); a bare checkpoint write is. */
-    e = st_eval(s, nincr == 0, LUA_CKPT_SET, 4, &a, &r, err, errlen);
+    e = st_eval(s, nincr == 0, LUA_CKPT_SET, 5, &a, &r, err, errlen);
     if (e) return e;
     char what[ST_KEYLEN];
     snprintf(what, sizeof what, "mailbox %s/%s", tenant, mailbox);

@@ -118,6 +118,7 @@ class Workers:
     def __init__(self, n=2, **extra_env):
         self.procs = []
         self.logs = []
+        self.ids = []
         self.extra = extra_env
         for _ in range(n):
             self.start()
@@ -130,6 +131,7 @@ class Workers:
         p = subprocess.Popen([WORKER, "--id", f"w{i}-{SUFFIX}"], stdout=log, stderr=log,
                              env=env(**self.extra))
         self.procs.append(p)
+        self.ids.append(f"w{i}-{SUFFIX}")
         self.logs.append(path)
         return p
 
@@ -397,9 +399,13 @@ class OAuthDovecot(Background):
     def __init__(self, sim_url, grants_dir):
         import socket
         self.dir = os.path.join(RUN, f"oauth-dovecot-{SUFFIX}")
-        for sub in ("run", "mail", "log"):
+        for sub in ("run", "log"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
-        subprocess.run(["chown", "vmail:vmail", os.path.join(self.dir, "mail")], check=True)
+        # the mail must be reachable by vmail: beside the stack's own mail directory, which
+        # stack.sh keeps outside a private home (a run under /root)
+        self.mail = os.path.realpath(os.path.join(RUN, "mail")) + f"-oauth-{SUFFIX}"
+        os.makedirs(self.mail, exist_ok=True)
+        subprocess.run(["chown", "vmail:vmail", self.mail], check=True)
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         self.port = s.getsockname()[1]
@@ -426,7 +432,7 @@ ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = xoauth2
 log_path = {d}/log/dovecot.log
-mail_location = maildir:{d}/mail/%u
+mail_location = maildir:{self.mail}/%u
 default_login_user = dovenull
 default_internal_user = root
 default_internal_group = root
@@ -456,7 +462,7 @@ passdb {{
 }}
 userdb {{
   driver = static
-  args = uid=vmail gid=vmail home={d}/mail/%u allow_all_users=yes
+  args = uid=vmail gid=vmail home={self.mail}/%u allow_all_users=yes
 }}
 """)
         self.proc = subprocess.Popen(["dovecot", "-c", os.path.join(d, "dovecot.conf"), "-F"],
@@ -620,3 +626,38 @@ class HoldingProxy:
                 x.close()
             except OSError:
                 pass
+
+
+# ---- the admin server (mailvault serve) ----
+
+class AdminServer(Background):
+    """`mailvault serve --listen 127.0.0.1:0` (the kernel picks the port, which the server
+    prints on its first line); self.url is its base URL. Stopped with SIGTERM on exit."""
+
+    def __init__(self):
+        self.log = os.path.join(RUN, "log", f"serve-{SUFFIX}.log")
+        self.proc = subprocess.Popen([CLI, "serve", "--listen", "127.0.0.1:0"], env=env(),
+                                     stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True)
+        line = self.proc.stdout.readline()
+        if "http://" not in line:
+            fail(f"mailvault serve did not start: {line!r} (log {self.log})")
+        self.url = line.strip().rsplit(" ", 1)[1]
+
+    def request(self, method, path, body=None, token=None, raw=None):
+        """(status, parsed JSON or text, headers) of one request."""
+        import urllib.request
+        import urllib.error
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                status, text, headers = r.status, r.read().decode(), r.headers
+        except urllib.error.HTTPError as e:
+            status, text, headers = e.code, e.read().decode(), e.headers
+        if headers.get("Content-Type", "").startswith("application/json"):
+            return status, json.loads(text), headers
+        return status, text, headers

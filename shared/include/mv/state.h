@@ -105,6 +105,43 @@ mv_err mv_state_run_list(mv_state *s, const char *tenant,
                                    const char *value),
                          void *ud, char *err, size_t errlen);
 
+/* ---- metrics (read by the admin server's /metrics) ----
+ * mv:metrics:{t} hash of per-tenant counters: archived_<field> for every counter a checkpoint
+ * moves (in the same Lua script, so they never run ahead of what is archived),
+ * throttled, errors:<kind> (failed task attempts by error kind), exported_messages,
+ * exported_bytes. With tenant NULL: mv:metrics, cluster-wide counters. */
+mv_err mv_state_metric_incr(mv_state *s, const char *tenant, const char *field, int64_t by,
+                            char *err, size_t errlen);
+mv_err mv_state_metrics_get(mv_state *s, const char *tenant,
+                            int (*cb)(void *ud, const char *field, const char *value), void *ud,
+                            char *err, size_t errlen);
+/* A cumulative histogram mv:histogram:{name}: le_<bound> per bound, count, sum. */
+mv_err mv_state_metric_observe(mv_state *s, const char *name, int64_t value, const int64_t *bounds,
+                               int nbounds, char *err, size_t errlen);
+mv_err mv_state_histogram_get(mv_state *s, const char *name,
+                              int (*cb)(void *ud, const char *field, const char *value), void *ud,
+                              char *err, size_t errlen);
+/* Worker liveness: mv:workers hash worker -> "seen_ms busy capacity", written every second
+ * by each worker and removed (gone=1) when it stops cleanly. */
+mv_err mv_state_worker_seen(mv_state *s, const char *worker, int busy, int capacity, int gone,
+                            char *err, size_t errlen);
+mv_err mv_state_worker_list(mv_state *s,
+                            int (*cb)(void *ud, const char *worker, int64_t seen_ms, int busy,
+                                      int capacity),
+                            void *ud, char *err, size_t errlen);
+
+/* ---- admin API bearer tokens ----
+ * Only the SHA-256 of a token is stored: mv:api:tokens (hash hex -> name) and
+ * mv:api:token-names (name -> "hash created_ms"). Names follow the tenant-name rules. */
+mv_err mv_state_apitoken_put(mv_state *s, const char *hash_hex, const char *name, char *err,
+                             size_t errlen); /* MV_EEXIST: the name is taken */
+mv_err mv_state_apitoken_find(mv_state *s, const char *hash_hex, char *name, size_t namelen,
+                              char *err, size_t errlen); /* MV_ENOTFOUND: unknown token */
+mv_err mv_state_apitoken_list(mv_state *s,
+                              int (*cb)(void *ud, const char *name, int64_t created_ms), void *ud,
+                              char *err, size_t errlen);
+mv_err mv_state_apitoken_del(mv_state *s, const char *name, char *err, size_t errlen);
+
 /* ---- leases with fencing tokens ----
  * Acquire: if free, INCR the fence counter and SET the lease "owner|token" PX ttl; *token is
  * the new fencing token. MV_EBUSY if held by someone else (then *holder gets the owner). */
