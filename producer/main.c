@@ -31,6 +31,10 @@ static const char usage_text[] =
     "  key generate FILE                     create a new master key file (mode 0600)\n"
     "  tenant add NAME [--display-name S]    add a tenant\n"
     "  tenant list                           list tenants\n"
+    "  tenant set NAME [--max-concurrent N] [--weight W]\n"
+    "                                        fair share: at most N of its mailboxes at once\n"
+    "                                        (0 = no cap), W shares of the workers when\n"
+    "                                        tenants compete (default 1); docs/fairness.md\n"
     "  tenant rm NAME                        remove a tenant with its profiles, credentials,\n"
     "                                        status and checkpoints (archived mail stays)\n"
     "  profile add --tenant T --file F [--mailboxes-csv C]\n"
@@ -177,11 +181,14 @@ static int print_name(void *ud, const char *name)
 
 static int cmd_tenant(cli *c, int argc, char **argv)
 {
-    opt opts[] = {{"display-name", 1, NULL, 0}, {NULL, 0, NULL, 0}};
+    opt opts[] = {{"display-name", 1, NULL, 0},
+                  {"max-concurrent", 1, NULL, 0},
+                  {"weight", 1, NULL, 0},
+                  {NULL, 0, NULL, 0}};
     const char *pos[3];
     int npos, rc;
     char err[MV_ERRLEN];
-    if (argc < 1) return cli_fail(2, "usage: mailvault tenant add|list|rm ...");
+    if (argc < 1) return cli_fail(2, "usage: mailvault tenant add|list|set|rm ...");
     if ((rc = parse_opts(argc - 1, argv + 1, opts, pos, 1, &npos))) return rc;
     mv_state *st = cli_state(c);
     if (!st) return 1;
@@ -207,6 +214,26 @@ static int cmd_tenant(cli *c, int argc, char **argv)
     } else if (strcmp(argv[0], "list") == 0) {
         if (mv_state_tenant_list(st, print_name, NULL, err, sizeof err))
             rc = cli_fail(1, "%s", err);
+    } else if (strcmp(argv[0], "set") == 0) {
+        const char *names[] = {"max_concurrent", "weight"};
+        if (npos != 1 || (!opts[1].value && !opts[2].value)) {
+            rc = cli_fail(2, "usage: mailvault tenant set NAME [--max-concurrent N] [--weight W]");
+        } else if (!mv_name_valid(pos[0]) || !mv_state_tenant_exists(st, pos[0])) {
+            rc = cli_fail(1, "tenant \"%s\" does not exist", pos[0]);
+        } else {
+            for (int k = 0; k < 2 && !rc; k++) {
+                const char *v = opts[1 + k].value;
+                if (!v) continue;
+                char *end;
+                long n = strtol(v, &end, 10);
+                if (*end || end == v || n < (k ? 1 : 0) || n > 100000)
+                    rc = cli_fail(2, "--%s: \"%s\" is not a number in %d..100000",
+                                  k ? "weight" : "max-concurrent", v, k ? 1 : 0);
+                else if (mv_state_tenant_limit(st, pos[0], names[k], (int)n, err, sizeof err))
+                    rc = cli_fail(1, "%s", err);
+            }
+            if (!rc) printf("tenant %s updated\n", pos[0]);
+        }
     } else if (strcmp(argv[0], "rm") == 0) {
         if (npos != 1 || !mv_name_valid(pos[0]))
             rc = cli_fail(2, "usage: mailvault tenant rm NAME");

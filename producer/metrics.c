@@ -75,7 +75,7 @@ static int mailbox_state(void *ud, const char *mailbox)
 
 /* Per tenant, the lines of every family go to the family's own stream so that each family is
  * printed as one group (the exposition format wants a family's samples together). */
-enum { F_ARCH, F_BYTES, F_DEDUP, F_EXP, F_EXPB, F_THR, F_ERR, F_TASKS, F_N };
+enum { F_ARCH, F_BYTES, F_DEDUP, F_EXP, F_EXPB, F_THR, F_ERR, F_TASKS, F_WAIT, F_INFL, F_N };
 
 static const char *const family_head[F_N] = {
     "# HELP mailvault_archived_messages_total Messages archived (all runs), per tenant.\n"
@@ -96,6 +96,12 @@ static const char *const family_head[F_N] = {
     "# TYPE mailvault_task_errors_total counter\n",
     "# HELP mailvault_tasks Mailboxes by the state of their latest task.\n"
     "# TYPE mailvault_tasks gauge\n",
+    "# HELP mailvault_fair_waiting_tasks Tasks waiting in the tenant's fair queue (not yet on "
+    "Kafka).\n"
+    "# TYPE mailvault_fair_waiting_tasks gauge\n",
+    "# HELP mailvault_fair_inflight_tasks The tenant's mailboxes dispatched to Kafka and not yet "
+    "ended (its share of the workers).\n"
+    "# TYPE mailvault_fair_inflight_tasks gauge\n",
 };
 
 typedef struct families {
@@ -148,6 +154,12 @@ static int tenant_metrics_cb(void *ud, const char *tenant)
     for (size_t i = 0; i < sizeof states / sizeof *states; i++)
         fprintf(fa->f[F_TASKS], "mailvault_tasks{tenant=\"%s\",state=\"%s\"} %lld\n", tenant,
                 states[i], m->tasks[i]);
+    int64_t waiting = 0, inflight = 0;
+    if (mv_state_fair_counts(s->st, tenant, &waiting, &inflight, err, sizeof err)) s->failed = 1;
+    fprintf(fa->f[F_WAIT], "mailvault_fair_waiting_tasks{tenant=\"%s\"} %lld\n", tenant,
+            (long long)waiting);
+    fprintf(fa->f[F_INFL], "mailvault_fair_inflight_tasks{tenant=\"%s\"} %lld\n", tenant,
+            (long long)inflight);
     return 0;
 }
 

@@ -201,6 +201,7 @@ static json_t *status_json(const status_list *l, const mv_lag *lag, int lag_ok)
         json_object_set_new(o, "chunk", json_integer(m->chunk));
         json_object_set_new(o, "attempt", json_integer(m->attempt));
         json_object_set_new(o, "heartbeat_ms", json_integer(m->heartbeat));
+        json_object_set_new(o, "queued_ms", json_integer(m->queued));
         json_object_set_new(o, "started_ms", json_integer(m->started));
         json_object_set_new(o, "finished_ms", json_integer(m->finished));
         json_array_append_new(arr, o);

@@ -110,6 +110,41 @@ static void usage(FILE *f)
                "  --help              this text\n");
 }
 
+/* Fair dispatch: every FAIR_TICK_MS, or at once while a full batch came back. The Kafka
+ * backlog is kept at FAIR_FACTOR x the live workers' capacity. */
+#define FAIR_TICK_MS 100
+#define FAIR_FACTOR 2
+
+typedef struct fair_ud {
+    mv_producer *pr;
+    const mv_config *cfg;
+} fair_ud;
+
+static int fair_send(void *ud, const char *tenant, const char *mailbox, const void *payload,
+                     size_t len)
+{
+    fair_ud *f = ud;
+    char key[512], err[MV_ERRLEN];
+    snprintf(key, sizeof key, "%s/%s", tenant, mailbox);
+    if (mv_producer_send(f->pr, f->cfg->topic_tasks, key, payload, len, err, sizeof err)) {
+        mv_warn("cannot dispatch a task", " tenant=%s mailbox=%s error=\"%s\"", tenant, mailbox,
+                err);
+        return 1;
+    }
+    return 0;
+}
+
+static int fair_flush(void *ud)
+{
+    fair_ud *f = ud;
+    char err[MV_ERRLEN];
+    if (mv_producer_flush(f->pr, 30000, err, sizeof err)) {
+        mv_warn("dispatched tasks not acknowledged", " error=\"%s\"", err);
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *cfgpath = NULL;
@@ -228,8 +263,9 @@ int main(int argc, char **argv)
     mv_info("worker started", " worker=%s group=%s topic=%s concurrency=%d", worker_id, cfg.group,
             cfg.topic_tasks, n);
 
-    int64_t next_pump = 0;
+    int64_t next_pump = 0, next_dispatch = 0, next_recover = 0;
     int fatal = 0;
+    fair_ud fs = {pumper, &cfg};
     for (;;) {
         /* Collect finished jobs: commit their offsets and release their partitions. */
         int busy = 0;
@@ -279,6 +315,25 @@ int main(int argc, char **argv)
             /* liveness for /metrics and the dashboard: seen now, with its load */
             if (mv_state_worker_seen(pst, worker_id, busy, n, 0, err, sizeof err))
                 mv_warn("cannot record liveness", " error=\"%s\"", err);
+        }
+
+        /* fair dispatch: move tasks from the tenants' queues in Redis onto Kafka, as much as
+         * the live workers can take (docs/fairness.md); any worker may do it at any time */
+        if (!stopping && mv_mono_ms() >= next_dispatch) {
+            int nd = 0;
+            if (mv_state_fair_dispatch(pst, mv_now_ms(), 64, FAIR_FACTOR, 3 * cfg.lease_ttl_ms,
+                                       fair_send, fair_flush, &fs, &nd, err, sizeof err))
+                mv_warn("fair dispatch failed", " error=\"%s\"", err);
+            next_dispatch = mv_mono_ms() + (nd == 64 ? 0 : FAIR_TICK_MS);
+        }
+        if (!stopping && mv_mono_ms() >= next_recover) {
+            int nr = 0;
+            if (mv_state_fair_recover(pst, mv_now_ms() - 30000, fair_send, fair_flush, &fs, &nr,
+                                      err, sizeof err))
+                mv_warn("fair dispatch recovery failed", " error=\"%s\"", err);
+            else if (nr)
+                mv_warn("re-sent tasks whose dispatch was not confirmed", " count=%d", nr);
+            next_recover = mv_mono_ms() + 10000;
         }
 
         mv_qmsg m;

@@ -87,6 +87,7 @@ static mv_err record_failure(mv_runner *r, const mv_task *t0, mv_err cause, cons
                              attempt, "error", why, "finished_ms", now, NULL);
     if (!rc)
         rc = mv_state_run_end(r->st, t.run_id, t.tenant, t.mailbox, "failed", why, err, errlen);
+    if (!rc) rc = mv_state_fair_release(r->st, t.tenant, t.mailbox, err, errlen);
     return rc;
 }
 
@@ -123,6 +124,7 @@ static mv_err record_cancelled(mv_runner *r, const mv_task *t, mv_run_outcome *o
     if (!rc)
         rc = mv_state_run_end(r->st, t->run_id, t->tenant, t->mailbox, "cancelled",
                               "cancelled by the operator", err, errlen);
+    if (!rc) rc = mv_state_fair_release(r->st, t->tenant, t->mailbox, err, errlen);
     return rc;
 }
 
@@ -262,7 +264,14 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         next.not_before_ms = 0;
         next.last_error[0] = '\0';
         next.created_ms = mv_now_ms();
-        if ((rc = send_task(r, r->cfg->topic_tasks, &next, err, errlen))) goto out;
+        /* the next chunk goes back to the tenant's fair queue (first in line) and this one's
+         * slot is released in the same step: other tenants get their turn between chunks */
+        char *nbuf = NULL;
+        size_t nlen = 0;
+        if ((rc = mv_task_encode(&next, &nbuf, &nlen, err, errlen))) goto out;
+        rc = mv_state_fair_push(r->st, t.tenant, t.mailbox, nbuf, nlen, 1, t.mailbox, err, errlen);
+        free(nbuf);
+        if (rc) goto out;
         snprintf(chunk, sizeof chunk, "%u", next.chunk);
         rc = mv_state_status_set(r->st, t.tenant, t.mailbox, err, errlen, "state", "queued", "task",
                                  next.id, "chunk", chunk, "heartbeat_ms", now, NULL);
@@ -273,6 +282,7 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
                                  NULL);
         if (!rc)
             rc = mv_state_run_end(r->st, t.run_id, t.tenant, t.mailbox, "done", "", err, errlen);
+        if (!rc) rc = mv_state_fair_release(r->st, t.tenant, t.mailbox, err, errlen);
         *outcome = MV_RUN_DONE;
     }
     mv_info(more ? "chunk done, continuation queued" : "mailbox done",

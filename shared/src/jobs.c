@@ -562,7 +562,9 @@ mv_err mv_jobs_enqueue_run(const mv_config *c, mv_state *st, mv_producer *pr,
                                  "deduplicated", "0", "removed", "0", "throttled", "0",
                                  "deleted_at_source", "0", "skipped", "0", "error", "", "queued_ms",
                                  nowtxt, "started_ms", "", "finished_ms", "", "folder", "", NULL);
-        if (!rc) rc = mv_producer_send(pr, c->topic_tasks, k, buf, len, err, errlen);
+        /* queued per tenant; the workers' fair dispatch moves it onto Kafka */
+        (void)k;
+        if (!rc) rc = mv_state_fair_push(st, tenant, t.mailbox, buf, len, 0, NULL, err, errlen);
         free(buf);
         if (rc) goto out;
         (*ntasks)++;

@@ -616,7 +616,8 @@ mv_err mv_state_tenant_del(mv_state *s, const char *tenant, char *err, size_t er
         if (!e) e = st_scan_del(s, pat, err, errlen);
         if (e) return e;
     }
-    static const char *const singles[] = {"mv:profiles:", "mv:mailboxes:", "mv:tenant:"};
+    static const char *const singles[] = {
+        "mv:profiles:", "mv:mailboxes:", "mv:fair:q:", "mv:fair:inflight:", "mv:tenant:"};
     for (size_t i = 0; i < sizeof singles / sizeof singles[0]; i++) {
         a.n = 0;
         sa_str(&a, "DEL");
@@ -625,6 +626,11 @@ mv_err mv_state_tenant_del(mv_state *s, const char *tenant, char *err, size_t er
         if (!e) e = st_int(s, 1, &a, NULL, err, errlen);
         if (e) return e;
     }
+    a.n = 0; /* its queue is gone: no longer ready (its in-flight entries are reaped) */
+    sa_str(&a, "ZREM");
+    sa_str(&a, "mv:fair:ready");
+    sa_str(&a, tenant);
+    if ((e = st_int(s, 1, &a, NULL, err, errlen))) return e;
     a.n = 0;
     sa_str(&a, "SREM");
     sa_str(&a, "mv:tenants");
@@ -1227,6 +1233,313 @@ mv_err mv_state_worker_list(mv_state *s,
 {
     worker_walk w = {cb, ud};
     return st_hgetall(s, "mv:workers", worker_one, &w, err, errlen);
+}
+
+/* ---- fair dispatch ---------------------------------------------------------------------
+ * Tasks wait per tenant in Redis and are moved onto Kafka by start-time fair queuing, so the
+ * Kafka backlog stays about as long as the workers' capacity and a tenant with few mailboxes
+ * is not queued behind one with many (docs/fairness.md). */
+
+/* ARGV: tenant, item ("<mailbox>\t<payload>"), front ("1": LPUSH), mailbox to release or "".
+ * A tenant that had nothing queued starts at the current virtual time, never earlier: being
+ * idle earns no credit. */
+static const char LUA_FAIR_PUSH[] =
+    "local q = 'mv:fair:q:' .. ARGV[1]\n"
+    "if ARGV[4] ~= '' then\n"
+    "  redis.call('ZREM', 'mv:fair:inflight', ARGV[1] .. '/' .. ARGV[4])\n"
+    "  redis.call('SREM', 'mv:fair:inflight:' .. ARGV[1], ARGV[4])\n"
+    "end\n"
+    "if ARGV[3] == '1' then redis.call('LPUSH', q, ARGV[2]) else redis.call('RPUSH', q, ARGV[2]) "
+    "end\n"
+    "if not redis.call('ZSCORE', 'mv:fair:ready', ARGV[1]) then\n"
+    "  local v = tonumber(redis.call('GET', 'mv:fair:vtime') or '0') or 0\n"
+    "  local t = tonumber(redis.call('HGET', 'mv:fair:tag', ARGV[1]) or '0') or 0\n"
+    "  redis.call('ZADD', 'mv:fair:ready', math.max(v, t), ARGV[1])\n"
+    "end\n"
+    "return 1\n";
+
+/* ARGV: now_ms, max items, capacity factor, reap age ms. The budget is factor x the capacity
+ * of the workers seen in the last 5 s; in flight are the tasks dispatched and not yet ended.
+ * Entries in flight for longer than the reap age whose mailbox has ended (or has no status:
+ * its tenant was removed) are released first: a task that died without saying so cannot hold
+ * a slot for ever. Then, while the budget allows: the ready tenant with the smallest start tag
+ * that is under its own cap (mv:tenant:{t} max_concurrent, 0 = none) gives its first task; the
+ * tag advances by 1/weight (mv:tenant:{t} weight, default 1). A dispatched task is kept in
+ * mv:fair:sending until the caller confirms it is on Kafka. -> {tenant, mailbox, payload}... */
+static const char LUA_FAIR_DISPATCH[] =
+    "local now = tonumber(ARGV[1])\n"
+    "local w = redis.call('HGETALL', 'mv:workers')\n"
+    "local cap = 0\n"
+    "for i = 1, #w, 2 do\n"
+    "  local seen, c = string.match(w[i + 1], '^(%d+) %-?%d+ (%d+)$')\n"
+    "  if seen and tonumber(seen) >= now - 5000 then cap = cap + tonumber(c) end\n"
+    "end\n"
+    "cap = cap * tonumber(ARGV[3])\n"
+    "local old = redis.call('ZRANGEBYSCORE', 'mv:fair:inflight', '-inf', now - tonumber(ARGV[4]),\n"
+    "  'LIMIT', 0, 50)\n"
+    "for _, m in ipairs(old) do\n"
+    "  local sl = string.find(m, '/', 1, true)\n"
+    "  local t, mb = string.sub(m, 1, sl - 1), string.sub(m, sl + 1)\n"
+    "  local st = redis.call('HGET', 'mv:status:' .. t .. ':' .. mb, 'state')\n"
+    "  if not st or st == 'done' or st == 'failed' or st == 'cancelled' then\n"
+    "    redis.call('ZREM', 'mv:fair:inflight', m)\n"
+    "    redis.call('SREM', 'mv:fair:inflight:' .. t, mb)\n"
+    "  end\n"
+    "end\n"
+    "local n = redis.call('ZCARD', 'mv:fair:inflight')\n"
+    "local out = {}\n"
+    "local max = tonumber(ARGV[2])\n"
+    "while n < cap and #out < 3 * max do\n"
+    "  local cands = redis.call('ZRANGE', 'mv:fair:ready', 0, 99, 'WITHSCORES')\n"
+    "  if #cands == 0 then break end\n"
+    "  local pick, tag\n"
+    "  for i = 1, #cands, 2 do\n"
+    "    local tcap = tonumber(redis.call('HGET', 'mv:tenant:' .. cands[i], 'max_concurrent') or "
+    "'0') or 0\n"
+    "    if tcap <= 0 or redis.call('SCARD', 'mv:fair:inflight:' .. cands[i]) < tcap then\n"
+    "      pick = cands[i]; tag = tonumber(cands[i + 1]); break\n"
+    "    end\n"
+    "  end\n"
+    "  if not pick then break end\n"
+    "  local item = redis.call('LPOP', 'mv:fair:q:' .. pick)\n"
+    "  if not item then\n"
+    "    redis.call('ZREM', 'mv:fair:ready', pick)\n"
+    "  else\n"
+    "    local tab = string.find(item, '\\t', 1, true)\n"
+    "    local mb, payload = string.sub(item, 1, tab - 1), string.sub(item, tab + 1)\n"
+    "    local key = pick .. '/' .. mb\n"
+    "    if redis.call('ZADD', 'mv:fair:inflight', now, key) == 1 then n = n + 1 end\n"
+    "    redis.call('SADD', 'mv:fair:inflight:' .. pick, mb)\n"
+    "    redis.call('HSET', 'mv:fair:sending', key, ARGV[1] .. '\\t' .. payload)\n"
+    "    local wt = tonumber(redis.call('HGET', 'mv:tenant:' .. pick, 'weight') or '1') or 1\n"
+    "    local nxt = tag + 1 / wt\n"
+    "    redis.call('SET', 'mv:fair:vtime', string.format('%.6f', tag))\n"
+    "    redis.call('HSET', 'mv:fair:tag', pick, string.format('%.6f', nxt))\n"
+    "    if redis.call('LLEN', 'mv:fair:q:' .. pick) > 0 then\n"
+    "      redis.call('ZADD', 'mv:fair:ready', string.format('%.6f', nxt), pick)\n"
+    "    else\n"
+    "      redis.call('ZREM', 'mv:fair:ready', pick)\n"
+    "    end\n"
+    "    redis.call('LPUSH', 'mv:fair:log', key)\n"
+    "    redis.call('LTRIM', 'mv:fair:log', 0, 999)\n"
+    "    out[#out + 1] = pick\n"
+    "    out[#out + 1] = mb\n"
+    "    out[#out + 1] = payload\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+mv_err mv_state_fair_push(mv_state *s, const char *tenant, const char *mailbox, const void *payload,
+                          size_t len, int front, const char *release, char *err, size_t errlen)
+{
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e && release && release[0]) e = st_check(tenant, NULL, release, err, errlen);
+    if (e) return e;
+    size_t ml = strlen(mailbox);
+    char *item = malloc(ml + 1 + len);
+    if (!item) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    memcpy(item, mailbox, ml);
+    item[ml] = '\t';
+    memcpy(item + ml + 1, payload, len);
+    st_args a = {0};
+    sa_str(&a, tenant);
+    sa_bin(&a, item, ml + 1 + len);
+    sa_str(&a, front ? "1" : "0");
+    sa_str(&a, release ? release : "");
+    redisReply *r = NULL;
+    e = st_eval(s, 0, LUA_FAIR_PUSH, 0, &a, &r, err, errlen); /* a push is not idempotent */
+    free(item);
+    if (!e) freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_fair_release(mv_state *s, const char *tenant, const char *mailbox, char *err,
+                             size_t errlen)
+{
+    char member[ST_KEYLEN], set[ST_KEYLEN];
+    mv_err e = st_check(tenant, NULL, mailbox, err, errlen);
+    if (!e) e = st_key(member, err, errlen, "%s/%s", tenant, mailbox);
+    if (!e) e = st_key(set, err, errlen, "mv:fair:inflight:%s", tenant);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "ZREM");
+    sa_str(&a, "mv:fair:inflight");
+    sa_str(&a, member);
+    if ((e = st_int(s, 1, &a, NULL, err, errlen))) return e;
+    st_args b = {0};
+    sa_str(&b, "SREM");
+    sa_str(&b, set);
+    sa_str(&b, mailbox);
+    return st_int(s, 1, &b, NULL, err, errlen);
+}
+
+/* HDEL the sending entries ("t/mailbox") of the tasks just confirmed on Kafka. */
+static mv_err fair_sent(mv_state *s, const char *const *k, const size_t *kl, size_t n, char *err,
+                        size_t errlen)
+{
+    for (size_t i = 0; i < n;) {
+        st_args a = {0};
+        sa_str(&a, "HDEL");
+        sa_str(&a, "mv:fair:sending");
+        for (; i < n && a.n < ST_MAXARGS; i++)
+            sa_bin(&a, k[i], kl[i]);
+        mv_err e = st_int(s, 1, &a, NULL, err, errlen);
+        if (e) return e;
+    }
+    return MV_OK;
+}
+
+static int fair_name(char *out, size_t outlen, const char *p, size_t len)
+{
+    if (len >= outlen) return -1;
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return 0;
+}
+
+mv_err mv_state_fair_dispatch(mv_state *s, int64_t now_ms, int max_items, int factor,
+                              int reap_age_ms, mv_fair_send_fn send, mv_fair_flush_fn flush,
+                              void *ud, int *ndispatched, char *err, size_t errlen)
+{
+    char num[4][24];
+    snprintf(num[0], sizeof num[0], "%" PRId64, now_ms);
+    snprintf(num[1], sizeof num[1], "%d", max_items);
+    snprintf(num[2], sizeof num[2], "%d", factor);
+    snprintf(num[3], sizeof num[3], "%d", reap_age_ms);
+    st_args a = {0};
+    for (int i = 0; i < 4; i++)
+        sa_str(&a, num[i]);
+    redisReply *r = NULL;
+    *ndispatched = 0;
+    mv_err e = st_eval(s, 0, LUA_FAIR_DISPATCH, 0, &a, &r, err, errlen);
+    if (e) return e;
+    size_t n = r->type == REDIS_REPLY_ARRAY ? r->elements / 3 : 0;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % 3) {
+        freeReplyObject(r);
+        return mv_seterr(err, errlen, MV_EPROTO, "fair dispatch: unexpected reply");
+    }
+    char(*keys)[ST_KEYLEN] = calloc(n + 1, sizeof *keys);
+    const char **kp = calloc(n + 1, sizeof *kp);
+    size_t *kl = calloc(n + 1, sizeof *kl);
+    if (!keys || !kp || !kl) {
+        e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        redisReply *t = r->element[3 * i], *m = r->element[3 * i + 1], *p = r->element[3 * i + 2];
+        char tenant[128], mailbox[300];
+        if (fair_name(tenant, sizeof tenant, t->str, t->len) ||
+            fair_name(mailbox, sizeof mailbox, m->str, m->len)) {
+            e = mv_seterr(err, errlen, MV_EPROTO, "fair dispatch: bad queue entry");
+            goto out;
+        }
+        snprintf(keys[i], sizeof keys[i], "%s/%s", tenant, mailbox);
+        kp[i] = keys[i];
+        kl[i] = strlen(keys[i]);
+        if (send(ud, tenant, mailbox, p->str, p->len)) {
+            /* left in mv:fair:sending: the recovery sends it again */
+            e = mv_seterr(err, errlen, MV_ESERVER, "fair dispatch: cannot send a task");
+            goto out;
+        }
+        (*ndispatched)++;
+    }
+    if (n == 0) goto out;
+    if (flush(ud)) {
+        e = mv_seterr(err, errlen, MV_ESERVER, "fair dispatch: tasks not acknowledged by Kafka");
+        goto out;
+    }
+    e = fair_sent(s, kp, kl, n, err, errlen);
+out:
+    free(keys);
+    free(kp);
+    free(kl);
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_fair_recover(mv_state *s, int64_t older_than_ms, mv_fair_send_fn send,
+                             mv_fair_flush_fn flush, void *ud, int *nsent, char *err, size_t errlen)
+{
+    st_args a = {0};
+    sa_str(&a, "HGETALL");
+    sa_str(&a, "mv:fair:sending");
+    redisReply *r = NULL;
+    *nsent = 0;
+    mv_err e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen);
+    if (e) return e;
+    const char **kp = calloc(r->elements / 2 + 1, sizeof *kp);
+    size_t *kl = calloc(r->elements / 2 + 1, sizeof *kl);
+    if (!kp || !kl) {
+        free(kp);
+        free(kl);
+        freeReplyObject(r);
+        return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    }
+    size_t n = 0;
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        redisReply *k = r->element[i], *v = r->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) continue;
+        const char *tab = memchr(v->str, '\t', v->len), *sl = memchr(k->str, '/', k->len);
+        char tenant[128], mailbox[300];
+        if (!tab || !sl || atoll(v->str) > older_than_ms ||
+            fair_name(tenant, sizeof tenant, k->str, (size_t)(sl - k->str)) ||
+            fair_name(mailbox, sizeof mailbox, sl + 1, k->len - (size_t)(sl - k->str) - 1))
+            continue;
+        if (send(ud, tenant, mailbox, tab + 1, v->len - (size_t)(tab + 1 - v->str)))
+            continue; /* kept for the next recovery */
+        kp[n] = k->str;
+        kl[n++] = k->len;
+    }
+    if (n && flush(ud) == 0) {
+        e = fair_sent(s, kp, kl, n, err, errlen);
+        if (!e) *nsent = (int)n;
+    }
+    free(kp);
+    free(kl);
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_fair_counts(mv_state *s, const char *tenant, int64_t *queued, int64_t *inflight,
+                            char *err, size_t errlen)
+{
+    char q[ST_KEYLEN], f[ST_KEYLEN];
+    mv_err e = st_check(tenant, NULL, NULL, err, errlen);
+    if (!e) e = st_key(q, err, errlen, "mv:fair:q:%s", tenant);
+    if (!e) e = st_key(f, err, errlen, "mv:fair:inflight:%s", tenant);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "LLEN");
+    sa_str(&a, q);
+    long long v = 0;
+    if ((e = st_int(s, 1, &a, &v, err, errlen))) return e;
+    *queued = v;
+    st_args b = {0};
+    sa_str(&b, "SCARD");
+    sa_str(&b, f);
+    if ((e = st_int(s, 1, &b, &v, err, errlen))) return e;
+    *inflight = v;
+    return MV_OK;
+}
+
+mv_err mv_state_tenant_limit(mv_state *s, const char *tenant, const char *field, int value,
+                             char *err, size_t errlen)
+{
+    char key[ST_KEYLEN], num[24];
+    mv_err e = st_check(tenant, NULL, NULL, err, errlen);
+    if (!e && strcmp(field, "max_concurrent") && strcmp(field, "weight"))
+        e = mv_seterr(err, errlen, MV_EINVAL, "unknown tenant limit %s", field);
+    if (!e && (value < 0 || value > 100000 || (!strcmp(field, "weight") && value < 1)))
+        e = mv_seterr(err, errlen, MV_EINVAL, "%s: %d is out of range", field, value);
+    if (!e) e = st_key(key, err, errlen, "mv:tenant:%s", tenant);
+    if (e) return e;
+    snprintf(num, sizeof num, "%d", value);
+    st_args a = {0};
+    sa_str(&a, "HSET");
+    sa_str(&a, key);
+    sa_str(&a, field);
+    sa_str(&a, num);
+    return st_int(s, 1, &a, NULL, err, errlen);
 }
 
 /* ---- admin API tokens ------------------------------------------------------------------ */

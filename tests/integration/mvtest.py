@@ -76,11 +76,13 @@ def cli_bytes(*args):
 
 
 def seed(user, password, messages, folders="INBOX,Sent,Archive", seed=1, mean_kb=20, duplicates=0,
-         quota=""):
+         quota="", wait=True):
+    """Fill a mailbox of the stack's Dovecot (compose/local/seed.py). wait=False: do not wait
+    for Dovecot to accept the new user (seed many that way, and the last with wait=True)."""
     subprocess.run([sys.executable, SEED, "--run", RUN, "--user", user, "--password", password,
                     "--messages", str(messages), "--folders", folders, "--seed", str(seed),
-                    "--mean-kb", str(mean_kb), "--duplicates", str(duplicates), "--quota", quota],
-                   check=True)
+                    "--mean-kb", str(mean_kb), "--duplicates", str(duplicates), "--quota", quota]
+                   + ([] if wait else ["--no-wait"]), check=True)
 
 
 def add_tenant(name):

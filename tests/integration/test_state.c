@@ -63,6 +63,11 @@ static void sleep_ms(int ms) /* polling interval inside bounded condition loops 
     nanosleep(&ts, NULL);
 }
 
+#define CHECK_FAILS(expr)                                                                          \
+    do {                                                                                           \
+        if ((expr) == MV_OK) fail_msg("%s succeeded, expected an error", #expr);                   \
+    } while (0)
+
 #define CHECK(expr)                                                                                \
     do {                                                                                           \
         mv_err e_ = (expr);                                                                        \
@@ -632,6 +637,123 @@ static void test_run_results(void **state)
     mv_state_close(s);
 }
 
+typedef struct fair_rec {
+    const char *prefix; /* tenants of this test; others' tasks are refused (left for recovery) */
+    int n, fail_flush;
+    char tenant[64][64], mailbox[64][64], payload[64][64];
+} fair_rec;
+
+static int fair_send_cb(void *ud, const char *tenant, const char *mailbox, const void *payload,
+                        size_t len)
+{
+    fair_rec *f = ud;
+    if (strncmp(tenant, f->prefix, strlen(f->prefix)) != 0 || f->n == 64) return 1;
+    snprintf(f->tenant[f->n], sizeof f->tenant[0], "%s", tenant);
+    snprintf(f->mailbox[f->n], sizeof f->mailbox[0], "%s", mailbox);
+    snprintf(f->payload[f->n], sizeof f->payload[0], "%.*s", (int)len, (const char *)payload);
+    f->n++;
+    return 0;
+}
+
+static int fair_flush_cb(void *ud)
+{
+    return ((fair_rec *)ud)->fail_flush;
+}
+
+/* Fair dispatch: per-tenant order kept, weights interleave, a cap holds, a next chunk goes
+ * first, and a dispatch whose Kafka acknowledgement never came is sent again by recovery. */
+static void test_fair_dispatch(void **state)
+{
+    (void)state;
+    char err[MV_ERRLEN] = "", a[64], b[64], w[64], mb[64], pl[64], prefix[64];
+    mv_state *s = connect_or_fail();
+    redisContext *rc = raw_connect();
+    snprintf(prefix, sizeof prefix, "fd%.8s", uid);
+    snprintf(a, sizeof a, "%s-a", prefix);
+    snprintf(b, sizeof b, "%s-b", prefix);
+    snprintf(w, sizeof w, "fairtest-%s", uid);
+    CHECK(mv_state_tenant_add(s, a, NULL, err, sizeof err));
+    CHECK(mv_state_tenant_add(s, b, NULL, err, sizeof err));
+    /* nothing is dispatched while no worker is alive: tasks wait */
+    for (int i = 0; i < 4; i++) {
+        snprintf(mb, sizeof mb, "m%d", i);
+        snprintf(pl, sizeof pl, "a-task-%d", i);
+        CHECK(mv_state_fair_push(s, a, mb, pl, strlen(pl), 0, NULL, err, sizeof err));
+        snprintf(pl, sizeof pl, "b-task-%d", i);
+        CHECK(mv_state_fair_push(s, b, mb, pl, strlen(pl), 0, NULL, err, sizeof err));
+    }
+    int64_t queued = 0, inflight = 0;
+    CHECK(mv_state_fair_counts(s, a, &queued, &inflight, err, sizeof err));
+    assert_int_equal(queued, 4);
+    assert_int_equal(inflight, 0);
+    /* a worker with plenty of capacity; b weighs 3 and may have 2 in flight */
+    CHECK(mv_state_worker_seen(s, w, 0, 500, 0, err, sizeof err));
+    CHECK(mv_state_tenant_limit(s, b, "weight", 3, err, sizeof err));
+    CHECK(mv_state_tenant_limit(s, b, "max_concurrent", 2, err, sizeof err));
+    assert_int_equal(mv_state_tenant_limit(s, b, "weight", 0, err, sizeof err), MV_EINVAL);
+    fair_rec f = {.prefix = prefix};
+    int nd = 0;
+    for (int round = 0; round < 20 && f.n < 6; round++)
+        CHECK(mv_state_fair_dispatch(s, mv_now_ms(), 64, 2, 45000, fair_send_cb, fair_flush_cb, &f,
+                                     &nd, err, sizeof err));
+    /* a's 4 in order, b only 2 (its cap), b's first two in order */
+    int na = 0, nb = 0;
+    for (int i = 0; i < f.n; i++) {
+        if (!strcmp(f.tenant[i], a)) {
+            snprintf(pl, sizeof pl, "a-task-%d", na++);
+            assert_string_equal(f.payload[i], pl);
+        } else {
+            snprintf(pl, sizeof pl, "b-task-%d", nb++);
+            assert_string_equal(f.payload[i], pl);
+        }
+    }
+    assert_int_equal(na, 4);
+    assert_int_equal(nb, 2);
+    CHECK(mv_state_fair_counts(s, b, &queued, &inflight, err, sizeof err));
+    assert_int_equal(queued, 2);
+    assert_int_equal(inflight, 2);
+    /* b's m0 has a next chunk: pushed first in line, releasing m0's slot in the same step */
+    CHECK(mv_state_fair_push(s, b, "m0", "b-next-0", 8, 1, "m0", err, sizeof err));
+    fair_rec g = {.prefix = prefix, .fail_flush = 1}; /* Kafka does not acknowledge */
+    for (int round = 0; round < 20 && g.n < 1; round++)
+        CHECK_FAILS(mv_state_fair_dispatch(s, mv_now_ms(), 64, 2, 45000, fair_send_cb,
+                                           fair_flush_cb, &g, &nd, err, sizeof err));
+    assert_int_equal(g.n, 1);
+    assert_string_equal(g.payload[0], "b-next-0");
+    /* not acknowledged: recovery sends it again (entries older than the given time) */
+    fair_rec h = {.prefix = prefix};
+    int nr = 0;
+    CHECK(mv_state_fair_recover(s, mv_now_ms() + 1, fair_send_cb, fair_flush_cb, &h, &nr, err,
+                                sizeof err));
+    int found = 0;
+    for (int i = 0; i < h.n; i++)
+        found += !strcmp(h.payload[i], "b-next-0");
+    assert_int_equal(found, 1);
+    h.n = 0;
+    CHECK(mv_state_fair_recover(s, mv_now_ms() + 1, fair_send_cb, fair_flush_cb, &h, &nr, err,
+                                sizeof err));
+    for (int i = 0; i < h.n; i++)
+        assert_string_not_equal(h.payload[i], "b-next-0"); /* sent once, then forgotten */
+    /* releases free the cap */
+    CHECK(mv_state_fair_release(s, b, "m0", err, sizeof err));
+    CHECK(mv_state_fair_release(s, b, "m1", err, sizeof err));
+    CHECK(mv_state_fair_counts(s, b, &queued, &inflight, err, sizeof err));
+    assert_int_equal(inflight, 0);
+    assert_int_equal(queued, 2);
+
+    CHECK(mv_state_worker_seen(s, w, 0, 0, 1, err, sizeof err));
+    for (int i = 0; i < 4; i++) {
+        snprintf(mb, sizeof mb, "m%d", i);
+        CHECK(mv_state_fair_release(s, a, mb, err, sizeof err));
+    }
+    CHECK(mv_state_tenant_del(s, a, err, sizeof err));
+    CHECK(mv_state_tenant_del(s, b, err, sizeof err));
+    CHECK(mv_state_fair_counts(s, b, &queued, &inflight, err, sizeof err));
+    assert_int_equal(queued, 0); /* tenant_del drops the queue */
+    redisFree(rc);
+    mv_state_close(s);
+}
+
 static void test_cursor_and_counters(void **state)
 {
     char err[MV_ERRLEN] = "", t[64], holder[64];
@@ -867,6 +989,7 @@ int main(void)
         cmocka_unit_test(test_fencing),
         cmocka_unit_test(test_leader_and_slots),
         cmocka_unit_test(test_run_results),
+        cmocka_unit_test(test_fair_dispatch),
         cmocka_unit_test(test_delay_pump),
         cmocka_unit_test(test_reconnect),
         cmocka_unit_test(test_cursor_and_counters),

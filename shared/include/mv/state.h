@@ -105,6 +105,38 @@ mv_err mv_state_run_list(mv_state *s, const char *tenant,
                                    const char *value),
                          void *ud, char *err, size_t errlen);
 
+/* ---- fair dispatch (docs/fairness.md) ----
+ * Tasks wait per tenant in mv:fair:q:{t} ("<mailbox>\t<payload>") and are moved onto Kafka
+ * by mv_state_fair_dispatch: start-time fair queuing over the tenants with queued tasks
+ * (mv:fair:ready, score = start tag), within a budget of factor x the live workers' capacity
+ * and each tenant's max_concurrent. In flight: mv:fair:inflight (zset "t/mailbox" -> dispatch
+ * ms) and mv:fair:inflight:{t} (set of mailboxes); a slot is released when the mailbox's task
+ * ends or its next chunk is queued again. */
+typedef int (*mv_fair_send_fn)(void *ud, const char *tenant, const char *mailbox,
+                               const void *payload, size_t len);
+typedef int (*mv_fair_flush_fn)(void *ud); /* 0: everything sent is acknowledged */
+/* Queue a task (front: before the tenant's others, for a mailbox's next chunk). release:
+ * a mailbox whose slot is given back in the same step (its next chunk), or NULL. */
+mv_err mv_state_fair_push(mv_state *s, const char *tenant, const char *mailbox, const void *payload,
+                          size_t len, int front, const char *release, char *err, size_t errlen);
+mv_err mv_state_fair_release(mv_state *s, const char *tenant, const char *mailbox, char *err,
+                             size_t errlen);
+/* Move up to max_items tasks onto Kafka: send() each, then flush(); only then are they
+ * dropped from mv:fair:sending. A failure leaves them there for mv_state_fair_recover. */
+mv_err mv_state_fair_dispatch(mv_state *s, int64_t now_ms, int max_items, int factor,
+                              int reap_age_ms, mv_fair_send_fn send, mv_fair_flush_fn flush,
+                              void *ud, int *ndispatched, char *err, size_t errlen);
+/* Send again the tasks dispatched before older_than_ms whose sending was never confirmed (the
+ * dispatcher died between popping and Kafka's acknowledgement): duplicates are harmless. */
+mv_err mv_state_fair_recover(mv_state *s, int64_t older_than_ms, mv_fair_send_fn send,
+                             mv_fair_flush_fn flush, void *ud, int *nsent, char *err,
+                             size_t errlen);
+mv_err mv_state_fair_counts(mv_state *s, const char *tenant, int64_t *queued, int64_t *inflight,
+                            char *err, size_t errlen);
+/* mv:tenant:{t} max_concurrent (0 = no cap) or weight (1..100000, default 1). */
+mv_err mv_state_tenant_limit(mv_state *s, const char *tenant, const char *field, int value,
+                             char *err, size_t errlen);
+
 /* ---- metrics (read by the admin server's /metrics) ----
  * mv:metrics:{t} hash of per-tenant counters: archived_<field> for every counter a checkpoint
  * moves (in the same Lua script, so they never run ahead of what is archived),
