@@ -368,6 +368,43 @@ static reply queue_get(api *a)
                              a->c->cfg.group, "lag", (json_int_t)lag.total, "partitions", pp));
 }
 
+static reply dlq_get(api *a, struct MHD_Connection *conn)
+{
+    const char *t = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "tenant");
+    if (t && !mv_name_valid(t))
+        return fail(400, "invalid", "tenant", "tenant: \"%.64s\" is not a valid name", t);
+    char err[MV_ERRLEN];
+    mv_err e = MV_OK;
+    json_t *j = cli_dlq_json(a->st, &a->c->cfg, t, &e, err, sizeof err);
+    return j ? ok(200, j) : fail_err(e, NULL, err);
+}
+
+static reply dlq_retry(api *a, const req *q)
+{
+    reply bad;
+    json_t *b = parse_body(q, &bad);
+    if (!b) return bad;
+    int wrong = 0;
+    const char *t = body_str(b, "tenant", &wrong);
+    reply r;
+    if (wrong || !t || !mv_name_valid(t)) {
+        r = fail(400, "invalid", "tenant", "tenant: a tenant name is required");
+    } else {
+        const char *m = body_str(b, "mailbox", &wrong);
+        char err[MV_ERRLEN];
+        int n = 0;
+        mv_err e;
+        if (wrong)
+            r = fail(400, "invalid", "mailbox", "mailbox: must be a string");
+        else if ((e = cli_dlq_retry(a->st, &a->c->cfg, t, m, &n, err, sizeof err)))
+            r = fail_err(e, NULL, err);
+        else
+            r = ok(202, json_pack("{s:i}", "retried", n));
+    }
+    json_decref(b);
+    return r;
+}
+
 /* ---- routing ----------------------------------------------------------------------------- */
 
 static int split(const char *url, char *buf, size_t buflen, char **seg)
@@ -392,6 +429,10 @@ static reply route_api(api *a, struct MHD_Connection *conn, const char *m, char 
     /* s[0] = "api", s[1] = "v1" */
     if (n == 3 && is(s[2], "queue"))
         return is(m, "GET") ? queue_get(a) : fail(405, "method", NULL, "use GET");
+    if (n == 3 && is(s[2], "dlq"))
+        return is(m, "GET") ? dlq_get(a, conn) : fail(405, "method", NULL, "use GET");
+    if (n == 4 && is(s[2], "dlq") && is(s[3], "retry"))
+        return is(m, "POST") ? dlq_retry(a, q) : fail(405, "method", NULL, "use POST");
     if (n == 3 && is(s[2], "status"))
         return is(m, "GET") ? status_get(a, NULL) : fail(405, "method", NULL, "use GET");
     if (n < 3 || !is(s[2], "tenants")) return fail(404, "not_found", NULL, "no such endpoint");

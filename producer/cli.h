@@ -31,6 +31,12 @@ json_t *cli_runs_json(mv_state *st, const char *tenant, const char *profile, con
 mv_err cli_cancel(mv_state *st, const char *tenant, const char *profile, const char *mailbox,
                   int *n, char *err, size_t errlen);
 int cmd_serve(cli *c, int argc, char **argv);
+int cmd_dlq(cli *c, int argc, char **argv);
+/* The dead-letter list ({"records": [...], "undecodable": n}) and its retry (dlq.c). */
+json_t *cli_dlq_json(mv_state *st, const mv_config *cfg, const char *tenant, mv_err *e, char *err,
+                     size_t errlen);
+mv_err cli_dlq_retry(mv_state *st, const mv_config *cfg, const char *tenant, const char *mailbox,
+                     int *n, char *err, size_t errlen);
 /* The Prometheus text exposition (metrics.c); NULL when Redis cannot be read. */
 char *api_metrics(mv_state *st, const mv_config *cfg, size_t *len);
 int cmd_token(cli *c, int argc, char **argv);

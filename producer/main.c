@@ -69,6 +69,9 @@ static const char usage_text[] =
     "                                        mailboxes done and failed, messages, bytes,\n"
     "                                        manual or by schedule (slot, mailboxes skipped as\n"
     "                                        still busy); --run also lists its errors\n"
+    "  dlq list [--tenant T] [--json]        tasks that failed for good (the dead-letter\n"
+    "                                        topic), with their errors, until retried\n"
+    "  dlq retry --tenant T [--mailbox M]    queue them again (same run, attempt 0)\n"
     "  status [--tenant T] [--watch] [--json] progress per tenant and mailbox, and the\n"
     "                                        consumer lag (exit 1 if a mailbox failed)\n"
     "Archive:\n"
@@ -719,6 +722,8 @@ int main(int argc, char **argv)
             rc = cmd_verify(&c, nargs, args);
         else if (strcmp(cmd, "ls") == 0)
             rc = cmd_ls(&c, nargs, args);
+        else if (strcmp(cmd, "dlq") == 0)
+            rc = cmd_dlq(&c, nargs, args);
         else if (strcmp(cmd, "serve") == 0)
             rc = cmd_serve(&c, nargs, args);
         else if (strcmp(cmd, "token") == 0)

@@ -803,3 +803,122 @@ out:
     if (rk) rd_kafka_destroy(rk);
     return e;
 }
+
+/* ---- reading a whole topic (the dead-letter list) -------------------------------------- */
+
+#define Q_READ_TIMEOUT_MS 30000
+
+mv_err mv_queue_read_all(const mv_config *c, const char *topic, size_t max_messages,
+                         mv_queue_read_fn cb, void *ud, char *err, size_t errlen)
+{
+    /* assigned partitions, no group membership and no commits: reading changes nothing */
+    const char *const kv[] = {"group.id",
+                              "mailvault-topic-reader",
+                              "enable.auto.commit",
+                              "false",
+                              "enable.auto.offset.store",
+                              "false",
+                              "enable.partition.eof",
+                              "true",
+                              NULL};
+    rd_kafka_conf_t *conf = NULL;
+    rd_kafka_t *rk = NULL;
+    rd_kafka_topic_t *rkt = NULL;
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    int64_t deadline = mv_mono_ms() + Q_READ_TIMEOUT_MS;
+    int64_t *hi = NULL;
+
+    mv_err e = q_conf(c, "mailvault-reader", kv, &conf, err, errlen);
+    if (!e) e = q_new(RD_KAFKA_CONSUMER, conf, c, &rk, err, errlen);
+    if (e) goto out;
+    if (!(rkt = rd_kafka_topic_new(rk, topic, NULL))) {
+        e = mv_seterr(err, errlen, MV_EINVAL, "kafka topic %s: %s", topic,
+                      rd_kafka_err2str(rd_kafka_last_error()));
+        goto out;
+    }
+    rd_kafka_resp_err_t ke = rd_kafka_metadata(rk, 0, rkt, &md, (int)q_left(deadline));
+    if (!ke && md->topic_cnt != 1) ke = RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+    if (!ke) ke = md->topics[0].err;
+    if (ke == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) goto out; /* never written: empty */
+    if (ke) {
+        e = mv_seterr(err, errlen, q_code(ke), "kafka %s: metadata of topic %s: %s",
+                      c->kafka_brokers, topic, rd_kafka_err2str(ke));
+        goto out;
+    }
+    const struct rd_kafka_metadata_topic *mt = &md->topics[0];
+    int np = mt->partition_cnt;
+    parts = rd_kafka_topic_partition_list_new(np > 0 ? np : 1);
+    hi = calloc((size_t)(np > 0 ? np : 1), sizeof *hi);
+    if (!parts || !hi) {
+        e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+        goto out;
+    }
+    int open = 0;
+    for (int i = 0; i < np; i++) {
+        int64_t lo = 0, h = 0;
+        int32_t p = mt->partitions[i].id;
+        if ((ke = q_watermarks(rk, topic, p, deadline, &lo, &h))) {
+            e = mv_seterr(err, errlen, q_code(ke), "kafka %s: offsets of %s [%" PRId32 "]: %s",
+                          c->kafka_brokers, topic, p, rd_kafka_err2str(ke));
+            goto out;
+        }
+        hi[i] = h;
+        if (h > lo) {
+            rd_kafka_topic_partition_list_add(parts, topic, p)->offset = lo;
+            open++;
+        }
+    }
+    if (!open) goto out;
+    if ((ke = rd_kafka_assign(rk, parts))) {
+        e = mv_seterr(err, errlen, q_code(ke), "kafka %s: assign %s: %s", c->kafka_brokers, topic,
+                      rd_kafka_err2str(ke));
+        goto out;
+    }
+    size_t seen = 0;
+    while (open > 0) {
+        if (q_left(deadline) == 0) {
+            e = mv_seterr(err, errlen, MV_ETIMEDOUT, "kafka %s: reading topic %s took over %d s",
+                          c->kafka_brokers, topic, Q_READ_TIMEOUT_MS / 1000);
+            break;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+        if (!m) continue;
+        int idx = -1;
+        for (int i = 0; i < np; i++)
+            if (mt->partitions[i].id == m->partition) idx = i;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            if (idx >= 0 && hi[idx] >= 0) {
+                hi[idx] = -1;
+                open--;
+            }
+        } else if (m->err) {
+            e = mv_seterr(err, errlen, q_code(m->err), "kafka %s: reading %s: %s", c->kafka_brokers,
+                          topic, rd_kafka_message_errstr(m));
+        } else if (idx >= 0 && hi[idx] >= 0) {
+            if (seen++ >= max_messages) {
+                e = mv_seterr(err, errlen, MV_ETOOBIG, "topic %s holds more than %zu messages",
+                              topic, max_messages);
+            } else if (cb(ud, m->partition, m->offset, m->key, m->key_len, m->payload, m->len)) {
+                open = 0;
+            }
+            if (m->offset + 1 >= hi[idx] && hi[idx] >= 0) {
+                hi[idx] = -1;
+                open--;
+            }
+        }
+        rd_kafka_message_destroy(m);
+        if (e) break;
+    }
+    rd_kafka_assign(rk, NULL);
+out:
+    free(hi);
+    if (parts) rd_kafka_topic_partition_list_destroy(parts);
+    if (md) rd_kafka_metadata_destroy(md);
+    if (rkt) rd_kafka_topic_destroy(rkt);
+    if (rk) {
+        rd_kafka_consumer_close(rk);
+        rd_kafka_destroy(rk);
+    }
+    return e;
+}

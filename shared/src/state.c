@@ -1542,6 +1542,23 @@ mv_err mv_state_tenant_limit(mv_state *s, const char *tenant, const char *field,
     return st_int(s, 1, &a, NULL, err, errlen);
 }
 
+/* ---- dead letters retried -------------------------------------------------------------- */
+
+mv_err mv_state_dlq_retried(mv_state *s, int32_t partition, int64_t offset, int mark,
+                            int *was_marked, char *err, size_t errlen)
+{
+    char member[64];
+    snprintf(member, sizeof member, "%" PRId32 ":%" PRId64, partition, offset);
+    st_args a = {0};
+    sa_str(&a, mark ? "SADD" : "SISMEMBER");
+    sa_str(&a, "mv:dlq:retried");
+    sa_str(&a, member);
+    long long v = 0;
+    mv_err e = st_int(s, 1, &a, &v, err, errlen);
+    if (!e && was_marked) *was_marked = mark ? v == 0 : v == 1;
+    return e;
+}
+
 /* ---- admin API tokens ------------------------------------------------------------------ */
 
 #define TOKENS "mv:api:tokens"           /* sha256 hex -> name */

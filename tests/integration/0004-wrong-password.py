@@ -49,4 +49,25 @@ while pos < len(raw):
 mine = [v for k, v in records if k == f"{t}/{bad}"]
 check(len(mine) == 1 and b"login refused" in mine[0], "the task is in mailvault.tasks.dlq with its error")
 check(not any(k == f"{t}/{good}" for k, _ in records), "the good mailbox is not")
+
+# the dead-letter list shows the failure; after the password is fixed, a retry finishes the
+# same run, whose results then count the mailbox done instead of failed
+dl = json.loads(cli("dlq", "list", "--tenant", t, "--json").stdout)
+recs = [r for r in dl["records"] if r["mailbox"] == bad]
+check(len(recs) == 1 and "login refused" in recs[0]["error"] and recs[0]["run"] == runs[0]["run"],
+      "dlq list shows the failed mailbox with its error and run")
+check(bad in cli("dlq", "list", "--tenant", t).stdout, "and as a table")
+add_profile(t, "imap", [(good, "pw-gina"), (bad, "pw-hank")])
+with Workers(1):
+    out = cli("dlq", "retry", "--tenant", t, "--mailbox", bad).stdout
+    check("1 mailbox" in out, f"dlq retry queues it again: {out.strip()}")
+    wait_for(lambda: {m["mailbox"]: m for m in status(t)["mailboxes"]}[bad]["state"] == "done",
+             "the retried mailbox to finish")
+r = json.loads(cli("runs", "--tenant", t, "--json").stdout)
+check(len(r) == 1 and r[0]["done"] == 2 and r[0]["failed"] == 0 and r[0]["messages"] == 10 and
+      r[0]["errors"] == {}, f"the run's results now count both mailboxes done: {r[0]}")
+check(not [x for x in json.loads(cli("dlq", "list", "--tenant", t, "--json").stdout)["records"]
+           if x["mailbox"] == bad], "a retried record is no longer listed")
+check("no dead-letter record" in cli("dlq", "retry", "--tenant", t, expect=1).stderr,
+      "nothing left to retry is an error")
 print("1 passed, 0 failed")

@@ -158,7 +158,21 @@ with AdminServer() as api:
           metric(ms, "mailvault_consumer_lag_total", topic="mailvault.tasks") is not None, "consumer lag")
 
     st, body, _ = api.request("POST", f"/api/v1/tenants/{t}/cancel", {"profile": "imap"}, token)
-    check(st == 404 and "nothing to cancel" in body["error"]["message"], "cancel with nothing running: 404")
+    check(st == 404 and "nothing to cancel" in body["error"]["message"],
+          "cancel with nothing queued or running: 404")
+    st, body, _ = api.request("GET", f"/api/v1/dlq?tenant={t}", token=token)
+    check(st == 200 and [r["mailbox"] for r in body["records"]] == [bea] and
+          "login refused" in body["records"][0]["error"], "the dead-letter list over the API")
+    st, body, _ = api.request("POST", "/api/v1/dlq/retry", {"tenant": t, "mailbox": ann}, token)
+    check(st == 404, "retrying a mailbox with no dead letter: 404")
+    st, body, _ = api.request("POST", "/api/v1/dlq/retry", {"mailbox": bea}, token)
+    check(st == 400 and body["error"]["field"] == "tenant", "a retry without tenant: 400")
+    st, body, _ = api.request("POST", "/api/v1/dlq/retry", {"tenant": t, "mailbox": bea}, token)
+    check(st == 202 and body["retried"] == 1, "dead letter retried over the API")
+    st, body, _ = api.request("GET", f"/api/v1/dlq?tenant={t}", token=token)
+    check(st == 200 and body["records"] == [], "and no longer listed")
+    st, body, _ = api.request("POST", f"/api/v1/tenants/{t}/cancel", {"mailbox": bea}, token)
+    check(st == 202 and body["cancelled"] == 1, "the queued retry can be cancelled over the API")
     st, body, _ = api.request("POST", f"/api/v1/tenants/{t}/cancel", {"profile": 3}, token)
     check(st == 400 and body["error"]["field"] == "profile", "cancel with a bad field: 400")
     st, body, _ = api.request("GET", f"/api/v1/tenants/{t}/runs/nope", token=token)

@@ -65,4 +65,12 @@ typedef struct mv_lag {
 } mv_lag;
 mv_err mv_queue_lag(const mv_config *c, mv_lag *lag, char *err, size_t errlen);
 
+/* Read every message of a topic, from each partition's start to its end as it was when the
+ * call began (assigned partitions, no group, no commits: reading changes nothing). cb returns
+ * non-zero to stop. MV_ETOOBIG past max_messages; a topic that does not exist is empty. */
+typedef int (*mv_queue_read_fn)(void *ud, int32_t partition, int64_t offset, const void *key,
+                                size_t keylen, const void *val, size_t len);
+mv_err mv_queue_read_all(const mv_config *c, const char *topic, size_t max_messages,
+                         mv_queue_read_fn cb, void *ud, char *err, size_t errlen);
+
 #endif

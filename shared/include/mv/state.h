@@ -137,6 +137,13 @@ mv_err mv_state_fair_counts(mv_state *s, const char *tenant, int64_t *queued, in
 mv_err mv_state_tenant_limit(mv_state *s, const char *tenant, const char *field, int value,
                              char *err, size_t errlen);
 
+/* ---- dead letters ----
+ * mv:dlq:retried: "partition:offset" of dead-letter records already sent back to work, so the
+ * list shows each failure until it is retried. mark=0 asks (*was_marked: 1 if retried),
+ * mark=1 records it (*was_marked: 1 if it already was). */
+mv_err mv_state_dlq_retried(mv_state *s, int32_t partition, int64_t offset, int mark,
+                            int *was_marked, char *err, size_t errlen);
+
 /* ---- metrics (read by the admin server's /metrics) ----
  * mv:metrics:{t} hash of per-tenant counters: archived_<field> for every counter a checkpoint
  * moves (in the same Lua script, so they never run ahead of what is archived),
