@@ -9,6 +9,7 @@
  * `mailvault token add` and only their SHA-256 is stored. /healthz and /metrics are open
  * (bind the server to a private address). Bodies are JSON, at most 1 MiB. */
 #include "cli.h"
+#include "dashboard.h"
 
 #include "mv/crypt.h"
 #include "mv/jobs.h"
@@ -50,6 +51,8 @@ typedef struct reply {
     json_t *json;
     char *text;
     size_t textlen;
+    const char *type; /* of text; NULL: the Prometheus text format */
+    int persistent;   /* text is static (the embedded dashboard): not freed */
 } reply;
 
 /* ---- helpers ----------------------------------------------------------------------------- */
@@ -67,7 +70,7 @@ static void token_hash(const char *token, char hex[65])
 
 static reply ok(unsigned status, json_t *body)
 {
-    return (reply){status, body, NULL, 0};
+    return (reply){status, body, NULL, 0, NULL, 0};
 }
 
 /* {"error": {"code": ..., "message": ..., "field": ...}} */
@@ -405,6 +408,100 @@ static reply dlq_retry(api *a, const req *q)
     return r;
 }
 
+/* ---- overview (the dashboard's front page) ----------------------------------------------- */
+
+typedef struct ov_tenant {
+    json_t *o, *states;
+    mv_state *st;
+    const char *tenant;
+    long long messages, raw;
+} ov_tenant;
+
+static int ov_metric(void *ud, const char *k, const char *v)
+{
+    ov_tenant *t = ud;
+    if (!strcmp(k, "archived_messages")) t->messages = atoll(v);
+    if (!strcmp(k, "archived_bytes_raw")) t->raw = atoll(v);
+    return 0;
+}
+
+static int ov_state(void *ud, const char *k, const char *v)
+{
+    ov_tenant *t = ud;
+    if (!strcmp(k, "state")) {
+        json_t *n = json_object_get(t->states, v);
+        json_object_set_new(t->states, v, json_integer(n ? json_integer_value(n) + 1 : 1));
+    }
+    return 0;
+}
+
+static int ov_mailbox(void *ud, const char *mailbox)
+{
+    ov_tenant *t = ud;
+    char err[MV_ERRLEN];
+    mv_state_status_get(t->st, t->tenant, mailbox, ov_state, t, err, sizeof err);
+    return 0;
+}
+
+static int ov_tenant_cb(void *ud, const char *name)
+{
+    void **pair = ud;
+    mv_state *st = pair[0];
+    json_t *arr = pair[1];
+    long long *total = pair[2];
+    char err[MV_ERRLEN];
+    ov_tenant t = {.o = json_object(), .states = json_object(), .st = st, .tenant = name};
+    mv_state_metrics_get(st, name, ov_metric, &t, err, sizeof err);
+    mv_state_mailbox_list(st, name, ov_mailbox, &t, err, sizeof err);
+    int64_t waiting = 0, inflight = 0;
+    mv_state_fair_counts(st, name, &waiting, &inflight, err, sizeof err);
+    json_object_set_new(t.o, "name", json_string(name));
+    json_object_set_new(t.o, "states", t.states);
+    json_object_set_new(t.o, "archived_messages", json_integer(t.messages));
+    json_object_set_new(t.o, "archived_bytes", json_integer(t.raw));
+    json_object_set_new(t.o, "waiting", json_integer(waiting));
+    json_object_set_new(t.o, "inflight", json_integer(inflight));
+    json_array_append_new(arr, t.o);
+    *total += t.messages;
+    return 0;
+}
+
+static int ov_worker(void *ud, const char *worker, int64_t seen_ms, int busy, int capacity)
+{
+    json_t *arr = ud;
+    int up = mv_now_ms() - seen_ms < 5000;
+    json_array_append_new(arr,
+                          json_pack("{s:s,s:b,s:i,s:i,s:I}", "id", worker, "up", up, "busy", busy,
+                                    "capacity", capacity, "last_seen_ms", (json_int_t)seen_ms));
+    return 0;
+}
+
+static reply overview_get(api *a)
+{
+    char err[MV_ERRLEN];
+    json_t *tenants = json_array(), *workers = json_array();
+    long long total = 0;
+    void *pair[3] = {a->st, tenants, &total};
+    mv_err e = mv_state_tenant_list(a->st, ov_tenant_cb, pair, err, sizeof err);
+    if (!e) e = mv_state_worker_list(a->st, ov_worker, workers, err, sizeof err);
+    if (e) {
+        json_decref(tenants);
+        json_decref(workers);
+        return fail_err(e, NULL, err);
+    }
+    int alive = 0;
+    size_t i;
+    json_t *w;
+    json_array_foreach(workers, i, w) alive += json_is_true(json_object_get(w, "up"));
+    mv_lag lag;
+    json_t *lagj = mv_queue_lag(&a->c->cfg, &lag, err, sizeof err) == MV_OK
+                       ? json_integer(lag.total)
+                       : json_null();
+    return ok(200, json_pack("{s:I,s:o,s:i,s:o,s:I,s:o}", "now_ms", (json_int_t)mv_now_ms(),
+                             "workers", workers, "workers_alive", alive, "lag", lagj,
+                             "archived_messages", (json_int_t)total, "tenants", tenants));
+}
+
 /* ---- routing ----------------------------------------------------------------------------- */
 
 static int split(const char *url, char *buf, size_t buflen, char **seg)
@@ -429,6 +526,8 @@ static reply route_api(api *a, struct MHD_Connection *conn, const char *m, char 
     /* s[0] = "api", s[1] = "v1" */
     if (n == 3 && is(s[2], "queue"))
         return is(m, "GET") ? queue_get(a) : fail(405, "method", NULL, "use GET");
+    if (n == 3 && is(s[2], "overview"))
+        return is(m, "GET") ? overview_get(a) : fail(405, "method", NULL, "use GET");
     if (n == 3 && is(s[2], "dlq"))
         return is(m, "GET") ? dlq_get(a, conn) : fail(405, "method", NULL, "use GET");
     if (n == 4 && is(s[2], "dlq") && is(s[3], "retry"))
@@ -490,7 +589,15 @@ static reply route(api *a, struct MHD_Connection *conn, const char *url, const c
         size_t len = 0;
         char *text = api_metrics(a->st, &a->c->cfg, &len);
         if (!text) return fail(503, "unavailable", NULL, "metrics unavailable (Redis)");
-        return (reply){200, NULL, text, len};
+        return (reply){200, NULL, text, len, NULL, 0};
+    }
+    if (n == 1 && is(s[0], "favicon.ico")) /* browsers ask; there is none */
+        return (reply){204, NULL, (char *)"", 0, "image/x-icon", 1};
+    if (n <= 1 && is(m, "GET")) { /* the dashboard's files: public, the data needs a token */
+        const char *want = n == 0 ? "/index.html" : url;
+        for (const mv_asset *as = mv_dashboard_assets; as->path; as++)
+            if (is(as->path, want))
+                return (reply){200, NULL, (char *)as->data, as->len, as->type, 1};
     }
     if (n < 2 || !is(s[0], "api") || !is(s[1], "v1"))
         return fail(404, "not_found", NULL, "no such endpoint");
@@ -543,7 +650,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     reply r = route(a, conn, url, method, q, who, sizeof who);
     char *text = r.text;
     size_t len = r.textlen;
-    const char *ctype = "text/plain; version=0.0.4; charset=utf-8";
+    const char *ctype = r.type ? r.type : "text/plain; version=0.0.4; charset=utf-8";
     if (r.json) {
         char *j = json_dumps(r.json, JSON_COMPACT);
         json_decref(r.json);
@@ -558,13 +665,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         free(j);
         ctype = "application/json";
     }
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, text, r.persistent ? MHD_RESPMEM_PERSISTENT : MHD_RESPMEM_MUST_FREE);
     if (!resp) {
-        free(text);
+        if (!r.persistent) free(text);
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    if (r.type) /* the dashboard: its own scripts and styles only, never framed */
+        MHD_add_response_header(resp, "Content-Security-Policy",
+                                "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                "connect-src 'self'; img-src 'self'; frame-ancestors 'none'; "
+                                "base-uri 'none'; form-action 'none'");
     if (r.status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                 "Bearer realm=\"mailvault\"");

@@ -11,7 +11,7 @@ JOBS=$(nproc)
 step() { printf '\n=== %s ===\n' "$*"; }
 
 step "dependencies"
-bash compose/local/install-deps.sh
+bash compose/local/install-deps.sh --tests
 
 step "format check (clang-format)"
 bad=$(git ls-files '*.c' '*.h' | xargs clang-format --dry-run -Werror 2>&1 | grep -c 'error:' || true)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# install-deps.sh - every Debian package that building, the demo and the tests need.
+# install-deps.sh - every Debian package that building, the demo and the tests need
+# (--tests: also what only the tests use).
 # Idempotent; quick when everything is present. Kafka itself comes from Maven Central
 # (compose/local/stack.sh fetches and caches it).
 set -euo pipefail
@@ -9,6 +10,8 @@ PKGS=(build-essential cmake ninja-build pkg-config git
       redis-server dovecot-imapd dovecot-core isync kcat
       openjdk-17-jre-headless maven python3 python3-venv python3-pip openssl
       clang clang-format libclang-rt-14-dev valgrind procps bc)
+# the test suite also drives the web dashboard in a headless browser (tests/run.sh --tests)
+if [ "${1:-}" = "--tests" ]; then PKGS+=(chromium); fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
