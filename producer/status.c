@@ -144,13 +144,19 @@ static void print_table(const status_list *l, const mv_lag *lag, int lag_ok, FIL
                 failed += strcmp(l->v[j].state, "failed") == 0;
             }
             active = n - done - failed;
-            char r[32], s[32];
+            char r[32], s[32], bar[48];
             human(raw, r, sizeof r);
             human(stored, s, sizeof s);
+            /* [#########...........] the share of the tenant's mailboxes that have ended */
+            int fill = n ? (done + failed) * 30 / n : 0;
+            bar[0] = '[';
+            for (int k = 0; k < 30; k++)
+                bar[1 + k] = k < fill ? '#' : '.';
+            snprintf(bar + 31, sizeof bar - 31, "] %3d%%", n ? (done + failed) * 100 / n : 0);
             fprintf(f,
-                    "tenant %s: %d mailboxes (%d done, %d active, %d failed), %lld messages "
+                    "tenant %s %s\n  %d mailboxes (%d done, %d active, %d failed), %lld messages "
                     "archived; last runs: %s raw, %s stored, %lld throttling waits\n",
-                    m->tenant, n, done, active, failed, msgs, r, s, throttled);
+                    m->tenant, bar, n, done, active, failed, msgs, r, s, throttled);
             fprintf(f, "  %-28s %-9s %9s %9s %10s %10s %9s %-18s %s\n", "MAILBOX", "STATE",
                     "RUN MSGS", "TOTAL", "RAW", "STORED", "THROTTLED", "FOLDER", "WORKER / ERROR");
             cur = m->tenant;
