@@ -10,8 +10,9 @@ PKGS=(build-essential cmake ninja-build pkg-config git
       redis-server dovecot-imapd dovecot-core isync kcat
       openjdk-17-jre-headless maven python3 python3-venv python3-pip openssl
       clang clang-format libclang-rt-14-dev valgrind procps bc)
-# the test suite also drives the web dashboard in a headless browser (tests/run.sh --tests)
-if [ "${1:-}" = "--tests" ]; then PKGS+=(chromium); fi
+# the tests also drive the web dashboard in a headless browser, and check the deployment
+# files with systemd-analyze and Prometheus' promtool and a real Prometheus (--tests)
+if [ "${1:-}" = "--tests" ]; then PKGS+=(chromium prometheus systemd binutils curl); fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
