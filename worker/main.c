@@ -283,6 +283,7 @@ int main(int argc, char **argv)
             }
             job done = *j;
             memset(j, 0, sizeof *j);
+            next_dispatch = 0; /* a slot is free: dispatch at once rather than at the tick */
             pthread_mutex_unlock(&pl.mu);
             if (!done.rc && done.outcome == MV_RUN_ABANDONED) {
                 /* Shutting down before it started: uncommitted, so the partition's next owner

@@ -480,36 +480,6 @@ void mv_jobs_slot_run_id(const char *tenant, const char *profile, int64_t slot_m
     snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
 }
 
-typedef struct mailbox_state {
-    char state[16], run[40];
-    int64_t heartbeat_ms;
-} mailbox_state;
-
-static int read_state(void *ud, const char *field, const char *value)
-{
-    mailbox_state *m = ud;
-    if (!strcmp(field, "state")) snprintf(m->state, sizeof m->state, "%s", value);
-    if (!strcmp(field, "run")) snprintf(m->run, sizeof m->run, "%s", value);
-    if (!strcmp(field, "heartbeat_ms")) m->heartbeat_ms = atoll(value);
-    return 0;
-}
-
-/* 0: enqueue; 1: the mailbox's previous task is still queued or running (busy); 2: it already
- * belongs to this run and has started (a run fired again after a failover). */
-static int mailbox_busy(const mv_config *c, mv_state *st, const char *tenant, const char *mailbox,
-                        const char *run_id, int skip_busy)
-{
-    char err[MV_ERRLEN];
-    mailbox_state m = {"", "", 0};
-    if (mv_state_status_get(st, tenant, mailbox, read_state, &m, err, sizeof err)) return 0;
-    int active =
-        !strcmp(m.state, "queued") || !strcmp(m.state, "running") || !strcmp(m.state, "retrying");
-    if (!strcmp(m.state, "running") && mv_now_ms() - m.heartbeat_ms > 3 * (int64_t)c->lease_ttl_ms)
-        active = 0; /* its worker died: the task will not come back by itself */
-    if (!strcmp(m.run, run_id)) return strcmp(m.state, "queued") ? 2 : 0;
-    return skip_busy && active ? 1 : 0;
-}
-
 mv_err mv_jobs_enqueue_run(const mv_config *c, mv_state *st, mv_producer *pr,
                            const unsigned char *key, const char *tenant, const char *profile,
                            const char *given_run_id, int skip_busy, char run_id[37], int *ntasks,
@@ -526,48 +496,45 @@ mv_err mv_jobs_enqueue_run(const mv_config *c, mv_state *st, mv_producer *pr,
     *ntasks = *nbusy = 0;
     int64_t now = mv_now_ms();
     if ((rc = run_logins(c, st, key, tenant, &p, &l, err, errlen))) goto out;
-    for (size_t i = 0; i < l.n; i++) {
-        int b = (given_run_id || skip_busy) ? mailbox_busy(c, st, tenant, l.v[i], run_id, skip_busy)
-                                            : 0;
-        if (b == 1) {
-            mv_info("mailbox still busy: not enqueued again", " tenant=%s mailbox=%s run=%s",
-                    tenant, l.v[i], run_id);
-            (*nbusy)++;
-            continue;
+    /* in batches, one Lua script each: busy check, cancel mark cleared, status reset, and
+     * the task queued in the tenant's fair queue (the workers' dispatch moves it onto Kafka) */
+    for (size_t i = 0; i < l.n; i += MV_STATE_ENQUEUE_BATCH) {
+        int n = (int)(l.n - i < MV_STATE_ENQUEUE_BATCH ? l.n - i : MV_STATE_ENQUEUE_BATCH);
+        mv_task t[MV_STATE_ENQUEUE_BATCH];
+        char *buf[MV_STATE_ENQUEUE_BATCH] = {0};
+        size_t len[MV_STATE_ENQUEUE_BATCH];
+        const char *mb[MV_STATE_ENQUEUE_BATCH], *ids[MV_STATE_ENQUEUE_BATCH];
+        int verdict[MV_STATE_ENQUEUE_BATCH];
+        for (int j = 0; !rc && j < n; j++) {
+            memset(&t[j], 0, sizeof t[j]);
+            t[j].version = MV_TASK_VERSION;
+            t[j].kind = p.source == MV_SOURCE_EXPORT ? MV_TASK_EXPORT : MV_TASK_ARCHIVE;
+            mv_uuid(t[j].id);
+            snprintf(t[j].tenant, sizeof t[j].tenant, "%s", tenant);
+            snprintf(t[j].profile, sizeof t[j].profile, "%s", profile);
+            snprintf(t[j].mailbox, sizeof t[j].mailbox, "%s", l.v[i + (size_t)j]);
+            snprintf(t[j].run_id, sizeof t[j].run_id, "%s", run_id);
+            t[j].created_ms = now;
+            rc = mv_task_encode(&t[j], &buf[j], &len[j], err, errlen);
+            mb[j] = t[j].mailbox;
+            ids[j] = t[j].id;
         }
-        if (b == 2) { /* enqueued by this run before, and started */
-            (*ntasks)++;
-            continue;
-        }
-        mv_task t;
-        memset(&t, 0, sizeof t);
-        t.version = MV_TASK_VERSION;
-        t.kind = p.source == MV_SOURCE_EXPORT ? MV_TASK_EXPORT : MV_TASK_ARCHIVE;
-        mv_uuid(t.id);
-        snprintf(t.tenant, sizeof t.tenant, "%s", tenant);
-        snprintf(t.profile, sizeof t.profile, "%s", profile);
-        snprintf(t.mailbox, sizeof t.mailbox, "%s", l.v[i]);
-        snprintf(t.run_id, sizeof t.run_id, "%s", run_id);
-        t.created_ms = now;
-        char *buf = NULL;
-        size_t len = 0;
-        if ((rc = mv_task_encode(&t, &buf, &len, err, errlen))) goto out;
-        char k[512], nowtxt[32];
-        mv_task_key(&t, k, sizeof k);
-        snprintf(nowtxt, sizeof nowtxt, "%lld", (long long)now);
-        if ((rc = mv_state_cancel_clear(st, tenant, t.mailbox, err, errlen))) goto out;
-        rc = mv_state_status_set(st, tenant, t.mailbox, err, errlen, "state", "queued", "task",
-                                 t.id, "run", run_id, "profile", profile, "chunk", "0", "attempt",
-                                 "0", "messages", "0", "bytes_raw", "0", "bytes_stored", "0",
-                                 "deduplicated", "0", "removed", "0", "throttled", "0",
-                                 "deleted_at_source", "0", "skipped", "0", "error", "", "queued_ms",
-                                 nowtxt, "started_ms", "", "finished_ms", "", "folder", "", NULL);
-        /* queued per tenant; the workers' fair dispatch moves it onto Kafka */
-        (void)k;
-        if (!rc) rc = mv_state_fair_push(st, tenant, t.mailbox, buf, len, 0, NULL, err, errlen);
-        free(buf);
+        if (!rc)
+            rc = mv_state_enqueue_batch(st, tenant, profile, run_id, 3 * c->lease_ttl_ms,
+                                        given_run_id || skip_busy, skip_busy, n, mb, ids,
+                                        (const char *const *)buf, len, verdict, err, errlen);
+        for (int j = 0; j < n; j++)
+            free(buf[j]);
         if (rc) goto out;
-        (*ntasks)++;
+        for (int j = 0; j < n; j++) {
+            if (verdict[j] == 1) {
+                mv_info("mailbox still busy: not enqueued again", " tenant=%s mailbox=%s run=%s",
+                        tenant, mb[j], run_id);
+                (*nbusy)++;
+            } else {
+                (*ntasks)++; /* queued now, or by this run before and started */
+            }
+        }
     }
     if ((rc = mv_state_run_put(st, run_id, tenant, profile, *ntasks, err, errlen))) goto out;
     if (skip_busy) {

@@ -1353,6 +1353,93 @@ mv_err mv_state_fair_push(mv_state *s, const char *tenant, const char *mailbox, 
     return e;
 }
 
+/* ARGV: tenant, run id, profile, now_ms, stale_ms (a running task's heartbeat older than this
+ * is dead), check ("1": look at the mailbox's current task), skip_busy ("1"), then per
+ * mailbox: mailbox, task id, payload. For each mailbox, unless skipped: clear its cancel mark,
+ * reset its status to queued for this run, add it to the tenant's mailboxes, and queue the
+ * task in the tenant's fair queue. -> per mailbox 0 queued, 1 skipped as busy (its previous
+ * task is queued, running or retrying), 2 skipped as already started in this run. */
+static const char LUA_ENQUEUE[] =
+    "local t, run, now = ARGV[1], ARGV[2], tonumber(ARGV[4])\n"
+    "local out = {}\n"
+    "local pushed = false\n"
+    "for i = 8, #ARGV, 3 do\n"
+    "  local mb = ARGV[i]\n"
+    "  local sk = 'mv:status:' .. t .. ':' .. mb\n"
+    "  local verdict = 0\n"
+    "  if ARGV[6] == '1' then\n"
+    "    local v = redis.call('HMGET', sk, 'state', 'run', 'heartbeat_ms')\n"
+    "    local st, r, hb = v[1] or '', v[2] or '', tonumber(v[3] or '0') or 0\n"
+    "    local active = st == 'queued' or st == 'running' or st == 'retrying'\n"
+    "    if st == 'running' and now - hb > tonumber(ARGV[5]) then active = false end\n"
+    "    if r == run then\n"
+    "      if st ~= 'queued' then verdict = 2 end\n"
+    "    elseif ARGV[7] == '1' and active then\n"
+    "      verdict = 1\n"
+    "    end\n"
+    "  end\n"
+    "  if verdict == 0 then\n"
+    "    redis.call('DEL', 'mv:cancel:' .. t .. ':' .. mb)\n"
+    "    redis.call('HSET', sk, 'state', 'queued', 'task', ARGV[i + 1], 'run', run, 'profile',\n"
+    "      ARGV[3], 'chunk', '0', 'attempt', '0', 'messages', '0', 'bytes_raw', '0',\n"
+    "      'bytes_stored', '0', 'deduplicated', '0', 'removed', '0', 'throttled', '0',\n"
+    "      'deleted_at_source', '0', 'skipped', '0', 'error', '', 'queued_ms', ARGV[4],\n"
+    "      'started_ms', '', 'finished_ms', '', 'folder', '')\n"
+    "    redis.call('SADD', 'mv:mailboxes:' .. t, mb)\n"
+    "    redis.call('RPUSH', 'mv:fair:q:' .. t, mb .. '\\t' .. ARGV[i + 2])\n"
+    "    pushed = true\n"
+    "  end\n"
+    "  out[#out + 1] = verdict\n"
+    "end\n"
+    "if pushed and not redis.call('ZSCORE', 'mv:fair:ready', t) then\n"
+    "  local v = tonumber(redis.call('GET', 'mv:fair:vtime') or '0') or 0\n"
+    "  local tag = tonumber(redis.call('HGET', 'mv:fair:tag', t) or '0') or 0\n"
+    "  redis.call('ZADD', 'mv:fair:ready', math.max(v, tag), t)\n"
+    "end\n"
+    "return out\n";
+
+mv_err mv_state_enqueue_batch(mv_state *s, const char *tenant, const char *profile,
+                              const char *run_id, int stale_ms, int check, int skip_busy, int n,
+                              const char *const *mailboxes, const char *const *task_ids,
+                              const char *const *payloads, const size_t *lens, int *verdicts,
+                              char *err, size_t errlen)
+{
+    if (n < 1 || n > MV_STATE_ENQUEUE_BATCH)
+        return mv_seterr(err, errlen, MV_EINVAL, "enqueue: 1..%d mailboxes per batch",
+                         MV_STATE_ENQUEUE_BATCH);
+    mv_err e = st_check(tenant, profile, NULL, err, errlen);
+    for (int i = 0; !e && i < n; i++)
+        e = st_check(tenant, NULL, mailboxes[i], err, errlen);
+    if (!e && (!run_id || !run_id[0] || strlen(run_id) > 128))
+        e = mv_seterr(err, errlen, MV_EINVAL, "invalid run id");
+    if (e) return e;
+    char now[24], stale[24];
+    snprintf(now, sizeof now, "%" PRId64, mv_now_ms());
+    snprintf(stale, sizeof stale, "%d", stale_ms);
+    st_args a = {0};
+    sa_str(&a, tenant);
+    sa_str(&a, run_id);
+    sa_str(&a, profile);
+    sa_str(&a, now);
+    sa_str(&a, stale);
+    sa_str(&a, check ? "1" : "0");
+    sa_str(&a, skip_busy ? "1" : "0");
+    for (int i = 0; i < n; i++) {
+        sa_str(&a, mailboxes[i]);
+        sa_str(&a, task_ids[i]);
+        sa_bin(&a, payloads[i], lens[i]);
+    }
+    redisReply *r = NULL;
+    /* not re-sent after a lost reply: a second push would queue the tasks twice */
+    if ((e = st_eval(s, 0, LUA_ENQUEUE, 0, &a, &r, err, errlen))) return e;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != (size_t)n)
+        e = mv_seterr(err, errlen, MV_EPROTO, "enqueue: unexpected reply");
+    for (int i = 0; !e && i < n; i++)
+        verdicts[i] = r->element[i]->type == REDIS_REPLY_INTEGER ? (int)r->element[i]->integer : 0;
+    freeReplyObject(r);
+    return e;
+}
+
 mv_err mv_state_fair_release(mv_state *s, const char *tenant, const char *mailbox, char *err,
                              size_t errlen)
 {

@@ -754,6 +754,60 @@ static void test_fair_dispatch(void **state)
     mv_state_close(s);
 }
 
+/* The enqueue script's busy check: a mailbox whose task is running with a live heartbeat is
+ * skipped, a dead one (stale heartbeat) is enqueued, one already started in this run is not
+ * enqueued again, and a queued mailbox's status and fair queue entry are written. */
+static void test_enqueue_batch(void **state)
+{
+    (void)state;
+    char err[MV_ERRLEN] = "", t[64], now[32], old[32];
+    mv_state *s = connect_or_fail();
+    redisContext *rc = raw_connect();
+    snprintf(t, sizeof t, "eq-%s", uid);
+    CHECK(mv_state_tenant_add(s, t, NULL, err, sizeof err));
+    snprintf(now, sizeof now, "%lld", (long long)mv_now_ms());
+    snprintf(old, sizeof old, "%lld", (long long)(mv_now_ms() - 600000));
+    CHECK(mv_state_status_set(s, t, "live", err, sizeof err, "state", "running", "run", "r0",
+                              "heartbeat_ms", now, NULL));
+    CHECK(mv_state_status_set(s, t, "dead", err, sizeof err, "state", "running", "run", "r0",
+                              "heartbeat_ms", old, NULL));
+    CHECK(mv_state_status_set(s, t, "mine", err, sizeof err, "state", "running", "run", "r1",
+                              "heartbeat_ms", now, NULL));
+    CHECK(mv_state_cancel_set(s, t, "fresh", "r0", err, sizeof err));
+    const char *mb[] = {"live", "dead", "mine", "fresh"}, *ids[] = {"i0", "i1", "i2", "i3"};
+    const char *pl[] = {"p0", "p1", "p2", "p3"};
+    size_t len[] = {2, 2, 2, 2};
+    int v[4];
+    CHECK(mv_state_enqueue_batch(s, t, "prof", "r1", 45000, 1, 1, 4, mb, ids, pl, len, v, err,
+                                 sizeof err));
+    assert_int_equal(v[0], 1); /* live: busy */
+    assert_int_equal(v[1], 0); /* dead heartbeat: enqueued */
+    assert_int_equal(v[2], 2); /* this run's, started */
+    assert_int_equal(v[3], 0);
+    int64_t queued = 0, inflight = 0;
+    CHECK(mv_state_fair_counts(s, t, &queued, &inflight, err, sizeof err));
+    assert_int_equal(queued, 2);
+    fields fs = {0};
+    CHECK(mv_state_status_get(s, t, "fresh", collect_field, &fs, err, sizeof err));
+    assert_string_equal(field(&fs, "state"), "queued");
+    assert_string_equal(field(&fs, "run"), "r1");
+    assert_string_equal(field(&fs, "task"), "i3");
+    assert_string_equal(field(&fs, "profile"), "prof");
+    char cancel[37];
+    CHECK(mv_state_cancel_get(s, t, "fresh", cancel, err, sizeof err));
+    assert_string_equal(cancel, ""); /* a new run clears an old cancel */
+    /* without the check (a manual run), everything is enqueued */
+    CHECK(mv_state_enqueue_batch(s, t, "prof", "r2", 45000, 0, 0, 4, mb, ids, pl, len, v, err,
+                                 sizeof err));
+    assert_int_equal(v[0] + v[1] + v[2] + v[3], 0);
+    assert_int_equal(mv_state_enqueue_batch(s, t, "prof", "r2", 45000, 0, 0, 0, mb, ids, pl, len, v,
+                                            err, sizeof err),
+                     MV_EINVAL);
+    CHECK(mv_state_tenant_del(s, t, err, sizeof err));
+    redisFree(rc);
+    mv_state_close(s);
+}
+
 static void test_cursor_and_counters(void **state)
 {
     char err[MV_ERRLEN] = "", t[64], holder[64];
@@ -990,6 +1044,7 @@ int main(void)
         cmocka_unit_test(test_leader_and_slots),
         cmocka_unit_test(test_run_results),
         cmocka_unit_test(test_fair_dispatch),
+        cmocka_unit_test(test_enqueue_batch),
         cmocka_unit_test(test_delay_pump),
         cmocka_unit_test(test_reconnect),
         cmocka_unit_test(test_cursor_and_counters),

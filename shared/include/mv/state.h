@@ -119,6 +119,16 @@ typedef int (*mv_fair_flush_fn)(void *ud); /* 0: everything sent is acknowledged
  * a mailbox whose slot is given back in the same step (its next chunk), or NULL. */
 mv_err mv_state_fair_push(mv_state *s, const char *tenant, const char *mailbox, const void *payload,
                           size_t len, int front, const char *release, char *err, size_t errlen);
+/* Enqueue up to MV_STATE_ENQUEUE_BATCH tasks of one run in one script: per mailbox, the
+ * busy check (check: look at its current task; skip_busy: skip it while queued, running
+ * with a heartbeat younger than stale_ms, or retrying), then cancel mark cleared, status
+ * reset to queued, fair-queue push. verdicts[i]: 0 queued, 1 busy, 2 started in this run. */
+#define MV_STATE_ENQUEUE_BATCH 28
+mv_err mv_state_enqueue_batch(mv_state *s, const char *tenant, const char *profile,
+                              const char *run_id, int stale_ms, int check, int skip_busy, int n,
+                              const char *const *mailboxes, const char *const *task_ids,
+                              const char *const *payloads, const size_t *lens, int *verdicts,
+                              char *err, size_t errlen);
 mv_err mv_state_fair_release(mv_state *s, const char *tenant, const char *mailbox, char *err,
                              size_t errlen);
 /* Move up to max_items tasks onto Kafka: send() each, then flush(); only then are they
