@@ -109,6 +109,77 @@ static mv_err acquire_lease(mv_runner *r, const mv_task *t, uint64_t *token, cha
     }
 }
 
+/* The server host a task connects to (lower case), or 0 for an export into a directory. */
+static int source_host(const mv_profile *p, char *out, size_t outlen)
+{
+    const char *h = NULL, *end = NULL;
+    if (p->source == MV_SOURCE_IMAP || (p->source == MV_SOURCE_EXPORT && p->exp_imap)) {
+        h = p->host;
+    } else if (p->source == MV_SOURCE_EWS || (p->source == MV_SOURCE_EXPORT && p->exp_ews)) {
+        h = strstr(p->ews_url, "://");
+        h = h ? h + 3 : p->ews_url;
+        end = h + strcspn(h, ":/");
+    } else if (p->source == MV_SOURCE_GRAPH) {
+        h = strstr(p->graph_base, "://");
+        h = h ? h + 3 : "graph.microsoft.com";
+        end = h + strcspn(h, ":/");
+    }
+    if (!h || !*h) return 0;
+    size_t n = end ? (size_t)(end - h) : strlen(h);
+    if (n == 0 || n >= outlen) return 0;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)((h[i] >= 'A' && h[i] <= 'Z') ? h[i] + 32 : h[i]);
+    out[n] = '\0';
+    return 1;
+}
+
+/* Take one of the host's connection slots (source.max_connections_per_host, cluster-wide in
+ * Redis, held at most one chunk time plus two lease times). Polls for up to 5 s; then parks
+ * the task in the delayed set for when a slot is expected, with the same attempt number (a
+ * busy host is not the task's failure), and releases its fair-share slot. */
+static mv_err host_acquire(mv_runner *r, const mv_task *t, const char *host, int *held, int *parked,
+                           char *err, size_t errlen)
+{
+    char scope[320];
+    snprintf(scope, sizeof scope, "host:%s", host);
+    mv_limit lim = {.max_concurrent = r->cfg->host_max_connections,
+                    .hold_ms = r->cfg->chunk_seconds * 1000 + 2 * r->cfg->lease_ttl_ms};
+    int64_t give_up = mv_mono_ms() + 5000, wait = 0;
+    for (;;) {
+        int admitted = 0;
+        mv_err rc =
+            mv_state_limit_acquire(r->st, scope, t->id, &lim, &admitted, &wait, err, errlen);
+        if (rc) return rc;
+        if (admitted) {
+            *held = 1;
+            mv_debug("server host slot taken", " tenant=%s mailbox=%s task=%s host=%s", t->tenant,
+                     t->mailbox, t->id, host);
+            return MV_OK;
+        }
+        if (mv_mono_ms() >= give_up || *r->stopping) break;
+        usleep(200 * 1000);
+    }
+    mv_task p = *t;
+    p.not_before_ms = mv_now_ms() + (wait > 2000 ? wait : 2000);
+    char *buf = NULL, why[MV_ERRLEN], now[32];
+    size_t len = 0;
+    mv_err rc = mv_task_encode(&p, &buf, &len, err, errlen);
+    if (!rc) rc = mv_state_delay_add(r->st, buf, len, p.not_before_ms, err, errlen);
+    free(buf);
+    if (rc) return rc;
+    snprintf(why, sizeof why,
+             "waiting for a connection to %s (at most %d at once: source.max_connections_per_host)",
+             host, r->cfg->host_max_connections);
+    snprintf(now, sizeof now, "%lld", (long long)mv_now_ms());
+    mv_info("server host busy: task parked", " tenant=%s mailbox=%s task=%s host=%s", t->tenant,
+            t->mailbox, t->id, host);
+    *parked = 1;
+    rc = mv_state_status_set(r->st, t->tenant, t->mailbox, err, errlen, "state", "retrying",
+                             "error", why, "heartbeat_ms", now, NULL);
+    if (!rc) rc = mv_state_fair_release(r->st, t->tenant, t->mailbox, err, errlen);
+    return rc;
+}
+
 /* The operator cancelled the run: the mailbox ends "cancelled", no retry, no continuation. */
 static mv_err record_cancelled(mv_runner *r, const mv_task *t, mv_run_outcome *outcome, char *err,
                                size_t errlen)
@@ -146,7 +217,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         return mv_state_delay_add(r->st, payload, len, t.not_before_ms, err, errlen);
     }
 
-    char now[32], chunk[16];
+    char now[32], chunk[16], host[300] = "";
+    int host_held = 0;
     uint64_t token = 0;
     mv_profile p;
     memset(&p, 0, sizeof p);
@@ -210,6 +282,16 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     if (cancel[0] && strcmp(cancel, t.run_id) == 0) { /* cancelled while it was queued */
         rc = record_cancelled(r, &t, outcome, err, errlen);
         goto out;
+    }
+    /* the cluster-wide cap on connections to one server host: wait a little for a slot,
+     * else park the task (not an attempt) and give its fair-share slot to someone else */
+    if (r->cfg->host_max_connections > 0 && source_host(&p, host, sizeof host)) {
+        int parked = 0;
+        if ((rc = host_acquire(r, &t, host, &host_held, &parked, err, errlen))) goto out;
+        if (parked) {
+            *outcome = MV_RUN_RETRY;
+            goto out;
+        }
     }
     chunk_ctx cc;
     int64_t chunk_t0 = mv_mono_ms();
@@ -292,6 +374,11 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
 failed:
     rc = record_failure(r, &t, cause, why, retry_after_ms, outcome, err, errlen);
 out:
+    if (host_held) {
+        char herr[MV_ERRLEN], scope[320];
+        snprintf(scope, sizeof scope, "host:%s", host);
+        mv_state_limit_release(r->st, scope, t.id, herr, sizeof herr);
+    }
     if (password) {
         mv_crypt_wipe(password, strlen(password));
         free(password);

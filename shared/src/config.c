@@ -76,6 +76,7 @@ static const key_def keys[] = {
     K_INT("ews.sync_page", ews_sync_page, 1, 512),
     K_INT("ews.get_batch", ews_get_batch, 1, 50),
     K_INT("export.append_batch", export_append_batch, 1, 500),
+    K_INT("source.max_connections_per_host", host_max_connections, 0, 100000),
     K_INT("scheduler.lease_ms", sched_lease_ms, 1000, 600000),
     K_INT("scheduler.tick_ms", sched_tick_ms, 50, 60000),
     K_STR("api.listen", api_listen),
@@ -121,6 +122,7 @@ void mv_config_defaults(mv_config *c)
     c->ews_sync_page = 100;
     c->ews_get_batch = 10;
     c->export_append_batch = 50;
+    c->host_max_connections = 100;
     c->sched_lease_ms = 10000;
     c->sched_tick_ms = 500;
     snprintf(c->api_listen, sizeof c->api_listen, "127.0.0.1:8080");

@@ -1241,8 +1241,10 @@ mv_err mv_state_worker_list(mv_state *s,
  * is not queued behind one with many (docs/fairness.md). */
 
 /* ARGV: tenant, item ("<mailbox>\t<payload>"), front ("1": LPUSH), mailbox to release or "".
- * A tenant that had nothing queued starts at the current virtual time, never earlier: being
- * idle earns no credit. */
+ * A tenant that had nothing queued and whose tag is not ahead of the virtual time V starts at
+ * V - 0.5: before every backlogged tenant (their tags are at least V), for one dispatch, after
+ * which its tag rejoins the round. Idle time earns no more credit than that, and V never moves
+ * back, so new arrivals cannot starve the backlogged (the "new flows first" of FQ-CoDel). */
 static const char LUA_FAIR_PUSH[] =
     "local q = 'mv:fair:q:' .. ARGV[1]\n"
     "if ARGV[4] ~= '' then\n"
@@ -1254,7 +1256,7 @@ static const char LUA_FAIR_PUSH[] =
     "if not redis.call('ZSCORE', 'mv:fair:ready', ARGV[1]) then\n"
     "  local v = tonumber(redis.call('GET', 'mv:fair:vtime') or '0') or 0\n"
     "  local t = tonumber(redis.call('HGET', 'mv:fair:tag', ARGV[1]) or '0') or 0\n"
-    "  redis.call('ZADD', 'mv:fair:ready', math.max(v, t), ARGV[1])\n"
+    "  redis.call('ZADD', 'mv:fair:ready', t > v and t or v - 0.5, ARGV[1])\n"
     "end\n"
     "return 1\n";
 
@@ -1313,7 +1315,8 @@ static const char LUA_FAIR_DISPATCH[] =
     "    redis.call('HSET', 'mv:fair:sending', key, ARGV[1] .. '\\t' .. payload)\n"
     "    local wt = tonumber(redis.call('HGET', 'mv:tenant:' .. pick, 'weight') or '1') or 1\n"
     "    local nxt = tag + 1 / wt\n"
-    "    redis.call('SET', 'mv:fair:vtime', string.format('%.6f', tag))\n"
+    "    local v = tonumber(redis.call('GET', 'mv:fair:vtime') or '0') or 0\n"
+    "    if tag > v then redis.call('SET', 'mv:fair:vtime', string.format('%.6f', tag)) end\n"
     "    redis.call('HSET', 'mv:fair:tag', pick, string.format('%.6f', nxt))\n"
     "    if redis.call('LLEN', 'mv:fair:q:' .. pick) > 0 then\n"
     "      redis.call('ZADD', 'mv:fair:ready', string.format('%.6f', nxt), pick)\n"
@@ -1394,7 +1397,7 @@ static const char LUA_ENQUEUE[] =
     "if pushed and not redis.call('ZSCORE', 'mv:fair:ready', t) then\n"
     "  local v = tonumber(redis.call('GET', 'mv:fair:vtime') or '0') or 0\n"
     "  local tag = tonumber(redis.call('HGET', 'mv:fair:tag', t) or '0') or 0\n"
-    "  redis.call('ZADD', 'mv:fair:ready', math.max(v, tag), t)\n"
+    "  redis.call('ZADD', 'mv:fair:ready', tag > v and tag or v - 0.5, t)\n"
     "end\n"
     "return out\n";
 

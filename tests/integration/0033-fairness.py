@@ -9,7 +9,8 @@
    have waited behind the huge backlog.
 2. A per-tenant cap: with max_concurrent 1, no two of the tenant's mailboxes run at the same
    time (their [started_ms, finished_ms] intervals do not overlap), although the worker runs 3
-   tasks at once.
+   tasks at once. The same holds for a tenant without a cap when source.max_connections_per_host
+   is 1: the cluster-wide cap on connections to one server host.
 3. Weights: two tenants queue 10 mailboxes each while no worker is alive; with weights 3 and
    1, the first 8 dispatches (mv:fair:log) give the heavier tenant 6 (start-time fair queuing:
    tags v, v+1/3, v+2/3, ... against v, v+1, ...).
@@ -68,6 +69,31 @@ with Workers(1, MAILVAULT_WORKER_CONCURRENCY=3):
 spans = sorted((m["started_ms"], m["finished_ms"]) for m in mailboxes(capped).values())
 check(len(spans) == 4 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])),
       f"max_concurrent 1: the 4 mailboxes ran one after the other {spans}")
+
+# ---- 2b. the cluster-wide cap on connections to one server host
+hostcap = f"hostcap-{SUFFIX}"
+add_tenant(hostcap)
+add_profile(hostcap, "imap", H[4:8])
+with Workers(1, MAILVAULT_WORKER_CONCURRENCY=3, MAILVAULT_SOURCE_MAX_CONNECTIONS_PER_HOST=1,
+             MAILVAULT_LOG_LEVEL="debug") as w:
+    run(hostcap, "imap")
+# from the worker's log (millisecond timestamps): each mailbox from taking the host's slot
+# until it is done
+taken, done = {}, {}
+for line in open(w.logs[0]):
+    if f"tenant={hostcap} " not in line:
+        continue
+    ts = line.split(" ", 1)[0].split("=", 1)[1]
+    mb = line.split("mailbox=", 1)[1].split(" ", 1)[0]
+    if 'msg="server host slot taken"' in line:
+        taken[mb] = ts
+    elif 'msg="mailbox done"' in line:
+        done[mb] = ts
+spans = sorted((taken[m], done[m]) for m in taken if m in done)
+check(len(spans) == 4 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])),
+      f"source.max_connections_per_host 1: the 4 mailboxes of one server were connected one "
+      f"after the other {spans}")
+
 
 # ---- 3. weights
 cli("tenant", "set", heavy, "--weight", "3")

@@ -51,10 +51,12 @@ typedef struct mv_config {
     int ews_sync_page;              /* ews.sync_page  SyncFolderItems MaxChangesReturned, 100 */
     int ews_get_batch;              /* ews.get_batch  items per GetItem request, default 10 */
     int export_append_batch;        /* export.append_batch  messages per MULTIAPPEND, default 50 */
-    int sched_lease_ms;   /* scheduler.lease_ms  leader lease; a dead leader's successor takes
-                           * over after at most this long, default 10000 */
-    int sched_tick_ms;    /* scheduler.tick_ms   how often schedules are checked, default 500 */
-    char api_listen[128]; /* api.listen  address:port of `mailvault serve`, 127.0.0.1:8080 */
+    int host_max_connections; /* source.max_connections_per_host  tasks connected to one server
+                               * host at once, cluster-wide, default 100, 0 = no cap */
+    int sched_lease_ms;       /* scheduler.lease_ms  leader lease; a dead leader's successor takes
+                               * over after at most this long, default 10000 */
+    int sched_tick_ms;        /* scheduler.tick_ms   how often schedules are checked, default 500 */
+    char api_listen[128];     /* api.listen  address:port of `mailvault serve`, 127.0.0.1:8080 */
 } mv_config;
 
 void mv_config_defaults(mv_config *c);
