@@ -57,6 +57,11 @@ typedef struct reply {
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
+static int is(const char *a, const char *b)
+{
+    return strcmp(a, b) == 0;
+}
+
 static void token_hash(const char *token, char hex[65])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -280,6 +285,61 @@ static reply profile_put(api *a, const char *t, const char *p, const req *q)
     mv_crypt_wipe(text, strlen(text));
     free(text);
     mv_profile_free(&prof);
+    return r;
+}
+
+/* PUT .../profiles/{p}/credentials/{slot} {"secret": "..."}: replace one credential without
+ * sending the profile again. slot: a mailbox login of an IMAP profile, or "app" for a Graph
+ * or EWS profile's client secret or service account password. Sealed like profile add does;
+ * nothing of it is ever returned. */
+static reply credential_put(api *a, const char *t, const char *p, const char *slot, const req *q)
+{
+    if (!a->have_key)
+        return fail(503, "unavailable", NULL,
+                    "master_key_file is not configured: credentials cannot be sealed");
+    reply bad;
+    json_t *b = parse_body(q, &bad);
+    if (!b) return bad;
+    int wrong = 0;
+    const char *secret = body_str(b, "secret", &wrong);
+    mv_profile prof;
+    memset(&prof, 0, sizeof prof);
+    char err[MV_ERRLEN];
+    reply r;
+    mv_err e;
+    if (wrong || !secret || !secret[0] || strlen(secret) > 16384) {
+        r = fail(400, "invalid", "secret",
+                 "secret: a non-empty string (at most 16 KiB) is required");
+    } else if ((e = mv_jobs_profile_load(a->st, t, p, &prof, err, sizeof err))) {
+        r = fail_err(e, NULL, err);
+    } else {
+        const char *cred = NULL;
+        if (prof.source == MV_SOURCE_IMAP && mv_profile_find_mailbox(&prof, slot) >= 0)
+            cred = slot;
+        else if ((prof.source == MV_SOURCE_GRAPH || prof.source == MV_SOURCE_EWS) &&
+                 is(slot, "app"))
+            cred = MV_PROFILE_APP_CRED;
+        if (!cred) {
+            r = fail(404, "not_found", "slot",
+                     "profile %s has no credential \"%.255s\" (a mailbox login of an imap "
+                     "profile, or \"app\" for graph and ews)",
+                     p, slot);
+        } else {
+            char ad[512];
+            unsigned char *blob = NULL;
+            size_t len = 0;
+            mv_profile_cred_ad(t, p, cred, ad, sizeof ad);
+            if ((e = mv_crypt_seal(a->key, ad, secret, strlen(secret), &blob, &len, err,
+                                   sizeof err)) ||
+                (e = mv_state_cred_put(a->st, t, p, cred, blob, len, err, sizeof err)))
+                r = fail_err(e, NULL, err);
+            else
+                r = ok(200, json_pack("{s:s,s:s}", "profile", p, "credential", slot));
+            free(blob);
+        }
+    }
+    mv_profile_free(&prof);
+    json_decref(b); /* the body itself is wiped by on_completed */
     return r;
 }
 
@@ -515,11 +575,6 @@ static int split(const char *url, char *buf, size_t buflen, char **seg)
     return n;
 }
 
-static int is(const char *a, const char *b)
-{
-    return strcmp(a, b) == 0;
-}
-
 static reply route_api(api *a, struct MHD_Connection *conn, const char *m, char **s, int n,
                        const req *q)
 {
@@ -568,6 +623,9 @@ static reply route_api(api *a, struct MHD_Connection *conn, const char *m, char 
         }
         if (n == 7 && is(s[6], "run"))
             return is(m, "POST") ? profile_run(a, t, p) : fail(405, "method", NULL, "use POST");
+        if (n == 8 && is(s[6], "credentials"))
+            return is(m, "PUT") ? credential_put(a, t, p, s[7], q)
+                                : fail(405, "method", NULL, "use PUT (credentials are write-only)");
     }
     return fail(404, "not_found", NULL, "no such endpoint");
 }
