@@ -732,10 +732,38 @@ void mv_consumer_close(mv_consumer *c)
 
 /* ---- lag ------------------------------------------------------------------------------ */
 
+/* A consumer client (no group membership needed) and the metadata of one topic. On success
+ * *rk, *rkt and *md are set (the caller destroys them); a topic that does not exist gives
+ * RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART in *topic_err with e = MV_OK. */
+static mv_err q_topic_open(const mv_config *c, const char *client_id, const char *const *kv,
+                           const char *topic, int64_t deadline, rd_kafka_t **rk,
+                           rd_kafka_topic_t **rkt, const struct rd_kafka_metadata **md,
+                           rd_kafka_resp_err_t *topic_err, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = NULL;
+    *topic_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    mv_err e = q_conf(c, client_id, kv, &conf, err, errlen);
+    if (!e) e = q_new(RD_KAFKA_CONSUMER, conf, c, rk, err, errlen);
+    if (e) return e;
+    if (!(*rkt = rd_kafka_topic_new(*rk, topic, NULL)))
+        return mv_seterr(err, errlen, MV_EINVAL, "kafka topic %s: %s", topic,
+                         rd_kafka_err2str(rd_kafka_last_error()));
+    rd_kafka_resp_err_t ke = rd_kafka_metadata(*rk, 0, *rkt, md, (int)q_left(deadline));
+    if (!ke && (*md)->topic_cnt != 1) ke = RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+    if (!ke) ke = (*md)->topics[0].err;
+    if (ke == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+        *topic_err = ke;
+        return MV_OK;
+    }
+    if (ke)
+        return mv_seterr(err, errlen, q_code(ke), "kafka %s: metadata of topic %s: %s",
+                         c->kafka_brokers, topic, rd_kafka_err2str(ke));
+    return MV_OK;
+}
+
 mv_err mv_queue_lag(const mv_config *c, mv_lag *lag, char *err, size_t errlen)
 {
     const char *const kv[] = {"group.id", c->group, "enable.auto.commit", "false", NULL};
-    rd_kafka_conf_t *conf = NULL;
     rd_kafka_t *rk = NULL;
     rd_kafka_topic_t *rkt = NULL;
     const struct rd_kafka_metadata *md = NULL;
@@ -744,22 +772,13 @@ mv_err mv_queue_lag(const mv_config *c, mv_lag *lag, char *err, size_t errlen)
     const char *topic = c->topic_tasks;
 
     memset(lag, 0, sizeof *lag);
-    mv_err e = q_conf(c, "mailvault-lag", kv, &conf, err, errlen);
-    if (!e) e = q_new(RD_KAFKA_CONSUMER, conf, c, &rk, err, errlen);
-    if (e) goto out;
-    if (!(rkt = rd_kafka_topic_new(rk, topic, NULL))) {
-        e = mv_seterr(err, errlen, MV_EINVAL, "kafka topic %s: %s", topic,
-                      rd_kafka_err2str(rd_kafka_last_error()));
-        goto out;
-    }
-    rd_kafka_resp_err_t ke = rd_kafka_metadata(rk, 0, rkt, &md, (int)q_left(deadline));
-    if (!ke && md->topic_cnt != 1) ke = RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
-    if (!ke) ke = md->topics[0].err;
-    if (ke) {
+    rd_kafka_resp_err_t ke;
+    mv_err e =
+        q_topic_open(c, "mailvault-lag", kv, topic, deadline, &rk, &rkt, &md, &ke, err, errlen);
+    if (!e && ke)
         e = mv_seterr(err, errlen, q_code(ke), "kafka %s: metadata of topic %s: %s",
                       c->kafka_brokers, topic, rd_kafka_err2str(ke));
-        goto out;
-    }
+    if (e) goto out;
     const struct rd_kafka_metadata_topic *mt = &md->topics[0];
     parts = rd_kafka_topic_partition_list_new(mt->partition_cnt > 0 ? mt->partition_cnt : 1);
     for (int i = 0; i < mt->partition_cnt; i++)
@@ -821,7 +840,6 @@ mv_err mv_queue_read_all(const mv_config *c, const char *topic, size_t max_messa
                               "enable.partition.eof",
                               "true",
                               NULL};
-    rd_kafka_conf_t *conf = NULL;
     rd_kafka_t *rk = NULL;
     rd_kafka_topic_t *rkt = NULL;
     const struct rd_kafka_metadata *md = NULL;
@@ -829,23 +847,10 @@ mv_err mv_queue_read_all(const mv_config *c, const char *topic, size_t max_messa
     int64_t deadline = mv_mono_ms() + Q_READ_TIMEOUT_MS;
     int64_t *hi = NULL;
 
-    mv_err e = q_conf(c, "mailvault-reader", kv, &conf, err, errlen);
-    if (!e) e = q_new(RD_KAFKA_CONSUMER, conf, c, &rk, err, errlen);
-    if (e) goto out;
-    if (!(rkt = rd_kafka_topic_new(rk, topic, NULL))) {
-        e = mv_seterr(err, errlen, MV_EINVAL, "kafka topic %s: %s", topic,
-                      rd_kafka_err2str(rd_kafka_last_error()));
-        goto out;
-    }
-    rd_kafka_resp_err_t ke = rd_kafka_metadata(rk, 0, rkt, &md, (int)q_left(deadline));
-    if (!ke && md->topic_cnt != 1) ke = RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
-    if (!ke) ke = md->topics[0].err;
-    if (ke == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) goto out; /* never written: empty */
-    if (ke) {
-        e = mv_seterr(err, errlen, q_code(ke), "kafka %s: metadata of topic %s: %s",
-                      c->kafka_brokers, topic, rd_kafka_err2str(ke));
-        goto out;
-    }
+    rd_kafka_resp_err_t ke;
+    mv_err e =
+        q_topic_open(c, "mailvault-reader", kv, topic, deadline, &rk, &rkt, &md, &ke, err, errlen);
+    if (e || ke) goto out; /* a topic never written is empty */
     const struct rd_kafka_metadata_topic *mt = &md->topics[0];
     int np = mt->partition_cnt;
     parts = rd_kafka_topic_partition_list_new(np > 0 ? np : 1);

@@ -901,6 +901,25 @@ mv_err mv_state_mailbox_list(mv_state *s, const char *tenant,
     return st_smembers_sorted(s, set, cb, ud, err, errlen);
 }
 
+static mv_err st_hgetall(mv_state *s, const char *key,
+                         int (*cb)(void *ud, const char *field, const char *value), void *ud,
+                         char *err, size_t errlen)
+{
+    st_args a = {0};
+    sa_str(&a, "HGETALL");
+    sa_str(&a, key);
+    redisReply *r = NULL;
+    mv_err e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen);
+    if (e) return e;
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING &&
+            r->element[i + 1]->type == REDIS_REPLY_STRING &&
+            cb(ud, r->element[i]->str, r->element[i + 1]->str))
+            break;
+    freeReplyObject(r);
+    return MV_OK;
+}
+
 /* ---- runs ----------------------------------------------------------------------------- */
 
 static mv_err run_key(char *key, const char *run_id, char *err, size_t errlen)
@@ -1036,18 +1055,7 @@ mv_err mv_state_run_errors(mv_state *s, const char *run_id,
     mv_err e = run_key(key, run_id, err, errlen);
     if (!e) e = st_key(key, err, errlen, "mv:run:%s:errors", run_id);
     if (e) return e;
-    st_args a = {0};
-    sa_str(&a, "HGETALL");
-    sa_str(&a, key);
-    redisReply *r = NULL;
-    if ((e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen))) return e;
-    for (size_t i = 0; i + 1 < r->elements; i += 2)
-        if (r->element[i]->type == REDIS_REPLY_STRING &&
-            r->element[i + 1]->type == REDIS_REPLY_STRING &&
-            cb(ud, r->element[i]->str, r->element[i + 1]->str))
-            break;
-    freeReplyObject(r);
-    return MV_OK;
+    return st_hgetall(s, key, cb, ud, err, errlen);
 }
 
 typedef struct run_walk {
@@ -1151,25 +1159,6 @@ mv_err mv_state_metric_observe(mv_state *s, const char *name, int64_t value, con
     }
     redisReply *r = NULL;
     if ((e = st_eval(s, 0, LUA_OBSERVE, 1, &a, &r, err, errlen))) return e;
-    freeReplyObject(r);
-    return MV_OK;
-}
-
-static mv_err st_hgetall(mv_state *s, const char *key,
-                         int (*cb)(void *ud, const char *field, const char *value), void *ud,
-                         char *err, size_t errlen)
-{
-    st_args a = {0};
-    sa_str(&a, "HGETALL");
-    sa_str(&a, key);
-    redisReply *r = NULL;
-    mv_err e = st_expect(s, 1, &a, REDIS_REPLY_ARRAY, 0, &r, err, errlen);
-    if (e) return e;
-    for (size_t i = 0; i + 1 < r->elements; i += 2)
-        if (r->element[i]->type == REDIS_REPLY_STRING &&
-            r->element[i + 1]->type == REDIS_REPLY_STRING &&
-            cb(ud, r->element[i]->str, r->element[i + 1]->str))
-            break;
     freeReplyObject(r);
     return MV_OK;
 }
