@@ -255,6 +255,12 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     mv_info("task started", " tenant=%s mailbox=%s task=%s run=%s chunk=%u attempt=%u", t.tenant,
             t.mailbox, t.id, t.run_id, t.chunk, t.attempt);
 
+    char cancel[37]; /* cancelled while it was queued: before anything else can fail */
+    if ((rc = mv_state_cancel_get(r->st, t.tenant, t.mailbox, cancel, err, errlen))) goto out;
+    if (cancel[0] && strcmp(cancel, t.run_id) == 0) {
+        rc = record_cancelled(r, &t, outcome, err, errlen);
+        goto out;
+    }
     if ((cause = mv_jobs_profile_load(r->st, t.tenant, t.profile, &p, why, sizeof why)))
         goto failed;
     char export_id[256] = "";
@@ -277,12 +283,6 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     if (slot && (cause = mv_jobs_credential(r->st, r->master_key, t.tenant, t.profile, slot,
                                             &password, why, sizeof why)))
         goto failed;
-    char cancel[37];
-    if ((rc = mv_state_cancel_get(r->st, t.tenant, t.mailbox, cancel, err, errlen))) goto out;
-    if (cancel[0] && strcmp(cancel, t.run_id) == 0) { /* cancelled while it was queued */
-        rc = record_cancelled(r, &t, outcome, err, errlen);
-        goto out;
-    }
     /* the cluster-wide cap on connections to one server host: wait a little for a slot,
      * else park the task (not an attempt) and give its fair-share slot to someone else */
     if (r->cfg->host_max_connections > 0 && source_host(&p, host, sizeof host)) {
