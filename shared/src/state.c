@@ -1512,22 +1512,19 @@ mv_err mv_state_fair_dispatch(mv_state *s, int64_t now_ms, int max_items, int fa
             e = mv_seterr(err, errlen, MV_EPROTO, "fair dispatch: bad queue entry");
             goto out;
         }
-        snprintf(keys[i], sizeof keys[i], "%s/%s", tenant, mailbox);
-        kp[i] = keys[i];
-        kl[i] = strlen(keys[i]);
-        if (send(ud, tenant, mailbox, p->str, p->len)) {
-            /* left in mv:fair:sending: the recovery sends it again */
-            e = mv_seterr(err, errlen, MV_ESERVER, "fair dispatch: cannot send a task");
-            goto out;
-        }
+        if (send(ud, tenant, mailbox, p->str, p->len))
+            continue; /* left in mv:fair:sending: the recovery sends it again */
+        snprintf(keys[*ndispatched], sizeof keys[0], "%s/%s", tenant, mailbox);
+        kp[*ndispatched] = keys[*ndispatched];
+        kl[*ndispatched] = strlen(keys[*ndispatched]);
         (*ndispatched)++;
     }
-    if (n == 0) goto out;
+    if (*ndispatched == 0) goto out;
     if (flush(ud)) {
         e = mv_seterr(err, errlen, MV_ESERVER, "fair dispatch: tasks not acknowledged by Kafka");
         goto out;
     }
-    e = fair_sent(s, kp, kl, n, err, errlen);
+    e = fair_sent(s, kp, kl, (size_t)*ndispatched, err, errlen);
 out:
     free(keys);
     free(kp);

@@ -132,7 +132,8 @@ mv_err mv_state_enqueue_batch(mv_state *s, const char *tenant, const char *profi
 mv_err mv_state_fair_release(mv_state *s, const char *tenant, const char *mailbox, char *err,
                              size_t errlen);
 /* Move up to max_items tasks onto Kafka: send() each, then flush(); only then are they
- * dropped from mv:fair:sending. A failure leaves them there for mv_state_fair_recover. */
+ * dropped from mv:fair:sending. A task whose send() fails, or all of them when flush()
+ * fails (an error then), stay there for mv_state_fair_recover. *ndispatched: sent ones. */
 mv_err mv_state_fair_dispatch(mv_state *s, int64_t now_ms, int max_items, int factor,
                               int reap_age_ms, mv_fair_send_fn send, mv_fair_flush_fn flush,
                               void *ud, int *ndispatched, char *err, size_t errlen);
