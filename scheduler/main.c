@@ -39,26 +39,6 @@ static const char usage_text[] =
     "                                  and re-enqueue delayed tasks (retries) when due\n"
     "  status [--json]                 the leader and every schedule: last and next slot\n";
 
-typedef struct pump_ud {
-    mv_producer *pr;
-    const mv_config *cfg;
-} pump_ud;
-
-static int pump_cb(void *ud, const void *payload, size_t len)
-{
-    pump_ud *u = ud;
-    char err[MV_ERRLEN], key[512];
-    mv_task t;
-    if (mv_task_decode(payload, len, &t, err, sizeof err)) return 0;
-    mv_task_key(&t, key, sizeof key);
-    if (mv_producer_send_sync(u->pr, u->cfg->topic_tasks, key, payload, len, 5000, err,
-                              sizeof err)) {
-        mv_warn("cannot re-enqueue delayed task", " error=\"%s\"", err);
-        return 1;
-    }
-    return 0;
-}
-
 typedef struct status_walk {
     mv_state *st;
     int json;
@@ -240,12 +220,12 @@ int main(int argc, char **argv)
     }
     mv_info("scheduler serving", " id=%s topic=%s lease_ms=%d", sc.owner, cfg.topic_tasks,
             cfg.sched_lease_ms);
-    pump_ud ud = {pr, &cfg};
     while (!stopping) {
         int64_t t0 = mv_mono_ms();
         sched_tick(&sc);
         int moved = 0;
-        if (mv_state_delay_pump(st, mv_now_ms(), 100, pump_cb, &ud, &moved, err, sizeof err))
+        if (mv_state_delay_pump(st, mv_now_ms(), 100, mv_jobs_requeue_delayed, st, &moved, err,
+                                sizeof err))
             mv_warn("delayed-task pump failed", " error=\"%s\"", err);
         else if (moved)
             mv_info("delayed tasks re-enqueued", " count=%d", moved);

@@ -125,6 +125,11 @@ mv_err ews_session_open(chunk_ctx *c, const mv_profile *p, const char *secret, c
     char scope[768];
     snprintf(scope, sizeof scope, "ews-mbx:%s:%s", c->t->tenant, via);
     worker_gate_add(&s->wg, scope, &mbx, "mailbox");
+    if (strcmp(via, c->t->mailbox) == 0) { /* only this task uses it, under the lease */
+        char lerr[MV_ERRLEN];
+        if (mv_state_limit_clear(r->st, scope, lerr, sizeof lerr))
+            mv_warn("cannot clear a predecessor's request slots", " error=\"%s\"", lerr);
+    }
     snprintf(scope, sizeof scope, "ews-acct:%s:%s", c->t->tenant,
              p->ews_auth == MV_EWS_AUTH_OAUTH ? p->client_id : p->ews_username);
     worker_gate_add(&s->wg, scope, &acct, "service account");

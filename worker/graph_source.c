@@ -500,6 +500,11 @@ mv_err graph_archive_mailbox(chunk_ctx *c, const mv_profile *p, const char *secr
     else
         snprintf(scope, sizeof scope, "mbx:%s:%s", c->t->tenant, c->t->mailbox);
     worker_gate_add(&wg, scope, &lim, "mailbox");
+    /* this task holds the mailbox's lease: slots still held in its scope are a dead
+     * predecessor's (killed mid-request), which would block us for up to hold_ms */
+    char lerr[MV_ERRLEN];
+    if (mv_state_limit_clear(r->st, scope, lerr, sizeof lerr))
+        mv_warn("cannot clear a predecessor's request slots", " error=\"%s\"", lerr);
     mv_http_gate gate = worker_gate_hook(&wg);
     if (gate.acquire) mv_graph_set_gate(g, &gate);
     token_cache tc = {c, p->graph_base};

@@ -8,6 +8,7 @@
  * let running ones finish their current folder range, commit, leave the group, exit 0. */
 #include "runner.h"
 
+#include "mv/jobs.h"
 #include "mv/log.h"
 
 #include <errno.h>
@@ -76,23 +77,6 @@ static void *runner_thread(void *arg)
     }
     pthread_mutex_unlock(&pl->mu);
     return NULL;
-}
-
-static int pump_cb(void *ud, const void *payload, size_t len)
-{
-    mv_producer *pr = ((void **)ud)[0];
-    const mv_config *cfg = ((void **)ud)[1];
-    char err[MV_ERRLEN];
-    /* The key must match the original (tenant/mailbox): decode it from the payload. */
-    mv_task t;
-    if (mv_task_decode(payload, len, &t, err, sizeof err)) return 0; /* drop garbage */
-    char key[512];
-    mv_task_key(&t, key, sizeof key);
-    if (mv_producer_send_sync(pr, cfg->topic_tasks, key, payload, len, 5000, err, sizeof err)) {
-        mv_warn("cannot re-enqueue delayed task", " error=\"%s\"", err);
-        return 1;
-    }
-    return 0;
 }
 
 static void usage(FILE *f)
@@ -308,9 +292,9 @@ int main(int argc, char **argv)
         if (stopping && busy == 0) break;
 
         if (!stopping && mv_mono_ms() >= next_pump) {
-            void *ud[2] = {pumper, &cfg};
             int moved = 0;
-            if (mv_state_delay_pump(pst, mv_now_ms(), 100, pump_cb, ud, &moved, err, sizeof err))
+            if (mv_state_delay_pump(pst, mv_now_ms(), 100, mv_jobs_requeue_delayed, pst, &moved,
+                                    err, sizeof err))
                 mv_warn("delayed-task pump failed", " error=\"%s\"", err);
             next_pump = mv_mono_ms() + 1000;
             /* liveness for /metrics and the dashboard: seen now, with its load */

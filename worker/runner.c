@@ -68,6 +68,8 @@ static mv_err record_failure(mv_runner *r, const mv_task *t0, mv_err cause, cons
         if ((rc = mv_task_encode(&t, &buf, &len, err, errlen))) return rc;
         rc = mv_state_delay_add(r->st, buf, len, t.not_before_ms, err, errlen);
         free(buf);
+        /* its fair-share slot is given back while it waits; the pump queues it again */
+        if (!rc) rc = mv_state_fair_release(r->st, t.tenant, t.mailbox, err, errlen);
         if (rc) return rc;
         snprintf(attempt, sizeof attempt, "%u", t.attempt);
         *outcome = MV_RUN_RETRY;
@@ -214,7 +216,8 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     }
     if (t.not_before_ms > mv_now_ms() + 1000) { /* early: park it in the delayed set again */
         *outcome = MV_RUN_RETRY;
-        return mv_state_delay_add(r->st, payload, len, t.not_before_ms, err, errlen);
+        rc = mv_state_delay_add(r->st, payload, len, t.not_before_ms, err, errlen);
+        return rc ? rc : mv_state_fair_release(r->st, t.tenant, t.mailbox, err, errlen);
     }
 
     char now[32], chunk[16], host[300] = "";

@@ -4,7 +4,11 @@
 // HTML, since mailbox names and error messages come from remote servers.
 "use strict";
 
-const POLL_MS = 1000;
+// refresh interval: 1 s, or sessionStorage "mv-poll-ms" (200 ms to 60 s)
+function pollMs() {
+  const v = Number(sessionStorage.getItem("mv-poll-ms"));
+  return v >= 200 && v <= 60000 ? v : 1000;
+}
 let timer = null;
 let lastTotal = null; // {messages, at} of the previous overview, for the throughput
 
@@ -184,7 +188,7 @@ async function refresh() {
     if (e.message === "unauthorized") return;
     setLive(false);
   }
-  timer = setTimeout(refresh, POLL_MS);
+  timer = setTimeout(refresh, pollMs());
 }
 
 function show(loggedIn) {

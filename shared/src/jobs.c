@@ -769,3 +769,16 @@ out:
     mv_profile_free(&p);
     return rc;
 }
+
+int mv_jobs_requeue_delayed(void *st, const void *payload, size_t len)
+{
+    char err[MV_ERRLEN];
+    mv_task t;
+    if (mv_task_decode(payload, len, &t, err, sizeof err)) return 0; /* drop garbage */
+    if (mv_state_fair_push(st, t.tenant, t.mailbox, payload, len, 1, NULL, err, sizeof err)) {
+        mv_warn("cannot queue a delayed task again", " tenant=%s mailbox=%s error=\"%s\"", t.tenant,
+                t.mailbox, err);
+        return 1; /* kept in the delayed set for the next pump */
+    }
+    return 0;
+}

@@ -2390,6 +2390,17 @@ mv_err mv_state_limit_release_n(mv_state *s, const char *scope, const char *requ
     return e;
 }
 
+mv_err mv_state_limit_clear(mv_state *s, const char *scope, char *err, size_t errlen)
+{
+    char conc[ST_KEYLEN];
+    mv_err e = st_key(conc, err, errlen, "mv:rl:conc:%s", scope);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "DEL");
+    sa_str(&a, conc);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
 mv_err mv_state_limit_release(mv_state *s, const char *scope, const char *request_id, char *err,
                               size_t errlen)
 {

@@ -10,7 +10,8 @@ The scenario:
 - the dead-letter page lists a failed mailbox and retries it;
 - the page's scripts raise no error under its Content-Security-Policy;
 - the page shows a remote error message as text, never as HTML.
-Chunks of 10 messages make the 150-message mailbox's progress visible in steps."""
+Chunks of 10 messages make the 400-message mailbox's progress visible in steps, and the page
+is set to refresh every 200 ms (sessionStorage "mv-poll-ms")."""
 import shutil
 
 from playwright.sync_api import sync_playwright
@@ -19,7 +20,7 @@ from mvtest import *
 
 t = f"dash-{SUFFIX}"
 big, bad = f"dora-{SUFFIX}", f"ed-{SUFFIX}"
-seed(big, "pw-dora", 150, folders="INBOX,Sent", seed=71, mean_kb=4)
+seed(big, "pw-dora", 400, folders="INBOX,Sent", seed=71, mean_kb=4)
 seed(bad, "pw-ed", 2, folders="INBOX", seed=72)
 add_tenant(t)
 add_profile(t, "imap", [(big, "pw-dora")])
@@ -37,6 +38,7 @@ with AdminServer() as srv, sync_playwright() as pw:
             if m.type == "error" and "401" not in m.text else None)
     page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
     page.goto(srv.url + "/")
+    page.evaluate("sessionStorage.setItem('mv-poll-ms', '200')")  # refresh 5 times a second
     check(page.get_by_test_id("token").is_visible(), "the dashboard asks for a token")
     page.get_by_test_id("token").fill("mvt_" + "1" * 64)
     page.get_by_test_id("login").click()
@@ -68,7 +70,7 @@ with AdminServer() as srv, sync_playwright() as pw:
         check(len(seen - {0}) >= 2,
               f"the page showed the running mailbox's count change: {sorted(seen)}")
         st = {m["mailbox"]: m for m in status(t)["mailboxes"]}
-        check(final == st[big]["messages"] == 150, f"and done with {final} messages, as status says")
+        check(final == st[big]["messages"] == 400, f"and done with {final} messages, as status says")
         page.get_by_test_id("runs").locator('[data-testid="run-row"]').first.filter(
             has_text="finished").wait_for(timeout=15000)
         check(True, "the run is listed finished")
@@ -89,7 +91,7 @@ with AdminServer() as srv, sync_playwright() as pw:
         page.get_by_test_id("nav-overview").click()
         page.get_by_test_id("archived-total").wait_for(timeout=15000)
         trow = page.locator(f'[data-tenant="{t}"]')
-        check("150" in trow.inner_text(), f"the overview counts the tenant's archived messages: {trow.inner_text()!r}")
+        check("400" in trow.inner_text(), f"the overview counts the tenant's archived messages: {trow.inner_text()!r}")
     check(not problems, f"no script errors, CSP violations or dialogs: {problems}")
     browser.close()
 print("1 passed, 0 failed")

@@ -84,4 +84,9 @@ mv_err mv_jobs_profile_test(mv_state *st, const unsigned char key[MV_KEY_LEN], c
                             const char *tenant, const char *profile, const char *mailbox,
                             char *report, size_t reportlen, char *err, size_t errlen);
 
+/* The delayed-set pump's callback (ud: the mv_state): a due retry or parked task goes back
+ * to the front of its tenant's fair queue, so the fair dispatch admits it like any other
+ * (it gave its slot back when it was parked). Non-zero: keep it for the next pump. */
+int mv_jobs_requeue_delayed(void *st, const void *payload, size_t len);
+
 #endif

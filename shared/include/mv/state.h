@@ -313,6 +313,10 @@ typedef struct mv_limit {
 mv_err mv_state_limit_acquire(mv_state *s, const char *scope, const char *request_id,
                               const mv_limit *lim, int *admitted, int64_t *wait_ms, char *err,
                               size_t errlen);
+/* Drop every concurrency slot of a scope (the window is kept). For a scope that only one
+ * task can use at a time (a mailbox's, under its lease): the slots found at the task's start
+ * belong to a predecessor that died mid-request and would otherwise block for hold_ms. */
+mv_err mv_state_limit_clear(mv_state *s, const char *scope, char *err, size_t errlen);
 mv_err mv_state_limit_release(mv_state *s, const char *scope, const char *request_id, char *err,
                               size_t errlen);
 /* The same for a request that counts as n (a Graph $batch of n requests to one mailbox): n
