@@ -26,9 +26,7 @@ def export_profile(name, path, **extra):
     doc = {"name": name, "type": "export",
            "export": {"mailbox": user, "destination": {"type": "directory", "path": path, **extra.pop("dest", {})},
                       **extra}}
-    f = os.path.join(RUN, f"{name}-{SUFFIX}.json")
-    json.dump(doc, open(f, "w"))
-    return f
+    return profile_file(name, doc)
 
 
 def files_under(root):

@@ -82,9 +82,7 @@ def export_profile(name, user, password, **dest):
     doc = {"name": name, "type": "export",
            "export": {"mailbox": src, "destination": {"type": "imap", "host": "127.0.0.1", "port": IMAP_PORT,
                                                        "tls": "none", "login": user, "password": password, **dest}}}
-    f = os.path.join(RUN, f"{name}-{SUFFIX}.json")
-    json.dump(doc, open(f, "w"))
-    return f
+    return profile_file(name, doc)
 
 
 with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9) as ws:
@@ -102,7 +100,7 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9) as ws:
     check(n == len(want), f"one message per (folder, message) ({n} of {len(want)})")
     check(set(got) == set(want), "every message in its folder under Restored, byte for byte")
     check(all(got[k] == want[k] for k in want), "INTERNALDATE and \\Seen kept")
-    m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-dora"]
+    m = export_state(t, "to-dora")
     check(m["state"] == "done" and m["messages"] == len(want) and m["chunk"] >= 3,
           f"appended in chunks ({m['messages']} messages, {m['chunk'] + 1} chunks)")
     check(m["deduplicated"] == 0,
@@ -112,7 +110,7 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9) as ws:
 
     run(t, "to-dora")
     got2, n2 = mailbox_view(dst1, "pw-d1", "Restored")
-    m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-dora"]
+    m = export_state(t, "to-dora")
     check(n2 == n and m["messages"] == 0 and m["deduplicated"] == len(want),
           f"a second run appends nothing ({m['messages']} appended, {n2} at the destination)")
 
@@ -147,7 +145,7 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9) as ws:
     f = export_profile("to-nowhere", dst2, "wrong")
     cli("profile", "add", "--tenant", t, "--file", f)
     r = run(t, "to-nowhere", expect=None, timeout=120)
-    m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-nowhere"]
+    m = export_state(t, "to-nowhere")
     check(r.returncode == 1 and m["state"] == "failed" and "AUTHENTICATIONFAILED" in m["error"].upper(),
           f"a refused login fails the export clearly: {m['error']!r}")
 print("1 passed, 0 failed")

@@ -66,14 +66,7 @@ def profile(name, mailbox, sim, dc, client_secret=secret):
                "type": "m365", "mailbox": mailbox, "tenant_id": tid, "client_id": "app-1",
                "client_secret": client_secret, "login_base": sim.url,
                "host": "127.0.0.1", "port": dc.port, "tls": "none", "root": "Restored"}}}
-    f = os.path.join(RUN, f"{name}-{SUFFIX}.json")
-    json.dump(doc, open(f, "w"))
-    cli("profile", "add", "--tenant", t, "--file", f)
-    os.unlink(f)
-
-
-def state_of(name):
-    return {x["mailbox"]: x for x in status(t)["mailboxes"]}[f"export:{name}"]
+    add_profile_doc(t, name, doc)
 
 
 with GraphSim(fx, "--grants-dir", grants) as sim, OAuthDovecot(sim.url, grants) as dc, \
@@ -100,11 +93,11 @@ with GraphSim(fx, "--grants-dir", grants) as sim, OAuthDovecot(sim.url, grants) 
     check(after["introspections"] > before["introspections"],
           f"Dovecot validated the worker's token through the simulator "
           f"({after['introspections'] - before['introspections']} introspections)")
-    m = state_of("to-alice")
+    m = export_state(t, "to-alice")
     check(m["state"] == "done" and m["messages"] == sum(want.values()), f"status counts {m['messages']}")
 
     run(t, "to-alice")
-    m = state_of("to-alice")
+    m = export_state(t, "to-alice")
     check(m["messages"] == 0 and m["deduplicated"] == sum(want.values()) and
           dest_view(dc, outlook, alice, "Restored") == want, "a second run appends nothing")
 
@@ -115,7 +108,7 @@ with GraphSim(fx, "--grants-dir", grants) as sim, OAuthDovecot(sim.url, grants) 
     check(r.returncode != 0 and "FullAccess" in out and "Add-MailboxPermission" in out,
           f"profile test names the missing FullAccess and the fix: {out.strip()[:200]}")
     r = run(t, "to-bob", expect=None, timeout=120)
-    m = state_of("to-bob")
+    m = export_state(t, "to-bob")
     check(r.returncode == 1 and m["state"] == "failed" and "FullAccess" in m["error"] and bob in m["error"],
           f"the export fails with that cause: {m['error'][:160]!r}")
     try:
@@ -131,7 +124,7 @@ with GraphSim(fx, "--grants-dir", grants) as sim, OAuthDovecot(sim.url, grants) 
     # a wrong client secret is a token error, not a permission one
     profile("bad-secret", alice, sim, dc, client_secret="not-it")
     r = run(t, "bad-secret", expect=None, timeout=120)
-    m = state_of("bad-secret")
+    m = export_state(t, "bad-secret")
     check(r.returncode == 1 and "AADSTS7000215" in m["error"] and "FullAccess" not in m["error"],
           f"a wrong secret is reported as such: {m['error'][:160]!r}")
 print("1 passed, 0 failed")

@@ -64,9 +64,7 @@ def export_profile(name, mailbox, **dest):
     doc = {"name": name, "type": "export",
            "export": {"mailbox": src, "destination": {"type": "ews", "url": sim.ews_url, "username": svc,
                                                        "password": svc_pw, "mailbox": mailbox, **dest}}}
-    f = os.path.join(RUN, f"{name}-{SUFFIX}.json")
-    json.dump(doc, open(f, "w"))
-    return f
+    return profile_file(name, doc)
 
 
 def created(sim, mb):
@@ -102,7 +100,7 @@ with EwsSim(fx) as sim, Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
     check(set(got) == set(want), "every message in its folder under Restored, byte for byte as archived")
     check(all(got[k][:2] == want[k][:2] for k in want), "read exactly when \\Seen was archived, never a draft")
     check(all(got[k][2] == want[k][2] for k in want), "received at the archived INTERNALDATE")
-    m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-erin"]
+    m = export_state(t, "to-erin")
     check(m["state"] == "done" and m["messages"] == len(want) and m["chunk"] >= 3,
           f"created in chunks ({m['messages']} messages, {m['chunk'] + 1} chunks)")
     check(m.get("throttled", 0) >= 1, f"ErrorServerBusy was waited out ({m.get('throttled')})")
@@ -111,7 +109,7 @@ with EwsSim(fx) as sim, Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
     # 2. again: nothing new
     before = created(sim, erin)
     run(t, "to-erin")
-    m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-erin"]
+    m = export_state(t, "to-erin")
     check(m["messages"] == 0 and m["deduplicated"] == len(want) and created(sim, erin) == before,
           f"a second run creates nothing ({m['messages']} created, {m['deduplicated']} found in place)")
 
@@ -151,7 +149,7 @@ with EwsSim(fx) as sim, Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
     r = cli("cancel", "--tenant", t, "--profile", "to-ian")
     check("1 mailbox" in r.stdout, f"cancel requested: {r.stdout.strip()}")
     m = wait_for(lambda: (lambda x: x if x["state"] == "cancelled" else None)(
-        {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-ian"]), "the export to be cancelled", timeout=60)
+        export_state(t, "to-ian")), "the export to be cancelled", timeout=60)
     part = created(sim, ian)
     check(part < len(want), f"stopped part-way ({part} of {len(want)} created)")
     run(t, "to-ian")
@@ -166,8 +164,7 @@ with EwsSim(fx) as sim, Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
                       "destination": {"type": "ews", "auth": "oauth", "tenant_id": tid, "client_id": cid,
                                       "client_secret": app_secret, "login_base": sim.url, "url": sim.ews_url,
                                       "mailbox": hal}}}
-    f = os.path.join(RUN, f"to-hal-{SUFFIX}.json")
-    json.dump(doc, open(f, "w"))
+    f = profile_file("to-hal", doc)
     cli("export", "--tenant", t, "--file", f, "--wait")
     check(app_secret not in cli("profile", "show", "--tenant", t, "to-hal").stdout, "no client secret stored")
     d = os.path.join(fx, o365, "mailboxes", hal, "mail", "Archive Export", "Projects")
@@ -180,19 +177,19 @@ with EwsSim(fx) as sim, Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=9):
     sim.post("/_sim/mailbox-limits", {"org": org, "mailbox": gil, "quota_bytes": 20000})
     f = export_profile("to-gil", gil)
     r = cli("export", "--tenant", t, "--file", f, "--wait", expect=None)
-    m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-gil"]
+    m = export_state(t, "to-gil")
     check(r.returncode != 0 and m["state"] == "failed" and "is full" in m["error"] and gil in m["error"]
           and "ErrorQuotaExceeded" in m["error"], f"a full mailbox fails the export clearly: {m['error']!r}")
 
     # 8. a mailbox the account may not write into, and one that does not exist
     sim.post("/_sim/mailbox-limits", {"org": org, "mailbox": gil, "read_only": True})
     r = run(t, "to-gil", expect=None)
-    m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-gil"]
+    m = export_state(t, "to-gil")
     check(r.returncode != 0 and m["state"] == "failed" and "ErrorAccessDenied" in m["error"] and gil in m["error"]
           and "may not write" in m["error"], f"a refused mailbox fails the export clearly: {m['error']!r}")
     f = export_profile("to-nobody", "nobody@corp.example")
     r = cli("export", "--tenant", t, "--file", f, "--wait", expect=None)
-    m = {x["mailbox"]: x for x in status(t)["mailboxes"]}["export:to-nobody"]
+    m = export_state(t, "to-nobody")
     check(r.returncode != 0 and m["state"] == "failed" and "ErrorNonExistentMailbox" in m["error"]
           and "export.destination.mailbox" in m["error"], f"a mailbox that does not exist: {m['error']!r}")
 print("1 passed, 0 failed")

@@ -34,14 +34,7 @@ def export_profile(name, user, password, **dest):
     doc = {"name": name, "type": "export",
            "export": {"mailbox": src, "destination": {"type": "imap", "host": "127.0.0.1", "port": IMAP_PORT,
                                                        "tls": "none", "login": user, "password": password, **dest}}}
-    f = os.path.join(RUN, f"{name}-{SUFFIX}.json")
-    json.dump(doc, open(f, "w"))
-    cli("profile", "add", "--tenant", t, "--file", f)
-    os.unlink(f)
-
-
-def state_of(name):
-    return {x["mailbox"]: x for x in status(t)["mailboxes"]}[f"export:{name}"]
+    add_profile_doc(t, name, doc)
 
 
 def set_quota(user, rule):
@@ -63,7 +56,7 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=50, MAILVAULT_EXPORT_APPEND_BATC
     # full
     export_profile("to-full", full, "pw-f", root="Restored", layout="flat")
     r = run(t, "to-full", expect=None, timeout=120)
-    m = state_of("to-full")
+    m = export_state(t, "to-full")
     check(r.returncode == 1 and m["state"] == "failed" and "the destination is full" in m["error"]
           and "OVERQUOTA" in m["error"] and full in m["error"],
           f"a full destination fails the export with that cause: {m['error'][:140]!r}")
@@ -83,7 +76,7 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=50, MAILVAULT_EXPORT_APPEND_BATC
     wait_for(raised, "Dovecot to read the raised quota (GETQUOTAROOT)", 30)
     run(t, "to-full")
     got2 = hashes(full, "pw-f", "Restored")
-    m = state_of("to-full")
+    m = export_state(t, "to-full")
     check(sorted(got2) == sorted(archived) and m["messages"] == len(archived) - len(got),
           f"after the quota is raised the export completes: {m['messages']} appended, "
           f"{len(got2)} there, none twice")
@@ -107,7 +100,7 @@ with Workers(1, MAILVAULT_WORKER_CHUNK_MESSAGES=50, MAILVAULT_EXPORT_APPEND_BATC
     wait_for(refused, "Dovecot to apply the ACL", 30)
     export_profile("to-ro", ro, "pw-r", root=locked, layout="flat")
     r = run(t, "to-ro", expect=None, timeout=120)
-    m = state_of("to-ro")
+    m = export_state(t, "to-ro")
     check(r.returncode == 1 and m["state"] == "failed" and "the destination is read-only" in m["error"]
           and "NOPERM" in m["error"], f"a read-only destination fails with that cause: {m['error'][:140]!r}")
     check(hashes(ro, "pw-r", locked) == [], "nothing was appended to it")

@@ -36,9 +36,7 @@ def export(name, path, layout):
     doc = {"name": name, "type": "export",
            "export": {"mailbox": "*", "search": {"subject": word.upper()},
                       "destination": {"type": "directory", "path": path, "layout": layout}}}
-    f = os.path.join(RUN, f"{name}-{SUFFIX}.json")
-    json.dump(doc, open(f, "w"))
-    cli("export", "--tenant", t, "--file", f, "--wait")
+    cli("export", "--tenant", t, "--file", profile_file(name, doc), "--wait")
 
 
 def tree(root):

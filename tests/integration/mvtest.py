@@ -663,3 +663,28 @@ class AdminServer(Background):
         if headers.get("Content-Type", "").startswith("application/json"):
             return status, json.loads(text), headers
         return status, text, headers
+
+
+# ---- profiles written as documents (exports) ----
+
+def profile_file(name, doc):
+    """Write a profile document to RUN/<name>-<suffix>.json (mode 0600: it may hold a
+    password) and return its path, for `mailvault profile add` or `mailvault export`."""
+    f = os.path.join(RUN, f"{name}-{SUFFIX}.json")
+    with open(os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        json.dump(doc, fh)
+    return f
+
+
+def add_profile_doc(tenant, name, doc):
+    """`mailvault profile add` of a document; the file is removed afterwards."""
+    f = profile_file(name, doc)
+    try:
+        cli("profile", "add", "--tenant", tenant, "--file", f)
+    finally:
+        os.unlink(f)
+
+
+def export_state(tenant, name):
+    """The status of export profile <name> (its task's mailbox is export:<name>)."""
+    return {x["mailbox"]: x for x in status(tenant)["mailboxes"]}[f"export:{name}"]
