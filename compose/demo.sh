@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # compose/demo.sh - the demo on a fresh machine: installs dependencies, builds, starts a local
 # single-node Kafka (KRaft), Redis and a Dovecot IMAP server seeded with sample mailboxes for
-# two tenants, starts the scheduler and two workers, archives everything and prints a summary.
+# two tenants (globex's archive in SeaweedFS S3, encrypted), starts the scheduler and two
+# workers, archives everything and prints a summary.
 #   MV_DEMO_DIR   run directory (default ./run/demo); MV_DEMO_KEEP=1 leaves the stack running
 #   MV_DEMO_MESSAGES  messages per mailbox (default 300)
 set -euo pipefail
@@ -53,6 +54,10 @@ cat >"$RUN/globex.json" <<JSON
  "mailboxes": [{"login": "carol@globex", "password": "pw-carol"},
                {"login": "dan@globex", "password": "pw-dan"}]}
 JSON
+# globex keeps its archive in S3 (the stack's SeaweedFS), encrypted under its own keys
+$MV store add s3 --type s3 --endpoint "$MV_S3_ENDPOINT" --bucket mailvault-demo \
+    --access-key "$MV_S3_ACCESS_KEY" --secret-file "$RUN/s3.secret" --create-bucket
+$MV tenant set globex --store s3 --encryption on
 $MV profile add --tenant acme --file "$RUN/acme.json"
 $MV profile add --tenant globex --file "$RUN/globex.json"
 rm -f "$RUN/acme.json" "$RUN/globex.json"
@@ -100,5 +105,6 @@ print(f"elapsed:       {elapsed:.1f} s ({msgs / max(elapsed, 1e-9):.0f} messages
 sys.exit(1 if failed else 0)
 ' "$end" "$start"
 $MV verify
-echo "archive:       $RUN/store/<tenant>/objects (zstd objects), $RUN/store/<tenant>/mailboxes/*/index (segments)"
+echo "archive:       acme: $RUN/store/acme/objects (zstd objects), $RUN/store/acme/mailboxes/*/index (segments)"
+echo "               globex: bucket mailvault-demo at $MV_S3_ENDPOINT, keys globex/... (sealed, keyed names)"
 echo "try:           MAILVAULT_CONFIG=$MV_CONFIG $MV ls --tenant acme | head"

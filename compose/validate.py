@@ -71,6 +71,23 @@ def compose_file():
             src = v.split(":")[0]
             if src.startswith("."):
                 check(os.path.exists(os.path.join(C, src)), f"{name} mounts {src}, which exists")
+    # the S3 service: SeaweedFS's `weed mini` with flags this version really has (checked
+    # against the weed binary the local stack runs, the same release as the image)
+    s3 = s.get("s3", {})
+    check(s3.get("image", "").startswith("chrislusf/seaweedfs:") and
+          "s3_config" in s3.get("secrets", []) and "s3_config" in d.get("secrets", {}),
+          "the s3 service runs SeaweedFS with its access keys as a secret")
+    weed = os.path.expanduser(os.path.join(os.environ.get("MV_CACHE_DIR", "~/.cache/mailvault"),
+                                           "seaweedfs-" + s3.get("image", ":").split(":")[1],
+                                           "bin", "weed"))
+    if os.path.exists(weed):
+        helptext = run(weed, "mini", "-h").stdout + run(weed, "mini", "-h").stderr
+        flags = [a.split("=")[0] for a in s3.get("command", [])[1:]]
+        missing = [f for f in flags if not re.search(r"^\s+" + re.escape(f) + r"\b", helptext, re.M)]
+        check(s3.get("command", [""])[0] == "mini" and not missing,
+              f"weed mini accepts every flag of the s3 service {missing}")
+    else:
+        check(False, f"the weed binary of the s3 service's release is at {weed} (stack.sh installs it)")
     prom = yaml.safe_load(open(os.path.join(C, "prometheus", "prometheus.yml")))
     targets = [t for sc in prom["scrape_configs"] for st in sc["static_configs"] for t in st["targets"]]
     port = s["admin"]["entrypoint"][-1].split(":")[-1]

@@ -13,6 +13,31 @@ typedef struct cli {
     int json;
 } cli;
 
+/* Tiny option scanner for "--name value" / "--flag" after the command words. */
+typedef struct opt {
+    const char *name;
+    int has_arg;
+    const char *value;
+    int set;
+} opt;
+int cli_parse_opts(int argc, char **argv, opt *opts, const char **pos, int maxpos, int *npos);
+
+/* The content store with the catalog's policies (tenant stores, keys); storecmd.c. NULL after
+ * printing the error. Close with cli_store_close. */
+typedef struct cli_store cli_store;
+struct mv_store;
+struct mv_store *cli_store_open(cli *c, cli_store **out);
+void cli_store_close(cli_store *cs);
+int cmd_store(cli *c, int argc, char **argv);
+int cmd_hold(cli *c, int argc, char **argv);
+int cmd_store_migrate(cli *c, int argc, char **argv);
+int cmd_store_sweep(cli *c, int argc, char **argv);
+int cmd_purge(cli *c, int argc, char **argv);
+/* tenant set --store/--encryption/--retention, and tenant rotate-key (storecmd.c). */
+int cli_tenant_storage(cli *c, mv_state *st, const char *tenant, const char *store,
+                       const char *encryption, const char *retention);
+int cli_tenant_rotate(cli *c, mv_state *st, const char *tenant, const char *old_key_file);
+
 /* Print "mailvault: <msg>" to stderr; returns exit code 1 (or the given code). */
 int cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 mv_state *cli_state(cli *c);

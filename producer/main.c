@@ -9,6 +9,7 @@
 #include "mv/jobs.h"
 #include "mv/log.h"
 #include "mv/search.h"
+#include "mv/storecat.h"
 #include "mv/profile.h"
 #include "mv/queue.h"
 #include "mv/store.h"
@@ -35,6 +36,17 @@ static const char usage_text[] =
     "                                        fair share: at most N of its mailboxes at once\n"
     "                                        (0 = no cap), W shares of the workers when\n"
     "                                        tenants compete (default 1); docs/fairness.md\n"
+    "  tenant set NAME [--store S] [--encryption on|off] [--retention MODE:DAYS]\n"
+    "                                        where the archive lives (a store defined with\n"
+    "                                        `store add`, or \"default\"), encryption of new\n"
+    "                                        objects, Object Lock retention of new objects\n"
+    "                                        (none, GOVERNANCE:DAYS, COMPLIANCE:DAYS);\n"
+    "                                        docs/store.md\n"
+    "  tenant rotate-key NAME [--old-master-key FILE]\n"
+    "                                        new data key version for new objects (old objects\n"
+    "                                        stay readable); every key is re-wrapped with the\n"
+    "                                        master key (FILE: the old master key, when moving\n"
+    "                                        to a new one)\n"
     "  tenant rm NAME                        remove a tenant with its profiles, credentials,\n"
     "                                        status and checkpoints (archived mail stays)\n"
     "  profile add --tenant T --file F [--mailboxes-csv C]\n"
@@ -50,6 +62,24 @@ static const char usage_text[] =
     "                                        (Graph), or login and folders (IMAP); prints a\n"
     "                                        verdict, exit 1 if the check fails\n"
     "  profile rm --tenant T NAME            remove a profile\n"
+    "Stores:\n"
+    "  store add NAME --type s3 --endpoint URL --bucket B --access-key K --secret-file F\n"
+    "        [--region R] [--virtual-hosted] [--ca-file F] [--part-size BYTES]\n"
+    "        [--spool-dir DIR] [--create-bucket [--object-lock]]\n"
+    "                                        define an S3 store (the secret is read from F, or\n"
+    "                                        stdin with -, and kept encrypted); --create-bucket\n"
+    "                                        creates the bucket, with Object Lock if asked\n"
+    "  store add NAME --type fs --root DIR   define another directory store\n"
+    "  store list | store show NAME | store rm NAME\n"
+    "  store migrate --tenant T --to STORE [--limit N] [--force]\n"
+    "                                        copy the tenant's archive to another store (or\n"
+    "                                        \"default\"), checking every copy, then point the\n"
+    "                                        tenant at it; resumable: run it again after a crash\n"
+    "  store sweep [--store NAME] [--older-than SECONDS]\n"
+    "                                        remove what dead writers left in every store (or\n"
+    "                                        one): temp files, unfinished multipart uploads\n"
+    "                                        (default older than 3600 s; workers do it at\n"
+    "                                        start-up)\n"
     "Jobs:\n"
     "  run --tenant T --profile P [--wait] [--timeout S]\n"
     "                                        enqueue one task per mailbox (one for an export\n"
@@ -80,7 +110,14 @@ static const char usage_text[] =
     "     [--subject S] [--after YYYY-MM-DD] of From/To/Subject (any case) and a received\n"
     "     [--before YYYY-MM-DD]              date range (UTC days)\n"
     "  get --tenant T HASH                   write a stored message to stdout, byte-exact\n"
-    "  verify [--tenant T]                   re-read every object and check its hash\n"
+    "  verify [--tenant T]                   re-read every object and check its hash (and\n"
+    "                                        its Object Lock retention, on S3)\n"
+    "  hold set|clear --tenant T --mailbox M S3 legal hold on every object of the mailbox\n"
+    "                                        (and on those archived later) / off again\n"
+    "  hold list --tenant T                  mailboxes on legal hold\n"
+    "  purge --tenant T --mailbox M --yes    delete a mailbox's archive (objects no other\n"
+    "                                        mailbox shares, then its index); a store that\n"
+    "                                        refuses (retention, hold) leaves the index whole\n"
     "Server:\n"
     "  serve [--listen ADDRESS:PORT]         serve the admin HTTP API (/api/v1, bearer\n"
     "                                        tokens) and Prometheus /metrics (default\n"
@@ -115,15 +152,7 @@ mv_state *cli_state(cli *c)
     return st;
 }
 
-/* Tiny option scanner for "--name value" / "--flag" after the command words. */
-typedef struct opt {
-    const char *name;
-    int has_arg;
-    const char *value;
-    int set;
-} opt;
-
-static int parse_opts(int argc, char **argv, opt *opts, const char **pos, int maxpos, int *npos)
+int cli_parse_opts(int argc, char **argv, opt *opts, const char **pos, int maxpos, int *npos)
 {
     *npos = 0;
     for (int i = 0; i < argc; i++) {
@@ -184,15 +213,15 @@ static int print_name(void *ud, const char *name)
 
 static int cmd_tenant(cli *c, int argc, char **argv)
 {
-    opt opts[] = {{"display-name", 1, NULL, 0},
-                  {"max-concurrent", 1, NULL, 0},
-                  {"weight", 1, NULL, 0},
-                  {NULL, 0, NULL, 0}};
+    opt opts[] = {{"display-name", 1, NULL, 0},   {"max-concurrent", 1, NULL, 0},
+                  {"weight", 1, NULL, 0},         {"store", 1, NULL, 0},
+                  {"encryption", 1, NULL, 0},     {"retention", 1, NULL, 0},
+                  {"old-master-key", 1, NULL, 0}, {NULL, 0, NULL, 0}};
     const char *pos[3];
     int npos, rc;
     char err[MV_ERRLEN];
     if (argc < 1) return cli_fail(2, "usage: mailvault tenant add|list|set|rm ...");
-    if ((rc = parse_opts(argc - 1, argv + 1, opts, pos, 1, &npos))) return rc;
+    if ((rc = cli_parse_opts(argc - 1, argv + 1, opts, pos, 1, &npos))) return rc;
     mv_state *st = cli_state(c);
     if (!st) return 1;
     rc = 0;
@@ -219,8 +248,10 @@ static int cmd_tenant(cli *c, int argc, char **argv)
             rc = cli_fail(1, "%s", err);
     } else if (strcmp(argv[0], "set") == 0) {
         const char *names[] = {"max_concurrent", "weight"};
-        if (npos != 1 || (!opts[1].value && !opts[2].value)) {
-            rc = cli_fail(2, "usage: mailvault tenant set NAME [--max-concurrent N] [--weight W]");
+        if (npos != 1 || (!opts[1].value && !opts[2].value && !opts[3].value && !opts[4].value &&
+                          !opts[5].value)) {
+            rc = cli_fail(2, "usage: mailvault tenant set NAME [--max-concurrent N] [--weight W] "
+                             "[--store NAME] [--encryption on|off] [--retention MODE:DAYS]");
         } else if (!mv_name_valid(pos[0]) || !mv_state_tenant_exists(st, pos[0])) {
             rc = cli_fail(1, "tenant \"%s\" does not exist", pos[0]);
         } else {
@@ -235,8 +266,15 @@ static int cmd_tenant(cli *c, int argc, char **argv)
                 else if (mv_state_tenant_limit(st, pos[0], names[k], (int)n, err, sizeof err))
                     rc = cli_fail(1, "%s", err);
             }
+            if (!rc)
+                rc = cli_tenant_storage(c, st, pos[0], opts[3].value, opts[4].value, opts[5].value);
             if (!rc) printf("tenant %s updated\n", pos[0]);
         }
+    } else if (strcmp(argv[0], "rotate-key") == 0) {
+        if (npos != 1 || !mv_name_valid(pos[0]))
+            rc = cli_fail(2, "usage: mailvault tenant rotate-key NAME [--old-master-key FILE]");
+        else
+            rc = cli_tenant_rotate(c, st, pos[0], opts[6].value);
     } else if (strcmp(argv[0], "rm") == 0) {
         if (npos != 1 || !mv_name_valid(pos[0]))
             rc = cli_fail(2, "usage: mailvault tenant rm NAME");
@@ -306,7 +344,7 @@ static int cmd_profile(cli *c, int argc, char **argv)
     int npos, rc;
     char err[MV_ERRLEN];
     if (argc < 1) return cli_fail(2, "usage: mailvault profile add|list|show|test|rm ...");
-    if ((rc = parse_opts(argc - 1, argv + 1, opts, pos, 1, &npos))) return rc;
+    if ((rc = cli_parse_opts(argc - 1, argv + 1, opts, pos, 1, &npos))) return rc;
     if ((rc = need_tenant(opts[0].value))) return rc;
     const char *tenant = opts[0].value;
     mv_state *st = cli_state(c);
@@ -404,7 +442,7 @@ int cmd_run(cli *c, int argc, char **argv)
     const char *pos[1];
     int npos, rc;
     char err[MV_ERRLEN];
-    if ((rc = parse_opts(argc, argv, opts, pos, 0, &npos))) return rc;
+    if ((rc = cli_parse_opts(argc, argv, opts, pos, 0, &npos))) return rc;
     if ((rc = need_tenant(opts[0].value))) return rc;
     if (!opts[1].value) return cli_fail(2, "--profile is required");
     int timeout = 0;
@@ -464,7 +502,7 @@ static int cmd_export(cli *c, int argc, char **argv)
     const char *pos[1];
     int npos, rc;
     char err[MV_ERRLEN];
-    if ((rc = parse_opts(argc, argv, opts, pos, 0, &npos))) return rc;
+    if ((rc = cli_parse_opts(argc, argv, opts, pos, 0, &npos))) return rc;
     if ((rc = need_tenant(opts[0].value))) return rc;
     if (!opts[1].value || !strcmp(opts[1].value, "-"))
         return cli_fail(2, "usage: mailvault export --tenant T --file F [--wait] [--timeout S]");
@@ -506,14 +544,14 @@ static int cmd_get(cli *c, int argc, char **argv)
     const char *pos[1];
     int npos, rc;
     char err[MV_ERRLEN];
-    if ((rc = parse_opts(argc, argv, opts, pos, 1, &npos))) return rc;
+    if ((rc = cli_parse_opts(argc, argv, opts, pos, 1, &npos))) return rc;
     if ((rc = need_tenant(opts[0].value))) return rc;
     if (npos != 1) return cli_fail(2, "usage: mailvault get --tenant T HASH");
-    mv_store *s = NULL;
-    if (mv_store_open(c->cfg.store_root, 0, c->cfg.zstd_level, &s, err, sizeof err))
-        return cli_fail(1, "%s", err);
+    cli_store *cs = NULL;
+    mv_store *s = cli_store_open(c, &cs);
+    if (!s) return 1;
     mv_err e = mv_store_get(s, opts[0].value, pos[0], print_object, NULL, err, sizeof err);
-    mv_store_close(s);
+    cli_store_close(cs);
     if (fflush(stdout) != 0) return cli_fail(1, "cannot write to stdout: %s", strerror(errno));
     if (e == MV_ENOTFOUND) return cli_fail(1, "no object %s in tenant %s", pos[0], opts[0].value);
     if (e) return cli_fail(1, "%s", err);
@@ -534,36 +572,84 @@ static void verify_progress(void *ud, const mv_verify_stats *st)
                 (unsigned long long)st->bad);
 }
 
+typedef struct verify_all {
+    mv_store *s;
+    mv_state *st;
+    int *tty;
+    mv_verify_stats total;
+    mv_err e;
+    char err[MV_ERRLEN];
+} verify_all;
+
+static void stats_add(mv_verify_stats *t, const mv_verify_stats *v)
+{
+    t->objects += v->objects;
+    t->ok += v->ok;
+    t->bad += v->bad;
+    t->raw_bytes += v->raw_bytes;
+    t->stored_bytes += v->stored_bytes;
+    t->encrypted += v->encrypted;
+    t->retained += v->retained;
+    t->held += v->held;
+}
+
+/* Tenants whose archive is not on the default store (that one is walked as a whole). */
+static int verify_elsewhere(void *ud, const char *tenant)
+{
+    verify_all *a = ud;
+    char store[64];
+    if ((a->e = mv_storecat_tenant_store_get(a->st, tenant, store, sizeof store, a->err,
+                                             sizeof a->err)))
+        return 1;
+    if (!store[0]) return 0;
+    mv_verify_stats vs;
+    a->e = mv_store_verify(a->s, tenant, verify_bad, verify_progress, a->tty, &vs, a->err,
+                           sizeof a->err);
+    stats_add(&a->total, &vs);
+    return a->e != MV_OK;
+}
+
 static int cmd_verify(cli *c, int argc, char **argv)
 {
     opt opts[] = {{"tenant", 1, NULL, 0}, {NULL, 0, NULL, 0}};
     const char *pos[1];
     int npos, rc;
-    char err[MV_ERRLEN];
-    if ((rc = parse_opts(argc, argv, opts, pos, 0, &npos))) return rc;
+    if ((rc = cli_parse_opts(argc, argv, opts, pos, 0, &npos))) return rc;
     if (opts[0].value && (rc = need_tenant(opts[0].value))) return rc;
-    mv_store *s = NULL;
-    if (mv_store_open(c->cfg.store_root, 0, c->cfg.zstd_level, &s, err, sizeof err))
-        return cli_fail(1, "%s", err);
-    mv_verify_stats vs;
-    memset(&vs, 0, sizeof vs);
+    cli_store *cs = NULL;
     int tty = isatty(2);
-    mv_err e =
-        mv_store_verify(s, opts[0].value, verify_bad, verify_progress, &tty, &vs, err, sizeof err);
-    mv_store_close(s);
+    verify_all a = {.tty = &tty};
+    if (!(a.s = cli_store_open(c, &cs))) return 1;
+    mv_verify_stats vs;
+    a.e = mv_store_verify(a.s, opts[0].value, verify_bad, verify_progress, &tty, &vs, a.err,
+                          sizeof a.err);
+    stats_add(&a.total, &vs);
+    if (a.e == MV_OK && !opts[0].value && (a.st = cli_state(c)) != NULL) {
+        mv_err e = mv_state_tenant_list(a.st, verify_elsewhere, &a, a.err, sizeof a.err);
+        if (e && !a.e) a.e = e;
+        mv_state_close(a.st);
+    } else if (a.e == MV_OK && !opts[0].value) {
+        a.e = MV_ERR;
+        snprintf(a.err, sizeof a.err, "cannot list tenants");
+    }
+    cli_store_close(cs);
+    vs = a.total;
     if (tty) fputc('\n', stderr);
-    if (e) return cli_fail(1, "%s", err);
+    if (a.e) return cli_fail(1, "%s", a.err);
     if (c->json)
         printf("{\"objects\":%llu,\"ok\":%llu,\"bad\":%llu,\"raw_bytes\":%llu,"
-               "\"stored_bytes\":%llu}\n",
+               "\"stored_bytes\":%llu,\"encrypted\":%llu,\"retained\":%llu,\"held\":%llu}\n",
                (unsigned long long)vs.objects, (unsigned long long)vs.ok,
                (unsigned long long)vs.bad, (unsigned long long)vs.raw_bytes,
-               (unsigned long long)vs.stored_bytes);
+               (unsigned long long)vs.stored_bytes, (unsigned long long)vs.encrypted,
+               (unsigned long long)vs.retained, (unsigned long long)vs.held);
     else
-        printf("verified %llu objects: %llu ok, %llu bad (%llu bytes raw, %llu stored)\n",
+        printf("verified %llu objects: %llu ok, %llu bad (%llu bytes raw, %llu stored; "
+               "%llu encrypted, %llu under retention, %llu on legal hold)\n",
                (unsigned long long)vs.objects, (unsigned long long)vs.ok,
                (unsigned long long)vs.bad, (unsigned long long)vs.raw_bytes,
-               (unsigned long long)vs.stored_bytes);
+               (unsigned long long)vs.stored_bytes, (unsigned long long)vs.encrypted,
+               (unsigned long long)vs.retained, (unsigned long long)vs.held);
     return vs.bad ? 1 : 0;
 }
 
@@ -620,7 +706,7 @@ static int cmd_ls(cli *c, int argc, char **argv)
     const char *pos[1];
     int npos, rc;
     char err[MV_ERRLEN];
-    if ((rc = parse_opts(argc, argv, opts, pos, 0, &npos))) return rc;
+    if ((rc = cli_parse_opts(argc, argv, opts, pos, 0, &npos))) return rc;
     if ((rc = need_tenant(opts[0].value))) return rc;
     ls_ctx x = {.c = c, .tenant = opts[0].value};
     struct {
@@ -640,14 +726,14 @@ static int cmd_ls(cli *c, int argc, char **argv)
     if ((opts[6].value && mv_search_date(opts[6].value, &x.q.after_ms, err, sizeof err)) ||
         (opts[7].value && mv_search_date(opts[7].value, &x.q.before_ms, err, sizeof err)))
         return cli_fail(2, "--after/--before: %s", err);
-    if (mv_store_open(c->cfg.store_root, 0, c->cfg.zstd_level, &x.s, err, sizeof err))
-        return cli_fail(1, "%s", err);
+    cli_store *cs = NULL;
+    if (!(x.s = cli_store_open(c, &cs))) return 1;
     if (!c->json) printf("MAILBOX\tFOLDER\tUID\tSIZE\tSHA256\tSUBJECT\n");
     if (opts[1].value)
         ls_mailbox(&x, opts[1].value);
     else if (mv_store_mailbox_list(x.s, x.tenant, ls_mailbox, &x, err, sizeof err))
         x.failed = cli_fail(1, "%s", err);
-    mv_store_close(x.s);
+    cli_store_close(cs);
     if (!c->json) fprintf(stderr, "%llu messages\n", x.count);
     return x.failed ? 1 : 0;
 }
@@ -726,6 +812,12 @@ int main(int argc, char **argv)
             rc = cmd_dlq(&c, nargs, args);
         else if (strcmp(cmd, "serve") == 0)
             rc = cmd_serve(&c, nargs, args);
+        else if (strcmp(cmd, "store") == 0)
+            rc = cmd_store(&c, nargs, args);
+        else if (strcmp(cmd, "hold") == 0)
+            rc = cmd_hold(&c, nargs, args);
+        else if (strcmp(cmd, "purge") == 0)
+            rc = cmd_purge(&c, nargs, args);
         else if (strcmp(cmd, "token") == 0)
             rc = cmd_token(&c, nargs, args);
         else {

@@ -83,6 +83,7 @@ mv_err chunk_msg_begin(chunk_ctx *c, int64_t size)
     chunk_msg_abort(c);
     mv_hdrscan_reset(c->hs);
     c->failed = mv_store_put_begin(c->r->store, c->t->tenant, &c->put, c->err, sizeof c->err);
+    if (!c->failed && c->r->legal_hold) mv_put_set_legal_hold(c->put, 1);
     if (!c->failed && size >= 0)
         c->failed = mv_put_set_size(c->put, (uint64_t)size, c->err, sizeof c->err);
     return c->failed;

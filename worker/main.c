@@ -10,6 +10,7 @@
 
 #include "mv/jobs.h"
 #include "mv/log.h"
+#include "mv/storecat.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -198,6 +199,8 @@ int main(int argc, char **argv)
     mv_consumer *cons = NULL;
     mv_producer *pumper = NULL;
     mv_state *pst = NULL;
+    mv_storecat_ctx catx;
+    memset(&catx, 0, sizeof catx);
     int n = cfg.concurrency;
     pool pl = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
     thread_arg *tas = calloc((size_t)n, sizeof *tas);
@@ -213,15 +216,21 @@ int main(int argc, char **argv)
                       sizeof err) ||
         mv_queue_ensure_topics(&cfg, err, sizeof err) ||
         mv_state_connect(&cfg, &pst, err, sizeof err) ||
+        mv_state_connect(&cfg, &catx.st, err, sizeof err) ||
         mv_producer_new(&cfg, &pumper, err, sizeof err)) {
         mv_error("start-up failed", " error=\"%s\"", err);
         goto out;
     }
+    /* each tenant's store, keys and retention come from the catalog (docs/store.md) */
+    memcpy(catx.master, key, sizeof catx.master);
+    catx.has_master = 1;
+    mv_store_set_policy(store, mv_storecat_policy, &catx, 60000);
+    /* what dead writers left: temp files, unfinished S3 multipart uploads (all stores) */
     int stale = 0;
-    if (mv_store_clean_tmp(store, 3600, &stale, err, sizeof err))
-        mv_warn("cannot clean temp files", " error=\"%s\"", err);
+    if (mv_storecat_sweep_all(catx.st, key, store, 3600, &stale, err, sizeof err))
+        mv_warn("cannot sweep the stores", " error=\"%s\"", err);
     else if (stale)
-        mv_info("removed temp files left by crashed writers", " count=%d", stale);
+        mv_info("removed leftovers of crashed writers", " count=%d", stale);
     for (int i = 0; i < n; i++) {
         mv_runner *r = &tas[i].runner;
         tas[i].pl = &pl;
@@ -369,6 +378,8 @@ out:
     mv_producer_destroy(pumper);
     mv_state_close(pst);
     mv_store_close(store);
+    mv_state_close(catx.st);
+    mv_crypt_wipe(catx.master, sizeof catx.master);
     mv_crypt_wipe(key, sizeof key);
     free(tas);
     free(th);

@@ -238,6 +238,13 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
         snprintf(t.last_error, sizeof t.last_error, "tenant %s was removed", t.tenant);
         return send_task(r, r->cfg->topic_dlq, &t, err, errlen);
     }
+    /* the tenant's store, keys and retention as they are now (a rotation or a move to another
+     * store applies from the next task on) */
+    mv_store_forget(r->store, t.tenant);
+    char holds[MV_ERRLEN];
+    snprintf(holds, sizeof holds, "mv:holds:%s", t.tenant);
+    if ((rc = mv_state_set_has(r->st, holds, t.mailbox, &r->legal_hold, err, errlen)) != MV_OK)
+        return rc; /* Redis is down: the task is redelivered */
     if ((cause = acquire_lease(r, &t, &token, why, sizeof why))) {
         if (*r->stopping) { /* shutting down: not an attempt; another member takes it */
             *outcome = MV_RUN_ABANDONED;

@@ -20,6 +20,7 @@ typedef struct mv_runner {
     mv_state *st;
     mv_producer *pr;
     char worker_id[128];
+    int legal_hold; /* the current task's mailbox is on legal hold: new objects get S3 holds */
     volatile sig_atomic_t *stopping; /* set on SIGTERM: end after the current folder range */
 } mv_runner;
 

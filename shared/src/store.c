@@ -1,75 +1,107 @@
-/* store.c - filesystem content store: content-addressed message objects and index segments.
+/* store.c - the content store: content-addressed message objects and index segments over a
+ * backend (store_fs.c, store_s3.c), with optional per-tenant encryption and Object Lock.
  *
  * Why it looks like this:
- *  - An object is one zstd frame (checksum flag on) of the raw message, named by the SHA-256 of
- *    the raw bytes. The name is only known once the last byte has arrived, so a put streams into
- *    a temp file in <tenant>/tmp (same filesystem) and is renamed into objects/ab/cd/ at commit.
- *    rename(2) is atomic, so a reader sees either no object or a complete one; a crash leaves at
- *    worst an orphan temp file, never a partial object.
- *  - Memory per put is bounded: SHA-256 and the zstd compressor consume the input as it arrives
- *    and compressed output goes through one 128 KiB buffer to write(2).
+ *  - One write path and one read path for every backend. A put hashes and compresses the
+ *    message as it streams in, wraps the compressed bytes in the tenant's encryption envelope
+ *    when the tenant has encryption on (mv/objenc.h), and hands the result to the backend's
+ *    writer; the name (the SHA-256, or its HMAC under the tenant's naming key) is known only at
+ *    the end, when the backend publishes the object atomically (fs: rename; S3: a conditional
+ *    PUT). A read undoes the same steps and checks the SHA-256 against the name.
+ *  - Memory per put is bounded: SHA-256 and zstd consume the input as it arrives, compressed
+ *    output goes through one 128 KiB buffer, the envelope through one 64 KiB record.
  *  - zstd contexts are expensive to create (several MB of tables at level 3 with an unknown
- *    source size), so finished puts return their context bundle (CCtx, digest ctx, buffer) to
- *    a small mutex-protected cache in the mv_store. This is the only mutable shared state.
- *  - Durability: with fsync_each the object file and its directory are fsync'd before commit
- *    returns. Without it ("chunk" mode) nothing is synced and the caller must call
- *    mv_store_sync() (syncfs) before recording progress that depends on the objects.
- *    Segments are always written durably.
- *  - Every path component built from caller input is validated first (tenant: mv_name_valid,
+ *    source size), so finished puts return their context bundle to a small mutex-protected
+ *    cache in the mv_store.
+ *  - Which backend, keys and retention a tenant has comes from a policy callback (the worker
+ *    and CLI read it from Redis), cached per tenant; backends are opened once per store
+ *    definition and kept until the store closes, so a put never loses its backend.
+ *  - Every key component built from caller input is validated first (tenant: mv_name_valid,
  *    hash: 64 lowercase hex, segment name: [A-Za-z0-9._-]) or escaped (mailbox).
  *
  * Contracts: mv_store is thread-safe and must outlive every mv_put begun on it; an mv_put is
  * used by one thread. Objects and reads are capped at 1 GiB of raw data (MV_ETOOBIG on put,
  * MV_ECORRUPT on get, which also protects readers from decompression bombs). */
-#define _GNU_SOURCE /* syncfs(2) */
 #include "mv/store.h"
 
-#include <dirent.h>
+#include "mv/objenc.h"
+#include "store_be.h"
+
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 #include <zstd.h>
 
-#define IO_BUF (128 * 1024)             /* write buffer of a put, read buffer of a get */
-#define PUT_CACHE_MAX 8                 /* idle put contexts kept for reuse */
-#define RAW_MAX ((uint64_t)1 << 30)     /* largest message accepted / produced */
-#define SEGMENT_MAX ((size_t)256 << 20) /* largest index segment */
+#define IO_BUF (128 * 1024)         /* compressed bytes collected before the backend */
+#define PUT_CACHE_MAX 8             /* idle put contexts kept for reuse */
+#define RAW_MAX ((uint64_t)1 << 30) /* largest message accepted / produced */
+#define STORED_MAX (RAW_MAX + (RAW_MAX >> 6) + (1u << 20)) /* zstd and envelope overhead */
+#define SEGMENT_MAX ((size_t)256 << 20)                    /* largest index segment */
 #define SEGNAME_MAX 200
-#define FILE_MODE 0640
-#define DIR_MODE 0750
+#define KEY_MAX 1024
+#define POLICY_CACHE 64
+#define BACKENDS_MAX 32
+
+typedef struct pentry {
+    char tenant[64];
+    int64_t at_ms; /* 0 = empty */
+    mv_store_policy pol;
+    mv_be *be;
+} pentry;
+
+typedef struct named_be {
+    mv_store_def def; /* secret wiped at close */
+    mv_be *be;
+    int retired; /* replaced by a newer definition; kept for puts still using it */
+} named_be;
 
 struct mv_store {
-    char *root;
+    mv_be *def; /* the default store: a directory tree at root */
     int fsync_each;
     int level;
     EVP_MD *sha256; /* fetched once; EVP_sha256() would re-fetch on every init */
     pthread_mutex_t mu;
     mv_put *idle[PUT_CACHE_MAX];
     int nidle;
+    mv_store_policy_fn policy_fn;
+    void *policy_ud;
+    int64_t policy_ttl_ms;
+    pentry *cache; /* POLICY_CACHE entries */
+    named_be bes[BACKENDS_MAX];
+    int nbes;
 };
+
+typedef struct emit_ctx {
+    struct mv_put *p;
+    char *err; /* of the put call in progress */
+    size_t errlen;
+    mv_err rc;
+} emit_ctx;
 
 struct mv_put {
     mv_store *s;
+    emit_ctx ectx; /* where the envelope's output goes */
     ZSTD_CCtx *cctx;
     EVP_MD_CTX *md;
-    unsigned char *buf; /* compressed bytes waiting for write(2) */
+    unsigned char *buf; /* compressed bytes waiting for the backend */
     size_t buflen;
-    int fd;
+    mv_be *be;
+    mv_be_writer *w;
+    mv_objenc *enc;
     mv_err failed; /* sticky error of an earlier mv_put_write */
     uint64_t raw, stored;
     uint64_t announced; /* exact raw size promised by mv_put_set_size, if has_size */
     int has_size;
+    int hold;
     char tenant[64];
-    char tmp[PATH_MAX]; /* temp file path, "" once it no longer exists */
+    mv_store_policy pol;
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -85,11 +117,12 @@ static int is_hash(const char *h)
     return i == 64;
 }
 
-static int is_hex2(const char *n)
+static int is_hex2(const char *n, size_t len)
 {
+    if (len != 2) return 0;
     for (int i = 0; i < 2; i++)
         if (!((n[i] >= '0' && n[i] <= '9') || (n[i] >= 'a' && n[i] <= 'f'))) return 0;
-    return n[2] == '\0';
+    return 1;
 }
 
 static int segname_valid(const char *n)
@@ -106,117 +139,44 @@ static int segname_valid(const char *n)
     return 1;
 }
 
-/* snprintf into a path buffer; MV_EINVAL if it does not fit. */
-static mv_err mkpath(char *out, size_t outlen, char *err, size_t errlen, const char *fmt, ...)
+static mv_err mkkey(char *out, size_t outlen, char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-static mv_err mkpath(char *out, size_t outlen, char *err, size_t errlen, const char *fmt, ...)
+static mv_err mkkey(char *out, size_t outlen, char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(out, outlen, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= outlen) return mv_seterr(err, errlen, MV_EINVAL, "path too long");
+    if (n < 0 || (size_t)n >= outlen) return mv_seterr(err, errlen, MV_EINVAL, "key too long");
     return MV_OK;
 }
 
-static int write_all(int fd, const void *data, size_t len)
+static void object_key(char out[KEY_MAX], const char *tenant, const char *name)
 {
-    const unsigned char *p = data;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return -1;
+    snprintf(out, KEY_MAX, "%s/objects/%.2s/%.2s/%s", tenant, name, name + 2, name);
+}
+
+void mv_store_policy_wipe(mv_store_policy *p)
+{
+    if (p) OPENSSL_cleanse(p, sizeof *p);
+}
+
+static int key_lookup(const mv_store_policy *p, uint32_t version, unsigned char key[32])
+{
+    for (int i = 0; i < p->nkeys; i++)
+        if (p->key_version[i] == version) {
+            memcpy(key, p->key[i], 32);
+            return 1;
         }
-        p += n;
-        len -= (size_t)n;
-    }
     return 0;
 }
 
-static int fsync_path(const char *dir)
+static mv_err dec_key_fn(void *ud, uint32_t version, unsigned char key[32])
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    int e = errno;
-    close(fd);
-    errno = e;
-    return rc;
+    return key_lookup(ud, version, key) ? MV_OK : MV_ENOTFOUND;
 }
 
-/* Copy the parent directory of path into out ("." if none, cut to fit outlen). */
-static void parent_of(const char *path, char *out, size_t outlen)
-{
-    const char *slash = strrchr(path, '/');
-    size_t n = slash ? (slash == path ? 1 : (size_t)(slash - path)) : 1;
-    if (n >= outlen) n = outlen - 1;
-    memcpy(out, slash ? path : ".", n);
-    out[n] = '\0';
-}
-
-/* mkdir -p, tolerant of other threads/processes creating the same directories. With durable,
- * the parent of every level this call had to touch is fsync'd so the new entry survives a
- * crash. Returns 0 or -1 with errno set. */
-static int mkdirs(const char *path, int durable)
-{
-    if (mkdir(path, DIR_MODE) != 0) {
-        if (errno == EEXIST) {
-            struct stat st;
-            if (stat(path, &st) != 0) return -1;
-            if (!S_ISDIR(st.st_mode)) {
-                errno = ENOTDIR;
-                return -1;
-            }
-            /* a concurrent creator may not have fsync'd the parent yet */
-        } else if (errno == ENOENT) {
-            char parent[PATH_MAX];
-            parent_of(path, parent, sizeof parent);
-            if (strcmp(parent, path) == 0 || mkdirs(parent, durable) != 0) return -1;
-            if (mkdir(path, DIR_MODE) != 0 && errno != EEXIST) return -1;
-        } else {
-            return -1;
-        }
-    }
-    if (durable) {
-        char parent[PATH_MAX];
-        parent_of(path, parent, sizeof parent);
-        if (fsync_path(parent) != 0) return -1;
-    }
-    return 0;
-}
-
-/* Create a fresh temp file in <root>/<tenant>/tmp; path written to out. */
-static mv_err tmp_create(mv_store *s, const char *tenant, const char *suffix, char *out,
-                         size_t outlen, int *fd, char *err, size_t errlen)
-{
-    char dir[PATH_MAX], id[37];
-    mv_err rc = mkpath(dir, sizeof dir, err, errlen, "%s/%s/tmp", s->root, tenant);
-    if (rc) return rc;
-    for (int attempt = 0; attempt < 2; attempt++) {
-        mv_uuid(id);
-        rc = mkpath(out, outlen, err, errlen, "%s/%s%s", dir, id, suffix);
-        if (rc) return rc;
-        *fd = open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, FILE_MODE);
-        if (*fd >= 0) return MV_OK;
-        if (errno != ENOENT || attempt > 0) break;
-        if (mkdirs(dir, s->fsync_each) != 0) break;
-    }
-    rc = mv_seterr(err, errlen, MV_EIO, "create temp file in %s: %s", dir, strerror(errno));
-    out[0] = '\0';
-    return rc;
-}
-
-/* rename(2), creating the destination directory on ENOENT. */
-static int rename_into(const char *from, const char *to, const char *todir, int durable)
-{
-    if (rename(from, to) == 0) return 0;
-    if (errno != ENOENT) return -1;
-    if (mkdirs(todir, durable) != 0) return -1;
-    return rename(from, to);
-}
-
-/* ---- open / close ------------------------------------------------------------------------- */
+/* ---- open / close / policies -------------------------------------------------------------- */
 
 static void put_destroy(mv_put *p)
 {
@@ -224,6 +184,7 @@ static void put_destroy(mv_put *p)
     ZSTD_freeCCtx(p->cctx);
     EVP_MD_CTX_free(p->md);
     free(p->buf);
+    OPENSSL_cleanse(&p->pol, sizeof p->pol);
     free(p);
 }
 
@@ -232,8 +193,6 @@ mv_err mv_store_open(const char *root, int fsync_each, int zstd_level, mv_store 
 {
     *out = NULL;
     if (!root || !root[0]) return mv_seterr(err, errlen, MV_EINVAL, "store root is empty");
-    if (strlen(root) > PATH_MAX / 4)
-        return mv_seterr(err, errlen, MV_EINVAL, "store root path too long");
     if (zstd_level < 1 || zstd_level > 19)
         return mv_seterr(err, errlen, MV_EINVAL, "zstd level %d out of range 1..19", zstd_level);
     mv_store *s = calloc(1, sizeof *s);
@@ -241,20 +200,15 @@ mv_err mv_store_open(const char *root, int fsync_each, int zstd_level, mv_store 
     mv_err rc = MV_OK;
     s->fsync_each = fsync_each ? 1 : 0;
     s->level = zstd_level;
+    s->policy_ttl_ms = 60000;
     pthread_mutex_init(&s->mu, NULL);
-    s->root = strdup(root);
     s->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-    if (!s->root || !s->sha256) {
+    s->cache = calloc(POLICY_CACHE, sizeof *s->cache);
+    if (!s->sha256 || !s->cache) {
         rc = mv_seterr(err, errlen, MV_ENOMEM, "store: allocation or SHA256 fetch failed");
         goto fail;
     }
-    /* strip trailing slashes so joined paths stay canonical ("/" stays "/") */
-    for (size_t n = strlen(s->root); n > 1 && s->root[n - 1] == '/'; n--)
-        s->root[n - 1] = '\0';
-    if (mkdirs(s->root, s->fsync_each) != 0) {
-        rc = mv_seterr(err, errlen, MV_EIO, "create store root %s: %s", root, strerror(errno));
-        goto fail;
-    }
+    if ((rc = mv_be_fs_open(root, s->fsync_each, &s->def, err, errlen)) != MV_OK) goto fail;
     *out = s;
     return MV_OK;
 fail:
@@ -267,15 +221,164 @@ void mv_store_close(mv_store *s)
     if (!s) return;
     for (int i = 0; i < s->nidle; i++)
         put_destroy(s->idle[i]);
+    for (int i = 0; i < s->nbes; i++) {
+        s->bes[i].be->ops->close(s->bes[i].be);
+        OPENSSL_cleanse(&s->bes[i].def, sizeof s->bes[i].def);
+    }
+    if (s->cache) {
+        OPENSSL_cleanse(s->cache, POLICY_CACHE * sizeof *s->cache);
+        free(s->cache);
+    }
+    if (s->def) s->def->ops->close(s->def);
     EVP_MD_free(s->sha256);
     pthread_mutex_destroy(&s->mu);
-    free(s->root);
     free(s);
 }
 
 const char *mv_store_root(const mv_store *s)
 {
-    return s ? s->root : NULL;
+    return s ? mv_be_fs_root(s->def) : NULL;
+}
+
+void mv_store_set_policy(mv_store *s, mv_store_policy_fn fn, void *ud, int64_t ttl_ms)
+{
+    pthread_mutex_lock(&s->mu);
+    s->policy_fn = fn;
+    s->policy_ud = ud;
+    s->policy_ttl_ms = ttl_ms;
+    for (int i = 0; i < POLICY_CACHE; i++)
+        s->cache[i].at_ms = 0;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void mv_store_forget(mv_store *s, const char *tenant)
+{
+    if (!s || !tenant) return;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < POLICY_CACHE; i++)
+        if (s->cache[i].at_ms && strcmp(s->cache[i].tenant, tenant) == 0) {
+            OPENSSL_cleanse(&s->cache[i], sizeof s->cache[i]);
+        }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* The backend for a definition, opened on first use (mutex held). */
+static mv_err backend_for(mv_store *s, const mv_store_def *def, mv_be **out, char *err,
+                          size_t errlen)
+{
+    if (!def->name[0]) {
+        *out = s->def;
+        return MV_OK;
+    }
+    for (int i = 0; i < s->nbes; i++) {
+        named_be *n = &s->bes[i];
+        if (n->retired || strcmp(n->def.name, def->name) != 0) continue;
+        if (memcmp(&n->def, def, sizeof *def) == 0) {
+            *out = n->be;
+            return MV_OK;
+        }
+        n->retired = 1; /* the definition changed: open the new one, keep this for old puts */
+    }
+    if (s->nbes == BACKENDS_MAX)
+        return mv_seterr(err, errlen, MV_ETOOBIG, "more than %d store definitions in use",
+                         BACKENDS_MAX);
+    mv_be *be = NULL;
+    mv_err rc;
+    if (strcmp(def->type, "s3") == 0)
+        rc = mv_be_s3_open(def, &be, err, errlen);
+    else if (strcmp(def->type, "fs") == 0)
+        rc = mv_be_fs_open(def->root, s->fsync_each, &be, err, errlen);
+    else
+        rc = mv_seterr(err, errlen, MV_EINVAL, "store %s: unknown type \"%s\"", def->name,
+                       def->type);
+    if (rc) return rc;
+    s->bes[s->nbes].def = *def;
+    s->bes[s->nbes].be = be;
+    s->bes[s->nbes].retired = 0;
+    s->nbes++;
+    *out = be;
+    return MV_OK;
+}
+
+/* Policy and backend of a tenant: from the cache, or from the callback. */
+static mv_err resolve(mv_store *s, const char *tenant, mv_store_policy *pol, mv_be **be, char *err,
+                      size_t errlen)
+{
+    memset(pol, 0, sizeof *pol);
+    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
+    if (!mv_name_valid(tenant)) return mv_seterr(err, errlen, MV_EINVAL, "invalid tenant name");
+    if (!s->policy_fn) {
+        *be = s->def;
+        return MV_OK;
+    }
+    int64_t now = mv_now_ms();
+    mv_err rc = MV_OK;
+    pthread_mutex_lock(&s->mu);
+    pentry *hit = NULL, *victim = &s->cache[0];
+    for (int i = 0; i < POLICY_CACHE; i++) {
+        pentry *e = &s->cache[i];
+        if (e->at_ms && strcmp(e->tenant, tenant) == 0) {
+            hit = e;
+            break;
+        }
+        if (e->at_ms < victim->at_ms) victim = e;
+    }
+    if (hit && now - hit->at_ms <= s->policy_ttl_ms) {
+        *pol = hit->pol;
+        *be = hit->be;
+        goto out;
+    }
+    if (!hit) hit = victim;
+    OPENSSL_cleanse(hit, sizeof *hit);
+    if ((rc = s->policy_fn(s->policy_ud, tenant, pol, err, errlen)) != MV_OK) goto out;
+    if (pol->encrypt && !key_lookup(pol, pol->key_current, (unsigned char[32]){0})) {
+        rc = mv_seterr(err, errlen, MV_EINVAL, "tenant %s: current key version %u is missing",
+                       tenant, (unsigned)pol->key_current);
+        goto out;
+    }
+    if (pol->encrypt && !pol->has_naming) {
+        rc =
+            mv_seterr(err, errlen, MV_EINVAL, "tenant %s: encryption on but no naming key", tenant);
+        goto out;
+    }
+    if ((rc = backend_for(s, &pol->store, be, err, errlen)) != MV_OK) goto out;
+    snprintf(hit->tenant, sizeof hit->tenant, "%s", tenant);
+    hit->pol = *pol;
+    hit->be = *be;
+    hit->at_ms = now > 0 ? now : 1;
+out:
+    pthread_mutex_unlock(&s->mu);
+    if (rc) mv_store_policy_wipe(pol);
+    return rc;
+}
+
+mv_err mv_store_policy_of(mv_store *s, const char *tenant, mv_store_policy *out, char *err,
+                          size_t errlen)
+{
+    mv_be *be;
+    return resolve(s, tenant, out, &be, err, errlen);
+}
+
+mv_err mv_store_where(mv_store *s, const char *tenant, char *type, size_t typelen, char *where,
+                      size_t wherelen, char *err, size_t errlen)
+{
+    mv_store_policy *pol = malloc(sizeof *pol);
+    if (!pol) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    mv_be *be;
+    mv_err rc = resolve(s, tenant, pol, &be, err, errlen);
+    if (rc == MV_OK) {
+        snprintf(type, typelen, "%s", be->ops->type);
+        if (be == s->def)
+            snprintf(where, wherelen, "%s", mv_be_fs_root(be));
+        else if (strcmp(be->ops->type, "s3") == 0)
+            snprintf(where, wherelen, "%s %s/%s", pol->store.name, pol->store.endpoint,
+                     pol->store.bucket);
+        else
+            snprintf(where, wherelen, "%s %s", pol->store.name, pol->store.root);
+    }
+    mv_store_policy_wipe(pol);
+    free(pol);
+    return rc;
 }
 
 /* ---- streaming put ------------------------------------------------------------------------ */
@@ -302,22 +405,25 @@ static mv_put *put_acquire(mv_store *s)
             return NULL;
         }
     }
-    p->fd = -1;
     p->buflen = 0;
     p->failed = MV_OK;
     p->raw = p->stored = 0;
     p->has_size = 0;
-    p->tmp[0] = '\0';
+    p->hold = 0;
+    p->be = NULL;
+    p->w = NULL;
+    p->enc = NULL;
     return p;
 }
 
-/* Close and remove whatever the put still owns, then cache or free the context. */
+/* Drop whatever the put still owns, then cache or free the context. */
 static void put_release(mv_put *p)
 {
-    if (p->fd >= 0) close(p->fd);
-    if (p->tmp[0]) unlink(p->tmp);
-    p->fd = -1;
-    p->tmp[0] = '\0';
+    if (p->w) p->be->ops->w_abort(p->w);
+    p->w = NULL;
+    mv_objenc_free(p->enc);
+    p->enc = NULL;
+    OPENSSL_cleanse(&p->pol, sizeof p->pol);
     mv_store *s = p->s;
     pthread_mutex_lock(&s->mu);
     if (s->nidle < PUT_CACHE_MAX) {
@@ -328,6 +434,17 @@ static void put_release(mv_put *p)
     put_destroy(p);
 }
 
+/* Envelope output -> backend writer. */
+static int put_emit(void *ud, const void *data, size_t len)
+{
+    emit_ctx *e = ud;
+    mv_put *p = e->p;
+    e->rc = p->be->ops->w_write(p->w, data, len, e->err, e->errlen);
+    if (e->rc) return 1;
+    p->stored += len;
+    return 0;
+}
+
 mv_err mv_store_put_begin(mv_store *s, const char *tenant, mv_put **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -336,13 +453,22 @@ mv_err mv_store_put_begin(mv_store *s, const char *tenant, mv_put **out, char *e
     mv_put *p = put_acquire(s);
     if (!p) return mv_seterr(err, errlen, MV_ENOMEM, "put: out of memory");
     mv_err rc = MV_OK;
+    if ((rc = resolve(s, tenant, &p->pol, &p->be, err, errlen)) != MV_OK) goto fail;
     if (EVP_DigestInit_ex(p->md, s->sha256, NULL) != 1) {
         rc = mv_seterr(err, errlen, MV_ERR, "put: SHA-256 init failed");
         goto fail;
     }
     snprintf(p->tenant, sizeof p->tenant, "%s", tenant);
-    rc = tmp_create(s, tenant, ".obj", p->tmp, sizeof p->tmp, &p->fd, err, errlen);
-    if (rc) goto fail;
+    if ((rc = p->be->ops->w_begin(p->be, tenant, &p->w, err, errlen)) != MV_OK) goto fail;
+    if (p->pol.encrypt) {
+        unsigned char key[32];
+        key_lookup(&p->pol, p->pol.key_current, key);
+        p->ectx = (emit_ctx){p, err, errlen, MV_OK};
+        rc = mv_objenc_begin(key, p->pol.key_current, tenant, put_emit, &p->ectx, &p->enc, err,
+                             errlen);
+        OPENSSL_cleanse(key, sizeof key);
+        if (rc) goto fail;
+    }
     *out = p;
     return MV_OK;
 fail:
@@ -353,11 +479,18 @@ fail:
 static mv_err put_flush(mv_put *p, char *err, size_t errlen)
 {
     if (p->buflen == 0) return MV_OK;
-    if (write_all(p->fd, p->buf, p->buflen) != 0) {
-        p->failed = MV_EIO;
-        return mv_seterr(err, errlen, MV_EIO, "write %s: %s", p->tmp, strerror(errno));
+    mv_err rc;
+    p->ectx = (emit_ctx){p, err, errlen, MV_OK};
+    if (p->enc) {
+        rc = mv_objenc_update(p->enc, p->buf, p->buflen, err, errlen);
+        if (rc == MV_ECANCEL) rc = p->ectx.rc; /* the backend's error, err set by it */
+    } else {
+        rc = put_emit(&p->ectx, p->buf, p->buflen) ? p->ectx.rc : MV_OK;
     }
-    p->stored += p->buflen;
+    if (rc) {
+        p->failed = rc;
+        return rc;
+    }
     p->buflen = 0;
     return MV_OK;
 }
@@ -396,6 +529,11 @@ mv_err mv_put_set_size(mv_put *p, uint64_t size, char *err, size_t errlen)
     return MV_OK;
 }
 
+void mv_put_set_legal_hold(mv_put *p, int on)
+{
+    if (p) p->hold = on ? 1 : 0;
+}
+
 mv_err mv_put_write(mv_put *p, const void *data, size_t len, char *err, size_t errlen)
 {
     if (!p) return mv_seterr(err, errlen, MV_EINVAL, "put is NULL");
@@ -426,10 +564,20 @@ void mv_put_abort(mv_put *p)
     if (p) put_release(p);
 }
 
+/* Object Lock attributes for a new object of this policy. */
+static void lock_of(const mv_store_policy *pol, int hold, mv_be_lock *l)
+{
+    memset(l, 0, sizeof *l);
+    if (pol->lock_mode[0] && pol->retain_seconds > 0) {
+        l->mode = pol->lock_mode;
+        l->retain_until = (int64_t)time(NULL) + pol->retain_seconds;
+    }
+    l->legal_hold = hold;
+}
+
 mv_err mv_put_commit(mv_put *p, int overwrite, mv_put_result *res, char *err, size_t errlen)
 {
     if (!p) return mv_seterr(err, errlen, MV_EINVAL, "put is NULL");
-    mv_store *s = p->s;
     mv_err rc = MV_OK;
     mv_put_result r;
     memset(&r, 0, sizeof r);
@@ -445,6 +593,13 @@ mv_err mv_put_commit(mv_put *p, int overwrite, mv_put_result *res, char *err, si
     ZSTD_inBuffer none = {NULL, 0, 0};
     if ((rc = put_compress(p, &none, ZSTD_e_end, err, errlen)) != MV_OK) goto out;
     if ((rc = put_flush(p, err, errlen)) != MV_OK) goto out;
+    if (p->enc) {
+        p->ectx = (emit_ctx){p, err, errlen, MV_OK};
+        if ((rc = mv_objenc_final(p->enc, err, errlen)) != MV_OK) {
+            if (rc == MV_ECANCEL) rc = p->ectx.rc;
+            goto out;
+        }
+    }
 
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
@@ -453,195 +608,338 @@ mv_err mv_put_commit(mv_put *p, int overwrite, mv_put_result *res, char *err, si
         goto out;
     }
     mv_hex(md, 32, r.hash);
+    if (p->enc)
+        mv_objenc_name(p->pol.naming, md, r.name);
+    else
+        memcpy(r.name, r.hash, sizeof r.name);
     r.raw_bytes = p->raw;
-    r.stored_bytes = p->stored;
 
-    if (s->fsync_each && fsync(p->fd) != 0) {
-        rc = mv_seterr(err, errlen, MV_EIO, "fsync %s: %s", p->tmp, strerror(errno));
-        goto out;
-    }
-    int fd = p->fd;
-    p->fd = -1;
-    if (close(fd) != 0) {
-        rc = mv_seterr(err, errlen, MV_EIO, "close %s: %s", p->tmp, strerror(errno));
-        goto out;
-    }
-
-    char dir[PATH_MAX], final[PATH_MAX];
-    if ((rc = mkpath(dir, sizeof dir, err, errlen, "%s/%s/objects/%.2s/%.2s", s->root, p->tenant,
-                     r.hash, r.hash + 2)) != MV_OK)
-        goto out;
-    if ((rc = mkpath(final, sizeof final, err, errlen, "%s/%s", dir, r.hash)) != MV_OK) goto out;
-
-    struct stat st;
-    if (!overwrite && lstat(final, &st) == 0) {
-        if (!S_ISREG(st.st_mode)) {
-            rc = mv_seterr(err, errlen, MV_EIO, "%s exists and is not a regular file", final);
-            goto out;
-        }
-        r.existed = 1;
-        r.stored_bytes = (uint64_t)st.st_size;
-        if (s->fsync_each) {
-            /* the existing copy may come from a not-yet-synced writer: make it durable too */
-            int efd = open(final, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-            int bad = efd < 0 || fsync(efd) != 0 || fsync_path(dir) != 0;
-            int e = errno;
-            if (efd >= 0) close(efd);
-            if (bad) {
-                rc = mv_seterr(err, errlen, MV_EIO, "fsync %s: %s", final, strerror(e));
-                goto out;
-            }
-        }
-        goto out; /* put_release unlinks the temp file */
-    }
-    if (rename_into(p->tmp, final, dir, s->fsync_each) != 0) {
-        rc = mv_seterr(err, errlen, MV_EIO, "rename %s -> %s: %s", p->tmp, final, strerror(errno));
-        goto out;
-    }
-    p->tmp[0] = '\0';
-    if (s->fsync_each && fsync_path(dir) != 0) {
-        rc = mv_seterr(err, errlen, MV_EIO, "fsync %s: %s", dir, strerror(errno));
-        goto out;
-    }
+    char key[KEY_MAX];
+    object_key(key, p->tenant, r.name);
+    mv_be_lock lock;
+    lock_of(&p->pol, p->hold, &lock);
+    mv_be_writer *w = p->w;
+    p->w = NULL; /* commit frees it */
+    rc = p->be->ops->w_commit(w, key, overwrite, &lock, &r.existed, &r.stored_bytes, err, errlen);
+    if (rc == MV_OK && r.existed && p->hold && p->be->ops->hold_set)
+        rc = p->be->ops->hold_set(p->be, key, 1, err, errlen);
 out:
     if (rc == MV_OK && res) *res = r;
     put_release(p);
     return rc;
 }
 
+static mv_err sync_all(mv_store *s, int sweep_age, int *removed, char *err, size_t errlen)
+{
+    mv_be *list[BACKENDS_MAX + 1];
+    int n = 0;
+    pthread_mutex_lock(&s->mu);
+    list[n++] = s->def;
+    for (int i = 0; i < s->nbes; i++)
+        list[n++] = s->bes[i].be;
+    pthread_mutex_unlock(&s->mu);
+    mv_err rc = MV_OK;
+    for (int i = 0; i < n && rc == MV_OK; i++) {
+        if (removed) {
+            int k = 0;
+            rc = list[i]->ops->sweep(list[i], sweep_age, &k, err, errlen);
+            *removed += k;
+        } else if (list[i]->ops->sync) {
+            rc = list[i]->ops->sync(list[i], err, errlen);
+        }
+    }
+    return rc;
+}
+
 mv_err mv_store_sync(mv_store *s, char *err, size_t errlen)
 {
     if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
-    int fd = open(s->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return mv_seterr(err, errlen, MV_EIO, "open %s: %s", s->root, strerror(errno));
-    mv_err rc = MV_OK;
-    if (syncfs(fd) != 0) rc = mv_seterr(err, errlen, MV_EIO, "syncfs: %s", strerror(errno));
-    close(fd);
-    return rc;
+    return sync_all(s, 0, NULL, err, errlen);
+}
+
+mv_err mv_store_clean_tmp(mv_store *s, int max_age_s, int *removed, char *err, size_t errlen)
+{
+    *removed = 0;
+    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
+    return sync_all(s, max_age_s, removed, err, errlen);
 }
 
 /* ---- reading ------------------------------------------------------------------------------ */
 
+/* One object read: stored bytes -> (envelope) -> zstd -> SHA-256 -> the caller's sink. */
 typedef struct reader {
+    mv_store *s;
     ZSTD_DCtx *dctx;
     EVP_MD_CTX *md;
-    unsigned char *in, *out;
+    unsigned char *out;
+    mv_objdec *dec;
+    const mv_store_policy *pol;
+    const char *tenant;
+    const char *label; /* object name for messages */
+    mv_store_sink_fn cb;
+    void *ud;
+    char *err; /* = why: the reader's own errors, safe from the backend's "stopped" message */
+    size_t errlen;
+    char why[MV_ERRLEN];
+    mv_err rc;
+    int mode; /* 0: undecided, 1: plain zstd, 2: envelope */
+    unsigned char head[4];
+    size_t headlen;
+    uint64_t total;
+    size_t pending; /* ZSTD_decompressStream's "more to come" hint; 0 at a frame end */
+    int any;
 } reader;
 
 static void reader_free(reader *rd)
 {
     ZSTD_freeDCtx(rd->dctx);
     EVP_MD_CTX_free(rd->md);
-    free(rd->in);
     free(rd->out);
+    mv_objdec_free(rd->dec);
     memset(rd, 0, sizeof *rd);
 }
 
-static mv_err reader_init(reader *rd, char *err, size_t errlen)
+static mv_err reader_init(mv_store *s, reader *rd, char *err, size_t errlen)
 {
+    memset(rd, 0, sizeof *rd);
+    rd->s = s;
     rd->dctx = ZSTD_createDCtx();
     rd->md = EVP_MD_CTX_new();
-    rd->in = malloc(IO_BUF);
     rd->out = malloc(IO_BUF);
-    if (!rd->dctx || !rd->md || !rd->in || !rd->out) {
+    if (!rd->dctx || !rd->md || !rd->out) {
         reader_free(rd);
         return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
     }
     return MV_OK;
 }
 
-/* Decompress the object open on fd into cb (may be NULL), then check the SHA-256 against
- * hash. *raw gets the decompressed size. */
-static mv_err read_object(mv_store *s, reader *rd, int fd, const char *hash, mv_store_sink_fn cb,
-                          void *ud, uint64_t *raw, char *err, size_t errlen)
+static mv_err reader_reset(reader *rd, const mv_store_policy *pol, const char *tenant,
+                           const char *label, mv_store_sink_fn cb, void *ud, char *err,
+                           size_t errlen)
 {
     ZSTD_DCtx_reset(rd->dctx, ZSTD_reset_session_only);
-    if (EVP_DigestInit_ex(rd->md, s->sha256, NULL) != 1)
+    mv_objdec_free(rd->dec);
+    rd->dec = NULL;
+    rd->pol = pol;
+    rd->tenant = tenant;
+    rd->label = label;
+    rd->cb = cb;
+    rd->ud = ud;
+    rd->err = rd->why;
+    rd->errlen = sizeof rd->why;
+    rd->why[0] = '\0';
+    rd->rc = MV_OK;
+    rd->mode = 0;
+    rd->headlen = 0;
+    rd->total = 0;
+    rd->pending = 1;
+    rd->any = 0;
+    if (EVP_DigestInit_ex(rd->md, rd->s->sha256, NULL) != 1)
         return mv_seterr(err, errlen, MV_ERR, "SHA-256 init failed");
-    uint64_t total = 0;
-    size_t pending = 1; /* ZSTD_decompressStream's "more to come" hint; 0 at a frame end */
-    int any = 0;
-    for (;;) {
-        ssize_t n = read(fd, rd->in, IO_BUF);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return mv_seterr(err, errlen, MV_EIO, "object %s: read: %s", hash, strerror(errno));
-        }
-        if (n == 0) break;
-        any = 1;
-        ZSTD_inBuffer in = {rd->in, (size_t)n, 0};
-        int full;
-        do {
-            ZSTD_outBuffer out = {rd->out, IO_BUF, 0};
-            pending = ZSTD_decompressStream(rd->dctx, &out, &in);
-            if (ZSTD_isError(pending))
-                return mv_seterr(err, errlen, MV_ECORRUPT, "object %s: zstd: %s", hash,
-                                 ZSTD_getErrorName(pending));
-            if (out.pos > 0) {
-                total += out.pos;
-                if (total > RAW_MAX)
-                    return mv_seterr(err, errlen, MV_ECORRUPT,
-                                     "object %s: decompresses beyond %llu bytes", hash,
-                                     (unsigned long long)RAW_MAX);
-                EVP_DigestUpdate(rd->md, rd->out, out.pos);
-                if (cb && cb(ud, rd->out, out.pos) != 0)
-                    return mv_seterr(err, errlen, MV_ECANCEL, "object %s: read cancelled", hash);
-            }
-            full = out.pos == out.size;
-        } while (in.pos < in.size || full);
-    }
-    if (!any) return mv_seterr(err, errlen, MV_ECORRUPT, "object %s: empty file", hash);
-    if (pending != 0)
-        return mv_seterr(err, errlen, MV_ECORRUPT, "object %s: truncated zstd frame", hash);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    char got[65];
-    if (EVP_DigestFinal_ex(rd->md, md, &mdlen) != 1 || mdlen != 32)
-        return mv_seterr(err, errlen, MV_ERR, "SHA-256 final failed");
-    mv_hex(md, 32, got);
-    if (strcmp(got, hash) != 0)
-        return mv_seterr(err, errlen, MV_ECORRUPT, "object %s: content hashes to %s", hash, got);
-    *raw = total;
     return MV_OK;
 }
 
-static mv_err object_path(mv_store *s, const char *tenant, const char *hash, char *out,
-                          size_t outlen, char *err, size_t errlen)
+/* Compressed bytes -> zstd -> digest and sink. Returns 0 or 1 with rd->rc set. */
+static int rd_zstd(void *ud, const void *data, size_t len)
 {
-    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
-    if (!mv_name_valid(tenant)) return mv_seterr(err, errlen, MV_EINVAL, "invalid tenant name");
-    if (!is_hash(hash)) return mv_seterr(err, errlen, MV_EINVAL, "invalid object hash");
-    return mkpath(out, outlen, err, errlen, "%s/%s/objects/%.2s/%.2s/%s", s->root, tenant, hash,
-                  hash + 2, hash);
+    reader *rd = ud;
+    ZSTD_inBuffer in = {data, len, 0};
+    int full;
+    rd->any = 1;
+    do {
+        ZSTD_outBuffer out = {rd->out, IO_BUF, 0};
+        rd->pending = ZSTD_decompressStream(rd->dctx, &out, &in);
+        if (ZSTD_isError(rd->pending)) {
+            rd->rc = mv_seterr(rd->err, rd->errlen, MV_ECORRUPT, "object %s: zstd: %s", rd->label,
+                               ZSTD_getErrorName(rd->pending));
+            return 1;
+        }
+        if (out.pos > 0) {
+            rd->total += out.pos;
+            if (rd->total > RAW_MAX) {
+                rd->rc = mv_seterr(rd->err, rd->errlen, MV_ECORRUPT,
+                                   "object %s: decompresses beyond %llu bytes", rd->label,
+                                   (unsigned long long)RAW_MAX);
+                return 1;
+            }
+            EVP_DigestUpdate(rd->md, rd->out, out.pos);
+            if (rd->cb && rd->cb(rd->ud, rd->out, out.pos) != 0) {
+                rd->rc = mv_seterr(rd->err, rd->errlen, MV_ECANCEL, "object %s: read cancelled",
+                                   rd->label);
+                return 1;
+            }
+        }
+        full = out.pos == out.size;
+    } while (in.pos < in.size || full);
+    return 0;
+}
+
+static int rd_stored_more(reader *rd, const void *p, size_t len)
+{
+    if (rd->mode == 1) return rd_zstd(rd, p, len);
+    mv_err rc = mv_objdec_update(rd->dec, p, len, rd->err, rd->errlen);
+    if (rc == MV_OK) return 0;
+    if (rc == MV_ECANCEL) return 1;                 /* rd_zstd stopped it and set rd->rc */
+    rd->rc = rc == MV_ENOTFOUND ? MV_ECORRUPT : rc; /* an unknown key version */
+    return 1;
+}
+
+/* Stored bytes from the backend: the first four decide plain or envelope. */
+static int rd_stored(void *ud, const void *data, size_t len)
+{
+    reader *rd = ud;
+    const unsigned char *p = data;
+    if (rd->mode == 0) {
+        size_t take = sizeof rd->head - rd->headlen;
+        if (take > len) take = len;
+        memcpy(rd->head + rd->headlen, p, take);
+        rd->headlen += take;
+        p += take;
+        len -= take;
+        if (rd->headlen < sizeof rd->head) return 0;
+        rd->mode = mv_objenc_is_envelope(rd->head, 4) ? 2 : 1;
+        if (rd->mode == 2) {
+            mv_err rc = mv_objdec_begin(rd->tenant, dec_key_fn, (void *)rd->pol, rd_zstd, rd,
+                                        &rd->dec, rd->err, rd->errlen);
+            if (rc) {
+                rd->rc = rc;
+                return 1;
+            }
+        }
+        if (rd_stored_more(rd, rd->head, sizeof rd->head)) return 1;
+    }
+    return len > 0 ? rd_stored_more(rd, p, len) : 0;
+}
+
+/* The end of the stored bytes (read_rc: what the backend's read returned). */
+static mv_err reader_check(reader *rd, mv_err read_rc, unsigned char sha[32], int *encrypted)
+{
+    if (read_rc != MV_OK) return rd->rc ? rd->rc : read_rc;
+    if (rd->mode == 0) {
+        if (rd->headlen == 0)
+            return mv_seterr(rd->err, rd->errlen, MV_ECORRUPT, "object %s: empty file", rd->label);
+        rd->mode = 1; /* shorter than any envelope: let zstd judge it */
+        if (rd_zstd(rd, rd->head, rd->headlen)) return rd->rc;
+    }
+    if (rd->mode == 2) {
+        mv_err rc = mv_objdec_final(rd->dec, rd->err, rd->errlen);
+        if (rc == MV_ECANCEL) return rd->rc;
+        if (rc) return rc;
+    }
+    if (!rd->any)
+        return mv_seterr(rd->err, rd->errlen, MV_ECORRUPT, "object %s: empty file", rd->label);
+    if (rd->pending != 0)
+        return mv_seterr(rd->err, rd->errlen, MV_ECORRUPT, "object %s: truncated zstd frame",
+                         rd->label);
+    unsigned int mdlen = 0;
+    if (EVP_DigestFinal_ex(rd->md, sha, &mdlen) != 1 || mdlen != 32)
+        return mv_seterr(rd->err, rd->errlen, MV_ERR, "SHA-256 final failed");
+    if (encrypted) *encrypted = rd->mode == 2;
+    return MV_OK;
+}
+
+static mv_err reader_finish(reader *rd, mv_err read_rc, unsigned char sha[32], int *encrypted,
+                            char *err, size_t errlen)
+{
+    mv_err rc = reader_check(rd, read_rc, sha, encrypted);
+    if (rc != MV_OK && rd->why[0]) snprintf(err, errlen, "%s", rd->why);
+    return rc;
+}
+
+/* Read the object at key through rd; sha gets the digest of its content. */
+static mv_err read_one(reader *rd, mv_be *be, const char *key, const mv_store_policy *pol,
+                       const char *tenant, const char *label, mv_store_sink_fn cb, void *ud,
+                       unsigned char sha[32], uint64_t *stored, int *encrypted, char *err,
+                       size_t errlen)
+{
+    mv_err rc = reader_reset(rd, pol, tenant, label, cb, ud, err, errlen);
+    if (rc) return rc;
+    uint64_t n = 0;
+    rc = be->ops->read(be, key, STORED_MAX, rd_stored, rd, &n, err, errlen);
+    if (stored) *stored = n;
+    return reader_finish(rd, rc, sha, encrypted, err, errlen);
+}
+
+/* The names an object of content hash may have for this tenant, most likely first. */
+static int names_of(const mv_store_policy *pol, const char *hash, char names[2][65])
+{
+    int n = 0;
+    if (pol->has_naming) {
+        unsigned char sha[32];
+        for (int i = 0; i < 32; i++) {
+            unsigned hi =
+                (unsigned)(hash[2 * i] <= '9' ? hash[2 * i] - '0' : hash[2 * i] - 'a' + 10);
+            unsigned lo = (unsigned)(hash[2 * i + 1] <= '9' ? hash[2 * i + 1] - '0'
+                                                            : hash[2 * i + 1] - 'a' + 10);
+            sha[i] = (unsigned char)(hi << 4 | lo);
+        }
+        mv_objenc_name(pol->naming, sha, names[n++]);
+    }
+    memcpy(names[n++], hash, 65); /* plain objects written before encryption was turned on */
+    return n;
 }
 
 mv_err mv_store_get(mv_store *s, const char *tenant, const char *hash, mv_store_sink_fn cb,
                     void *ud, char *err, size_t errlen)
 {
-    char path[PATH_MAX];
-    mv_err rc = object_path(s, tenant, hash, path, sizeof path, err, errlen);
-    if (rc) return rc;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return mv_seterr(err, errlen, MV_ENOTFOUND, "object %s not found", hash);
-        return mv_seterr(err, errlen, MV_EIO, "open %s: %s", path, strerror(errno));
+    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
+    if (!mv_name_valid(tenant)) return mv_seterr(err, errlen, MV_EINVAL, "invalid tenant name");
+    if (!is_hash(hash)) return mv_seterr(err, errlen, MV_EINVAL, "invalid object hash");
+    mv_store_policy *pol = malloc(sizeof *pol);
+    if (!pol) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    mv_be *be = NULL;
+    reader rd;
+    mv_err rc = resolve(s, tenant, pol, &be, err, errlen);
+    if (rc == MV_OK) rc = reader_init(s, &rd, err, errlen);
+    if (rc) goto done;
+    char names[2][65], key[KEY_MAX];
+    int n = names_of(pol, hash, names);
+    rc = MV_ENOTFOUND;
+    for (int i = 0; i < n && rc == MV_ENOTFOUND; i++) {
+        int exists = 1;
+        object_key(key, tenant, names[i]);
+        if (i + 1 < n && (exists = be->ops->exists(be, key, err, errlen)) < 0) {
+            rc = MV_EIO;
+            break;
+        }
+        if (!exists) continue;
+        unsigned char sha[32];
+        char got[65];
+        rc = read_one(&rd, be, key, pol, tenant, hash, cb, ud, sha, NULL, NULL, err, errlen);
+        if (rc == MV_OK) {
+            mv_hex(sha, 32, got);
+            if (strcmp(got, hash) != 0)
+                rc = mv_seterr(err, errlen, MV_ECORRUPT, "object %s: content hashes to %s", hash,
+                               got);
+        }
     }
-    reader rd = {0};
-    uint64_t raw = 0;
-    if ((rc = reader_init(&rd, err, errlen)) == MV_OK)
-        rc = read_object(s, &rd, fd, hash, cb, ud, &raw, err, errlen);
+    if (rc == MV_ENOTFOUND) rc = mv_seterr(err, errlen, MV_ENOTFOUND, "object %s not found", hash);
     reader_free(&rd);
-    close(fd);
+done:
+    mv_store_policy_wipe(pol);
+    free(pol);
     return rc;
 }
 
 int mv_store_exists(mv_store *s, const char *tenant, const char *hash)
 {
-    char path[PATH_MAX];
-    struct stat st;
-    if (object_path(s, tenant, hash, path, sizeof path, NULL, 0) != MV_OK) return 0;
-    return lstat(path, &st) == 0 && S_ISREG(st.st_mode);
+    if (!s || !mv_name_valid(tenant) || !is_hash(hash)) return 0;
+    mv_store_policy *pol = malloc(sizeof *pol);
+    if (!pol) return 0;
+    mv_be *be = NULL;
+    int found = 0;
+    char err[MV_ERRLEN];
+    if (resolve(s, tenant, pol, &be, err, sizeof err) == MV_OK) {
+        char names[2][65], key[KEY_MAX];
+        int n = names_of(pol, hash, names);
+        for (int i = 0; i < n && !found; i++) {
+            object_key(key, tenant, names[i]);
+            found = be->ops->exists(be, key, err, sizeof err) == 1;
+        }
+    }
+    mv_store_policy_wipe(pol);
+    free(pol);
+    return found;
 }
 
 /* ---- verify ------------------------------------------------------------------------------- */
@@ -649,11 +947,17 @@ int mv_store_exists(mv_store *s, const char *tenant, const char *hash)
 typedef struct vctx {
     mv_store *s;
     reader rd;
+    mv_be *be;
+    mv_store_policy *pol;
     const char *tenant;
+    size_t plen; /* strlen("<tenant>/objects/") */
     mv_verify_bad_fn bad_cb;
     mv_verify_progress_fn progress;
     void *ud;
     mv_verify_stats st;
+    mv_err fatal; /* a transport failure that ends the walk */
+    char *err;
+    size_t errlen;
 } vctx;
 
 static void v_bad(vctx *v, const char *name, const char *why)
@@ -664,141 +968,114 @@ static void v_bad(vctx *v, const char *name, const char *why)
     if (v->progress) v->progress(v->ud, &v->st);
 }
 
-static void v_object(vctx *v, int dfd, const char *name, const char *ab, const char *cd)
+static int v_entry(void *ud, const mv_be_entry *e)
 {
+    vctx *v = ud;
     char why[MV_ERRLEN];
-    struct stat st;
-    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-        if (errno == ENOENT) return; /* replaced or removed while we walked */
-        snprintf(why, sizeof why, "stat: %s", strerror(errno));
-        v_bad(v, name, why);
-        return;
+    const char *rest = e->key + v->plen;
+    const char *base = strrchr(e->key, '/');
+    base = base ? base + 1 : e->key;
+    const char *name = rest + 6;
+    if (strlen(rest) < 7 || rest[2] != '/' || rest[5] != '/' || strchr(name, '/') ||
+        !is_hex2(rest, 2) || !is_hex2(rest + 3, 2)) {
+        v_bad(v, base, "unexpected entry in the objects tree");
+        return 0;
     }
-    if (!S_ISREG(st.st_mode)) {
-        v_bad(v, name, "not a regular file");
-        return;
+    if (!e->regular) {
+        v_bad(v, base, "not a regular file");
+        return 0;
     }
     if (!is_hash(name)) {
-        v_bad(v, name, "not an object name (stray file)");
-        return;
+        v_bad(v, base, "not an object name (stray file)");
+        return 0;
     }
-    if (memcmp(name, ab, 2) != 0 || memcmp(name + 2, cd, 2) != 0) {
-        v_bad(v, name, "object stored under the wrong directory");
-        return;
+    if (memcmp(name, rest, 2) != 0 || memcmp(name + 2, rest + 3, 2) != 0) {
+        v_bad(v, base, "object stored under the wrong directory");
+        return 0;
     }
-    int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
-        snprintf(why, sizeof why, "open: %s", strerror(errno));
+    unsigned char sha[32];
+    uint64_t stored = 0;
+    int encrypted = 0;
+    mv_err rc = read_one(&v->rd, v->be, e->key, v->pol, v->tenant, name, NULL, NULL, sha, &stored,
+                         &encrypted, why, sizeof why);
+    if (rc == MV_ENOTFOUND) return 0; /* removed while we walked */
+    if (rc == MV_ENET || rc == MV_ETIMEDOUT || rc == MV_EAUTH || rc == MV_ENOMEM) {
+        v->fatal = mv_seterr(v->err, v->errlen, rc, "%s", why);
+        return 1;
+    }
+    if (rc) {
         v_bad(v, name, why);
-        return;
+        return 0;
     }
-    uint64_t raw = 0;
-    mv_err rc = read_object(v->s, &v->rd, fd, name, NULL, NULL, &raw, why, sizeof why);
-    if (rc == MV_OK) fstat(fd, &st);
-    close(fd);
-    if (rc != MV_OK) {
+    char plain[65], keyed[65];
+    mv_hex(sha, 32, plain);
+    int named = strcmp(plain, name) == 0;
+    if (!named && v->pol->has_naming) {
+        mv_objenc_name(v->pol->naming, sha, keyed);
+        named = strcmp(keyed, name) == 0;
+    }
+    if (!named) {
+        snprintf(why, sizeof why, "object %s: content hashes to %s", name, plain);
         v_bad(v, name, why);
-        return;
+        return 0;
+    }
+    if (v->be->ops->lock_get) { /* S3: one HEAD per object */
+        char mode[16] = "";
+        int64_t until = 0;
+        int hold = 0;
+        rc = v->be->ops->lock_get(v->be, e->key, mode, &until, &hold, why, sizeof why);
+        int want = v->pol->lock_mode[0] && v->pol->retain_seconds > 0;
+        if (rc == MV_OK && want && (strcmp(mode, v->pol->lock_mode) != 0 || until <= 0)) {
+            snprintf(why, sizeof why, "retention is \"%s\", the tenant's policy is %s", mode,
+                     v->pol->lock_mode);
+            rc = MV_ECORRUPT;
+        }
+        if (rc) {
+            v_bad(v, name, why);
+            return 0;
+        }
+        v->st.retained += mode[0] ? 1 : 0;
+        v->st.held += hold ? 1 : 0;
     }
     v->st.objects++;
     v->st.ok++;
-    v->st.raw_bytes += raw;
-    v->st.stored_bytes += (uint64_t)st.st_size;
+    v->st.encrypted += encrypted ? 1 : 0;
+    v->st.raw_bytes += v->rd.total;
+    v->st.stored_bytes += stored;
     if (v->progress) v->progress(v->ud, &v->st);
+    return 0;
 }
 
-/* Open subdirectory name of dfd as a DIR stream (no symlinks). */
-static DIR *open_subdir(int dfd, const char *name)
+static mv_err v_tenant(vctx *v, const char *tenant, mv_be *only, char *err, size_t errlen)
 {
-    int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) return NULL;
-    DIR *d = fdopendir(fd);
-    if (!d) close(fd);
-    return d;
-}
-
-/* Walk objects/ab/cd/<hash>. depth 0: objects/, 1: ab/ (ab set), 2: cd/ (ab, cd set). The
- * names point into the parent DIR's buffer, which stays valid while we recurse. */
-static mv_err v_walk(vctx *v, DIR *d, int depth, const char *ab, const char *cd, char *err,
-                     size_t errlen)
-{
-    struct dirent *e;
-    errno = 0;
-    while ((e = readdir(d)) != NULL) {
-        const char *n = e->d_name;
-        if (strcmp(n, ".") == 0 || strcmp(n, "..") == 0) continue;
-        if (depth == 2) {
-            v_object(v, dirfd(d), n, ab, cd);
-            errno = 0;
-            continue;
-        }
-        if (!is_hex2(n)) {
-            v_bad(v, n, "unexpected entry in the objects tree");
-            errno = 0;
-            continue;
-        }
-        DIR *sub = open_subdir(dirfd(d), n);
-        if (!sub) {
-            if (errno != ENOENT) {
-                char why[MV_ERRLEN];
-                snprintf(why, sizeof why, "open directory: %s", strerror(errno));
-                v_bad(v, n, why);
-            }
-            errno = 0;
-            continue;
-        }
-        mv_err rc =
-            v_walk(v, sub, depth + 1, depth == 0 ? n : ab, depth == 1 ? n : NULL, err, errlen);
-        closedir(sub);
-        if (rc) return rc;
-        errno = 0;
-    }
-    if (errno != 0) return mv_seterr(err, errlen, MV_EIO, "readdir: %s", strerror(errno));
-    return MV_OK;
-}
-
-static mv_err v_tenant(vctx *v, const char *tenant, char *err, size_t errlen)
-{
-    char path[PATH_MAX];
-    mv_err rc = mkpath(path, sizeof path, err, errlen, "%s/%s/objects", v->s->root, tenant);
+    char prefix[KEY_MAX];
+    mv_err rc = resolve(v->s, tenant, v->pol, &v->be, err, errlen);
     if (rc) return rc;
-    DIR *d = opendir(path);
-    if (!d) {
-        if (errno == ENOENT) return MV_OK; /* no objects yet */
-        return mv_seterr(err, errlen, MV_EIO, "open %s: %s", path, strerror(errno));
-    }
+    if (only) v->be = only;
+    if ((rc = mkkey(prefix, sizeof prefix, err, errlen, "%s/objects/", tenant)) != MV_OK) return rc;
     v->tenant = tenant;
-    rc = v_walk(v, d, 0, NULL, NULL, err, errlen);
-    closedir(d);
+    v->plen = strlen(prefix);
+    v->fatal = MV_OK;
+    v->err = err;
+    v->errlen = errlen;
+    rc = v->be->ops->list(v->be, prefix, v_entry, v, err, errlen);
+    mv_store_policy_wipe(v->pol);
+    if (v->fatal) return v->fatal;
     return rc;
 }
 
-mv_err mv_store_clean_tmp(mv_store *s, int max_age_s, int *removed, char *err, size_t errlen)
+typedef struct tlist {
+    char (*names)[64];
+    size_t n, cap;
+} tlist;
+
+static int collect_tenant(void *ud, const char *name)
 {
-    *removed = 0;
-    DIR *root = opendir(s->root);
-    if (!root) return mv_seterr(err, errlen, MV_EIO, "open %s: %s", s->root, strerror(errno));
-    time_t cutoff = time(NULL) - max_age_s;
-    struct dirent *te;
-    mv_err rc = MV_OK;
-    while (!rc && (te = readdir(root))) {
-        if (!mv_name_valid(te->d_name)) continue; /* not a tenant directory */
-        char dir[PATH_MAX];
-        if ((rc = mkpath(dir, sizeof dir, err, errlen, "%s/%s/tmp", s->root, te->d_name))) break;
-        DIR *d = opendir(dir);
-        if (!d) continue; /* no tmp yet */
-        struct dirent *e;
-        struct stat st;
-        while ((e = readdir(d))) {
-            if (e->d_name[0] == '.') continue;
-            if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-            if (!S_ISREG(st.st_mode) || st.st_mtime > cutoff) continue;
-            if (unlinkat(dirfd(d), e->d_name, 0) == 0) (*removed)++;
-        }
-        closedir(d);
-    }
-    closedir(root);
-    return rc;
+    tlist *l = ud;
+    char item[64];
+    if (!mv_name_valid(name)) return 0;
+    snprintf(item, sizeof item, "%s", name);
+    return mv_grow_push((void **)&l->names, &l->n, &l->cap, sizeof item, item) != 0;
 }
 
 mv_err mv_store_verify(mv_store *s, const char *tenant, mv_verify_bad_fn bad_cb,
@@ -815,29 +1092,27 @@ mv_err mv_store_verify(mv_store *s, const char *tenant, mv_verify_bad_fn bad_cb,
     v.bad_cb = bad_cb;
     v.progress = progress;
     v.ud = ud;
-    mv_err rc = reader_init(&v.rd, err, errlen);
-    if (rc) return rc;
+    v.pol = malloc(sizeof *v.pol);
+    if (!v.pol) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    mv_err rc = reader_init(s, &v.rd, err, errlen);
+    if (rc) {
+        free(v.pol);
+        return rc;
+    }
     if (tenant) {
-        rc = v_tenant(&v, tenant, err, errlen);
+        rc = v_tenant(&v, tenant, NULL, err, errlen);
     } else {
-        DIR *d = opendir(s->root);
-        if (!d) {
-            rc = mv_seterr(err, errlen, MV_EIO, "open %s: %s", s->root, strerror(errno));
-        } else {
-            struct dirent *e;
-            while (rc == MV_OK && (e = readdir(d)) != NULL) {
-                struct stat sb;
-                if (!mv_name_valid(e->d_name)) continue;
-                if (fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
-                    !S_ISDIR(sb.st_mode))
-                    continue;
-                /* the name lives in the DIR buffer, valid until the next readdir */
-                rc = v_tenant(&v, e->d_name, err, errlen);
-            }
-            closedir(d);
-        }
+        /* every tenant directory of the default store */
+        tlist l = {0};
+        rc = s->def->ops->list_top(s->def, collect_tenant, &l, err, errlen);
+        if (rc == MV_ECANCEL) rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+        for (size_t i = 0; rc == MV_OK && i < l.n; i++)
+            rc = v_tenant(&v, l.names[i], s->def, err, errlen);
+        free(l.names);
     }
     reader_free(&v.rd);
+    mv_store_policy_wipe(v.pol);
+    free(v.pol);
     if (st) *st = v.st;
     return rc;
 }
@@ -905,187 +1180,527 @@ void mv_store_path_unescape(const char *in, char *out, size_t outlen)
 
 /* ---- segments ----------------------------------------------------------------------------- */
 
-/* <root>/<tenant>/mailboxes/<escaped mailbox>/index */
-static mv_err index_dir(mv_store *s, const char *tenant, const char *mailbox, char *out,
-                        size_t outlen, char *err, size_t errlen)
+/* "<tenant>/mailboxes/<escaped mailbox>/index/" */
+static mv_err index_prefix(const char *tenant, const char *mailbox, char *out, size_t outlen,
+                           char *err, size_t errlen)
 {
-    char esc[NAME_MAX + 1];
-    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
+    char esc[256];
     if (!mv_name_valid(tenant)) return mv_seterr(err, errlen, MV_EINVAL, "invalid tenant name");
     if (!mailbox || !mailbox[0]) return mv_seterr(err, errlen, MV_EINVAL, "empty mailbox id");
     if (escape(mailbox, esc, sizeof esc) >= sizeof esc)
         return mv_seterr(err, errlen, MV_EINVAL, "mailbox id too long once escaped");
-    return mkpath(out, outlen, err, errlen, "%s/%s/mailboxes/%s/index", s->root, tenant, esc);
+    return mkkey(out, outlen, err, errlen, "%s/mailboxes/%s/index/", tenant, esc);
+}
+
+/* "<tenant>/mailboxes/<escaped mailbox>/index/<name>" */
+static mv_err segment_key(mv_store *s, const char *tenant, const char *mailbox, const char *name,
+                          char key[KEY_MAX], char *err, size_t errlen)
+{
+    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
+    mv_err rc = index_prefix(tenant, mailbox, key, KEY_MAX, err, errlen);
+    if (rc) return rc;
+    if (!segname_valid(name)) return mv_seterr(err, errlen, MV_EINVAL, "invalid segment name");
+    return mkkey(key + strlen(key), KEY_MAX - strlen(key), err, errlen, "%s", name);
+}
+
+typedef struct membuf {
+    unsigned char *d;
+    size_t n, cap, max;
+    char *err;
+    size_t errlen;
+    mv_err rc;
+} membuf;
+
+static int mem_add(void *ud, const void *data, size_t len)
+{
+    membuf *m = ud;
+    if (len > m->max - m->n) {
+        m->rc = mv_seterr(m->err, m->errlen, MV_ETOOBIG, "segment larger than %zu bytes", m->max);
+        return 1;
+    }
+    if (m->n + len > m->cap) {
+        size_t cap = m->cap ? m->cap : 4096;
+        while (cap < m->n + len)
+            cap *= 2;
+        void *p = realloc(m->d, cap);
+        if (!p) {
+            m->rc = mv_seterr(m->err, m->errlen, MV_ENOMEM, "out of memory");
+            return 1;
+        }
+        m->d = p;
+        m->cap = cap;
+    }
+    memcpy(m->d + m->n, data, len);
+    m->n += len;
+    return 0;
 }
 
 mv_err mv_store_segment_put(mv_store *s, const char *tenant, const char *mailbox, const char *name,
                             const void *data, size_t len, char *err, size_t errlen)
 {
-    char dir[PATH_MAX], final[PATH_MAX], tmp[PATH_MAX] = "";
-    int fd = -1;
-    mv_err rc = index_dir(s, tenant, mailbox, dir, sizeof dir, err, errlen);
+    char key[KEY_MAX];
+    mv_err rc = segment_key(s, tenant, mailbox, name, key, err, errlen);
     if (rc) return rc;
-    if (!segname_valid(name)) return mv_seterr(err, errlen, MV_EINVAL, "invalid segment name");
     if (len > SEGMENT_MAX) return mv_seterr(err, errlen, MV_ETOOBIG, "segment too large");
     if (len > 0 && !data) return mv_seterr(err, errlen, MV_EINVAL, "segment data is NULL");
-    if ((rc = mkpath(final, sizeof final, err, errlen, "%s/%s", dir, name)) != MV_OK) return rc;
-    if ((rc = tmp_create(s, tenant, ".seg", tmp, sizeof tmp, &fd, err, errlen)) != MV_OK) return rc;
-    if (write_all(fd, data, len) != 0 || fsync(fd) != 0) {
-        rc = mv_seterr(err, errlen, MV_EIO, "write %s: %s", tmp, strerror(errno));
-        goto out;
+    mv_store_policy *pol = malloc(sizeof *pol);
+    if (!pol) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    mv_be *be = NULL;
+    membuf m = {.max = SEGMENT_MAX * 2, .err = err, .errlen = errlen};
+    if ((rc = resolve(s, tenant, pol, &be, err, errlen)) != MV_OK) goto out;
+    if (pol->encrypt) {
+        /* an index segment names senders and subjects: it is sealed like a message */
+        unsigned char dk[32];
+        mv_objenc *e = NULL;
+        key_lookup(pol, pol->key_current, dk);
+        rc = mv_objenc_begin(dk, pol->key_current, tenant, mem_add, &m, &e, err, errlen);
+        OPENSSL_cleanse(dk, sizeof dk);
+        if (rc == MV_OK) rc = mv_objenc_update(e, data, len, err, errlen);
+        if (rc == MV_OK) rc = mv_objenc_final(e, err, errlen);
+        mv_objenc_free(e);
+        if (rc == MV_ECANCEL) rc = m.rc;
+        if (rc) goto out;
+        data = m.d;
+        len = m.n;
     }
-    int cfd = fd;
-    fd = -1;
-    if (close(cfd) != 0) {
-        rc = mv_seterr(err, errlen, MV_EIO, "close %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (rename_into(tmp, final, dir, 1) != 0) {
-        rc = mv_seterr(err, errlen, MV_EIO, "rename %s -> %s: %s", tmp, final, strerror(errno));
-        goto out;
-    }
-    tmp[0] = '\0';
-    if (fsync_path(dir) != 0)
-        rc = mv_seterr(err, errlen, MV_EIO, "fsync %s: %s", dir, strerror(errno));
+    mv_be_lock lock;
+    lock_of(pol, 0, &lock);
+    rc = be->ops->blob_put(be, tenant, key, data, len, &lock, err, errlen);
 out:
-    if (fd >= 0) close(fd);
-    if (tmp[0]) unlink(tmp);
+    free(m.d);
+    mv_store_policy_wipe(pol);
+    free(pol);
     return rc;
 }
 
-static int cmp_dirent(const void *a, const void *b)
-{
-    return strcmp((*(struct dirent *const *)a)->d_name, (*(struct dirent *const *)b)->d_name);
-}
+typedef struct seglist {
+    size_t plen;
+    int (*cb)(void *ud, const char *name);
+    void *ud;
+} seglist;
 
-static int filter_segment(const struct dirent *e)
+static int seg_entry(void *ud, const mv_be_entry *e)
 {
-    return segname_valid(e->d_name);
-}
-
-static int filter_visible(const struct dirent *e)
-{
-    return e->d_name[0] != '.';
-}
-
-/* scandir + strcmp sort (alphasort would follow the locale). ENOENT gives an empty list. */
-static mv_err scan_sorted(const char *dir, int (*filter)(const struct dirent *),
-                          struct dirent ***list, int *n, char *err, size_t errlen)
-{
-    *list = NULL;
-    *n = scandir(dir, list, filter, NULL);
-    if (*n < 0) {
-        *n = 0;
-        *list = NULL;
-        if (errno == ENOENT) return MV_OK;
-        return mv_seterr(err, errlen, MV_EIO, "scan %s: %s", dir, strerror(errno));
-    }
-    qsort(*list, (size_t)*n, sizeof **list, cmp_dirent);
-    return MV_OK;
-}
-
-static void free_list(struct dirent **list, int n)
-{
-    for (int i = 0; i < n; i++)
-        free(list[i]);
-    free(list);
+    seglist *l = ud;
+    const char *name = e->key + l->plen;
+    if (!e->regular || strchr(name, '/') || !segname_valid(name)) return 0;
+    return l->cb ? l->cb(l->ud, name) : 0;
 }
 
 mv_err mv_store_segment_list(mv_store *s, const char *tenant, const char *mailbox,
                              int (*cb)(void *ud, const char *name), void *ud, char *err,
                              size_t errlen)
 {
-    char dir[PATH_MAX];
-    struct dirent **list;
-    int n;
-    mv_err rc = index_dir(s, tenant, mailbox, dir, sizeof dir, err, errlen);
+    char prefix[KEY_MAX];
+    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
+    mv_err rc = index_prefix(tenant, mailbox, prefix, sizeof prefix, err, errlen);
     if (rc) return rc;
-    if ((rc = scan_sorted(dir, filter_segment, &list, &n, err, errlen)) != MV_OK) return rc;
-    for (int i = 0; i < n && rc == MV_OK; i++)
-        if (cb && cb(ud, list[i]->d_name) != 0)
+    mv_store_policy *pol = malloc(sizeof *pol);
+    if (!pol) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    mv_be *be = NULL;
+    if ((rc = resolve(s, tenant, pol, &be, err, errlen)) == MV_OK) {
+        seglist l = {strlen(prefix), cb, ud};
+        rc = be->ops->list(be, prefix, seg_entry, &l, err, errlen);
+        if (rc == MV_ECANCEL)
             rc = mv_seterr(err, errlen, MV_ECANCEL, "segment listing stopped by callback");
-    free_list(list, n);
+    }
+    mv_store_policy_wipe(pol);
+    free(pol);
     return rc;
 }
 
 mv_err mv_store_segment_get(mv_store *s, const char *tenant, const char *mailbox, const char *name,
                             void **data, size_t *len, char *err, size_t errlen)
 {
-    char dir[PATH_MAX], path[PATH_MAX];
-    unsigned char *buf = NULL;
-    size_t n = 0;
+    char key[KEY_MAX];
     *data = NULL;
     *len = 0;
-    mv_err rc = index_dir(s, tenant, mailbox, dir, sizeof dir, err, errlen);
+    mv_err rc = segment_key(s, tenant, mailbox, name, key, err, errlen);
     if (rc) return rc;
-    if (!segname_valid(name)) return mv_seterr(err, errlen, MV_EINVAL, "invalid segment name");
-    if ((rc = mkpath(path, sizeof path, err, errlen, "%s/%s", dir, name)) != MV_OK) return rc;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return mv_seterr(err, errlen, MV_ENOTFOUND, "segment %s not found", name);
-        return mv_seterr(err, errlen, MV_EIO, "open %s: %s", path, strerror(errno));
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = mv_seterr(err, errlen, MV_EIO, "%s: not a readable regular file", path);
+    mv_store_policy *pol = malloc(sizeof *pol);
+    if (!pol) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    mv_be *be = NULL;
+    membuf raw = {.max = SEGMENT_MAX + (SEGMENT_MAX >> 6) + 4096, .err = err, .errlen = errlen};
+    membuf plain = {.max = SEGMENT_MAX, .err = err, .errlen = errlen};
+    if ((rc = resolve(s, tenant, pol, &be, err, errlen)) != MV_OK) goto out;
+    uint64_t n = 0;
+    rc = be->ops->read(be, key, raw.max, mem_add, &raw, &n, err, errlen);
+    if (rc == MV_ECANCEL && raw.rc) rc = raw.rc;
+    if (rc == MV_ENOTFOUND) rc = mv_seterr(err, errlen, MV_ENOTFOUND, "segment %s not found", name);
+    if (rc) goto out;
+    if (raw.n > SEGMENT_MAX && !mv_objenc_is_envelope(raw.d, raw.n)) {
+        rc = mv_seterr(err, errlen, MV_ETOOBIG, "segment %s is %zu bytes", name, raw.n);
         goto out;
     }
-    if ((uint64_t)st.st_size > SEGMENT_MAX) {
-        rc = mv_seterr(err, errlen, MV_ETOOBIG, "segment %s is %lld bytes", name,
-                       (long long)st.st_size);
-        goto out;
+    if (mv_objenc_is_envelope(raw.d, raw.n)) {
+        mv_objdec *d = NULL;
+        rc = mv_objdec_begin(tenant, dec_key_fn, pol, mem_add, &plain, &d, err, errlen);
+        if (rc == MV_OK) rc = mv_objdec_update(d, raw.d, raw.n, err, errlen);
+        if (rc == MV_OK) rc = mv_objdec_final(d, err, errlen);
+        mv_objdec_free(d);
+        if (rc == MV_ECANCEL) rc = plain.rc;
+        if (rc == MV_ENOTFOUND) rc = MV_ECORRUPT;
+        if (rc) goto out;
+        *data = plain.d;
+        *len = plain.n;
+        plain.d = NULL;
+    } else {
+        *data = raw.d ? raw.d : malloc(1);
+        *len = raw.n;
+        raw.d = NULL;
+        if (!*data) rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
     }
-    /* +1 so a file that grew since fstat is noticed rather than silently cut */
-    size_t cap = (size_t)st.st_size + 1;
-    if (!(buf = malloc(cap))) {
-        rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
-        goto out;
-    }
-    for (;;) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-            rc = mv_seterr(err, errlen, MV_EIO, "read %s: %s", path, strerror(errno));
-            goto out;
-        }
-        if (r == 0) break;
-        n += (size_t)r;
-        if (n == cap) {
-            rc = mv_seterr(err, errlen, MV_EIO, "segment %s changed while reading", name);
-            goto out;
-        }
-    }
-    *data = buf;
-    *len = n;
-    buf = NULL;
 out:
-    free(buf);
-    close(fd);
+    if (raw.d) OPENSSL_cleanse(raw.d, raw.n);
+    if (plain.d) OPENSSL_cleanse(plain.d, plain.n);
+    free(raw.d);
+    free(plain.d);
+    mv_store_policy_wipe(pol);
+    free(pol);
     return rc;
+}
+
+typedef struct mblist {
+    size_t plen;
+    char (*names)[256];
+    size_t n, cap;
+} mblist;
+
+static int mb_entry(void *ud, const mv_be_entry *e)
+{
+    mblist *l = ud;
+    const char *rest = e->key + l->plen, *slash = strchr(rest, '/');
+    if (!slash || strncmp(slash, "/index/", 7) != 0 || (size_t)(slash - rest) >= 256) return 0;
+    size_t len = (size_t)(slash - rest);
+    if (l->n > 0 && strlen(l->names[l->n - 1]) == len && memcmp(l->names[l->n - 1], rest, len) == 0)
+        return 0;
+    char item[256];
+    memcpy(item, rest, len);
+    item[len] = '\0';
+    return mv_grow_push((void **)&l->names, &l->n, &l->cap, sizeof item, item) != 0;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(a, b);
 }
 
 mv_err mv_store_mailbox_list(mv_store *s, const char *tenant,
                              int (*cb)(void *ud, const char *mailbox), void *ud, char *err,
                              size_t errlen)
 {
-    char dir[PATH_MAX], full[PATH_MAX], name[NAME_MAX + 1];
-    struct dirent **list;
-    int n;
+    char prefix[KEY_MAX], name[256];
     if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
     if (!mv_name_valid(tenant)) return mv_seterr(err, errlen, MV_EINVAL, "invalid tenant name");
-    mv_err rc = mkpath(dir, sizeof dir, err, errlen, "%s/%s/mailboxes", s->root, tenant);
+    mv_err rc = mkkey(prefix, sizeof prefix, err, errlen, "%s/mailboxes/", tenant);
     if (rc) return rc;
-    if ((rc = scan_sorted(dir, filter_visible, &list, &n, err, errlen)) != MV_OK) return rc;
-    for (int i = 0; i < n && rc == MV_OK; i++) {
-        struct stat st;
-        if (mkpath(full, sizeof full, NULL, 0, "%s/%s/index", dir, list[i]->d_name) != MV_OK)
-            continue;
-        if (stat(full, &st) != 0 || !S_ISDIR(st.st_mode)) continue;
-        mv_store_path_unescape(list[i]->d_name, name, sizeof name);
+    mv_store_policy *pol = malloc(sizeof *pol);
+    if (!pol) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    mv_be *be = NULL;
+    mblist l = {.plen = strlen(prefix)};
+    if ((rc = resolve(s, tenant, pol, &be, err, errlen)) == MV_OK) {
+        rc = be->ops->list(be, prefix, mb_entry, &l, err, errlen);
+        if (rc == MV_ECANCEL) rc = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    }
+    if (rc == MV_OK && l.n > 1) qsort(l.names, l.n, sizeof *l.names, cmp_name);
+    for (size_t i = 0; i < l.n && rc == MV_OK; i++) {
+        if (i > 0 && strcmp(l.names[i], l.names[i - 1]) == 0) continue;
+        mv_store_path_unescape(l.names[i], name, sizeof name);
         if (cb && cb(ud, name) != 0)
             rc = mv_seterr(err, errlen, MV_ECANCEL, "mailbox listing stopped by callback");
     }
-    free_list(list, n);
+    free(l.names);
+    mv_store_policy_wipe(pol);
+    free(pol);
     return rc;
+}
+
+/* ---- Object Lock and deletion ------------------------------------------------------------- */
+
+/* The key of the existing object of content hash (keyed name first, then plain). */
+static mv_err find_object(mv_store *s, const char *tenant, const char *hash, mv_be **be,
+                          char key[KEY_MAX], char *err, size_t errlen)
+{
+    if (!is_hash(hash)) return mv_seterr(err, errlen, MV_EINVAL, "invalid object hash");
+    mv_store_policy *pol = malloc(sizeof *pol);
+    if (!pol) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    mv_err rc = resolve(s, tenant, pol, be, err, errlen);
+    if (rc == MV_OK) {
+        char names[2][65];
+        int n = names_of(pol, hash, names), found = 0;
+        for (int i = 0; i < n && !found && rc == MV_OK; i++) {
+            object_key(key, tenant, names[i]);
+            found = (*be)->ops->exists(*be, key, err, errlen);
+            if (found < 0) rc = MV_EIO;
+        }
+        if (rc == MV_OK && !found)
+            rc = mv_seterr(err, errlen, MV_ENOTFOUND, "object %s not found", hash);
+    }
+    mv_store_policy_wipe(pol);
+    free(pol);
+    return rc;
+}
+
+mv_err mv_store_lock_info(mv_store *s, const char *tenant, const char *hash, char mode[16],
+                          int64_t *retain_until, int *legal_hold, char *err, size_t errlen)
+{
+    mv_be *be = NULL;
+    char key[KEY_MAX];
+    mode[0] = '\0';
+    *retain_until = 0;
+    *legal_hold = 0;
+    mv_err rc = find_object(s, tenant, hash, &be, key, err, errlen);
+    if (rc) return rc;
+    if (!be->ops->lock_get)
+        return mv_seterr(err, errlen, MV_EINVAL, "the %s store of tenant %s has no Object Lock",
+                         be->ops->type, tenant);
+    return be->ops->lock_get(be, key, mode, retain_until, legal_hold, err, errlen);
+}
+
+mv_err mv_store_legal_hold(mv_store *s, const char *tenant, const char *hash, int on, char *err,
+                           size_t errlen)
+{
+    mv_be *be = NULL;
+    char key[KEY_MAX];
+    mv_err rc = find_object(s, tenant, hash, &be, key, err, errlen);
+    if (rc) return rc;
+    if (!be->ops->hold_set)
+        return mv_seterr(err, errlen, MV_EINVAL,
+                         "the %s store of tenant %s has no legal hold (Object Lock is S3 only)",
+                         be->ops->type, tenant);
+    return be->ops->hold_set(be, key, on, err, errlen);
+}
+
+mv_err mv_store_delete(mv_store *s, const char *tenant, const char *hash, int *refused, char *err,
+                       size_t errlen)
+{
+    mv_be *be = NULL;
+    char key[KEY_MAX];
+    *refused = 0;
+    mv_err rc = find_object(s, tenant, hash, &be, key, err, errlen);
+    if (rc) return rc;
+    return be->ops->del(be, key, refused, err, errlen);
+}
+
+mv_err mv_store_segment_del(mv_store *s, const char *tenant, const char *mailbox, const char *name,
+                            int *refused, char *err, size_t errlen)
+{
+    char key[KEY_MAX];
+    *refused = 0;
+    mv_err rc = segment_key(s, tenant, mailbox, name, key, err, errlen);
+    if (rc) return rc;
+    mv_store_policy *pol = malloc(sizeof *pol);
+    if (!pol) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    mv_be *be = NULL;
+    if ((rc = resolve(s, tenant, pol, &be, err, errlen)) == MV_OK)
+        rc = be->ops->del(be, key, refused, err, errlen);
+    mv_store_policy_wipe(pol);
+    free(pol);
+    return rc;
+}
+
+/* ---- moving a tenant between stores ------------------------------------------------------- */
+
+typedef struct mig {
+    mv_store *s;
+    mv_be *from, *to;
+    mv_store_policy *pol;
+    const char *tenant;
+    const char *after; /* resume: keys <= after were done by an earlier run */
+    int verify_existing;
+    uint64_t limit;
+    mv_migrate_fn progress;
+    void *ud;
+    mv_migrate_stats st;
+    reader rd;
+    mv_err rc;
+    char *err;
+    size_t errlen;
+} mig;
+
+typedef struct copy_ctx {
+    mv_be *to;
+    mv_be_writer *w;
+    char *err;
+    size_t errlen;
+    mv_err rc;
+} copy_ctx;
+
+static int copy_piece(void *ud, const void *data, size_t len)
+{
+    copy_ctx *c = ud;
+    c->rc = c->to->ops->w_write(c->w, data, len, c->err, c->errlen);
+    return c->rc != MV_OK;
+}
+
+typedef struct cmp_ctx {
+    const unsigned char *d;
+    size_t n, off;
+    int differs;
+} cmp_ctx;
+
+static int cmp_piece(void *ud, const void *data, size_t len)
+{
+    cmp_ctx *c = ud;
+    if (len > c->n - c->off || memcmp(c->d + c->off, data, len) != 0) {
+        c->differs = 1;
+        return 1;
+    }
+    c->off += len;
+    return 0;
+}
+
+/* Check the target's copy of key: an object reads back to content matching its name, a
+ * segment is byte-identical to the source's. */
+static mv_err mig_check(mig *m, const char *key, int is_object, char *err, size_t errlen)
+{
+    if (is_object) {
+        const char *name = strrchr(key, '/') + 1;
+        unsigned char sha[32];
+        char plain[65], keyed[65];
+        mv_err rc = read_one(&m->rd, m->to, key, m->pol, m->tenant, name, NULL, NULL, sha, NULL,
+                             NULL, err, errlen);
+        if (rc) return rc;
+        mv_hex(sha, 32, plain);
+        if (strcmp(plain, name) == 0) return MV_OK;
+        if (m->pol->has_naming) {
+            mv_objenc_name(m->pol->naming, sha, keyed);
+            if (strcmp(keyed, name) == 0) return MV_OK;
+        }
+        return mv_seterr(err, errlen, MV_ECORRUPT, "copy of %s: content hashes to %s", key, plain);
+    }
+    membuf a = {.max = SEGMENT_MAX * 2, .err = err, .errlen = errlen};
+    uint64_t n = 0;
+    mv_err rc = m->from->ops->read(m->from, key, a.max, mem_add, &a, &n, err, errlen);
+    if (rc == MV_OK) {
+        cmp_ctx c = {a.d, a.n, 0, 0};
+        rc = m->to->ops->read(m->to, key, a.max, cmp_piece, &c, &n, err, errlen);
+        if (c.differs || (rc == MV_OK && c.off != a.n))
+            rc = mv_seterr(err, errlen, MV_ECORRUPT, "copy of %s differs from the original", key);
+    }
+    free(a.d);
+    return rc;
+}
+
+static int mig_entry(void *ud, const mv_be_entry *e)
+{
+    mig *m = ud;
+    const char *rest = e->key + strlen(m->tenant) + 1;
+    int is_object = strncmp(rest, "objects/", 8) == 0;
+    if (!e->regular || (!is_object && strncmp(rest, "mailboxes/", 10) != 0)) return 0; /* tmp/ */
+    if (is_object && !is_hash(strrchr(e->key, '/') + 1)) return 0; /* not an object (verify) */
+    if (m->after && strcmp(e->key, m->after) <= 0) return 0;
+    if (m->limit && m->st.copied + m->st.present >= m->limit) {
+        m->st.stopped = 1;
+        return 1;
+    }
+    int there = m->to->ops->exists(m->to, e->key, m->err, m->errlen);
+    if (there < 0) {
+        m->rc = MV_EIO;
+        return 1;
+    }
+    if (!there) {
+        copy_ctx c = {m->to, NULL, m->err, m->errlen, MV_OK};
+        mv_be_lock lock;
+        lock_of(m->pol, 0, &lock);
+        if (is_object) {
+            m->rc = m->to->ops->w_begin(m->to, m->tenant, &c.w, m->err, m->errlen);
+            uint64_t n = 0;
+            if (m->rc == MV_OK)
+                m->rc = m->from->ops->read(m->from, e->key, STORED_MAX, copy_piece, &c, &n, m->err,
+                                           m->errlen);
+            if (m->rc == MV_ECANCEL && c.rc) m->rc = c.rc;
+            if (m->rc == MV_OK) {
+                int existed = 0;
+                uint64_t stored = 0;
+                mv_be_writer *w = c.w;
+                c.w = NULL;
+                m->rc =
+                    m->to->ops->w_commit(w, e->key, 0, &lock, &existed, &stored, m->err, m->errlen);
+            }
+            if (c.w) m->to->ops->w_abort(c.w);
+        } else {
+            membuf b = {.max = SEGMENT_MAX * 2, .err = m->err, .errlen = m->errlen};
+            uint64_t n = 0;
+            m->rc = m->from->ops->read(m->from, e->key, b.max, mem_add, &b, &n, m->err, m->errlen);
+            if (m->rc == MV_ECANCEL && b.rc) m->rc = b.rc;
+            if (m->rc == MV_OK)
+                m->rc = m->to->ops->blob_put(m->to, m->tenant, e->key, b.d, b.n, &lock, m->err,
+                                             m->errlen);
+            free(b.d);
+        }
+        if (m->rc) return 1;
+        m->st.copied++;
+        m->st.bytes += e->size;
+    } else {
+        m->st.present++;
+    }
+    if (!there || m->verify_existing) {
+        if ((m->rc = mig_check(m, e->key, is_object, m->err, m->errlen)) != MV_OK) return 1;
+        m->st.verified++;
+    }
+    if (m->progress && m->progress(m->ud, e->key, &m->st) != 0) {
+        m->rc = mv_seterr(m->err, m->errlen, MV_ECANCEL, "migration stopped");
+        return 1;
+    }
+    return 0;
+}
+
+mv_err mv_store_migrate(mv_store *s, const char *tenant, const mv_store_def *from,
+                        const mv_store_def *to, const char *after, int verify_existing,
+                        uint64_t limit, mv_migrate_fn progress, void *ud, mv_migrate_stats *st,
+                        char *err, size_t errlen)
+{
+    if (st) memset(st, 0, sizeof *st);
+    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
+    if (!mv_name_valid(tenant)) return mv_seterr(err, errlen, MV_EINVAL, "invalid tenant name");
+    mig *m = calloc(1, sizeof *m);
+    mv_store_policy *pol = malloc(sizeof *pol);
+    mv_err rc = m && pol ? MV_OK : mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
+    mv_be *cur = NULL;
+    if (rc == MV_OK) rc = resolve(s, tenant, pol, &cur, err, errlen); /* keys and retention */
+    if (rc == MV_OK) {
+        pthread_mutex_lock(&s->mu);
+        rc = backend_for(s, from, &m->from, err, errlen);
+        if (rc == MV_OK) rc = backend_for(s, to, &m->to, err, errlen);
+        pthread_mutex_unlock(&s->mu);
+    }
+    if (rc == MV_OK && m->from == m->to)
+        rc = mv_seterr(err, errlen, MV_EINVAL, "source and target are the same store");
+    if (rc == MV_OK) rc = reader_init(s, &m->rd, err, errlen);
+    if (rc == MV_OK) {
+        char prefix[KEY_MAX];
+        m->s = s;
+        m->pol = pol;
+        m->tenant = tenant;
+        m->after = after && after[0] ? after : NULL;
+        m->verify_existing = verify_existing;
+        m->limit = limit;
+        m->progress = progress;
+        m->ud = ud;
+        m->err = err;
+        m->errlen = errlen;
+        snprintf(prefix, sizeof prefix, "%s/", tenant);
+        rc = m->from->ops->list(m->from, prefix, mig_entry, m, err, errlen);
+        if (rc == MV_ECANCEL) rc = m->st.stopped ? MV_OK : m->rc ? m->rc : rc;
+        reader_free(&m->rd);
+        if (st) *st = m->st;
+    }
+    if (pol) mv_store_policy_wipe(pol);
+    free(pol);
+    free(m);
+    return rc;
+}
+
+mv_err mv_store_sweep_def(mv_store *s, const mv_store_def *def, int max_age_s, int *removed,
+                          char *err, size_t errlen)
+{
+    *removed = 0;
+    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
+    mv_be *be = NULL;
+    pthread_mutex_lock(&s->mu);
+    mv_err rc = backend_for(s, def, &be, err, errlen);
+    pthread_mutex_unlock(&s->mu);
+    if (rc) return rc;
+    return be->ops->sweep(be, max_age_s, removed, err, errlen);
 }

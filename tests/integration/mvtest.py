@@ -688,3 +688,46 @@ def add_profile_doc(tenant, name, doc):
 def export_state(tenant, name):
     """The status of export profile <name> (its task's mailbox is export:<name>)."""
     return {x["mailbox"]: x for x in status(tenant)["mailboxes"]}[f"export:{name}"]
+
+
+# ---- S3 (the stack's SeaweedFS), read independently with boto3 ----
+
+def s3_client():
+    """boto3's S3 client for the stack's SeaweedFS (path-style, the stack's own keys)."""
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=STACK["MV_S3_ENDPOINT"],
+                        region_name=STACK.get("MV_S3_REGION", "us-east-1"),
+                        aws_access_key_id=STACK["MV_S3_ACCESS_KEY"],
+                        aws_secret_access_key=STACK["MV_S3_SECRET_KEY"],
+                        config=Config(s3={"addressing_style": "path"}))
+
+
+def s3_keys(s3, bucket, prefix):
+    """{key: size} of every object under prefix (ListObjectsV2, all pages)."""
+    out, kw = {}, {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        page = s3.list_objects_v2(**kw)
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+        if not page.get("IsTruncated"):
+            return out
+        kw["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def s3_store_add(name, bucket, *extra, secret_file=None, expect=0):
+    """mailvault store add NAME for the stack's SeaweedFS (secret from RUN/s3.secret)."""
+    return cli("store", "add", name, "--type", "s3", "--endpoint", STACK["MV_S3_ENDPOINT"],
+               "--bucket", bucket, "--access-key", STACK["MV_S3_ACCESS_KEY"],
+               "--secret-file", secret_file or os.path.join(RUN, "s3.secret"), *extra,
+               expect=expect)
+
+
+def imap_append(user, password, subject):
+    """Append a small new message to the user's INBOX; returns its bytes."""
+    c = imaplib.IMAP4("127.0.0.1", IMAP_PORT)
+    c.login(user, password)
+    msg = (f"From: x@example.org\r\nTo: {user}@example.org\r\nSubject: {subject}\r\n"
+           f"Message-ID: <{uuid.uuid4().hex}@example.org>\r\n\r\nbody of {subject}\r\n").encode()
+    c.append("INBOX", None, None, msg)
+    c.logout()
+    return msg

@@ -70,6 +70,12 @@ char *mv_path_join(const char *parent, const char *name);
 /* Replace every occurrence of secret in err with "***" (err stays terminated). */
 void mv_scrub(char *err, size_t errlen, const char *secret);
 
+/* write(2) all of data, retrying on EINTR and short writes; 0, or -1 with errno set. */
+int mv_write_all(int fd, const void *data, size_t len);
+/* Append one element of size bytes to a growable array (*arr holds *n of *cap, doubling from
+ * 16). 0, or -1 when out of memory (the array is left as it was). */
+int mv_grow_push(void **arr, size_t *n, size_t *cap, size_t size, const void *elem);
+
 /* Lowercase hex of len bytes into out (2*len+1). */
 void mv_hex(const unsigned char *in, size_t len, char *out);
 

@@ -357,4 +357,25 @@ mv_err mv_state_delay_pump(mv_state *s, int64_t now_ms, int max,
                            int (*cb)(void *ud, const void *payload, size_t len), void *ud,
                            int *moved, char *err, size_t errlen);
 
+/* Generic catalog hashes and sets for modules with their own key layout (storecat.c). Keys
+ * must start with "mv:". hget: *val malloc'd with a NUL after the bytes; MV_ENOTFOUND if the
+ * field is absent. hdel with field NULL deletes the whole key. Members come sorted. */
+mv_err mv_state_hget(mv_state *s, const char *key, const char *field, void **val, size_t *len,
+                     char *err, size_t errlen);
+mv_err mv_state_hset(mv_state *s, const char *key, const char *field, const void *val, size_t len,
+                     char *err, size_t errlen);
+mv_err mv_state_hdel(mv_state *s, const char *key, const char *field, char *err, size_t errlen);
+/* n fields in one HSET (atomic), n <= 40. */
+mv_err mv_state_hset_many(mv_state *s, const char *key, int n, const char *const *fields,
+                          const char *const *values, char *err, size_t errlen);
+mv_err mv_state_hgetall_str(mv_state *s, const char *key,
+                            int (*cb)(void *ud, const char *field, const char *value), void *ud,
+                            char *err, size_t errlen);
+mv_err mv_state_set_change(mv_state *s, const char *key, const char *member, int add, char *err,
+                           size_t errlen);
+mv_err mv_state_set_has(mv_state *s, const char *key, const char *member, int *yes, char *err,
+                        size_t errlen);
+mv_err mv_state_set_members(mv_state *s, const char *key, int (*cb)(void *ud, const char *m),
+                            void *ud, char *err, size_t errlen);
+
 #endif
