@@ -355,6 +355,41 @@ static int progress_line(int tty, const char *what, size_t i, size_t n)
     return 0;
 }
 
+/* Set or clear the S3 legal hold on every object of a mailbox; clearing keeps the hold on
+ * objects another mailbox on hold shares. */
+static mv_err hold_apply(mv_store *s, mv_state *st, const char *tenant, const char *mailbox, int on,
+                         size_t *done, size_t *kept, char *err, size_t errlen)
+{
+    char setkey[128];
+    hashset mine = {0}, keep = {0};
+    *done = *kept = 0;
+    snprintf(setkey, sizeof setkey, "mv:holds:%s", tenant);
+    mv_err e = mailbox_hashes(s, tenant, mailbox, &mine, err, errlen);
+    if (e == MV_OK && !on) {
+        others o = {s, tenant, mailbox, st, setkey, &keep, MV_OK, ""};
+        e = mv_store_mailbox_list(s, tenant, other_mailbox, &o, err, errlen);
+        if (o.e) e = mv_seterr(err, errlen, o.e, "%s", o.err);
+        hs_sort(&keep);
+    }
+    int tty = isatty(2);
+    for (size_t i = 0; e == MV_OK && i < mine.n; i++) {
+        progress_line(tty, on ? "legal hold set on" : "legal hold cleared on", i, mine.n);
+        if (!on && hs_has(&keep, mine.h[i])) {
+            (*kept)++;
+            continue;
+        }
+        char why[MV_ERRLEN];
+        if ((e = mv_store_legal_hold(s, tenant, mine.h[i], on, why, sizeof why)) != MV_OK)
+            mv_seterr(err, errlen, e, "object %s: %s", mine.h[i], why);
+        else
+            (*done)++;
+    }
+    if (tty) fputc('\n', stderr);
+    free(mine.h);
+    free(keep.h);
+    return e;
+}
+
 int cmd_hold(cli *c, int argc, char **argv)
 {
     opt opts[] = {{"tenant", 1, NULL, 0}, {"mailbox", 1, NULL, 0}, {NULL, 0, NULL, 0}};
@@ -384,7 +419,6 @@ int cmd_hold(cli *c, int argc, char **argv)
     }
     cli_store *cs = NULL;
     mv_store *s = cli_store_open(c, &cs);
-    hashset mine = {0}, keep = {0};
     if (!s) {
         rc = 1;
         goto out;
@@ -403,42 +437,17 @@ int cmd_hold(cli *c, int argc, char **argv)
     }
     /* on: recorded first, so every object a worker writes from now on gets the hold too;
      * off: removed first, so no new object of this mailbox gets one while we clear */
+    size_t done = 0, kept = 0;
     if (mv_state_set_change(st, setkey, mailbox, on, err, sizeof err) ||
-        mailbox_hashes(s, tenant, mailbox, &mine, err, sizeof err)) {
+        hold_apply(s, st, tenant, mailbox, on, &done, &kept, err, sizeof err)) {
         rc = cli_fail(1, "%s", err);
         goto out;
     }
-    if (!on) { /* objects shared with another held mailbox keep their hold */
-        others o = {s, tenant, mailbox, st, setkey, &keep, MV_OK, ""};
-        if (mv_store_mailbox_list(s, tenant, other_mailbox, &o, err, sizeof err) || o.e) {
-            rc = cli_fail(1, "%s", o.e ? o.err : err);
-            goto out;
-        }
-        hs_sort(&keep);
-    }
-    int tty = isatty(2);
-    size_t done = 0, kept = 0;
-    for (size_t i = 0; i < mine.n; i++) {
-        progress_line(tty, on ? "legal hold set on" : "legal hold cleared on", i, mine.n);
-        if (!on && hs_has(&keep, mine.h[i])) {
-            kept++;
-            continue;
-        }
-        if (mv_store_legal_hold(s, tenant, mine.h[i], on, err, sizeof err)) {
-            if (tty) fputc('\n', stderr);
-            rc = cli_fail(1, "object %s: %s", mine.h[i], err);
-            goto out;
-        }
-        done++;
-    }
-    if (tty) fputc('\n', stderr);
     printf("mailbox %s of tenant %s: legal hold %s on %zu objects", mailbox, tenant,
            on ? "set" : "cleared", done);
     if (kept) printf(" (%zu kept: another mailbox on hold holds them too)", kept);
     printf("\n");
 out:
-    free(mine.h);
-    free(keep.h);
     cli_store_close(cs);
     mv_state_close(st);
     return rc;
@@ -647,6 +656,7 @@ int cmd_store_migrate(cli *c, int argc, char **argv)
     mv_store_def *from_def = calloc(1, sizeof *from_def), *to_def = calloc(1, sizeof *to_def);
     migrate_ui u = {st, "", isatty(2), 0};
     char from[64] = "";
+    seglist_ctx held = {0};
     void *last = NULL;
     size_t lastlen = 0;
     if (!st || !from_def || !to_def) {
@@ -666,6 +676,19 @@ int cmd_store_migrate(cli *c, int argc, char **argv)
     }
     if (strcmp(from, to) == 0) {
         rc = cli_fail(1, "tenant %s is already on store %s", tenant, to[0] ? to : "default");
+        goto out;
+    }
+    char holdkey[128];
+    snprintf(holdkey, sizeof holdkey, "mv:holds:%s", tenant);
+    if (mv_state_set_members(st, holdkey, seg_name, &held, err, sizeof err)) {
+        rc = cli_fail(1, "%s", err);
+        goto out;
+    }
+    if (held.n && strcmp(to_def->type, "s3") != 0) {
+        rc = cli_fail(1,
+                      "%zu mailboxes of %s are on legal hold and the %s store has none: clear "
+                      "the holds first or pick an S3 store",
+                      held.n, tenant, to[0] ? to : "default");
         goto out;
     }
     int busy = running_mailboxes(c, st, tenant);
@@ -735,6 +758,23 @@ int cmd_store_migrate(cli *c, int argc, char **argv)
                       to[0] ? to : "default", err, from[0] ? from : "default");
         goto out;
     }
+    /* the holds of held mailboxes, on the new copies */
+    mv_store_forget(s, tenant);
+    size_t rehold = 0;
+    for (size_t i = 0; i < held.n; i++) {
+        size_t done = 0, kept = 0;
+        if (hold_apply(s, st, tenant, held.names[i], 1, &done, &kept, err, sizeof err)) {
+            rc = cli_fail(1,
+                          "the tenant now uses %s, but the legal hold of %s could not be set "
+                          "there: %s (mailvault hold set --tenant %s --mailbox %s)",
+                          to[0] ? to : "default", held.names[i], err, tenant, held.names[i]);
+            goto out;
+        }
+        rehold += done;
+    }
+    if (held.n)
+        printf("legal holds of %zu mailboxes set again on %zu objects of the new store\n", held.n,
+               rehold);
     mv_state_hdel(st, u.mark, NULL, err, sizeof err);
     printf("tenant %s moved from %s to %s: %llu objects copied, %llu were there already, %llu "
            "checked, %llu bytes; the final pass copied %llu; the old copy is left in place\n",
@@ -749,6 +789,7 @@ out:
     free(from_def);
     free(to_def);
     free(last);
+    free(held.names);
     cli_store_close(cs);
     mv_state_close(st);
     return rc;

@@ -4,7 +4,8 @@ Checks: `store migrate --limit` stops part-way and leaves the tenant on its old 
 migration killed with SIGKILL mid-way is resumed by running the command again ("resuming
 after"); at the end the bucket (read with boto3) holds exactly the keys of the filesystem
 tree, byte for byte, the tenant points at S3, verify passes there, ls and get still work, and
-the next archive run writes its new message to S3 only."""
+the next archive run writes its new message to S3 only. Moving on to a second bucket carries
+the legal hold of a held mailbox; moving held mail to the filesystem store is refused."""
 from mvtest import *
 
 s3 = s3_client()
@@ -37,7 +38,7 @@ with Workers(2):
     run(t, "imap")
 src = fs_keys(t)
 check(len(src) > 200, f"{t} has {len(src)} objects and segments on the filesystem store")
-s3_store_add("target", BUCKET, "--create-bucket")
+s3_store_add("target", BUCKET, "--create-bucket", "--object-lock")
 
 out = cli("store", "migrate", "--tenant", t, "--to", "target", "--limit", "20").stdout
 check("stopped after 20" in out, f"--limit stops part-way: {out.strip()}")
@@ -91,4 +92,16 @@ after = bucket_keys(f"{t}/objects/")
 check(len(after) == objs + 1, "and its new message to S3")
 r = cli("store", "migrate", "--tenant", t, "--to", "target", expect=1)
 check("already on store target" in r.stderr, "migrating to the current store is refused")
+
+# legal holds move with the archive (S3 to S3); the filesystem store has none to take them
+cli("hold", "set", "--tenant", t, "--mailbox", u1)
+r = cli("store", "migrate", "--tenant", t, "--to", "default", expect=1)
+check("legal hold" in r.stderr, f"moving held mail to the filesystem store is refused: {r.stderr.strip()}")
+BUCKET2 = f"mvmig2-{SUFFIX}"
+s3_store_add("target2", BUCKET2, "--create-bucket", "--object-lock")
+out = cli("store", "migrate", "--tenant", t, "--to", "target2").stdout
+n1 = len({r["hash"] for r in index(t, u1)})
+check(f"legal holds of 1 mailboxes set again on {n1} objects" in out, f"holds are set again: {out.strip().splitlines()[-2]}")
+v = json.loads(cli("verify", "--tenant", t, "--json").stdout)
+check(v["bad"] == 0 and v["held"] == n1 and v["ok"] == objs + 1, f"verify on the second bucket: {v}")
 print("1 passed, 0 failed")
