@@ -225,6 +225,8 @@ int main(int argc, char **argv)
     memcpy(catx.master, key, sizeof catx.master);
     catx.has_master = 1;
     mv_store_set_policy(store, mv_storecat_policy, &catx, 60000);
+    /* chunk mode: S3 uploads overlap, and the chunk waits for them before its checkpoint */
+    if (!cfg.store_fsync_each) mv_store_set_async(store, 1);
     /* what dead writers left: temp files, unfinished S3 multipart uploads (all stores) */
     int stale = 0;
     if (mv_storecat_sweep_all(catx.st, key, store, 3600, &stale, err, sizeof err))

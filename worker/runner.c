@@ -241,6 +241,7 @@ mv_err mv_runner_execute(mv_runner *r, const void *payload, size_t len, mv_run_o
     /* the tenant's store, keys and retention as they are now (a rotation or a move to another
      * store applies from the next task on) */
     mv_store_forget(r->store, t.tenant);
+    mv_store_settle(r->store); /* uploads a failed task of this thread left behind */
     char holds[MV_ERRLEN];
     snprintf(holds, sizeof holds, "mv:holds:%s", t.tenant);
     if ((rc = mv_state_set_has(r->st, holds, t.mailbox, &r->legal_hold, err, errlen)) != MV_OK)

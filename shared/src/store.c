@@ -76,6 +76,7 @@ struct mv_store {
     pentry *cache; /* POLICY_CACHE entries */
     named_be bes[BACKENDS_MAX];
     int nbes;
+    int async; /* S3 commits queue their upload; mv_store_sync waits (mv_store_set_async) */
 };
 
 typedef struct emit_ctx {
@@ -292,6 +293,10 @@ static mv_err backend_for(mv_store *s, const mv_store_def *def, mv_be **out, cha
         rc = mv_seterr(err, errlen, MV_EINVAL, "store %s: unknown type \"%s\"", def->name,
                        def->type);
     if (rc) return rc;
+    if (s->async && be->ops->set_async && (rc = be->ops->set_async(be, 1, err, errlen)) != MV_OK) {
+        be->ops->close(be);
+        return rc;
+    }
     s->bes[s->nbes].def = *def;
     s->bes[s->nbes].be = be;
     s->bes[s->nbes].retired = 0;
@@ -649,6 +654,28 @@ static mv_err sync_all(mv_store *s, int sweep_age, int *removed, char *err, size
         }
     }
     return rc;
+}
+
+void mv_store_set_async(mv_store *s, int on)
+{
+    pthread_mutex_lock(&s->mu);
+    s->async = on ? 1 : 0;
+    for (int i = 0; i < s->nbes; i++)
+        if (s->bes[i].be->ops->set_async)
+            s->bes[i].be->ops->set_async(s->bes[i].be, s->async, NULL, 0);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void mv_store_settle(mv_store *s)
+{
+    mv_be *list[BACKENDS_MAX];
+    int n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->nbes; i++)
+        if (s->bes[i].be->ops->settle) list[n++] = s->bes[i].be;
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n; i++)
+        list[i]->ops->settle(list[i]);
 }
 
 mv_err mv_store_sync(mv_store *s, char *err, size_t errlen)

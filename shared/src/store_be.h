@@ -57,8 +57,15 @@ typedef struct mv_be_ops {
     /* The top-level names (tenants) in strcmp order. */
     mv_err (*list_top)(mv_be *b, int (*cb)(void *ud, const char *name), void *ud, char *err,
                        size_t errlen);
-    /* Make every commit so far durable (fs chunk mode); may be NULL when commits are durable. */
+    /* Make every commit so far durable (fs chunk mode: syncfs; S3 with asynchronous uploads:
+     * wait for the calling thread's uploads and report their first error); NULL when commits
+     * are durable when they return. */
     mv_err (*sync)(mv_be *b, char *err, size_t errlen);
+    /* Wait for the calling thread's asynchronous uploads and forget their errors (a task that
+     * failed must not pass its leftovers to the next one); NULL if there are none. */
+    void (*settle)(mv_be *b);
+    /* Asynchronous commits on or off (S3); NULL for backends that have none. */
+    mv_err (*set_async)(mv_be *b, int on, char *err, size_t errlen);
     /* Remove leftovers of writers that died (fs temp files, S3 multipart uploads). */
     mv_err (*sweep)(mv_be *b, int max_age_s, int *removed, char *err, size_t errlen);
     /* Delete an object. *refused = 1 when the store refused because of retention or a hold. */

@@ -23,6 +23,7 @@
 #include "store_be.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <openssl/crypto.h>
@@ -34,12 +35,48 @@
 
 #define DEFAULT_PART (8u << 20)
 
+#define UPLOADERS 8             /* threads of the asynchronous uploader */
+#define QUEUE_MAX 64            /* objects waiting for an uploader */
+#define QUEUE_BYTES (64u << 20) /* and their bytes */
+#define SUBMITTERS 64           /* threads that can have uploads in flight at once */
+
+/* One object waiting for (or in) an upload; owns its bytes. */
+typedef struct job {
+    struct job *next;
+    char key[MV_S3_KEY_MAX + 1];
+    unsigned char *buf;
+    size_t len;
+    char mode[16];
+    mv_s3_put_opts o;
+    struct submitter *who;
+} job;
+
+/* A thread's uploads in flight and the first error among them, until it calls sync. */
+typedef struct submitter {
+    pthread_t tid;
+    int used;
+    int pending;
+    mv_err err;
+    char msg[MV_ERRLEN];
+} submitter;
+
 typedef struct s3_be {
     mv_be base;
     mv_s3 *c;
     size_t part;
     char spool[512];
     char bucket[64];
+    /* asynchronous uploads (mv_store_set_async): commit queues a small object and returns;
+     * sync waits for the calling thread's uploads and reports their first error */
+    int async;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;   /* a job was queued, or the uploaders must stop */
+    pthread_cond_t done; /* a job finished, or room in the queue */
+    job *head, *tail;
+    size_t queued, queued_bytes;
+    int stopping, nthreads;
+    pthread_t threads[UPLOADERS];
+    submitter subs[SUBMITTERS];
 } s3_be;
 
 struct mv_be_writer {
@@ -127,6 +164,142 @@ static void opts_of(const mv_be_lock *lock, mv_s3_put_opts *o)
     if (lock) o->legal_hold = lock->legal_hold;
 }
 
+/* ---- asynchronous uploads ----------------------------------------------------------------- */
+
+static void *uploader(void *arg)
+{
+    s3_be *b = arg;
+    pthread_mutex_lock(&b->mu);
+    for (;;) {
+        while (!b->head && !b->stopping)
+            pthread_cond_wait(&b->cv, &b->mu);
+        if (!b->head) break; /* stopping and nothing left */
+        job *j = b->head;
+        b->head = j->next;
+        if (!b->head) b->tail = NULL;
+        pthread_mutex_unlock(&b->mu);
+        char err[MV_ERRLEN];
+        j->o.lock_mode = j->mode[0] ? j->mode : NULL;
+        mv_err rc = mv_s3_put(b->c, j->key, j->buf, j->len, &j->o, err, sizeof err);
+        if (rc == MV_EEXIST) rc = MV_OK; /* deduplicated */
+        pthread_mutex_lock(&b->mu);
+        submitter *w = j->who;
+        if (rc && !w->err) {
+            w->err = rc;
+            snprintf(w->msg, sizeof w->msg, "%s", err);
+        }
+        w->pending--;
+        b->queued--;
+        b->queued_bytes -= j->len;
+        pthread_cond_broadcast(&b->done);
+        OPENSSL_cleanse(j->buf, j->len);
+        free(j->buf);
+        free(j);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+/* The calling thread's accounting entry (mutex held); NULL when the table is full. */
+static submitter *me(s3_be *b, int create)
+{
+    pthread_t self = pthread_self();
+    submitter *free_slot = NULL;
+    for (int i = 0; i < SUBMITTERS; i++) {
+        submitter *w = &b->subs[i];
+        if (w->used && pthread_equal(w->tid, self)) return w;
+        if (!w->used && !free_slot) free_slot = w;
+    }
+    if (!create || !free_slot) return NULL;
+    memset(free_slot, 0, sizeof *free_slot);
+    free_slot->used = 1;
+    free_slot->tid = self;
+    return free_slot;
+}
+
+/* Hand the writer's bytes to the uploaders; 1 if queued (the writer no longer owns them). */
+static int enqueue(s3_be *b, mv_be_writer *w, const char *key, const mv_s3_put_opts *o)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j || strlen(key) > MV_S3_KEY_MAX) {
+        free(j);
+        return 0;
+    }
+    snprintf(j->key, sizeof j->key, "%s", key);
+    j->o = *o;
+    if (o->lock_mode) snprintf(j->mode, sizeof j->mode, "%s", o->lock_mode);
+    j->o.lock_mode = NULL;
+    pthread_mutex_lock(&b->mu);
+    submitter *who = me(b, 1);
+    if (!who || b->stopping) {
+        pthread_mutex_unlock(&b->mu);
+        free(j);
+        return 0;
+    }
+    while (b->queued >= QUEUE_MAX || (b->queued && b->queued_bytes + w->len > QUEUE_BYTES))
+        pthread_cond_wait(&b->done, &b->mu);
+    j->buf = w->buf;
+    j->len = w->len;
+    j->who = who;
+    w->buf = NULL;
+    w->len = w->cap = 0;
+    who->pending++;
+    b->queued++;
+    b->queued_bytes += j->len;
+    if (b->tail)
+        b->tail->next = j;
+    else
+        b->head = j;
+    b->tail = j;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    return 1;
+}
+
+/* Wait for the calling thread's uploads; their first error (cleared) unless drop. */
+static mv_err wait_mine(s3_be *b, int drop, char *err, size_t errlen)
+{
+    mv_err rc = MV_OK;
+    pthread_mutex_lock(&b->mu);
+    submitter *w = me(b, 0);
+    if (w) {
+        while (w->pending > 0)
+            pthread_cond_wait(&b->done, &b->mu);
+        if (w->err && !drop) rc = mv_seterr(err, errlen, w->err, "%s", w->msg);
+        w->used = 0; /* the entry is free again: this thread has nothing in flight */
+    }
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+static mv_err s3_sync(mv_be *be, char *err, size_t errlen)
+{
+    s3_be *b = (s3_be *)be;
+    return b->async ? wait_mine(b, 0, err, errlen) : MV_OK;
+}
+
+static void s3_settle(mv_be *be)
+{
+    s3_be *b = (s3_be *)be;
+    if (b->async) wait_mine(b, 1, NULL, 0);
+}
+
+static mv_err s3_set_async(mv_be *be, int on, char *err, size_t errlen)
+{
+    s3_be *b = (s3_be *)be;
+    pthread_mutex_lock(&b->mu);
+    mv_err rc = MV_OK;
+    if (on && !b->async) {
+        for (; b->nthreads < UPLOADERS; b->nthreads++)
+            if (pthread_create(&b->threads[b->nthreads], NULL, uploader, b) != 0) break;
+        if (b->nthreads == 0)
+            rc = mv_seterr(err, errlen, MV_ERR, "cannot start the S3 upload threads");
+    }
+    if (rc == MV_OK) b->async = on && b->nthreads > 0;
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
 static mv_err s3_w_commit(mv_be_writer *w, const char *key, int overwrite, const mv_be_lock *lock,
                           int *existed, uint64_t *stored, char *err, size_t errlen)
 {
@@ -137,7 +310,10 @@ static mv_err s3_w_commit(mv_be_writer *w, const char *key, int overwrite, const
     *existed = 0;
     *stored = w->total;
     mv_err rc;
-    if (w->fd < 0) {
+    if (w->fd < 0 && b->async && enqueue(b, w, key, &o)) {
+        /* queued: sync reports how it went; whether it already existed is not known here */
+        rc = MV_OK;
+    } else if (w->fd < 0) {
         rc = mv_s3_put(b->c, key, w->buf, w->len, &o, err, errlen);
     } else {
         mv_s3_head_info hi;
@@ -315,6 +491,15 @@ static void s3_close(mv_be *be)
 {
     s3_be *b = (s3_be *)be;
     if (!b) return;
+    pthread_mutex_lock(&b->mu);
+    b->stopping = 1; /* the uploaders finish the queue first */
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    for (int i = 0; i < b->nthreads; i++)
+        pthread_join(b->threads[i], NULL);
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->cv);
+    pthread_cond_destroy(&b->done);
     mv_s3_close(b->c);
     free(b);
 }
@@ -330,7 +515,9 @@ static const mv_be_ops s3_ops = {
     .blob_put = s3_blob_put,
     .list = s3_list,
     .list_top = s3_list_top,
-    .sync = NULL,
+    .sync = s3_sync,
+    .settle = s3_settle,
+    .set_async = s3_set_async,
     .sweep = s3_sweep,
     .del = s3_del,
     .lock_get = s3_lock_get,
@@ -379,6 +566,9 @@ mv_err mv_be_s3_open(const mv_store_def *def, mv_be **out, char *err, size_t err
         return mv_seterr(err, errlen, rc, "store %s: %s", def->name, why);
     }
     b->base.ops = &s3_ops;
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+    pthread_cond_init(&b->done, NULL);
     b->part = def->part_size > 0 ? (size_t)def->part_size : DEFAULT_PART;
     if (b->part < MV_S3_MIN_PART) b->part = MV_S3_MIN_PART;
     snprintf(b->spool, sizeof b->spool, "%s", def->spool_dir[0] ? def->spool_dir : "/var/tmp");

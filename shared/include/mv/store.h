@@ -124,8 +124,18 @@ mv_err mv_store_create_bucket(const mv_store_def *def, int object_lock, char *er
 mv_err mv_store_sweep_def(mv_store *s, const mv_store_def *def, int max_age_s, int *removed,
                           char *err, size_t errlen);
 
-/* Make every write so far durable (syncfs on the default store's filesystem; S3 commits are
- * durable when they return). */
+/* Asynchronous S3 commits (the worker in chunk mode): mv_put_commit of an object that fits in
+ * one part queues its upload (8 threads per S3 store) and returns at once, with existed = 0
+ * (whether it was a duplicate is not known yet); mv_store_sync then waits for every upload
+ * the calling thread queued and returns the first failure. Whoever turns this on must call
+ * mv_store_sync before relying on its commits, as in chunk mode on the filesystem. */
+void mv_store_set_async(mv_store *s, int on);
+/* Wait for the calling thread's queued uploads and forget their failures (a task that failed
+ * half-way, before the next one starts). */
+void mv_store_settle(mv_store *s);
+
+/* Make every write so far durable (syncfs on the default store's filesystem; the calling
+ * thread's queued S3 uploads, see mv_store_set_async). */
 mv_err mv_store_sync(mv_store *s, char *err, size_t errlen);
 
 /* Stream the decompressed message to cb, verifying its SHA-256 at the end (MV_ECORRUPT on a
