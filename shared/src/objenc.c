@@ -18,6 +18,7 @@
 #include <openssl/hmac.h>
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,14 +65,24 @@ int mv_objenc_is_envelope(const void *data, size_t len)
     return len >= 4 && memcmp(data, MV_OBJENC_MAGIC, 4) == 0;
 }
 
+/* The HKDF implementation, fetched once: a fetch per object would search the provider's
+ * algorithm store under its lock every time. */
+static EVP_KDF *hkdf;
+static pthread_once_t hkdf_once = PTHREAD_ONCE_INIT;
+
+static void hkdf_fetch(void)
+{
+    hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+}
+
 /* HKDF-SHA256(ikm = data key, salt, info = "mailvault object v1 " tenant) -> out. */
 static mv_err derive(const unsigned char dk[32], const unsigned char *salt, const char *tenant,
                      unsigned char out[32], char *err, size_t errlen)
 {
     char info[96];
     int n = snprintf(info, sizeof info, "mailvault object v1 %s", tenant);
-    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-    EVP_KDF_CTX *kc = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+    pthread_once(&hkdf_once, hkdf_fetch);
+    EVP_KDF_CTX *kc = hkdf ? EVP_KDF_CTX_new(hkdf) : NULL;
     mv_err rc = MV_OK;
     OSSL_PARAM ps[] = {
         OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
@@ -83,7 +94,6 @@ static mv_err derive(const unsigned char dk[32], const unsigned char *salt, cons
     if (!kc || EVP_KDF_derive(kc, out, 32, ps) != 1)
         rc = mv_seterr(err, errlen, MV_ERR, "object key derivation (HKDF) failed");
     EVP_KDF_CTX_free(kc);
-    EVP_KDF_free(kdf);
     return rc;
 }
 
