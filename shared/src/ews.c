@@ -40,6 +40,7 @@
  *   is to be discarded by the caller, and items not yet reached got no callback.
  * - Only http and https URLs; http exists for loopback tests and the simulator. */
 #include "mv/ews.h"
+#include "mv/xmlsafe.h"
 #include "mv/http.h"
 #include "mv/log.h"
 #include "mv/oauth.h"
@@ -176,56 +177,6 @@ char *mv_ews__path_join(const char *parent, const char *name)
     return mv_path_join(parent, name);
 }
 
-/* ------------------------------------------------------------------ libxml2 setup */
-
-static pthread_once_t xml_once = PTHREAD_ONCE_INIT;
-
-static void xml_init_once(void)
-{
-    xmlInitParser();
-}
-
-static void xml_silent(void *ud, xmlErrorPtr e)
-{
-    (void)ud;
-    (void)e;
-}
-
-/* libxml2 reports some errors (character encoding) through its per-thread generic handler,
- * which prints to stderr; a library never prints, so each parse runs with a silent one and
- * puts the caller's back after. */
-static void generic_silent(void *ctx, const char *msg, ...)
-{
-    (void)ctx;
-    (void)msg;
-}
-
-typedef struct quiet {
-    xmlGenericErrorFunc fn;
-    void *ctx;
-} quiet;
-
-static void quiet_on(quiet *q)
-{
-    q->fn = xmlGenericError;
-    q->ctx = xmlGenericErrorContext;
-    xmlSetGenericErrorFunc(NULL, generic_silent);
-}
-
-static void quiet_off(const quiet *q)
-{
-    xmlSetGenericErrorFunc(q->ctx, q->fn);
-}
-
-/* The SAX internalSubset hook: a DOCTYPE stops the parse before its subset is read. */
-static void dtd_refuse(void *ctx, const xmlChar *name, const xmlChar *eid, const xmlChar *sid)
-{
-    (void)name;
-    (void)eid;
-    (void)sid;
-    xmlStopParser((xmlParserCtxtPtr)ctx);
-}
-
 /* ------------------------------------------------------------------ error mapping */
 
 mv_err mv_ews__code_err(const char *code)
@@ -332,42 +283,7 @@ static void attr_into(xmlNode *n, const char *name, char *out, size_t outlen)
 static mv_err load_xml(const char *body, size_t len, const char *what, xmlDoc **out, char *err,
                        size_t errlen)
 {
-    *out = NULL;
-    pthread_once(&xml_once, xml_init_once);
-    if (!body || !len) return mv_seterr(err, errlen, MV_EPROTO, "%s: empty answer", what);
-    if (len > INT_MAX) return mv_seterr(err, errlen, MV_EPROTO, "%s: answer too large", what);
-    quiet qt;
-    quiet_on(&qt);
-    xmlParserCtxtPtr c = xmlNewParserCtxt();
-    if (!c) {
-        quiet_off(&qt);
-        return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
-    }
-    c->sax->internalSubset = dtd_refuse;
-    c->sax->serror = xml_silent;
-    xmlDoc *d = xmlCtxtReadMemory(c, body, (int)len, NULL, NULL,
-                                  XML_PARSE_NONET | XML_PARSE_NOBLANKS | XML_PARSE_NOERROR |
-                                      XML_PARSE_NOWARNING);
-    mv_err e = MV_OK;
-    if (c->errNo == XML_ERR_USER_STOP) {
-        e = mv_seterr(err, errlen, MV_EPROTO, "%s: the answer has a DOCTYPE (refused)", what);
-    } else if (!d || !c->wellFormed) {
-        const xmlError *xe = xmlCtxtGetLastError(c);
-        if (xe && xe->code == XML_ERR_NO_MEMORY)
-            e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
-        else
-            e = mv_seterr(err, errlen, MV_EPROTO, "%s: not well-formed XML (line %d: %s)", what,
-                          xe ? xe->line : 0, xe && xe->message ? xe->message : "parse error");
-        mv_sanitize(err);
-    }
-    if (e) {
-        xmlFreeDoc(d);
-        d = NULL;
-    }
-    xmlFreeParserCtxt(c);
-    quiet_off(&qt);
-    *out = d;
-    return e;
+    return mv_xml_load(body, len, INT_MAX, XML_PARSE_NOBLANKS, what, out, err, errlen);
 }
 
 /* "15.2.1544 V2017_07_11" from t:ServerVersionInfo's attributes ("" if they look odd). */
@@ -1158,7 +1074,7 @@ mv_err mv_ews__getitem_new(size_t n, uint64_t max_message, const mv_ews_mime_cb 
     if (n < 1 || n > MV_EWS_GET_MAX || !cb)
         return mv_seterr(err, errlen, MV_EINVAL, "GetItem: 1..%d items and callbacks required",
                          MV_EWS_GET_MAX);
-    pthread_once(&xml_once, xml_init_once);
+    mv_xml_init();
     mv_ews__getitem *g = calloc(1, sizeof *g);
     if (!g) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
     g->n = n;
@@ -1175,11 +1091,11 @@ mv_err mv_ews__getitem_new(size_t n, uint64_t max_message, const mv_ews_mime_cb 
     sax.cdataBlock = gi_chars;
     sax.ignorableWhitespace = gi_chars;
     sax.internalSubset = gi_dtd;
-    sax.serror = xml_silent;
-    quiet qt;
-    quiet_on(&qt);
+    sax.serror = mv_xml_silent;
+    mv_xml_quiet qt;
+    mv_xml_quiet_on(&qt);
     g->ctxt = xmlCreatePushParserCtxt(&sax, g, NULL, 0, NULL);
-    quiet_off(&qt);
+    mv_xml_quiet_off(&qt);
     if (!g->ctxt) {
         free(g);
         return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
@@ -1207,24 +1123,24 @@ static void gi_parse_error(mv_ews__getitem *g)
 
 mv_err mv_ews__getitem_feed(mv_ews__getitem *g, const char *p, size_t n, char *err, size_t errlen)
 {
-    quiet qt;
-    quiet_on(&qt);
+    mv_xml_quiet qt;
+    mv_xml_quiet_on(&qt);
     while (!g->e && n > 0) {
         int k = n > (1u << 20) ? (1 << 20) : (int)n;
         if (xmlParseChunk(g->ctxt, p, k, 0) || !g->ctxt->wellFormed) gi_parse_error(g);
         p += k;
         n -= (size_t)k;
     }
-    quiet_off(&qt);
+    mv_xml_quiet_off(&qt);
     return g->e ? gi_result(g, err, errlen) : MV_OK;
 }
 
 mv_err mv_ews__getitem_finish(mv_ews__getitem *g, char *err, size_t errlen)
 {
-    quiet qt;
-    quiet_on(&qt);
+    mv_xml_quiet qt;
+    mv_xml_quiet_on(&qt);
     if (!g->e && (xmlParseChunk(g->ctxt, NULL, 0, 1) || !g->ctxt->wellFormed)) gi_parse_error(g);
-    quiet_off(&qt);
+    mv_xml_quiet_off(&qt);
     if (!g->e && !g->seen_resp)
         gi_stop(g, MV_EPROTO, "GetItem: the answer has no m:GetItemResponse");
     if (!g->e && g->nmsg != g->n)
@@ -1293,7 +1209,7 @@ static void xw_free(xw *x)
 static int xw_open(xw *x, const mv_ews *e, const char *mailbox)
 {
     memset(x, 0, sizeof *x);
-    pthread_once(&xml_once, xml_init_once);
+    mv_xml_init();
     if (!(x->buf = xmlBufferCreate()) || !(x->w = xmlNewTextWriterMemory(x->buf, 0))) {
         xw_free(x);
         return -1;
@@ -2366,7 +2282,7 @@ mv_err mv_ews_open(const mv_ews_opts *o, mv_ews **out, char *err, size_t errlen)
         return mv_seterr(err, errlen, MV_EINVAL,
                          "ews: timeouts must be > 0, max_xml >= 1024, max_message > 0, "
                          "page_size 1..1000");
-    pthread_once(&xml_once, xml_init_once);
+    mv_xml_init();
     e = calloc(1, sizeof *e);
     if (!e) return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
     e->o = *o;

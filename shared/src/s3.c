@@ -20,6 +20,7 @@
  *   internal subset (so no entity is ever declared). Elements are matched by local name, so
  *   stores that answer with or without the S3 namespace both parse. */
 #include "mv/s3.h"
+#include "mv/xmlsafe.h"
 #include "mv/http.h"
 #include "mv/log.h"
 
@@ -71,7 +72,7 @@ static CURLcode curl_init_rc = CURLE_OK;
 static void lib_init(void)
 {
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-    xmlInitParser();
+    mv_xml_init();
 }
 
 typedef struct sbuf {
@@ -419,68 +420,11 @@ static mv_err digest_fd(int fd, uint64_t off, uint64_t len, digests *d, const ch
 
 /* ------------------------------------------------------------------ XML */
 
-static void generic_silent(void *ctx, const char *msg, ...)
-{
-    (void)ctx;
-    (void)msg;
-}
-
-static void xml_silent(void *ud, xmlErrorPtr e)
-{
-    (void)ud;
-    (void)e;
-}
-
-/* The SAX internalSubset hook: a DOCTYPE stops the parse before its subset is read. */
-static void dtd_refuse(void *ctx, const xmlChar *name, const xmlChar *eid, const xmlChar *sid)
-{
-    (void)name;
-    (void)eid;
-    (void)sid;
-    xmlStopParser((xmlParserCtxtPtr)ctx);
-}
-
 static mv_err load_xml(const char *body, size_t len, const char *what, xmlDoc **out, char *err,
                        size_t errlen)
 {
-    *out = NULL;
     pthread_once(&init_once, lib_init);
-    if (!body || !len) return mv_seterr(err, errlen, MV_EPROTO, "%s: empty answer", what);
-    if (len > MV_S3_XML_MAX)
-        return mv_seterr(err, errlen, MV_ETOOBIG, "%s: answer larger than %u bytes", what,
-                         MV_S3_XML_MAX);
-    xmlGenericErrorFunc old_fn = xmlGenericError;
-    void *old_ctx = xmlGenericErrorContext;
-    xmlSetGenericErrorFunc(NULL, generic_silent);
-    xmlParserCtxtPtr c = xmlNewParserCtxt();
-    if (!c) {
-        xmlSetGenericErrorFunc(old_ctx, old_fn);
-        return mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
-    }
-    c->sax->internalSubset = dtd_refuse;
-    c->sax->serror = xml_silent;
-    xmlDoc *d = xmlCtxtReadMemory(c, body, (int)len, NULL, NULL,
-                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    mv_err e = MV_OK;
-    if (c->errNo == XML_ERR_USER_STOP) {
-        e = mv_seterr(err, errlen, MV_EPROTO, "%s: the answer has a DOCTYPE (refused)", what);
-    } else if (!d || !c->wellFormed || !xmlDocGetRootElement(d)) {
-        const xmlError *xe = xmlCtxtGetLastError(c);
-        if (xe && xe->code == XML_ERR_NO_MEMORY)
-            e = mv_seterr(err, errlen, MV_ENOMEM, "out of memory");
-        else
-            e = mv_seterr(err, errlen, MV_EPROTO, "%s: not well-formed XML (line %d: %s)", what,
-                          xe ? xe->line : 0, xe && xe->message ? xe->message : "parse error");
-        mv_sanitize(err);
-    }
-    if (e) {
-        xmlFreeDoc(d);
-        d = NULL;
-    }
-    xmlFreeParserCtxt(c);
-    xmlSetGenericErrorFunc(old_ctx, old_fn);
-    *out = d;
-    return e;
+    return mv_xml_load(body, len, MV_S3_XML_MAX, 0, what, out, err, errlen);
 }
 
 static int is_el(const xmlNode *n, const char *name)
