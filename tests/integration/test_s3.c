@@ -874,6 +874,21 @@ static void test_retries(void **state)
     CHECK_ERR(MV_EPROTO, mv_s3_list(s, "", collect_key, &l, err, sizeof err));
     fake_stop(&f, s);
     assert_int_equal(l.n, 0);
+
+    /* a skewed clock and a refused key are permanent, named, and not retried */
+    const char *s8[] = {err_resp(403, "RequestTimeTooSkewed", r1, sizeof r1)};
+    s = fake_start(&f, s8, 1, 4);
+    CHECK_ERR(MV_EAUTH, mv_s3_put(s, "k", "x", 1, NULL, err, sizeof err));
+    CHECK_IN("RequestTimeTooSkewed");
+    CHECK_IN("clock");
+    fake_stop(&f, s);
+    assert_int_equal(f.served, 1);
+    const char *s9[] = {err_resp(403, "AccessDenied", r1, sizeof r1)};
+    s = fake_start(&f, s9, 1, 4);
+    CHECK_ERR(MV_EAUTH, mv_s3_put(s, "k", "x", 1, NULL, err, sizeof err));
+    CHECK_IN("AccessDenied");
+    fake_stop(&f, s);
+    assert_int_equal(f.served, 1);
 }
 
 int main(void)
