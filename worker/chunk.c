@@ -136,7 +136,13 @@ mv_err chunk_batch_store(chunk_ctx *c, const char *segname, char *err, size_t er
 {
     mv_runner *r = c->r;
     mv_err rc;
-    if (!r->cfg->store_fsync_each && (rc = mv_store_sync(r->store, err, errlen))) return rc;
+    if (!r->cfg->store_fsync_each) {
+        /* queued S3 uploads that found their object already there were counted as stored */
+        uint64_t dup_n = 0, dup_bytes = 0;
+        if ((rc = mv_store_sync_dups(r->store, &dup_n, &dup_bytes, err, errlen))) return rc;
+        c->dedup += dup_n;
+        c->stored -= dup_bytes < c->stored ? dup_bytes : c->stored;
+    }
     void *seg = NULL;
     size_t seglen = 0;
     if ((rc = mv_segment_encode(&c->seg, &seg, &seglen, err, errlen))) return rc;

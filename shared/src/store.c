@@ -634,26 +634,16 @@ out:
     return rc;
 }
 
-static mv_err sync_all(mv_store *s, int sweep_age, int *removed, char *err, size_t errlen)
+/* Every backend opened so far (the default first). */
+static int backends(mv_store *s, mv_be *list[BACKENDS_MAX + 1])
 {
-    mv_be *list[BACKENDS_MAX + 1];
     int n = 0;
     pthread_mutex_lock(&s->mu);
     list[n++] = s->def;
     for (int i = 0; i < s->nbes; i++)
         list[n++] = s->bes[i].be;
     pthread_mutex_unlock(&s->mu);
-    mv_err rc = MV_OK;
-    for (int i = 0; i < n && rc == MV_OK; i++) {
-        if (removed) {
-            int k = 0;
-            rc = list[i]->ops->sweep(list[i], sweep_age, &k, err, errlen);
-            *removed += k;
-        } else if (list[i]->ops->sync) {
-            rc = list[i]->ops->sync(list[i], err, errlen);
-        }
-    }
-    return rc;
+    return n;
 }
 
 void mv_store_set_async(mv_store *s, int on)
@@ -668,27 +658,42 @@ void mv_store_set_async(mv_store *s, int on)
 
 void mv_store_settle(mv_store *s)
 {
-    mv_be *list[BACKENDS_MAX];
-    int n = 0;
-    pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < s->nbes; i++)
-        if (s->bes[i].be->ops->settle) list[n++] = s->bes[i].be;
-    pthread_mutex_unlock(&s->mu);
+    mv_be *list[BACKENDS_MAX + 1];
+    int n = backends(s, list);
     for (int i = 0; i < n; i++)
-        list[i]->ops->settle(list[i]);
+        if (list[i]->ops->settle) list[i]->ops->settle(list[i]);
+}
+
+mv_err mv_store_sync_dups(mv_store *s, uint64_t *dup_n, uint64_t *dup_bytes, char *err,
+                          size_t errlen)
+{
+    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
+    mv_be *list[BACKENDS_MAX + 1];
+    int n = backends(s, list);
+    mv_err rc = MV_OK;
+    for (int i = 0; i < n && rc == MV_OK; i++)
+        if (list[i]->ops->sync) rc = list[i]->ops->sync(list[i], dup_n, dup_bytes, err, errlen);
+    return rc;
 }
 
 mv_err mv_store_sync(mv_store *s, char *err, size_t errlen)
 {
-    if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
-    return sync_all(s, 0, NULL, err, errlen);
+    return mv_store_sync_dups(s, NULL, NULL, err, errlen);
 }
 
 mv_err mv_store_clean_tmp(mv_store *s, int max_age_s, int *removed, char *err, size_t errlen)
 {
     *removed = 0;
     if (!s) return mv_seterr(err, errlen, MV_EINVAL, "store is NULL");
-    return sync_all(s, max_age_s, removed, err, errlen);
+    mv_be *list[BACKENDS_MAX + 1];
+    int n = backends(s, list);
+    mv_err rc = MV_OK;
+    for (int i = 0; i < n && rc == MV_OK; i++) {
+        int k = 0;
+        rc = list[i]->ops->sweep(list[i], max_age_s, &k, err, errlen);
+        *removed += k;
+    }
+    return rc;
 }
 
 /* ---- reading ------------------------------------------------------------------------------ */

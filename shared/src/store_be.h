@@ -59,8 +59,9 @@ typedef struct mv_be_ops {
                        size_t errlen);
     /* Make every commit so far durable (fs chunk mode: syncfs; S3 with asynchronous uploads:
      * wait for the calling thread's uploads and report their first error); NULL when commits
-     * are durable when they return. */
-    mv_err (*sync)(mv_be *b, char *err, size_t errlen);
+     * are durable when they return. *dup_n / *dup_bytes (may be NULL) are increased by the
+     * queued objects that turned out to exist already (counted as stored at commit). */
+    mv_err (*sync)(mv_be *b, uint64_t *dup_n, uint64_t *dup_bytes, char *err, size_t errlen);
     /* Wait for the calling thread's asynchronous uploads and forget their errors (a task that
      * failed must not pass its leftovers to the next one); NULL if there are none. */
     void (*settle)(mv_be *b);

@@ -417,8 +417,10 @@ static mv_err fs_list_top(mv_be *be, int (*cb)(void *ud, const char *name), void
 
 /* ---- the rest ----------------------------------------------------------------------------- */
 
-static mv_err fs_sync(mv_be *be, char *err, size_t errlen)
+static mv_err fs_sync(mv_be *be, uint64_t *dup_n, uint64_t *dup_bytes, char *err, size_t errlen)
 {
+    (void)dup_n;
+    (void)dup_bytes;
     fs_be *b = (fs_be *)be;
     int fd = open(b->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return mv_seterr(err, errlen, MV_EIO, "open %s: %s", b->root, strerror(errno));

@@ -56,6 +56,7 @@ typedef struct submitter {
     pthread_t tid;
     int used;
     int pending;
+    uint64_t dup_n, dup_bytes; /* uploads that found the object already there (412) */
     mv_err err;
     char msg[MV_ERRLEN];
 } submitter;
@@ -181,9 +182,13 @@ static void *uploader(void *arg)
         char err[MV_ERRLEN];
         j->o.lock_mode = j->mode[0] ? j->mode : NULL;
         mv_err rc = mv_s3_put(b->c, j->key, j->buf, j->len, &j->o, err, sizeof err);
-        if (rc == MV_EEXIST) rc = MV_OK; /* deduplicated */
         pthread_mutex_lock(&b->mu);
         submitter *w = j->who;
+        if (rc == MV_EEXIST) { /* deduplicated */
+            rc = MV_OK;
+            w->dup_n++;
+            w->dup_bytes += j->len;
+        }
         if (rc && !w->err) {
             w->err = rc;
             snprintf(w->msg, sizeof w->msg, "%s", err);
@@ -256,8 +261,10 @@ static int enqueue(s3_be *b, mv_be_writer *w, const char *key, const mv_s3_put_o
     return 1;
 }
 
-/* Wait for the calling thread's uploads; their first error (cleared) unless drop. */
-static mv_err wait_mine(s3_be *b, int drop, char *err, size_t errlen)
+/* Wait for the calling thread's uploads; their first error (cleared) unless drop, and how many
+ * of them were duplicates. */
+static mv_err wait_mine(s3_be *b, int drop, uint64_t *dup_n, uint64_t *dup_bytes, char *err,
+                        size_t errlen)
 {
     mv_err rc = MV_OK;
     pthread_mutex_lock(&b->mu);
@@ -266,22 +273,24 @@ static mv_err wait_mine(s3_be *b, int drop, char *err, size_t errlen)
         while (w->pending > 0)
             pthread_cond_wait(&b->done, &b->mu);
         if (w->err && !drop) rc = mv_seterr(err, errlen, w->err, "%s", w->msg);
+        if (dup_n) *dup_n += w->dup_n;
+        if (dup_bytes) *dup_bytes += w->dup_bytes;
         w->used = 0; /* the entry is free again: this thread has nothing in flight */
     }
     pthread_mutex_unlock(&b->mu);
     return rc;
 }
 
-static mv_err s3_sync(mv_be *be, char *err, size_t errlen)
+static mv_err s3_sync(mv_be *be, uint64_t *dup_n, uint64_t *dup_bytes, char *err, size_t errlen)
 {
     s3_be *b = (s3_be *)be;
-    return b->async ? wait_mine(b, 0, err, errlen) : MV_OK;
+    return b->async ? wait_mine(b, 0, dup_n, dup_bytes, err, errlen) : MV_OK;
 }
 
 static void s3_settle(mv_be *be)
 {
     s3_be *b = (s3_be *)be;
-    if (b->async) wait_mine(b, 1, NULL, 0);
+    if (b->async) wait_mine(b, 1, NULL, NULL, NULL, 0);
 }
 
 static mv_err s3_set_async(mv_be *be, int on, char *err, size_t errlen)

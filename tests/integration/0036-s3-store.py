@@ -86,6 +86,10 @@ for tenant, user, objs, sealed in ((t1, u1, plain_objs, False), (t2, u2, sealed_
     v = json.loads(cli("verify", "--tenant", tenant, "--json").stdout)
     check(v["bad"] == 0 and v["objects"] == len(objs) and v["encrypted"] == (len(objs) if sealed else 0),
           f"{tenant}: verify reads every object back: {v}")
+    m = status(tenant)["mailboxes"][0]
+    check(m["deduplicated"] == len(recs) - len(uniq) and m["bytes_stored"] == v["stored_bytes"],
+          f"{tenant}: status counts {m['deduplicated']} duplicates and the bytes really stored "
+          f"({m['bytes_stored']}), though uploads run in the background")
 
 # exports read from S3 too: the sealed tenant's mailbox into a directory, byte-exact
 dest = os.path.join(RUN, f"s3-export-{SUFFIX}")

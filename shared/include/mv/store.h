@@ -126,7 +126,8 @@ mv_err mv_store_sweep_def(mv_store *s, const mv_store_def *def, int max_age_s, i
 
 /* Asynchronous S3 commits (the worker in chunk mode): mv_put_commit of an object that fits in
  * one part queues its upload (8 threads per S3 store) and returns at once, with existed = 0
- * (whether it was a duplicate is not known yet); mv_store_sync then waits for every upload
+ * (whether it was a duplicate is not known yet: mv_store_sync_dups tells); mv_store_sync then
+ * waits for every upload
  * the calling thread queued and returns the first failure. Whoever turns this on must call
  * mv_store_sync before relying on its commits, as in chunk mode on the filesystem. */
 void mv_store_set_async(mv_store *s, int on);
@@ -137,6 +138,10 @@ void mv_store_settle(mv_store *s);
 /* Make every write so far durable (syncfs on the default store's filesystem; the calling
  * thread's queued S3 uploads, see mv_store_set_async). */
 mv_err mv_store_sync(mv_store *s, char *err, size_t errlen);
+/* The same, adding to *dup_n / *dup_bytes the queued uploads that found their object already
+ * stored (commit reported them with existed = 0 and their own size as stored_bytes). */
+mv_err mv_store_sync_dups(mv_store *s, uint64_t *dup_n, uint64_t *dup_bytes, char *err,
+                          size_t errlen);
 
 /* Stream the decompressed message to cb, verifying its SHA-256 at the end (MV_ECORRUPT on a
  * mismatch; the bytes already passed to cb must then be discarded by the caller). cb returns
