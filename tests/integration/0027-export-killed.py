@@ -76,6 +76,20 @@ def restart_and_finish(w, name):
 
 # ---- helpers reading the destinations independently of mailvault ----
 
+def all_threads_stopped(pid):
+    """True once every thread of pid is in group stop: SIGSTOP is delivered asynchronously, so
+    a thread may still finish a rename after send_signal returned."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue  # the thread ended
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
 def dir_entries(root):
     """Every regular file below root, relative path -> full path."""
     out = {}
@@ -171,7 +185,9 @@ try:
             fail("to-dir: the export ended before the worker was caught writing a file")
         if n <= HOLD_AFTER:
             return 0
-        proc.send_signal(signal.SIGSTOP)  # stands still now: is a file half-written?
+        proc.send_signal(signal.SIGSTOP)  # once it stands still: is a file half-written?
+        wait_for(lambda: all_threads_stopped(proc.pid), "to-dir: the worker to stop", timeout=30,
+                 interval=0.001)
         if tmp_files():
             return n
         proc.send_signal(signal.SIGCONT)
